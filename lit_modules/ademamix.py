@@ -1,0 +1,79 @@
+"""AdEMAMix (Pagliardini, Ablin & Grangier 2024): Adam with a second, slow gradient EMA mixed in.
+
+Per parameter θ with gradient g at step t (1-based):
+    m1 ← β1·m1 + (1−β1)·g                   fast EMA, bias corrected
+    m2 ← β3(t)·m2 + (1−β3(t))·g             slow EMA, not bias corrected
+    ν  ← β2·ν + (1−β2)·g²
+    θ  ← θ − lr·[ (m1/(1−β1^t) + α(t)·m2) / (√(ν/(1−β2^t)) + ε) + wd·θ ]
+Warm-ups (both reach their final value at T and stay there):
+    α(t)  = α·min(t/T_α, 1)
+    β3(t) = min(exp(ln β1·ln β3 / ((1−t/T_β3)·ln β3 + (t/T_β3)·ln β1)), β3)
+            (the half-life of β3(t) grows linearly from β1's to β3's)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim import Optimizer
+
+
+def alpha_at(step: int, alpha: float, t_alpha: int) -> float:
+    return alpha * min(step / t_alpha, 1.0) if t_alpha > 0 else alpha
+
+
+def beta3_at(step: int, beta1: float, beta3: float, t_beta3: int) -> float:
+    if t_beta3 <= 0 or step >= t_beta3:
+        return beta3
+    frac = step / t_beta3
+    log_b1, log_b3 = math.log(beta1), math.log(beta3)
+    return min(math.exp(log_b1 * log_b3 / ((1 - frac) * log_b3 + frac * log_b1)), beta3)
+
+
+class AdEMAMix(Optimizer):
+    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
+                 alpha: float = 5.0, t_alpha: int = 0, t_beta3: int = 0, eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        if lr < 0 or eps < 0 or weight_decay < 0:
+            raise ValueError(f"AdEMAMix: lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}")
+        if len(betas) != 3 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"AdEMAMix: betas must be three values in [0, 1), got {betas}")
+        defaults = dict(lr=lr, betas=tuple(betas), alpha=alpha, t_alpha=t_alpha, t_beta3=t_beta3, eps=eps,
+                        weight_decay=weight_decay)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2, beta3_final = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("AdEMAMix does not support sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["m1"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["m2"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["nu"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = state["step"]
+                grad = p.grad
+                alpha = alpha_at(t, group["alpha"], group["t_alpha"])
+                beta3 = beta3_at(t, beta1, beta3_final, group["t_beta3"])
+                m1, m2, nu = state["m1"], state["m2"], state["nu"]
+                m1.lerp_(grad, 1 - beta1)
+                m2.lerp_(grad, 1 - beta3)
+                nu.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denom = (nu / (1 - beta2**t)).sqrt_().add_(group["eps"])
+                update = (m1 / (1 - beta1**t)).add_(m2, alpha=alpha).div_(denom)
+                if group["weight_decay"]:
+                    update.add_(p, alpha=group["weight_decay"])
+                p.add_(update, alpha=-group["lr"])
+        return loss

@@ -1,0 +1,89 @@
+"""Callbacks: W&B media (reconstruction panels, codebook histograms) and training throughput.
+
+Media logging is best effort: a logger failure is reported as a warning and never stops training.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+
+def _wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
+    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+
+def reconstruction_panel(inputs: torch.Tensor, recons: torch.Tensor) -> np.ndarray:
+    """inputs, recons: [N, C, H, W] -> uint8 [N·H, 3·W] rows of input | recon | |error|, channel 0.
+
+    Input and recon share the target's min–max scale; the error is scaled by the same range.
+    """
+    rows = []
+    for x, y in zip(inputs[:, 0].float(), recons[:, 0].float()):
+        lo, rng = x.min(), (x.max() - x.min()).clamp_min(1e-12)
+        tiles = [(x - lo) / rng, (y - lo) / rng, (y - x).abs() / rng]
+        rows.append(torch.cat([t.clamp(0, 1) for t in tiles], dim=1))
+    return (torch.cat(rows, dim=0).cpu().numpy() * 255).astype(np.uint8)
+
+
+class MediaLogger(L.Callback):
+    """Per validation epoch: a panel of `n_samples` input | recon | error, and one codebook histogram per stream."""
+
+    def __init__(self, n_samples: int = 4):
+        self.n_samples = n_samples
+        self._batch: dict[str, torch.Tensor] | None = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0 and isinstance(outputs, dict):
+            self._batch = {k: v[: self.n_samples].detach().cpu() for k, v in outputs.items()}
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        loggers = _wandb_loggers(trainer)
+        if not loggers or not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        try:
+            import wandb
+
+            media = {}
+            if self._batch is not None:
+                media["val/reconstructions"] = wandb.Image(
+                    reconstruction_panel(self._batch["input"], self._batch["recon"]),
+                    caption="input | reconstruction | |error| (per-row target range)")
+            for stream, counts in getattr(pl_module, "codebook_counts", {}).items():
+                edges = np.arange(len(counts) + 1, dtype=np.float64)
+                media[f"val/codebook_histogram/{stream}"] = wandb.Histogram(
+                    np_histogram=(counts.numpy().astype(np.float64), edges))
+            for lg in loggers:
+                lg.experiment.log({**media, "trainer/global_step": trainer.global_step})
+        except Exception as e:  # noqa: BLE001 - a logger failure must never stop training
+            warnings.warn(f"W&B media logging failed and was skipped: {e!r}", stacklevel=1)
+
+
+class Throughput(L.Callback):
+    """Logs perf/samples_per_s: training samples per second of wall time over the last `window` steps."""
+
+    def __init__(self, window: int = 10):
+        self.window = window
+        self._start: float | None = None
+        self._samples = 0
+        self._steps = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._samples += len(next(iter(batch.values())))
+        self._steps += 1
+        if self._steps >= self.window:
+            elapsed = time.perf_counter() - self._start
+            pl_module.log("perf/samples_per_s", self._samples / elapsed)
+            self._start, self._samples, self._steps = None, 0, 0
+
+    def on_validation_start(self, trainer, pl_module) -> None:  # validation time is not training time
+        self._start, self._samples, self._steps = None, 0, 0

@@ -1,0 +1,126 @@
+"""The one LightningModule that trains every SciTok tokenizer.
+
+Everything tokenizer-specific lives in the tokenizer (an nn.Module built from `tokenizer`, a plain
+dict with `_target_`) and in the data's batch dict. Hyperparameters are plain containers only, so
+checkpoints load with torch's `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lit_modules.metrics import CodebookUsage, FieldErrors
+
+STAGES = ("val", "test")
+
+
+def plain(cfg: Any) -> Any:
+    """DictConfig/ListConfig -> resolved dict/list; anything else unchanged."""
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+
+
+class TokenizerModule(L.LightningModule):
+    """Trains `tokenizer` to reconstruct the normalized field with loss Σ_w w·term + Σ aux_losses.
+
+    loss_weights: {"l1": w, "mse": w} on the normalized field (Phaedra: both 1).
+    optimizer / scheduler: `_partial_` configs called with the parameters / the optimizer; the
+    scheduler steps once per optimizer step.
+    """
+
+    def __init__(self, tokenizer: dict | DictConfig, optimizer: dict | DictConfig, scheduler: dict | DictConfig,
+                 loss_weights: dict | DictConfig | None = None, compile: bool = False):
+        super().__init__()
+        tokenizer, optimizer, scheduler = plain(tokenizer), plain(optimizer), plain(scheduler)
+        loss_weights = plain(loss_weights) or {"l1": 1.0, "mse": 1.0}
+        unknown = set(loss_weights) - {"l1", "mse"}
+        if unknown:
+            raise ValueError(f"model.loss_weights: unknown terms {sorted(unknown)}; known: l1, mse")
+        self.save_hyperparameters(dict(tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
+                                       loss_weights=loss_weights, compile=compile))
+        self.tokenizer = instantiate(tokenizer)
+        self.loss_weights = loss_weights
+        self.field_errors = nn.ModuleDict({s: FieldErrors() for s in STAGES})
+        self.usage = nn.ModuleDict({
+            s: nn.ModuleDict({name: CodebookUsage(size) for name, size in self.tokenizer.streams.items()})
+            for s in STAGES
+        })
+        self.codebook_counts: dict[str, torch.Tensor] = {}
+        if compile:
+            self.tokenizer.compile()
+
+    # ---- one batch -------------------------------------------------------------------------------
+    @staticmethod
+    def unpack(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (input normalized [B,C,H,W], target normalized [B,C,H,W], mean [B,C], std [B,C])."""
+        mean, std = batch["field_variables_in_mean"], batch["field_variables_in_std"]
+        target = (batch["field_variables_out"] - mean[..., None, None]) / std[..., None, None]
+        return batch["field_variables_in"], target, mean, std
+
+    def loss_terms(self, recon: torch.Tensor, target: torch.Tensor, aux: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        recon = recon.float()
+        terms = {"l1": F.l1_loss(recon, target), "mse": F.mse_loss(recon, target)}
+        terms = {k: self.loss_weights[k] * v for k, v in terms.items() if self.loss_weights.get(k, 0) > 0}
+        terms.update(aux)
+        return terms
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, target, _, _ = self.unpack(batch)
+        out = self.tokenizer(x)
+        terms = self.loss_terms(out.recon, target, out.aux_losses)
+        loss = torch.stack(list(terms.values())).sum()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()})
+        return loss
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
+        x, target, mean, std = self.unpack(batch)
+        out = self.tokenizer(x)
+        loss = torch.stack(list(self.loss_terms(out.recon, target, out.aux_losses).values())).sum()
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=x.shape[0], sync_dist=True)
+        recon_phys = out.recon.float() * std[..., None, None] + mean[..., None, None]
+        self.field_errors[stage].update(recon_phys, batch["field_variables_out"], std)
+        for name, ids in out.tokens.items():
+            self.usage[stage][name].update(ids)
+        return {"input": batch["field_variables_out"], "recon": recon_phys.detach()}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, "test")
+
+    def _log_epoch(self, stage: str) -> None:
+        values = {f"{stage}/{k}": v.float() for k, v in self.field_errors[stage].compute().items()}
+        self.field_errors[stage].reset()
+        for name, metric in self.usage[stage].items():
+            values.update({f"{stage}/{k}/{name}": v.float() for k, v in metric.compute().items()})
+            self.codebook_counts[name] = metric.counts.detach().cpu().clone()
+            metric.reset()
+        for key, value in values.items():
+            self.log(key, value, prog_bar=key in (f"{stage}/psnr", f"{stage}/nrmse"))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    # ---- optimization and checkpoints -----------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Normalization statistics travel with the checkpoint (plain lists, for load_tokenizer)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        normalization = getattr(datamodule, "normalization", None)
+        if normalization is not None:
+            checkpoint["normalization"] = normalization

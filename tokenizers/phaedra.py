@@ -1,0 +1,113 @@
+"""Phaedra (Lingsch et al. 2026): a conv autoencoder with morphology FSQ + fine amplitude tokens.
+
+The latent [B, 9, h, w] is split by channel: channels 0-7 go through the morphology FSQ
+(levels [5,4,4,3,3,3,2,2] = 8640 codes, gain 10), channel 8 through a 1-D FSQ of 1024 levels
+(gain 0.1). Each latent position emits one `morph` id and one `amp` id. With `amp_levels=None`
+the same class is the FSQ-only baseline the paper compares against (8 latent channels, one stream).
+
+Tokens for input [B, C, H, W] and f = 2^(len(ch_mult)-1):
+    morph: int64 [B, H/f, W/f] in [0, prod(morph_levels))
+    amp:   int64 [B, H/f, W/f] in [0, amp_levels)          (absent for the baseline)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from tokenizers.base import TokenizerOutput, check_image_input
+from tokenizers.blocks import Decoder, Encoder
+from tokenizers.fsq import FSQ
+
+
+class PhaedraTokenizer(nn.Module):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        ch: int = 128,
+        ch_mult: Sequence[int] = (2, 2, 4),
+        num_res_blocks: int = 4,
+        attn_resolutions: Sequence[int] = (16, 32),
+        resolution: int = 128,
+        dropout: float = 0.0,
+        norm_groups: int = 32,
+        morph_levels: Sequence[int] = (5, 4, 4, 3, 3, 3, 2, 2),
+        morph_gain: float = 10.0,
+        amp_levels: int | None = 1024,
+        amp_gain: float = 0.1,
+        paper_parity: bool = False,
+        commitment_weight: float = 0.0,
+        amp_range_weight: float = 0.0,
+    ):
+        super().__init__()
+        self.in_channels = in_channels
+        self.downsample_factor = 2 ** (len(ch_mult) - 1)
+        self.morph = FSQ(morph_levels, gain=morph_gain, paper_parity=paper_parity)
+        self.amp = FSQ([amp_levels], gain=amp_gain, paper_parity=paper_parity) if amp_levels else None
+        self.z_channels = self.morph.dim + (1 if self.amp is not None else 0)
+        self.commitment_weight = commitment_weight
+        self.amp_range_weight = amp_range_weight
+        arch = dict(ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions,
+                    resolution=resolution, z_channels=self.z_channels, dropout=dropout, groups=norm_groups)
+        self.encoder = Encoder(in_channels, **arch)
+        self.decoder = Decoder(in_channels, **arch)
+        self.quant_conv = nn.Conv2d(self.z_channels, self.z_channels, 3, padding=1)
+        self.post_quant_conv = nn.Conv2d(self.z_channels, self.z_channels, 3, padding=1)
+
+    @property
+    def streams(self) -> dict[str, int]:
+        out = {"morph": self.morph.codebook_size}
+        if self.amp is not None:
+            out["amp"] = self.amp.codebook_size
+        return out
+
+    def code_vectors(self, stream: str) -> torch.Tensor:
+        """[V, D]: the latent code each id of `stream` stands for (FSQ grid point / gain)."""
+        return self._quantizer(stream).all_codes()
+
+    def _quantizer(self, stream: str) -> FSQ:
+        if stream not in self.streams:
+            raise KeyError(f"unknown stream {stream!r}; this tokenizer has {list(self.streams)}")
+        return self.morph if stream == "morph" else self.amp
+
+    def _quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        check_image_input(x, self.in_channels, self.downsample_factor, type(self).__name__)
+        z = rearrange(self.quant_conv(self.encoder(x)), "b c h w -> b h w c")
+        z_morph, z_amp = z[..., : self.morph.dim], z[..., self.morph.dim:]
+        q_morph, ids_morph = self.morph(z_morph)
+        codes, tokens, aux = [q_morph], {"morph": ids_morph}, {}
+        if self.commitment_weight > 0:
+            aux["commitment"] = self.commitment_weight * F.mse_loss(z_morph.float(), q_morph.detach())
+        if self.amp is not None:
+            q_amp, ids_amp = self.amp(z_amp)
+            codes.append(q_amp)
+            tokens["amp"] = ids_amp.squeeze(-1) if ids_amp.ndim == 4 else ids_amp
+            if self.amp_range_weight > 0:
+                # keep the amplitude pre-activation out of tanh saturation (|g·z| > 2), where it stops learning
+                aux["amp_range"] = self.amp_range_weight * F.relu(z_amp.float().abs() * self.amp.gain - 2).pow(2).mean()
+        return torch.cat(codes, dim=-1), tokens, aux
+
+    def _decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        codes = rearrange(codes, "b h w c -> b c h w").to(self.post_quant_conv.weight.dtype)
+        return self.decoder(self.post_quant_conv(codes))
+
+    def forward(self, x: torch.Tensor) -> TokenizerOutput:
+        """x: [B, C, H, W] normalized field -> recon [B, C, H, W], tokens, aux_losses."""
+        codes, tokens, aux = self._quantize(x)
+        return TokenizerOutput(recon=self._decode_codes(codes), tokens=tokens, aux_losses=aux)
+
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self._quantize(x)[1]
+
+    def decode(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        missing = set(self.streams) - set(tokens)
+        if missing:
+            raise ValueError(f"decode needs token streams {sorted(self.streams)}, missing {sorted(missing)}")
+        codes = [self.morph.ids_to_codes(tokens["morph"])]
+        if self.amp is not None:
+            codes.append(self.amp.ids_to_codes(tokens["amp"]))
+        return self._decode_codes(torch.cat(codes, dim=-1))

@@ -1,0 +1,85 @@
+"""The one training entrypoint: `python train.py experiment=phaedra [overrides]`.
+
+Prints the resolved config as a rich tree, seeds everything, fits, tests the best checkpoint (with
+its EMA weights), always closes W&B, and returns `optimized_metric` for sweeps. Resume a stopped run
+with `ckpt_path=<run dir>/checkpoints/last.ckpt`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import hydra
+import lightning as L
+import rich
+import rich.syntax
+import rich.tree
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import lit_modules  # noqa: F401 - registers the ${auto_precision:} / ${auto_accelerator:} resolvers
+
+log = logging.getLogger("scitok")
+
+
+def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
+    """A rich tree of the resolved config, one branch per top-level group; also written to save_to."""
+    tree = rich.tree.Tree("config", guide_style="dim")
+    for key, value in cfg.items():
+        branch = tree.add(f"[bold]{key}")
+        text = OmegaConf.to_yaml(value, resolve=True) if OmegaConf.is_config(value) else str(value)
+        branch.add(rich.syntax.Syntax(text, "yaml", theme="ansi_dark"))
+    rich.print(tree)
+    if save_to is not None:
+        save_to.mkdir(parents=True, exist_ok=True)
+        (save_to / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit (and test) one run described by a composed config; returns cfg.optimized_metric's best value."""
+    print_config_tree(cfg, Path(cfg.paths.output_dir))
+    if cfg.seed is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, _recursive_=False)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    try:
+        for lg in loggers:  # the resolved config, as plain values, on the dashboard
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist; nothing to resume from")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        value = None
+        if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_score is not None:
+            value = float(trainer.checkpoint_callback.best_model_score)
+        elif cfg.optimized_metric in trainer.callback_metrics:
+            value = float(trainer.callback_metrics[cfg.optimized_metric])
+        if cfg.test:
+            if best:  # the checkpoint's state_dict holds the EMA weights; test exactly those
+                log.info("Testing the best checkpoint %s", best)
+                module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+            trainer.test(module, datamodule=datamodule)
+        return value if value is None or math.isfinite(value) else None
+    finally:
+        import wandb
+
+        wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()
