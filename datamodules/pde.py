@@ -17,8 +17,9 @@ import math
 
 import torch
 
-# (F, k) pattern regimes of Pearson (1993): spots, stripes/maze, worms, spirals, bubbles
-GRAY_SCOTT_REGIMES = [(0.030, 0.062), (0.029, 0.057), (0.058, 0.065), (0.018, 0.051), (0.098, 0.057)]
+# (F, k) pattern regimes (Pearson 1993; The Well's gray_scott set): spots, maze, worms, spirals, gliders.
+# Each keeps a pattern alive from our initial squares at 32² and 64² (bubbles, F=0.098, dies out).
+GRAY_SCOTT_REGIMES = [(0.030, 0.062), (0.029, 0.057), (0.058, 0.065), (0.018, 0.051), (0.014, 0.054)]
 
 
 def wavenumbers(n: int, length: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,17 @@ def reconstruction_panel(inputs: torch.Tensor, recons: torch.Tensor) -> np.ndarr
     return (torch.cat(rows, dim=0).cpu().numpy() * 255).astype(np.uint8)
 
 
+def id_histogram(counts: torch.Tensor, max_bins: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Token counts per id [V] -> (counts per bin, bin edges over id space) with at most max_bins bins
+    of consecutive ids (W&B histograms hold at most 512 bins)."""
+    per_bin = -(-len(counts) // max_bins)
+    padded = np.zeros(per_bin * -(-len(counts) // per_bin), dtype=np.float64)
+    padded[: len(counts)] = counts.numpy()
+    binned = padded.reshape(-1, per_bin).sum(1)
+    edges = np.minimum(np.arange(len(binned) + 1) * per_bin, len(counts)).astype(np.float64)
+    return binned, edges
+
+
 class MediaLogger(L.Callback):
     """Per validation epoch: a panel of `n_samples` input | recon | error, and one codebook histogram per stream."""
 
@@ -55,9 +66,7 @@ class MediaLogger(L.Callback):
                     reconstruction_panel(self._batch["input"], self._batch["recon"]),
                     caption="input | reconstruction | |error| (per-row target range)")
             for stream, counts in getattr(pl_module, "codebook_counts", {}).items():
-                edges = np.arange(len(counts) + 1, dtype=np.float64)
-                media[f"val/codebook_histogram/{stream}"] = wandb.Histogram(
-                    np_histogram=(counts.numpy().astype(np.float64), edges))
+                media[f"val/codebook_histogram/{stream}"] = wandb.Histogram(np_histogram=id_histogram(counts))
             for lg in loggers:
                 lg.experiment.log({**media, "trainer/global_step": trainer.global_step})
         except Exception as e:  # noqa: BLE001 - a logger failure must never stop training

@@ -52,9 +52,9 @@ class FieldErrors(Metric):
         rng = (target.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(1e-12)
         mse = err.pow(2).mean(dim=(1, 2, 3))
         self.psnr += (10 * torch.log10(rng.flatten().pow(2) / mse.clamp_min(1e-30))).sum()
-        # SSIM with range R on (x̂, x) equals SSIM with range 1 on ((x̂−lo)/R, (x−lo)/R)
+        # SSIM with range R on (x̂, x) equals SSIM with range 1 on (x̂/R, x/R) (scale-, not shift-invariant)
         self.ssim += structural_similarity_index_measure(
-            ((pred - lo) / rng).float(), ((target - lo) / rng).float(), data_range=1.0, reduction="none"
+            (pred / rng).float(), (target / rng).float(), data_range=1.0, reduction="none"
         ).double().sum()
 
     def compute(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,129 @@
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from datamodules.fields import EpochShuffleSampler, FieldDataModule, hdf5_datamodule, npy_datamodule
+from datamodules.sources import EmbeddedFields
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("embedded")
+    dm = FieldDataModule(EmbeddedFields(resolution=32, n_traj=5, n_frames=3), data_dir=data_dir, batch_size=4)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def test_embedded_cache_is_written_atomically_and_reused(embedded):
+    files = sorted(p.name for p in embedded.data_dir.iterdir())
+    assert len(files) == 1 and files[0].startswith("embedded_fields_") and files[0].endswith(".pt")
+    stamp = (embedded.data_dir / files[0]).stat().st_mtime_ns
+    embedded.source.prepare(embedded.data_dir)
+    assert (embedded.data_dir / files[0]).stat().st_mtime_ns == stamp
+
+
+def test_batch_dict_shapes_and_normalization(embedded):
+    batch = next(iter(embedded.train_dataloader()))
+    assert batch["field_variables_in"].shape == (4, 1, 32, 32)
+    assert batch["field_variables_in_mean"].shape == batch["field_variables_in_std"].shape == (4, 1)
+    x = (batch["field_variables_out"] - batch["field_variables_in_mean"][..., None, None]) / \
+        batch["field_variables_in_std"][..., None, None]
+    assert torch.allclose(x, batch["field_variables_in"])
+    assert embedded.normalization["variables"] == [
+        "navier_stokes/vorticity", "gray_scott/u", "gray_scott/v", "acoustic_wave/pressure"]
+
+
+def test_split_is_by_trajectory_and_statistics_come_from_train_only(embedded):
+    fs = {f.name: f for f in embedded.source.load(embedded.data_dir)}
+    ns = fs["navier_stokes"].data[:, :, 0]  # [5, 3, 32, 32]
+    frames = {}
+    for split, ds in embedded.splits.items():
+        mask = ds.variable_id == 0
+        frames[split] = ds.fields[mask][:, 0]
+    found = {}
+    for split, x in frames.items():
+        trajs = {int(((ns - f).abs().flatten(-2).amax(-1) == 0).nonzero()[0, 0]) for f in x}
+        found[split] = trajs
+    assert len(frames["train"]) == 3 * len(found["train"])  # whole trajectories only
+    assert not (found["train"] & found["val"]) and not (found["train"] & found["test"])
+    assert not (found["val"] & found["test"])
+    train = ns[sorted(found["train"])].double()
+    assert embedded.normalization["mean"][0] == pytest.approx(float(train.mean()), rel=1e-6, abs=1e-9)
+    assert embedded.normalization["std"][0] == pytest.approx(float(train.std()), rel=1e-6)
+
+
+def test_train_order_depends_on_seed_and_epoch_only():
+    a, b = EpochShuffleSampler(50, seed=3), EpochShuffleSampler(50, seed=3)
+    assert list(a) == list(b)
+    first = list(a)
+    a.set_epoch(1)
+    assert list(a) != first and sorted(a) == list(range(50))
+    b.set_epoch(1)
+    assert list(a) == list(b)
+
+
+def test_hdf5_in_the_wells_layout(tmp_path):
+    path = tmp_path / "run.hdf5"
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("t0_fields/density", data=rng.normal(size=(4, 3, 16, 8)).astype(np.float32))
+        f.create_dataset("t0_fields/pressure", data=rng.normal(size=(4, 3, 16, 8)).astype(np.float32) + 5)
+    dm = hdf5_datamodule(str(path), data_dir=tmp_path, batch_size=2)
+    dm.prepare_data()
+    dm.setup()
+    assert dm.normalization["variables"] == ["run/density", "run/pressure"]
+    assert dm.normalization["mean"][1] == pytest.approx(5, abs=0.3)
+    assert len(dm.splits["train"]) == 2 * 3 * 2
+    assert next(iter(dm.val_dataloader()))["field_variables_in"].shape[1:] == (1, 16, 8)
+
+
+@pytest.mark.parametrize(("shape", "layout", "n_vars"), [((6, 8, 8), "auto", 1), ((5, 3, 8, 8), "NTHW", 1),
+                                                        ((5, 2, 8, 8), "NCHW", 2)])
+def test_npy_layouts(tmp_path, shape, layout, n_vars):
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).normal(size=shape).astype(np.float32))
+    dm = npy_datamodule(str(path), layout=layout, data_dir=tmp_path, batch_size=1)
+    dm.setup()
+    assert len(dm.normalization["variables"]) == n_vars
+    total = sum(len(ds) for ds in dm.splits.values())
+    assert total == int(np.prod(shape[:-2]))
+
+
+def test_npz_arrays_are_variables(tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez(path, u=np.ones((4, 8, 8), np.float32), v=np.zeros((4, 8, 8), np.float32) + 2)
+    dm = npy_datamodule(str(path), data_dir=tmp_path, batch_size=1)
+    dm.setup()
+    assert dm.normalization["variables"] == ["x/u", "x/v"]
+
+
+def test_nan_in_a_data_file_names_file_variable_and_sample(tmp_path):
+    x = np.zeros((4, 3, 8, 8), np.float32)
+    x[2, 1, 3, 3] = np.nan
+    path = tmp_path / "bad.hdf5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("t0_fields/vorticity", data=x)
+    with pytest.raises(ValueError, match=r"bad\.hdf5.*'vorticity'.*NaN/Inf.*trajectory 2, time 1"):
+        hdf5_datamodule(str(path), data_dir=tmp_path).setup()
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does/not/exist"):
+        npy_datamodule("/does/not/exist.npy", data_dir=tmp_path).prepare_data()
+    np.save(tmp_path / "four.npy", np.zeros((4, 3, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="ambiguous.*layout"):
+        npy_datamodule(str(tmp_path / "four.npy"), data_dir=tmp_path).setup()
+    np.save(tmp_path / "empty.npy", np.zeros((0, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="empty"):
+        npy_datamodule(str(tmp_path / "empty.npy"), data_dir=tmp_path).setup()
+    (tmp_path / "junk.npy").write_bytes(b"not an array")
+    with pytest.raises(ValueError, match="junk.npy.*not a readable"):
+        npy_datamodule(str(tmp_path / "junk.npy"), data_dir=tmp_path).setup()
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="junk.h5.*not a readable HDF5"):
+        hdf5_datamodule(str(tmp_path / "junk.h5"), data_dir=tmp_path).setup()
+    np.save(tmp_path / "two.npy", np.zeros((2, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="at least 3"):
+        npy_datamodule(str(tmp_path / "two.npy"), data_dir=tmp_path).setup()

@@ -1,0 +1,65 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from lit_modules.metrics import CodebookUsage, FieldErrors
+
+
+def test_field_errors_match_a_hand_computation_over_two_batches():
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(2):
+        target = torch.randn(3, 1, 16, 16, generator=gen) * 2 + 1
+        pred = target + 0.1 * torch.randn(3, 1, 16, 16, generator=gen)
+        sigma = torch.tensor([[2.0], [0.5], [1.0]])
+        batches.append((pred, target, sigma))
+    metric = FieldErrors()
+    for b in batches:
+        metric.update(*b)
+    got = {k: float(v) for k, v in metric.compute().items()}
+
+    p = np.concatenate([b[0].numpy() for b in batches]).astype(np.float64)
+    t = np.concatenate([b[1].numpy() for b in batches]).astype(np.float64)
+    s = np.concatenate([b[2].numpy() for b in batches]).astype(np.float64)[:, :, None, None]
+    e = p - t
+    assert got["nmae"] == pytest.approx(100 * np.mean(np.abs(e) / s), rel=1e-9)
+    assert got["nrmse"] == pytest.approx(100 * np.sqrt(np.mean((e / s) ** 2)), rel=1e-9)
+    assert got["rel_l1"] == pytest.approx(100 * np.abs(e).sum() / np.abs(t).sum(), rel=1e-9)
+    assert got["rel_l2"] == pytest.approx(100 * np.sqrt((e**2).sum() / (t**2).sum()), rel=1e-9)
+    psnr = [10 * math.log10((ti.max() - ti.min()) ** 2 / np.mean(ei**2)) for ti, ei in zip(t, e)]
+    assert got["psnr"] == pytest.approx(np.mean(psnr), rel=1e-9)
+    ssim = [
+        float(structural_similarity_index_measure(torch.tensor(pi[None]), torch.tensor(ti[None]),
+                                                  data_range=float(ti.max() - ti.min())))
+        for pi, ti in zip(p, t)
+    ]
+    assert got["ssim"] == pytest.approx(np.mean(ssim), abs=1e-5)
+
+
+def test_perfect_reconstruction_and_reset():
+    metric = FieldErrors()
+    x = torch.rand(2, 1, 16, 16)
+    metric.update(x, x, torch.ones(2, 1))
+    out = metric.compute()
+    assert out["nrmse"] == 0 and out["ssim"] == pytest.approx(1.0, abs=1e-6)
+    metric.reset()
+    assert metric.n_samples == 0
+
+
+def test_codebook_statistics_come_from_counts_summed_over_updates():
+    metric = CodebookUsage(8)
+    metric.update(torch.tensor([0, 0, 1]))
+    metric.update(torch.tensor([[1, 2], [2, 2]]))
+    counts = np.array([2, 2, 3, 0, 0, 0, 0, 0], dtype=np.float64)
+    assert metric.counts.tolist() == counts.tolist()
+    p = counts[counts > 0] / counts.sum()
+    entropy = -(p * np.log2(p)).sum()
+    out = metric.compute()
+    assert float(out["usage"]) == pytest.approx(100 * 3 / 8)
+    assert float(out["entropy_bits"]) == pytest.approx(entropy)
+    assert float(out["perplexity"]) == pytest.approx(2**entropy)
+    with pytest.raises(ValueError, match=r"\[0, 8\)"):
+        metric.update(torch.tensor([8]))
