@@ -18,6 +18,7 @@ import rich.syntax
 import rich.tree
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 import lit_modules  # noqa: F401 - registers the ${auto_precision:} / ${auto_accelerator:} resolvers
@@ -51,6 +52,8 @@ def train(cfg: DictConfig) -> float | None:
     module = instantiate(cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, _recursive_=False)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
+    if not loggers:  # LearningRateMonitor refuses to run without a logger; it has nothing to write to anyway
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     try:
         for lg in loggers:  # the resolved config, as plain values, on the dashboard

@@ -23,17 +23,29 @@ from datamodules.sources import FieldSet
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """A permutation of range(n) drawn from (seed, epoch): identical across restarts and resumes."""
+    """A permutation of range(n) drawn from (seed, epoch): identical across restarts and resumes.
+
+    `resume(epoch, n_done)` makes the next pass over `epoch` start after its first n_done indices, so
+    a run resumed mid-epoch sees exactly the samples an uninterrupted run would.
+    """
 
     def __init__(self, n: int, seed: int):
         self.n, self.seed, self.epoch = n, seed, 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def resume(self, epoch: int, n_done: int) -> None:
+        self._resume = (epoch, n_done)
+
     def __iter__(self) -> Iterator[int]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=gen).tolist())
+        order = torch.randperm(self.n, generator=gen).tolist()
+        if self._resume is not None and self._resume[0] == self.epoch:
+            order = order[self._resume[1]:]
+        self._resume = None
+        return iter(order)
 
     def __len__(self) -> int:
         return self.n
@@ -78,6 +90,8 @@ class FieldDataModule(L.LightningDataModule):
         self.split, self.seed, self.num_workers = tuple(split), seed, num_workers
         self.variable_names: list[str] = []
         self.splits: dict[str, FieldSamples] = {}
+        self.train_sampler: EpochShuffleSampler | None = None
+        self._resume_state: dict[str, int] | None = None
 
     def prepare_data(self) -> None:
         self.source.prepare(self.data_dir)
@@ -125,9 +139,23 @@ class FieldDataModule(L.LightningDataModule):
                              f"data.batch_size={self.batch_size}")
 
     def train_dataloader(self) -> DataLoader:
-        ds = self.splits["train"]
-        return DataLoader(ds, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(ds), self.seed),
+        self.train_sampler = EpochShuffleSampler(len(self.splits["train"]), self.seed)
+        if self._resume_state is not None:
+            self.train_sampler.resume(self._resume_state["epoch"], self._resume_state["batches_done"] * self.batch_size)
+            self._resume_state = None
+        return DataLoader(self.splits["train"], batch_size=self.batch_size, sampler=self.train_sampler,
                           drop_last=True, collate_fn=_batch_is_ready, num_workers=self.num_workers)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the train pass stands (Lightning's own count of batches done in this epoch), for exact resume."""
+        trainer = self.trainer
+        if trainer is None or self.train_sampler is None:
+            return {}
+        return {"epoch": self.train_sampler.epoch,
+                "batches_done": int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_state = dict(state) or None
 
     def _eval_loader(self, split: str) -> DataLoader:
         return DataLoader(self.splits[split], batch_size=self.eval_batch_size, shuffle=False,

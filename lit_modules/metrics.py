@@ -20,7 +20,9 @@ class FieldErrors(Metric):
         rel_l1 = Σ|x̂−x| / Σ|x| ·100                rel_l2 = sqrt(Σ(x̂−x)² / Σx²) ·100
         psnr   = mean over samples of 10·log10(R² / mse_s), R = max(x_s) − min(x_s) of the target sample
         ssim   = mean over samples of SSIM(x̂_s, x_s) (Gaussian 11×11, σ 1.5) with data range R as above
-    The data range is per sample because physical fields have no fixed range (DESIGN.md).
+    The data range is per sample because physical fields have no fixed range (DESIGN.md). PSNR and
+    SSIM are undefined for a constant target: samples with R ≤ 1e-6·σ are left out of both means
+    (`n_flat` counts them).
     """
 
     full_state_update = False
@@ -31,6 +33,7 @@ class FieldErrors(Metric):
             self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("n_values", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("n_samples", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("n_flat", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) -> None:
         """pred, target: [B, C, H, W] physical units; sigma: [B, C] data-set σ per sample and channel."""
@@ -47,18 +50,23 @@ class FieldErrors(Metric):
         self.sq_err += err.pow(2).sum()
         self.sq_ref += target.pow(2).sum()
         self.n_values += target.numel()
-        self.n_samples += target.shape[0]
-        lo = target.amin(dim=(1, 2, 3), keepdim=True)
-        rng = (target.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(1e-12)
+        rng = target.amax(dim=(1, 2, 3)) - target.amin(dim=(1, 2, 3))
+        ok = rng > 1e-6 * sigma.double().amax(dim=1)
+        self.n_samples += ok.sum()
+        self.n_flat += (~ok).sum()
+        if not ok.any():
+            return
+        pred, target, err, rng = pred[ok], target[ok], err[ok], rng[ok]
         mse = err.pow(2).mean(dim=(1, 2, 3))
-        self.psnr += (10 * torch.log10(rng.flatten().pow(2) / mse.clamp_min(1e-30))).sum()
+        self.psnr += (10 * torch.log10(rng.pow(2) / mse.clamp_min(1e-30))).sum()
         # SSIM with range R on (x̂, x) equals SSIM with range 1 on (x̂/R, x/R) (scale-, not shift-invariant)
+        scale = rng[:, None, None, None]
         self.ssim += structural_similarity_index_measure(
-            (pred / rng).float(), (target / rng).float(), data_range=1.0, reduction="none"
+            (pred / scale).float(), (target / scale).float(), data_range=1.0, reduction="none"
         ).double().sum()
 
     def compute(self) -> dict[str, torch.Tensor]:
-        n, s = self.n_values.double(), self.n_samples.double()
+        n, s = self.n_values.double(), self.n_samples.double().clamp_min(1)
         return {
             "nmae": 100 * self.abs_norm / n,
             "nrmse": 100 * torch.sqrt(self.sq_norm / n),

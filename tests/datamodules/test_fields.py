@@ -62,6 +62,11 @@ def test_train_order_depends_on_seed_and_epoch_only():
     assert list(a) != first and sorted(a) == list(range(50))
     b.set_epoch(1)
     assert list(a) == list(b)
+    b.resume(epoch=1, n_done=20)  # a run resumed after 20 samples of epoch 1 sees the rest, once
+    assert list(b) == list(a)[20:]
+    assert list(b) == list(a)
+    b.resume(epoch=0, n_done=20)  # a stale resume point for another epoch is ignored
+    assert list(b) == list(a)
 
 
 def test_hdf5_in_the_wells_layout(tmp_path):

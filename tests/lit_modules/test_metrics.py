@@ -63,3 +63,15 @@ def test_codebook_statistics_come_from_counts_summed_over_updates():
     assert float(out["perplexity"]) == pytest.approx(2**entropy)
     with pytest.raises(ValueError, match=r"\[0, 8\)"):
         metric.update(torch.tensor([8]))
+
+
+def test_constant_targets_are_left_out_of_psnr_and_ssim():
+    metric = FieldErrors()
+    x = torch.rand(2, 1, 16, 16)
+    flat = torch.full((1, 1, 16, 16), 3.0)
+    metric.update(torch.cat([x + 0.01, flat + 0.5]), torch.cat([x, flat]), torch.ones(3, 1))
+    out = metric.compute()
+    assert int(metric.n_flat) == 1 and int(metric.n_samples) == 2
+    expected = np.mean([10 * math.log10(float(xi.max() - xi.min()) ** 2 / 1e-4) for xi in x])
+    assert float(out["psnr"]) == pytest.approx(expected, rel=1e-5)
+    assert float(out["nrmse"]) > 10  # the flat sample's error still counts in the field errors

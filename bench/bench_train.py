@@ -1,0 +1,105 @@
+"""Training throughput per experiment: samples/s, step time and peak memory at the default sizes.
+
+    python bench/bench_train.py                      # phaedra and fsq
+    python bench/bench_train.py --experiments phaedra --steps 50
+
+Runs the real Trainer (no validation, no logger) on each experiment's own data and batch size, times
+the steps after a warm-up, prints one table and writes bench/results/train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import lit_modules  # noqa: E402,F401 - resolvers
+
+
+class StepTimer(L.Callback):
+    def __init__(self, warmup: int):
+        self.warmup, self.times, self._t0 = warmup, [], 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if batch_idx >= self.warmup:
+            self.times.append(time.perf_counter() - self._t0)
+
+
+def bench(experiment: str, steps: int, warmup: int, data_dir: str, extra: list[str]) -> dict:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", f"paths.data_dir={data_dir}",
+                                          f"paths.output_dir={tempfile.mkdtemp()}", *extra])
+    L.seed_everything(0, verbose=False)
+    dm = instantiate(cfg.data)
+    module = instantiate(cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, _recursive_=False)
+    timer = StepTimer(warmup)
+    trainer = L.Trainer(accelerator=cfg.trainer.accelerator, precision=cfg.trainer.precision, devices=1,
+                        max_steps=warmup + steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        gradient_clip_val=cfg.trainer.gradient_clip_val, callbacks=[timer])
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer.fit(module, datamodule=dm)
+    step = sum(timer.times) / len(timer.times)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {
+        "experiment": experiment,
+        "batch_size": cfg.data.batch_size,
+        "params_M": sum(p.numel() for p in module.parameters()) / 1e6,
+        "step_ms": 1000 * step,
+        "samples_per_s": cfg.data.batch_size / step,
+        "peak_mem_MiB": peak,
+        "peak_mem_kind": "cuda allocated" if torch.cuda.is_available() else "process max RSS",
+        "precision": str(cfg.trainer.precision),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiments", nargs="+", default=["phaedra", "fsq"])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "train.json"))
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every experiment")
+    args = parser.parse_args()
+    rows = [bench(e, args.steps, args.warmup, args.data_dir, args.overrides) for e in args.experiments]
+    table = Table(title=f"training throughput ({args.steps} timed steps after {args.warmup} warm-up)")
+    for col in ("experiment", "batch", "params (M)", "step (ms)", "samples/s", "peak mem (MiB)", "precision", "device"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["experiment"], str(r["batch_size"]), f"{r['params_M']:.2f}", f"{r['step_ms']:.0f}",
+                      f"{r['samples_per_s']:.1f}", f"{r['peak_mem_MiB']:.0f}", r["precision"], r["device"])
+    Console().print(table)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rows, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""End-to-end runs of train.py through the Compose API: few-step runs, W&B contents, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import ROOT, TINY_DATA
+from tokenizers import load_tokenizer
+from train import train
+
+RUNNABLE = ["phaedra", "fsq"]  # phaedra_paper (97.8M parameters) only composes here: tests/test_configs.py
+
+
+def run(make_cfg, overrides: list[str], output_dir: Path):
+    cfg = make_cfg(["debug=fast", *TINY_DATA, *overrides], output_dir=output_dir)
+    return cfg, train(cfg)
+
+
+def wandb_records(run_dir: Path) -> list[dict]:
+    """Every record of the run's offline .wandb log, read back with `wandb leet inspect --json`."""
+    wandb_dir = next((run_dir / "wandb").glob("offline-run-*"))
+    out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(wandb_dir)],
+                         capture_output=True, text=True, check=True, timeout=120)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def phaedra_run(tmp_path_factory, data_dir):
+    from tests.conftest import compose_cfg
+
+    out = tmp_path_factory.mktemp("phaedra_run")
+    cfg = compose_cfg(["experiment=phaedra", "debug=fast", *TINY_DATA], out, data_dir)
+    value = train(cfg)
+    return out, value
+
+
+def test_phaedra_run_leaves_checkpoints_and_returns_the_metric(phaedra_run):
+    out, value = phaedra_run
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and any(c.startswith("step") for c in ckpts)
+    assert isinstance(value, float) and np.isfinite(value)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)  # plain hyperparameters only
+    assert ckpt["normalization"]["variables"][0] == "navier_stokes/vorticity"
+    assert (out / "config_resolved.yaml").is_file()
+
+
+def test_wandb_offline_run_holds_metrics_and_media(phaedra_run):
+    out, _ = phaedra_run
+    records = wandb_records(out)
+    history_keys = set()
+    for r in records:
+        if r.get("type") == "history":
+            history_keys |= set(r["history"]["item"])
+    for key in ("val/psnr", "val/ssim", "val/nrmse", "val/usage/morph", "val/usage/amp", "val/perplexity/morph",
+                "val/entropy_bits/amp", "train/loss", "perf/samples_per_s", "test/nrmse",
+                "val/reconstructions", "val/codebook_histogram/morph"):
+        assert key in history_keys, key
+
+
+def test_load_tokenizer_gives_a_ready_eval_tokenizer(phaedra_run):
+    out, _ = phaedra_run
+    tok = load_tokenizer(out / "checkpoints" / "last.ckpt")
+    assert not tok.training and tok.normalization["std"][0] > 0
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        tokens = tok.encode(x)
+        assert torch.equal(tok.decode(tokens), tok(x).recon)
+    assert tokens["morph"].shape == tokens["amp"].shape == (2, 8, 8) and tokens["amp"].dtype == torch.int64
+    # the exported weights are the EMA weights stored as the checkpoint's state_dict
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    name = "encoder.conv_in.weight"
+    assert torch.equal(tok.state_dict()[name], ckpt["state_dict"]["tokenizer." + name])
+    assert not torch.equal(ckpt["state_dict"]["tokenizer." + name], ckpt["current_model_state"]["tokenizer." + name])
+
+
+def test_load_tokenizer_in_a_plain_python_session(phaedra_run):
+    out, _ = phaedra_run
+    code = (
+        "import torch; from tokenizers import load_tokenizer\n"
+        f"t = load_tokenizer({str(out / 'checkpoints' / 'last.ckpt')!r})\n"
+        "x = torch.randn(1, 1, 32, 64)\n"
+        "with torch.no_grad(): assert torch.equal(t.decode(t.encode(x)), t(x).recon)\n"
+        "import sys; assert 'lightning' not in sys.modules and 'hydra' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+def test_fsq_experiment_runs(make_cfg, tmp_path):
+    _, value = run(make_cfg, ["experiment=fsq"], tmp_path / "fsq")
+    assert np.isfinite(value)
+    tok = load_tokenizer(tmp_path / "fsq" / "checkpoints" / "last.ckpt")
+    assert tok.streams == {"morph": 8640}
+
+
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(make_cfg, tmp_path):
+    # the interrupted run is the same run stopped at step 4 (mid-epoch): its schedule still spans 8 steps
+    common = ["experiment=phaedra", "logger=none", "test=false", "trainer.val_check_interval=4",
+              "callbacks.ema.decay=0.9", "optimizer.lr=1e-3", "scheduler.total_steps=8"]
+    run(make_cfg, [*common, "trainer.max_steps=8"], tmp_path / "full")
+    run(make_cfg, [*common, "trainer.max_steps=4"], tmp_path / "half")
+    run(make_cfg, [*common, "trainer.max_steps=8", f"ckpt_path={tmp_path / 'half' / 'checkpoints' / 'last.ckpt'}"],
+        tmp_path / "resumed")
+    full = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    half = torch.load(tmp_path / "half" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert full["global_step"] == resumed["global_step"] == 8
+    for key in ("state_dict", "current_model_state"):  # EMA weights and raw weights
+        for name, value in full[key].items():
+            assert torch.equal(value, resumed[key][name]), (key, name)
+    assert not torch.equal(half["current_model_state"]["tokenizer.encoder.conv_in.weight"],
+                           full["current_model_state"]["tokenizer.encoder.conv_in.weight"])
+
+
+def test_missing_resume_checkpoint_is_an_error(make_cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        run(make_cfg, ["experiment=phaedra", "logger=none", "ckpt_path=/no/such.ckpt"], tmp_path / "x")
+
+
+def test_nan_in_a_user_file_stops_before_training(make_cfg, tmp_path):
+    x = np.random.default_rng(0).normal(size=(6, 16, 16)).astype(np.float32)
+    x[4, 2, 2] = np.inf
+    np.save(tmp_path / "bad.npy", x)
+    with pytest.raises(ValueError, match=r"bad\.npy.*NaN/Inf.*trajectory 4"):
+        run(make_cfg, ["experiment=phaedra", "logger=none", "data=fields_npy", f"data.path={tmp_path / 'bad.npy'}"],
+            tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_user_data_path_names_the_path(make_cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="/no/such/fields.hdf5"):
+        run(make_cfg, ["experiment=phaedra", "logger=none", "data=fields_hdf5", "data.path=/no/such/fields.hdf5"],
+            tmp_path / "run")
+
+
+def test_unknown_experiment_on_the_command_line():
+    out = subprocess.run([sys.executable, "train.py", "experiment=nope"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode != 0
+    assert "Could not find 'experiment/nope'" in out.stderr and "phaedra" in out.stderr
