@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import hydra
@@ -24,6 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 import lit_modules  # noqa: F401 - registers the ${auto_precision:} / ${auto_accelerator:} resolvers
 
 log = logging.getLogger("scitok")
+# Our datamodules restore their position in the epoch themselves (LightningDataModule.state_dict), so
+# Lightning's warning that a mid-epoch resume with a plain DataLoader is unreliable does not apply.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:

@@ -42,6 +42,8 @@ class TokenizerModule(L.LightningModule):
         unknown = set(loss_weights) - {"l1", "mse"}
         if unknown:
             raise ValueError(f"model.loss_weights: unknown terms {sorted(unknown)}; known: l1, mse")
+        if not any(w > 0 for w in loss_weights.values()):
+            raise ValueError(f"model.loss_weights: at least one weight must be > 0, got {loss_weights}")
         self.save_hyperparameters(dict(tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
                                        loss_weights=loss_weights, compile=compile))
         self.tokenizer = instantiate(tokenizer)
@@ -52,8 +54,16 @@ class TokenizerModule(L.LightningModule):
             for s in STAGES
         })
         self.codebook_counts: dict[str, torch.Tensor] = {}
+        self.variable_names: list[str] = []
         if compile:
             self.tokenizer.compile()
+
+    def setup(self, stage: str) -> None:
+        """Field errors per variable when the data names its variables (batch key `variable_id`)."""
+        normalization = getattr(self.trainer.datamodule, "normalization", None) if self._trainer else None
+        if normalization and len(normalization["variables"]) > 1:
+            self.variable_names = list(normalization["variables"])
+            self.field_errors = nn.ModuleDict({s: FieldErrors(groups=len(self.variable_names)) for s in STAGES})
 
     # ---- one batch -------------------------------------------------------------------------------
     @staticmethod
@@ -85,7 +95,8 @@ class TokenizerModule(L.LightningModule):
         loss = torch.stack(list(self.loss_terms(out.recon, target, out.aux_losses).values())).sum()
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=x.shape[0], sync_dist=True)
         recon_phys = out.recon.float() * std[..., None, None] + mean[..., None, None]
-        self.field_errors[stage].update(recon_phys, batch["field_variables_out"], std)
+        group = batch.get("variable_id") if self.variable_names else None
+        self.field_errors[stage].update(recon_phys, batch["field_variables_out"], std, group)
         for name, ids in out.tokens.items():
             self.usage[stage][name].update(ids)
         return {"input": batch["field_variables_out"], "recon": recon_phys.detach()}
@@ -97,8 +108,12 @@ class TokenizerModule(L.LightningModule):
         return self._eval_step(batch, "test")
 
     def _log_epoch(self, stage: str) -> None:
-        values = {f"{stage}/{k}": v.float() for k, v in self.field_errors[stage].compute().items()}
-        self.field_errors[stage].reset()
+        errors = self.field_errors[stage]
+        values = {f"{stage}/{k}": v.float() for k, v in errors.compute().items()}
+        if self.variable_names:
+            for name, group in zip(self.variable_names, errors.compute_groups()):
+                values.update({f"{stage}/{k}/{name}": v.float() for k, v in (group or {}).items()})
+        errors.reset()
         for name, metric in self.usage[stage].items():
             values.update({f"{stage}/{k}/{name}": v.float() for k, v in metric.compute().items()})
             self.codebook_counts[name] = metric.counts.detach().cpu().clone()

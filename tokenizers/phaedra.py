@@ -85,7 +85,7 @@ class PhaedraTokenizer(nn.Module):
         if self.amp is not None:
             q_amp, ids_amp = self.amp(z_amp)
             codes.append(q_amp)
-            tokens["amp"] = ids_amp.squeeze(-1) if ids_amp.ndim == 4 else ids_amp
+            tokens["amp"] = ids_amp
             if self.amp_range_weight > 0:
                 # keep the amplitude pre-activation out of tanh saturation (|g·z| > 2), where it stops learning
                 aux["amp_range"] = self.amp_range_weight * F.relu(z_amp.float().abs() * self.amp.gain - 2).pow(2).mean()

@@ -39,6 +39,28 @@ def test_field_errors_match_a_hand_computation_over_two_batches():
     assert got["ssim"] == pytest.approx(np.mean(ssim), abs=1e-5)
 
 
+def test_per_group_values_equal_the_metric_on_that_group_alone():
+    gen = torch.Generator().manual_seed(1)
+    target = torch.randn(6, 1, 16, 16, generator=gen)
+    pred = target + 0.2 * torch.randn(6, 1, 16, 16, generator=gen)
+    sigma = torch.rand(6, 1, generator=gen) + 0.5
+    group = torch.tensor([0, 1, 0, 2, 1, 0])
+    grouped = FieldErrors(groups=4)
+    grouped.update(pred, target, sigma, group)
+    per_group = grouped.compute_groups()
+    assert per_group[3] is None  # no sample of group 3
+    for g in range(3):
+        alone = FieldErrors()
+        alone.update(pred[group == g], target[group == g], sigma[group == g])
+        for k, v in alone.compute().items():
+            assert float(per_group[g][k]) == pytest.approx(float(v), rel=1e-9), (g, k)
+    overall = FieldErrors()
+    overall.update(pred, target, sigma)
+    assert float(grouped.compute()["nrmse"]) == pytest.approx(float(overall.compute()["nrmse"]), rel=1e-12)
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        grouped.update(pred, target, sigma, group + 3)
+
+
 def test_perfect_reconstruction_and_reset():
     metric = FieldErrors()
     x = torch.rand(2, 1, 16, 16)
@@ -46,7 +68,7 @@ def test_perfect_reconstruction_and_reset():
     out = metric.compute()
     assert out["nrmse"] == 0 and out["ssim"] == pytest.approx(1.0, abs=1e-6)
     metric.reset()
-    assert metric.n_samples == 0
+    assert int(metric.n_samples.sum()) == 0
 
 
 def test_codebook_statistics_come_from_counts_summed_over_updates():
@@ -71,7 +93,7 @@ def test_constant_targets_are_left_out_of_psnr_and_ssim():
     flat = torch.full((1, 1, 16, 16), 3.0)
     metric.update(torch.cat([x + 0.01, flat + 0.5]), torch.cat([x, flat]), torch.ones(3, 1))
     out = metric.compute()
-    assert int(metric.n_flat) == 1 and int(metric.n_samples) == 2
+    assert int(metric.n_flat.sum()) == 1 and int(metric.n_samples.sum()) == 2
     expected = np.mean([10 * math.log10(float(xi.max() - xi.min()) ** 2 / 1e-4) for xi in x])
     assert float(out["psnr"]) == pytest.approx(expected, rel=1e-5)
     assert float(out["nrmse"]) > 10  # the flat sample's error still counts in the field errors
