@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import resource
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -64,7 +66,7 @@ def bench(experiment: str, steps: int, warmup: int, data_dir: str, extra: list[s
     trainer.fit(module, datamodule=dm)
     step = sum(timer.times) / len(timer.times)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # this process runs one experiment
     return {
         "experiment": experiment,
         "batch_size": cfg.data.batch_size,
@@ -72,7 +74,7 @@ def bench(experiment: str, steps: int, warmup: int, data_dir: str, extra: list[s
         "step_ms": 1000 * step,
         "samples_per_s": cfg.data.batch_size / step,
         "peak_mem_MiB": peak,
-        "peak_mem_kind": "cuda allocated" if torch.cuda.is_available() else "process max RSS",
+        "peak_mem_kind": "cuda max allocated" if torch.cuda.is_available() else "process max RSS",
         "precision": str(cfg.trainer.precision),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
@@ -88,14 +90,17 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "train.json"))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every experiment")
     args = parser.parse_args()
-    rows = [bench(e, args.steps, args.warmup, args.data_dir, args.overrides) for e in args.experiments]
+    rows = []
+    for e in args.experiments:  # a fresh process per experiment: its own peak memory, no shared caches
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows.append(pool.submit(bench, e, args.steps, args.warmup, args.data_dir, args.overrides).result())
     table = Table(title=f"training throughput ({args.steps} timed steps after {args.warmup} warm-up)")
     for col in ("experiment", "batch", "params (M)", "step (ms)", "samples/s", "peak mem (MiB)", "precision", "device"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["experiment"], str(r["batch_size"]), f"{r['params_M']:.2f}", f"{r['step_ms']:.0f}",
                       f"{r['samples_per_s']:.1f}", f"{r['peak_mem_MiB']:.0f}", r["precision"], r["device"])
-    Console().print(table)
+    Console(width=160).print(table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=2))
     print(f"wrote {args.out}")
