@@ -47,6 +47,22 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
 
 
+def start_loggers(group: DictConfig | None, cfg: DictConfig) -> list:
+    """Build each logger and log the resolved config to it; a logger that fails is dropped with a warning,
+    because a logger failure must never stop training."""
+    started = []
+    for name, spec in (group or {}).items():
+        if spec is None or "_target_" not in spec:
+            continue
+        try:
+            logger = instantiate(spec)
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            started.append(logger)
+        except Exception as e:  # any failure: the run goes on without this logger
+            log.warning("logger %r failed to start and is disabled for this run: %r", name, e)
+    return started
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fit (and test) one run described by a composed config; returns cfg.optimized_metric's best value."""
     print_config_tree(cfg, Path(cfg.paths.output_dir))
@@ -55,13 +71,11 @@ def train(cfg: DictConfig) -> float | None:
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, _recursive_=False)
     callbacks = _instantiate_all(cfg.get("callbacks"))
-    loggers = _instantiate_all(cfg.get("logger"))
+    loggers = start_loggers(cfg.get("logger"), cfg)
     if not loggers:  # LearningRateMonitor refuses to run without a logger; it has nothing to write to anyway
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     try:
-        for lg in loggers:  # the resolved config, as plain values, on the dashboard
-            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
             raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist; nothing to resume from")
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)

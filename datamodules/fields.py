@@ -19,8 +19,6 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datamodules.sources import FieldSet
-
 
 class EpochShuffleSampler(Sampler[int]):
     """A permutation of range(n) drawn from (seed, epoch): identical across restarts and resumes.
@@ -133,7 +131,7 @@ class FieldDataModule(L.LightningDataModule):
                                          torch.full((n,), var_id)))
         self.normalization = {"variables": list(self.variable_names), "mean": means, "std": stds}
         for split, chunks in parts.items():
-            self.splits[split] = FieldSamples(*(torch.cat(c) for c in zip(*chunks)))
+            self.splits[split] = FieldSamples(*(torch.cat(c) for c in zip(*chunks, strict=False)))
         if len(self.splits["train"]) < self.batch_size:
             raise ValueError(f"the train split has {len(self.splits['train'])} samples, fewer than "
                              f"data.batch_size={self.batch_size}")

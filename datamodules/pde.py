@@ -116,7 +116,8 @@ def acoustic_wave(n_traj: int, n: int, n_frames: int, gen: torch.Generator, spee
     p0 = torch.zeros(n_traj, n, n, dtype=torch.float64)
     for b in range(n_traj):
         for _ in range(int(torch.randint(1, max_pulses + 1, (1,), generator=gen))):
-            cx, cy, amp = (torch.rand(3, generator=gen, dtype=torch.float64) * torch.tensor([2 * math.pi, 2 * math.pi, 2]) - torch.tensor([0, 0, 1])).tolist()
+            u = torch.rand(3, generator=gen, dtype=torch.float64)  # centre x, centre y, amplitude in [-1, 1)
+            cx, cy, amp = (u * torch.tensor([2 * math.pi, 2 * math.pi, 2]) - torch.tensor([0, 0, 1])).tolist()
             width = 0.15 + 0.35 * float(torch.rand(1, generator=gen))
             dx = torch.remainder(xx - cx + math.pi, 2 * math.pi) - math.pi
             dy = torch.remainder(yy - cy + math.pi, 2 * math.pi) - math.pi

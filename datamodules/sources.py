@@ -135,7 +135,8 @@ class HDF5Fields:
                 raise ValueError(f"{f}: not a readable HDF5 file ({e})") from e
             with h5:
                 if "t0_fields" not in h5:
-                    raise ValueError(f"{f}: no group 't0_fields' (The Well layout: t0_fields/<name> [n_traj, n_t, H, W])")
+                    raise ValueError(
+                        f"{f}: no group 't0_fields' (The Well layout: t0_fields/<name> [n_traj, n_t, H, W])")
                 names = self.variables or sorted(h5["t0_fields"].keys())
                 arrays = []
                 for name in names:

@@ -24,7 +24,7 @@ def reconstruction_panel(inputs: torch.Tensor, recons: torch.Tensor) -> np.ndarr
     Input and recon share the target's min–max scale; the error is scaled by the same range.
     """
     rows = []
-    for x, y in zip(inputs[:, 0].float(), recons[:, 0].float()):
+    for x, y in zip(inputs[:, 0].float(), recons[:, 0].float(), strict=False):
         lo, rng = x.min(), (x.max() - x.min()).clamp_min(1e-12)
         tiles = [(x - lo) / rng, (y - lo) / rng, (y - x).abs() / rng]
         rows.append(torch.cat([t.clamp(0, 1) for t in tiles], dim=1))
@@ -69,7 +69,7 @@ class MediaLogger(L.Callback):
                 media[f"val/codebook_histogram/{stream}"] = wandb.Histogram(np_histogram=id_histogram(counts))
             for lg in loggers:
                 lg.experiment.log({**media, "trainer/global_step": trainer.global_step})
-        except Exception as e:  # noqa: BLE001 - a logger failure must never stop training
+        except Exception as e:  # a logger failure must never stop training
             warnings.warn(f"W&B media logging failed and was skipped: {e!r}", stacklevel=1)
 
 

@@ -17,7 +17,7 @@ def wandb_is_online() -> bool:
         import wandb
 
         return bool(wandb.Api(timeout=5).api_key)
-    except Exception:  # noqa: BLE001 - no credentials, no network: offline
+    except Exception:  # no credentials, no network, no server: offline
         return False
 
 

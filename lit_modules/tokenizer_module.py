@@ -73,7 +73,8 @@ class TokenizerModule(L.LightningModule):
         target = (batch["field_variables_out"] - mean[..., None, None]) / std[..., None, None]
         return batch["field_variables_in"], target, mean, std
 
-    def loss_terms(self, recon: torch.Tensor, target: torch.Tensor, aux: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def loss_terms(self, recon: torch.Tensor, target: torch.Tensor,
+                   aux: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         recon = recon.float()
         terms = {"l1": F.l1_loss(recon, target), "mse": F.mse_loss(recon, target)}
         terms = {k: self.loss_weights[k] * v for k, v in terms.items() if self.loss_weights.get(k, 0) > 0}
@@ -111,7 +112,7 @@ class TokenizerModule(L.LightningModule):
         errors = self.field_errors[stage]
         values = {f"{stage}/{k}": v.float() for k, v in errors.compute().items()}
         if self.variable_names:
-            for name, group in zip(self.variable_names, errors.compute_groups()):
+            for name, group in zip(self.variable_names, errors.compute_groups(), strict=False):
                 values.update({f"{stage}/{k}/{name}": v.float() for k, v in (group or {}).items()})
         errors.reset()
         for name, metric in self.usage[stage].items():

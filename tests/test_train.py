@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.loggers import Logger
 
 from tests.conftest import ROOT, TINY_DATA
 from tokenizers import load_tokenizer
 from train import train
-
 
 
 def run(make_cfg, overrides: list[str], output_dir: Path):
@@ -131,6 +131,25 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(make_cfg, tmp
             assert torch.equal(value, resumed[key][name]), (key, name)
     assert not torch.equal(half["current_model_state"]["tokenizer.encoder.conv_in.weight"],
                            full["current_model_state"]["tokenizer.encoder.conv_in.weight"])
+
+
+class BrokenLogger(Logger):
+    """A logger whose server is unreachable: every call raises."""
+
+    name, version = "broken", "0"
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        raise ConnectionError("logging server unreachable")
+
+    def log_metrics(self, metrics, step=None):
+        raise ConnectionError("logging server unreachable")
+
+
+def test_a_logger_that_fails_to_start_does_not_stop_training(make_cfg, tmp_path, caplog):
+    broken = "+logger.broken._target_=tests.test_train.BrokenLogger"
+    _, value = run(make_cfg, ["experiment=phaedra", "logger=none", broken], tmp_path / "run")
+    assert np.isfinite(value) and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert "logger 'broken' failed to start" in caplog.text and "unreachable" in caplog.text
 
 
 def test_missing_resume_checkpoint_is_an_error(make_cfg, tmp_path):

@@ -29,12 +29,12 @@ def test_field_errors_match_a_hand_computation_over_two_batches():
     assert got["nrmse"] == pytest.approx(100 * np.sqrt(np.mean((e / s) ** 2)), rel=1e-9)
     assert got["rel_l1"] == pytest.approx(100 * np.abs(e).sum() / np.abs(t).sum(), rel=1e-9)
     assert got["rel_l2"] == pytest.approx(100 * np.sqrt((e**2).sum() / (t**2).sum()), rel=1e-9)
-    psnr = [10 * math.log10((ti.max() - ti.min()) ** 2 / np.mean(ei**2)) for ti, ei in zip(t, e)]
+    psnr = [10 * math.log10((ti.max() - ti.min()) ** 2 / np.mean(ei**2)) for ti, ei in zip(t, e, strict=False)]
     assert got["psnr"] == pytest.approx(np.mean(psnr), rel=1e-9)
     ssim = [
         float(structural_similarity_index_measure(torch.tensor(pi[None]), torch.tensor(ti[None]),
                                                   data_range=float(ti.max() - ti.min())))
-        for pi, ti in zip(p, t)
+        for pi, ti in zip(p, t, strict=False)
     ]
     assert got["ssim"] == pytest.approx(np.mean(ssim), abs=1e-5)
 

@@ -69,7 +69,7 @@ def test_straight_through_gradient_is_the_gradient_of_the_unrounded_code():
 def test_quantization_runs_in_fp32_under_autocast():
     fsq = FSQ([1024], gain=0.1)
     z = torch.randn(4096, 1) * 10
-    q32, ids32 = fsq(z)
+    _, ids32 = fsq(z)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         q16, ids16 = fsq(z)
     assert q16.dtype == torch.float32
