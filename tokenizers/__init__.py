@@ -5,8 +5,9 @@ are importable from the same path; SciTok depends on nothing that imports Huggin
 """
 
 from tokenizers.base import TokenizerOutput
+from tokenizers.eeg import EEGTokenizer
 from tokenizers.fsq import FSQ
 from tokenizers.load import load_tokenizer
 from tokenizers.phaedra import PhaedraTokenizer
 
-__all__ = ["FSQ", "PhaedraTokenizer", "TokenizerOutput", "load_tokenizer"]
+__all__ = ["FSQ", "EEGTokenizer", "PhaedraTokenizer", "TokenizerOutput", "load_tokenizer"]
