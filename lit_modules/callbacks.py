@@ -42,6 +42,22 @@ def id_histogram(counts: torch.Tensor, max_bins: int = 512) -> tuple[np.ndarray,
     return binned, edges
 
 
+def signal_panel(inputs: torch.Tensor, recons: torch.Tensor, height: int = 64) -> np.ndarray:
+    """inputs, recons: [N, P] -> uint8 [N·height, P] image: input in white, reconstruction in grey, one row
+    per signal on the input's min–max scale (where the two overlap the input is drawn on top)."""
+    rows = []
+    for x, y in zip(inputs.float().cpu(), recons.float().cpu(), strict=True):
+        lo, rng = x.min(), (x.max() - x.min()).clamp_min(1e-12)
+        img = np.zeros((height, x.shape[0]), dtype=np.uint8)
+        for signal, shade in ((y, 128), (x, 255)):
+            rows_px = ((1 - ((signal - lo) / rng).clamp(0, 1)) * (height - 1)).round().long().numpy()
+            for t in range(len(rows_px)):  # vertical segment from the previous point: a connected trace
+                a, b = sorted((rows_px[t - 1] if t else rows_px[t], rows_px[t]))
+                img[a:b + 1, t] = shade
+        rows.append(img)
+    return np.concatenate(rows, axis=0)
+
+
 class MediaLogger(L.Callback):
     """Per validation epoch: a panel of `n_samples` input | recon | error, and one codebook histogram per stream."""
 
@@ -62,9 +78,13 @@ class MediaLogger(L.Callback):
 
             media = {}
             if self._batch is not None:
-                media["val/reconstructions"] = wandb.Image(
-                    reconstruction_panel(self._batch["input"], self._batch["recon"]),
-                    caption="input | reconstruction | |error| (per-row target range)")
+                inputs, recons = self._batch["input"], self._batch["recon"]
+                if inputs.ndim == 2:  # 1-D patches
+                    image, caption = signal_panel(inputs, recons), "input (white) and reconstruction (grey)"
+                else:
+                    image = reconstruction_panel(inputs, recons)
+                    caption = "input | reconstruction | |error| (per-row target range)"
+                media["val/reconstructions"] = wandb.Image(image, caption=caption)
             for stream, counts in getattr(pl_module, "codebook_counts", {}).items():
                 media[f"val/codebook_histogram/{stream}"] = wandb.Histogram(np_histogram=id_histogram(counts))
             for lg in loggers:

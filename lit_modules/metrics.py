@@ -128,3 +128,98 @@ class CodebookUsage(Metric):
             "perplexity": torch.exp2(entropy),
         }
 
+
+
+EEG_BANDS_HZ = {"delta": (0.5, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 13.0), "beta": (13.0, 30.0),
+                "gamma": (30.0, 100.0)}
+
+
+def band_powers(x: torch.Tensor, sfreq: torch.Tensor) -> torch.Tensor:
+    """x: [N, P] patches, sfreq: [N] Hz -> [N, 5] power per EEG band (|rFFT|², bins with lo ≤ f < hi)."""
+    power = torch.fft.rfft(x.double(), dim=-1).abs().pow(2)  # [N, P//2+1]
+    bins = torch.arange(power.shape[-1], dtype=torch.float64, device=x.device)
+    freqs = bins[None, :] * sfreq.double()[:, None] / x.shape[-1]  # [N, F]
+    return torch.stack([(power * ((freqs >= lo) & (freqs < hi))).sum(-1) for lo, hi in EEG_BANDS_HZ.values()], -1)
+
+
+class SignalErrors(Metric):
+    """Errors of reconstructed 1-D patches x̂ of x ([N, P], same units), summed per group (e.g. per rate):
+        mse, mae            over every sample of every patch
+        snr_db  = 10·log10(Σx² / Σ(x̂−x)²) over the epoch
+        psnr    = mean over patches of 10·log10(R² / mse_p), R = max − min of the target patch
+        ssim    = mean over patches of 1-D SSIM (Gaussian window 11, σ 1.5, valid positions) with range R
+        pearson = mean over patches of the correlation of x̂ and x
+        psd_err/<band> = Σ_patches |P̂_b − P_b| / Σ_patches P_b ·100, P_b the |rFFT|² power in the EEG band
+    Patches with R ≤ 1e-6 (flat) are left out of psnr, ssim and pearson.
+    """
+
+    full_state_update = False
+    sums = ("sq_err", "abs_err", "sq_ref", "psnr", "ssim", "pearson")
+    counts = ("n_values", "n_patches")
+
+    def __init__(self, groups: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.groups = groups
+        for name in self.sums:
+            self.add_state(name, torch.zeros(groups, dtype=torch.float64), dist_reduce_fx="sum")
+        for name in self.counts:
+            self.add_state(name, torch.zeros(groups, dtype=torch.long), dist_reduce_fx="sum")
+        n_bands = len(EEG_BANDS_HZ)
+        self.add_state("band_err", torch.zeros(groups, n_bands, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("band_ref", torch.zeros(groups, n_bands, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, sfreq: torch.Tensor,
+               group: torch.Tensor | None = None) -> None:
+        if pred.shape != target.shape or pred.ndim != 2:
+            raise ValueError(f"SignalErrors needs pred and target [N, P] of one shape, got "
+                             f"{tuple(pred.shape)} and {tuple(target.shape)}")
+        group = torch.zeros(len(pred), dtype=torch.long, device=pred.device) if group is None else group.long()
+        pred, target = pred.double(), target.double()
+        err = pred - target
+        for name, per_patch in (("sq_err", err.pow(2).sum(-1)), ("abs_err", err.abs().sum(-1)),
+                                ("sq_ref", target.pow(2).sum(-1)), ("n_values", torch.full_like(group, pred.shape[1]))):
+            getattr(self, name).index_add_(0, group, per_patch.to(getattr(self, name).dtype))
+        p_ref, p_hat = band_powers(target, sfreq), band_powers(pred, sfreq)
+        self.band_err.index_add_(0, group, (p_hat - p_ref).abs())
+        self.band_ref.index_add_(0, group, p_ref)
+        rng = target.amax(-1) - target.amin(-1)
+        ok = rng > 1e-6
+        if not ok.any():
+            return
+        pred, target, err, rng, group = pred[ok], target[ok], err[ok], rng[ok], group[ok]
+        self.n_patches.index_add_(0, group, torch.ones_like(group))
+        self.psnr.index_add_(0, group, 10 * torch.log10(rng.pow(2) / err.pow(2).mean(-1).clamp_min(1e-30)))
+        scale = rng[:, None]
+        ssim = structural_similarity_index_measure(  # [N, 1, 1, P]; σ 0.1 makes the unit axis a 1-tap window
+            (pred / scale).float()[:, None, None], (target / scale).float()[:, None, None], data_range=1.0,
+            sigma=(0.1, 1.5), reduction="none")
+        self.ssim.index_add_(0, group, ssim.double())
+        pc, tc = pred - pred.mean(-1, keepdim=True), target - target.mean(-1, keepdim=True)
+        pearson = (pc * tc).sum(-1) / (pc.norm(dim=-1) * tc.norm(dim=-1)).clamp_min(1e-30)
+        self.pearson.index_add_(0, group, pearson)
+
+    @staticmethod
+    def _values(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        n, p = t["n_values"].double(), t["n_patches"].double().clamp_min(1)
+        out = {
+            "mse": t["sq_err"] / n,
+            "mae": t["abs_err"] / n,
+            "snr_db": 10 * torch.log10(t["sq_ref"] / t["sq_err"].clamp_min(1e-30)),
+            "psnr": t["psnr"] / p,
+            "ssim": t["ssim"] / p,
+            "pearson": t["pearson"] / p,
+        }
+        for b, band in enumerate(EEG_BANDS_HZ):
+            out[f"psd_err/{band}"] = 100 * t["band_err"][..., b] / t["band_ref"][..., b].clamp_min(1e-30)
+        return out
+
+    def _states(self, index) -> dict[str, torch.Tensor]:
+        names = (*self.sums, *self.counts, "band_err", "band_ref")
+        return {name: getattr(self, name)[index] for name in names}
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return self._values({k: v.sum(0) for k, v in self._states(slice(None)).items()})
+
+    def compute_groups(self) -> list[dict[str, torch.Tensor] | None]:
+        with self.sync_context():
+            return [self._values(self._states(g)) if self.n_values[g] > 0 else None for g in range(self.groups)]

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from lit_modules.metrics import CodebookUsage, FieldErrors
+from lit_modules.metrics import CodebookUsage
 
 STAGES = ("val", "test")
 
@@ -29,15 +29,19 @@ def plain(cfg: Any) -> Any:
 class TokenizerModule(L.LightningModule):
     """Trains `tokenizer` to reconstruct the normalized field with loss Σ_w w·term + Σ aux_losses.
 
-    loss_weights: {"l1": w, "mse": w} on the normalized field (Phaedra: both 1).
+    evaluation: `_target_` of the data kind's evaluation (lit_modules.evaluation): how a batch becomes
+    the tokenizer's input, condition and target, and which metrics are logged.
+    loss_weights: {"l1": w, "mse": w} on the target (Phaedra: both 1).
     optimizer / scheduler: `_partial_` configs called with the parameters / the optimizer; the
     scheduler steps once per optimizer step.
     """
 
     def __init__(self, tokenizer: dict | DictConfig, optimizer: dict | DictConfig, scheduler: dict | DictConfig,
-                 loss_weights: dict | DictConfig | None = None, compile: bool = False):
+                 evaluation: dict | DictConfig | None = None, loss_weights: dict | DictConfig | None = None,
+                 compile: bool = False):
         super().__init__()
         tokenizer, optimizer, scheduler = plain(tokenizer), plain(optimizer), plain(scheduler)
+        evaluation = plain(evaluation) or {"_target_": "lit_modules.evaluation.FieldEvaluation"}
         loss_weights = plain(loss_weights) or {"l1": 1.0, "mse": 1.0}
         unknown = set(loss_weights) - {"l1", "mse"}
         if unknown:
@@ -45,33 +49,25 @@ class TokenizerModule(L.LightningModule):
         if not any(w > 0 for w in loss_weights.values()):
             raise ValueError(f"model.loss_weights: at least one weight must be > 0, got {loss_weights}")
         self.save_hyperparameters(dict(tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
-                                       loss_weights=loss_weights, compile=compile))
+                                       evaluation=evaluation, loss_weights=loss_weights, compile=compile))
         self.tokenizer = instantiate(tokenizer)
         self.loss_weights = loss_weights
-        self.field_errors = nn.ModuleDict({s: FieldErrors() for s in STAGES})
+        self.evaluation = nn.ModuleDict({s: instantiate(evaluation) for s in STAGES})
         self.usage = nn.ModuleDict({
             s: nn.ModuleDict({name: CodebookUsage(size) for name, size in self.tokenizer.streams.items()})
             for s in STAGES
         })
         self.codebook_counts: dict[str, torch.Tensor] = {}
-        self.variable_names: list[str] = []
         if compile:
             self.tokenizer.compile()
 
     def setup(self, stage: str) -> None:
-        """Field errors per variable when the data names its variables (batch key `variable_id`)."""
-        normalization = getattr(self.trainer.datamodule, "normalization", None) if self._trainer else None
-        if normalization and len(normalization["variables"]) > 1:
-            self.variable_names = list(normalization["variables"])
-            self.field_errors = nn.ModuleDict({s: FieldErrors(groups=len(self.variable_names)) for s in STAGES})
+        """Per-group metrics (variables, sampling rates) when the datamodule has groups."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        for evaluation in self.evaluation.values():
+            evaluation.set_groups(datamodule)
 
     # ---- one batch -------------------------------------------------------------------------------
-    @staticmethod
-    def unpack(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> (input normalized [B,C,H,W], target normalized [B,C,H,W], mean [B,C], std [B,C])."""
-        mean, std = batch["field_variables_in_mean"], batch["field_variables_in_std"]
-        target = (batch["field_variables_out"] - mean[..., None, None]) / std[..., None, None]
-        return batch["field_variables_in"], target, mean, std
 
     def loss_terms(self, recon: torch.Tensor, target: torch.Tensor,
                    aux: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -82,8 +78,8 @@ class TokenizerModule(L.LightningModule):
         return terms
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, target, _, _ = self.unpack(batch)
-        out = self.tokenizer(x)
+        x, cond, target = self.evaluation["val"].unpack(batch)  # unpacking is the same for every stage
+        out = self.tokenizer(x, **cond)
         terms = self.loss_terms(out.recon, target, out.aux_losses)
         loss = torch.stack(list(terms.values())).sum()
         self.log("train/loss", loss, prog_bar=True)
@@ -91,16 +87,14 @@ class TokenizerModule(L.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
-        x, target, mean, std = self.unpack(batch)
-        out = self.tokenizer(x)
+        evaluation = self.evaluation[stage]
+        x, cond, target = evaluation.unpack(batch)
+        out = self.tokenizer(x, **cond)
         loss = torch.stack(list(self.loss_terms(out.recon, target, out.aux_losses).values())).sum()
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=x.shape[0], sync_dist=True)
-        recon_phys = out.recon.float() * std[..., None, None] + mean[..., None, None]
-        group = batch.get("variable_id") if self.variable_names else None
-        self.field_errors[stage].update(recon_phys, batch["field_variables_out"], std, group)
         for name, ids in out.tokens.items():
             self.usage[stage][name].update(ids)
-        return {"input": batch["field_variables_out"], "recon": recon_phys.detach()}
+        return evaluation.update(out.recon, batch)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         return self._eval_step(batch, "val")
@@ -109,18 +103,16 @@ class TokenizerModule(L.LightningModule):
         return self._eval_step(batch, "test")
 
     def _log_epoch(self, stage: str) -> None:
-        errors = self.field_errors[stage]
-        values = {f"{stage}/{k}": v.float() for k, v in errors.compute().items()}
-        if self.variable_names:
-            for name, group in zip(self.variable_names, errors.compute_groups(), strict=False):
-                values.update({f"{stage}/{k}/{name}": v.float() for k, v in (group or {}).items()})
-        errors.reset()
+        evaluation = self.evaluation[stage]
+        values = {f"{stage}/{k}": v.float() for k, v in evaluation.compute().items()}
+        evaluation.reset()
         for name, metric in self.usage[stage].items():
             values.update({f"{stage}/{k}/{name}": v.float() for k, v in metric.compute().items()})
             self.codebook_counts[name] = metric.counts.detach().cpu().clone()
             metric.reset()
+        shown = {f"{stage}/{k}" for k in evaluation.progress_bar}
         for key, value in values.items():
-            self.log(key, value, prog_bar=key in (f"{stage}/psnr", f"{stage}/nrmse"))
+            self.log(key, value, prog_bar=key in shown)
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")

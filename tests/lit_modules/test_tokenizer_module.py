@@ -18,7 +18,8 @@ def batch(b: int = 2) -> dict[str, torch.Tensor]:
 
 def test_loss_is_weighted_l1_plus_mse_on_the_normalized_target():
     module = TokenizerModule(TOKENIZER, OPTIM, SCHED, loss_weights={"l1": 2.0, "mse": 0.5})
-    x, target, _, _ = module.unpack(batch())
+    x, cond, target = module.evaluation["val"].unpack(batch())
+    assert cond == {}
     assert torch.allclose(target, x)
     recon = target + 0.1
     terms = module.loss_terms(recon, target, {})
