@@ -147,7 +147,8 @@ class SignalErrors(Metric):
         mse, mae            over every sample of every patch
         snr_db  = 10·log10(Σx² / Σ(x̂−x)²) over the epoch
         psnr    = mean over patches of 10·log10(R² / mse_p), R = max − min of the target patch
-        ssim    = mean over patches of 1-D SSIM (Gaussian window 11, σ 1.5, valid positions) with range R
+        ssim    = mean over patches of 1-D SSIM (Gaussian window 11, σ 1.5, ends reflect-padded so every
+                  sample is a window centre) with range R
         pearson = mean over patches of the correlation of x̂ and x
         psd_err/<band> = Σ_patches |P̂_b − P_b| / Σ_patches P_b ·100, P_b the |rFFT|² power in the EEG band
     Patches with R ≤ 1e-6 (flat) are left out of psnr, ssim and pearson.

@@ -29,12 +29,12 @@ def test_field_errors_match_a_hand_computation_over_two_batches():
     assert got["nrmse"] == pytest.approx(100 * np.sqrt(np.mean((e / s) ** 2)), rel=1e-9)
     assert got["rel_l1"] == pytest.approx(100 * np.abs(e).sum() / np.abs(t).sum(), rel=1e-9)
     assert got["rel_l2"] == pytest.approx(100 * np.sqrt((e**2).sum() / (t**2).sum()), rel=1e-9)
-    psnr = [10 * math.log10((ti.max() - ti.min()) ** 2 / np.mean(ei**2)) for ti, ei in zip(t, e, strict=False)]
+    psnr = [10 * math.log10((ti.max() - ti.min()) ** 2 / np.mean(ei**2)) for ti, ei in zip(t, e, strict=True)]
     assert got["psnr"] == pytest.approx(np.mean(psnr), rel=1e-9)
     ssim = [
         float(structural_similarity_index_measure(torch.tensor(pi[None]), torch.tensor(ti[None]),
                                                   data_range=float(ti.max() - ti.min())))
-        for pi, ti in zip(p, t, strict=False)
+        for pi, ti in zip(p, t, strict=True)
     ]
     assert got["ssim"] == pytest.approx(np.mean(ssim), abs=1e-5)
 
@@ -97,3 +97,49 @@ def test_constant_targets_are_left_out_of_psnr_and_ssim():
     expected = np.mean([10 * math.log10(float(xi.max() - xi.min()) ** 2 / 1e-4) for xi in x])
     assert float(out["psnr"]) == pytest.approx(expected, rel=1e-5)
     assert float(out["nrmse"]) > 10  # the flat sample's error still counts in the field errors
+
+
+def ssim_1d_reference(x: np.ndarray, y: np.ndarray, data_range: float) -> float:
+    """1-D SSIM by hand: Gaussian window 11 (σ 1.5), ends reflect-padded by 5 so every sample is a centre."""
+    x, y = np.pad(x, 5, mode="reflect"), np.pad(y, 5, mode="reflect")
+    k = np.exp(-((np.arange(11) - 5) ** 2) / (2 * 1.5**2))
+    k /= k.sum()
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    win = lambda s: np.convolve(s, k[::-1], mode="valid")  # noqa: E731
+    mx, my = win(x), win(y)
+    vx, vy, cxy = win(x * x) - mx**2, win(y * y) - my**2, win(x * y) - mx * my
+    return float(np.mean(((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))))
+
+
+def test_signal_errors_match_a_hand_computation():
+    from lit_modules.metrics import EEG_BANDS_HZ, SignalErrors
+
+    rng = np.random.default_rng(3)
+    t = np.arange(256) / 256
+    target = np.stack([np.sin(2 * np.pi * 10 * t) + 0.3 * rng.normal(size=256),
+                       np.sin(2 * np.pi * 3 * t) * 2 + 0.1 * rng.normal(size=256)])
+    pred = target + 0.2 * rng.normal(size=target.shape)
+    sfreq = np.array([256.0, 128.0])
+    metric = SignalErrors(groups=2)
+    metric.update(torch.tensor(pred), torch.tensor(target), torch.tensor(sfreq), torch.tensor([0, 1]))
+    got = {k: float(v) for k, v in metric.compute().items()}
+    e = pred - target
+    assert got["mse"] == pytest.approx(np.mean(e**2), rel=1e-9)
+    assert got["mae"] == pytest.approx(np.mean(np.abs(e)), rel=1e-9)
+    assert got["snr_db"] == pytest.approx(10 * np.log10((target**2).sum() / (e**2).sum()), rel=1e-9)
+    ranges = target.max(1) - target.min(1)
+    assert got["psnr"] == pytest.approx(np.mean(10 * np.log10(ranges**2 / (e**2).mean(1))), rel=1e-9)
+    pearson = [np.corrcoef(p, x)[0, 1] for p, x in zip(pred, target, strict=True)]
+    assert got["pearson"] == pytest.approx(np.mean(pearson), rel=1e-9)
+    ssim = [ssim_1d_reference(p / r, x / r, 1.0) for p, x, r in zip(pred, target, ranges, strict=True)]
+    assert got["ssim"] == pytest.approx(np.mean(ssim), abs=1e-5)
+    # alpha band (8-13 Hz) of the first patch at 256 Hz: bins 8..12; at 128 Hz the bin width is 0.5 Hz
+    power = lambda s: np.abs(np.fft.rfft(s)) ** 2  # noqa: E731
+    freqs = [np.fft.rfftfreq(256, 1 / f) for f in sfreq]
+    lo, hi = EEG_BANDS_HZ["alpha"]
+    band = [(f >= lo) & (f < hi) for f in freqs]
+    err = sum(abs(power(p)[b].sum() - power(x)[b].sum()) for p, x, b in zip(pred, target, band, strict=True))
+    ref = sum(power(x)[b].sum() for x, b in zip(target, band, strict=True))
+    assert got["psd_err/alpha"] == pytest.approx(100 * err / ref, rel=1e-9)
+    per_rate = metric.compute_groups()
+    assert float(per_rate[1]["mse"]) == pytest.approx(np.mean(e[1] ** 2), rel=1e-9)
