@@ -24,7 +24,8 @@ def test_experiment_composes_and_instantiates(make_cfg, experiment, debug):
     if experiment.endswith("_paper"):
         return  # built on the meta device in tests/tokenizers/test_phaedra.py (97.8M parameters)
     module = instantiate(cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, _recursive_=False)
-    assert set(module.tokenizer.streams) == ({"morph"} if experiment == "fsq" else {"morph", "amp"})
+    expected = {"fsq": {"morph"}, "phaedra": {"morph", "amp"}}.get(experiment, {"tokens"})
+    assert set(module.tokenizer.streams) == expected
     optim = module.configure_optimizers()
     assert optim["lr_scheduler"]["interval"] == "step"
 

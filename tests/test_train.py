@@ -18,8 +18,9 @@ from train import train
 
 
 def run(make_cfg, overrides: list[str], output_dir: Path):
-    """train() on `overrides` + debug=fast, on the tiny embedded set unless the overrides pick other data."""
-    tiny = [] if any(o.startswith("data=") for o in overrides) else TINY_DATA
+    """train() on `overrides` + debug=fast, on the tiny embedded field set for field experiments."""
+    other_data = any(o.startswith(("data=", "experiment=eeg")) for o in overrides)
+    tiny = [] if other_data else TINY_DATA
     cfg = make_cfg(["debug=fast", *tiny, *overrides], output_dir=output_dir)
     return cfg, train(cfg)
 
@@ -102,6 +103,27 @@ def test_fsq_experiment_runs(make_cfg, tmp_path):
     assert np.isfinite(value)
     tok = load_tokenizer(tmp_path / "fsq" / "checkpoints" / "last.ckpt")
     assert tok.streams == {"morph": 8640}
+
+
+@pytest.mark.parametrize("experiment", ["eeg", "eeg_snake", "eeg_film"])
+def test_eeg_experiments_run_and_log_signal_metrics(make_cfg, tmp_path, experiment):
+    # two validation batches of 4096 patches reach every rate (val patches are ordered by recording and rate)
+    _, value = run(make_cfg, [f"experiment={experiment}", "data.eval_batch_size=4096"], tmp_path / experiment)
+    assert np.isfinite(value)
+    history = {}
+    for r in wandb_records(tmp_path / experiment):
+        if r.get("type") == "history":
+            history.update(r["history"]["item"])
+    for key in ("val/mse", "val/mae", "val/psnr", "val/ssim", "val/snr_db", "val/pearson", "val/psd_err/alpha",
+                "val/usage/tokens", "val/perplexity/tokens", "val/entropy_bits/tokens", "test/pearson"):
+        assert isinstance(history.get(key), float), key
+    assert history["val/reconstructions._type"] == "image-file"
+    if experiment == "eeg_film":  # several rates: every metric per rate too
+        assert isinstance(history.get("val/mse/128hz"), float) and isinstance(history.get("val/pearson/512hz"), float)
+    tok = load_tokenizer(tmp_path / experiment / "checkpoints" / "last.ckpt")
+    x, rate = torch.randn(3, 32), torch.tensor([128.0, 256.0, 512.0])
+    with torch.no_grad():
+        assert torch.equal(tok.decode(tok.encode(x, sfreq=rate), sfreq=rate), tok(x, sfreq=rate).recon)
 
 
 def test_paper_experiment_trains_two_steps(make_cfg, tmp_path):
