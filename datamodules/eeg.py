@@ -12,15 +12,14 @@ validation/test patches are fixed (consecutive, non-overlapping). Mostly-zero pa
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
 
+from datamodules.common import EpochSampler, InMemoryDataModule, TensorBatches, split_indices
 from datamodules.eeg_signal import (
     cut_patches,
     exponential_moving_standardize,
@@ -107,45 +106,34 @@ def normalize(rec: Recording, method: str, ems_factor: float) -> np.ndarray:
     raise ValueError(f"data.normalization must be 'robust' or 'ems', got {method!r}")
 
 
-class EpochCropSampler(Sampler[int]):
+class EpochCropSampler(EpochSampler):
     """Random crops of `crops_per_row` patches from every row, in an order drawn from (seed, epoch).
 
-    Yields crop ids row·stride + offset (offset in [0, length − patch_len]); `resume(epoch, n_done)` skips
-    the first n_done of that epoch's crops, for an exact mid-epoch resume.
+    Yields crop ids row·stride + offset with offset in [0, length − patch_len].
     """
 
     def __init__(self, lengths: torch.Tensor, patch_len: int, crops_per_row: int, stride: int, seed: int):
-        self.lengths, self.patch_len, self.crops_per_row = lengths, patch_len, crops_per_row
-        self.stride, self.seed, self.epoch = stride, seed, 0
-        self._resume: tuple[int, int] | None = None
+        super().__init__(seed)
+        self.lengths, self.patch_len, self.crops_per_row, self.stride = lengths, patch_len, crops_per_row, stride
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def resume(self, epoch: int, n_done: int) -> None:
-        self._resume = (epoch, n_done)
-
-    def __iter__(self) -> Iterator[int]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+    def epoch_order(self, gen: torch.Generator) -> list[int]:
         rows = torch.arange(len(self.lengths)).repeat_interleave(self.crops_per_row)
         span = (self.lengths[rows] - self.patch_len + 1).double()
         offsets = (torch.rand(len(rows), generator=gen, dtype=torch.float64) * span).long()
-        crops = (rows * self.stride + offsets)[torch.randperm(len(rows), generator=gen)].tolist()
-        if self._resume is not None and self._resume[0] == self.epoch:
-            crops = crops[self._resume[1]:]
-        self._resume = None
-        return iter(crops)
+        return (rows * self.stride + offsets)[torch.randperm(len(rows), generator=gen)].tolist()
 
     def __len__(self) -> int:
         return len(self.lengths) * self.crops_per_row
 
 
-class RowCrops(Dataset):
-    """Train rows [R, T_max] (zero-padded); a crop id row·T_max + offset gives rows[row, offset:offset+P]."""
+class RowCrops(TensorBatches):
+    """Train rows [R, T_max] (zero-padded) with their lengths and rates; a crop id row·T_max + offset gives
+    the patch rows[row, offset:offset+P]."""
 
     def __init__(self, rows: torch.Tensor, lengths: torch.Tensor, sfreq: torch.Tensor, rate_id: torch.Tensor,
                  patch_len: int):
-        self.rows, self.lengths, self.sfreq, self.rate_id, self.patch_len = rows, lengths, sfreq, rate_id, patch_len
+        super().__init__(rows=rows, lengths=lengths, sfreq=sfreq, rate_id=rate_id)
+        self.rows, self.lengths, self.patch_len = rows, lengths, patch_len
 
     def __len__(self) -> int:
         return self.rows.numel()
@@ -154,33 +142,16 @@ class RowCrops(Dataset):
         ids = torch.as_tensor(crop_ids, dtype=torch.long)
         row, offset = ids // self.rows.shape[1], ids % self.rows.shape[1]
         index = offset[:, None] + torch.arange(self.patch_len)
-        return {"x": self.rows[row[:, None], index], "sfreq": self.sfreq[row], "rate_id": self.rate_id[row]}
+        return {"x": self.rows[row[:, None], index], "sfreq": self.tensors["sfreq"][row],
+                "rate_id": self.tensors["rate_id"][row]}
 
 
-class Patches(Dataset):
-    def __init__(self, x: torch.Tensor, sfreq: torch.Tensor, rate_id: torch.Tensor):
-        self.x, self.sfreq, self.rate_id = x, sfreq, rate_id
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitems__(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
-        i = torch.as_tensor(idx, dtype=torch.long)
-        return {"x": self.x[i], "sfreq": self.sfreq[i], "rate_id": self.rate_id[i]}
-
-
-def _batch_is_ready(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return batch
-
-
-class EEGDataModule(L.LightningDataModule):
+class EEGDataModule(InMemoryDataModule):
     def __init__(self, source, patch_len: int = 256, rates: Sequence[float] = (256.0,), normalization: str = "robust",
                  ems_factor: float = 1e-3, crops_per_row: int = 4, max_zero_fraction: float = 0.5,
                  batch_size: int = 256, eval_batch_size: int = 1024, split: Sequence[float] = (0.8, 0.1, 0.1),
                  seed: int = 0, num_workers: int = 0):
-        super().__init__()
-        if len(split) != 3 or abs(sum(split) - 1) > 1e-6 or min(split) < 0:
-            raise ValueError(f"data.split must be three fractions (train, val, test) summing to 1, got {list(split)}")
+        super().__init__(batch_size, eval_batch_size, split, seed, num_workers)
         if not rates or min(rates) <= 0:
             raise ValueError(f"data.rates must be positive sampling rates in Hz, got {list(rates)}")
         if normalization not in ("robust", "ems"):
@@ -188,11 +159,6 @@ class EEGDataModule(L.LightningDataModule):
         self.source, self.patch_len, self.rates = source, patch_len, [float(r) for r in rates]
         self.norm_method, self.ems_factor = normalization, ems_factor
         self.crops_per_row, self.max_zero_fraction = crops_per_row, max_zero_fraction
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.split, self.seed, self.num_workers = tuple(split), seed, num_workers
-        self.splits: dict[str, Dataset] = {}
-        self.train_sampler: EpochCropSampler | None = None
-        self._resume_state: dict[str, int] | None = None
         self.normalization = {"method": normalization, "rates": self.rates}
 
     def prepare_data(self) -> None:
@@ -204,13 +170,8 @@ class EEGDataModule(L.LightningDataModule):
         recordings = self.source.load()
         if len(recordings) < 3:
             raise ValueError(f"{len(recordings)} recordings cannot be split into train/val/test; need at least 3")
-        order = torch.randperm(len(recordings), generator=torch.Generator().manual_seed(self.seed)).tolist()
-        n_val = max(1, round(self.split[1] * len(order)))
-        n_test = max(1, round(self.split[2] * len(order)))
-        n_train = len(order) - n_val - n_test
-        parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
-        for split, idx in parts.items():
-            rows, sfreq, rate_id = self._rows([recordings[i] for i in sorted(idx)])
+        for split, idx in split_indices(len(recordings), self.split, self.seed).items():
+            rows, sfreq, rate_id = self._rows([recordings[i] for i in idx.tolist()])
             if split == "train":
                 self.splits[split] = self._train_set(rows, sfreq, rate_id)
             else:
@@ -241,7 +202,7 @@ class EEGDataModule(L.LightningDataModule):
         return RowCrops(padded, torch.tensor([len(r) for r in rows]), torch.tensor(sfreq, dtype=torch.float32),
                         torch.tensor(rate_id, dtype=torch.long), self.patch_len)
 
-    def _eval_set(self, rows: list[np.ndarray], sfreq: list[float], rate_id: list[int]) -> Patches:
+    def _eval_set(self, rows: list[np.ndarray], sfreq: list[float], rate_id: list[int]) -> TensorBatches:
         xs, fs, ids = [], [], []
         for row, f, r in zip(rows, sfreq, rate_id, strict=True):
             p = cut_patches(row[None], patch_offsets(len(row), self.patch_len, self.patch_len), self.patch_len)
@@ -250,34 +211,8 @@ class EEGDataModule(L.LightningDataModule):
             fs += [f] * len(p)
             ids += [r] * len(p)
         x = torch.from_numpy(np.concatenate(xs)) if xs else torch.zeros(0, self.patch_len)
-        return Patches(x, torch.tensor(fs, dtype=torch.float32), torch.tensor(ids, dtype=torch.long))
+        return TensorBatches(x=x, sfreq=torch.tensor(fs, dtype=torch.float32), rate_id=torch.tensor(ids))
 
-    def train_dataloader(self) -> DataLoader:
-        ds = self.splits["train"]
-        self.train_sampler = EpochCropSampler(ds.lengths, self.patch_len, self.crops_per_row, ds.rows.shape[1],
-                                              self.seed)
-        if self._resume_state is not None:
-            self.train_sampler.resume(self._resume_state["epoch"], self._resume_state["batches_done"] * self.batch_size)
-            self._resume_state = None
-        return DataLoader(ds, batch_size=self.batch_size, sampler=self.train_sampler, drop_last=True,
-                          collate_fn=_batch_is_ready, num_workers=self.num_workers)
-
-    def _eval_loader(self, split: str) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=self.eval_batch_size, shuffle=False,
-                          collate_fn=_batch_is_ready, num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
-
-    def state_dict(self) -> dict[str, int]:
-        trainer = self.trainer
-        if trainer is None or self.train_sampler is None:
-            return {}
-        return {"epoch": self.train_sampler.epoch,
-                "batches_done": int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self._resume_state = dict(state) or None
+    def make_train_sampler(self) -> EpochCropSampler:
+        train = self.splits["train"]
+        return EpochCropSampler(train.lengths, self.patch_len, self.crops_per_row, train.rows.shape[1], self.seed)

@@ -35,7 +35,7 @@ def test_split_by_recording_fixed_eval_patches_and_batches():
     first = next(iter(dm.val_dataloader()))["x"]
     assert torch.equal(first, next(iter(dm.val_dataloader()))["x"])  # validation order is fixed
     # robust z-score per channel: median 0, MAD·1.4826 = 1 on each val row
-    row = val.x[:8].flatten()
+    row = val.tensors["x"][:8].flatten()
     assert float(row.median()) == pytest.approx(0.0, abs=0.1)
 
 
@@ -43,11 +43,12 @@ def test_every_rate_gets_its_rows_and_patches_carry_their_rate():
     dm = EEGDataModule(ListSource(recordings()), patch_len=64, rates=[128.0, 256.0, 512.0], batch_size=8)
     dm.setup()
     train = dm.splits["train"]
-    assert sorted(set(train.sfreq.tolist())) == [128.0, 256.0, 512.0]
-    lengths = {float(f): int(n) for f, n in zip(train.sfreq, train.lengths, strict=True)}
+    assert sorted(set(train.tensors["sfreq"].tolist())) == [128.0, 256.0, 512.0]
+    lengths = {float(f): int(n) for f, n in zip(train.tensors["sfreq"], train.lengths, strict=True)}
     assert lengths == {128.0: 256, 256.0: 512, 512.0: 1024}  # 2 s at each rate
     val = dm.splits["val"]
-    assert torch.equal(val.rate_id, torch.tensor([[128.0, 256.0, 512.0].index(f) for f in val.sfreq.tolist()]))
+    rate_ids = [[128.0, 256.0, 512.0].index(f) for f in val.tensors["sfreq"].tolist()]
+    assert torch.equal(val.tensors["rate_id"], torch.tensor(rate_ids))
 
 
 def test_train_crops_depend_on_seed_and_epoch_and_resume_mid_epoch():
@@ -82,7 +83,7 @@ def test_mostly_zero_rows_are_dropped_and_bad_data_is_named():
 def test_ems_normalization_is_selectable():
     dm = EEGDataModule(ListSource(recordings(seconds=20.0)), patch_len=64, normalization="ems", ems_factor=1e-2)
     dm.setup()
-    assert abs(float(dm.splits["val"].x[:, :].mean())) < 0.2
+    assert abs(float(dm.splits["val"].tensors["x"].mean())) < 0.2
 
 
 def write_edf(path: Path, data: np.ndarray, sfreq: int, labels: list[str]) -> None:

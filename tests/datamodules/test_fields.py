@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.fields import EpochShuffleSampler, FieldDataModule, hdf5_datamodule, npy_datamodule
+from datamodules.common import EpochShuffleSampler
+from datamodules.fields import FieldDataModule, hdf5_datamodule, npy_datamodule
 from datamodules.sources import EmbeddedFields
 
 
@@ -40,8 +41,8 @@ def test_split_is_by_trajectory_and_statistics_come_from_train_only(embedded):
     ns = fs["navier_stokes"].data[:, :, 0]  # [5, 3, 32, 32]
     frames = {}
     for split, ds in embedded.splits.items():
-        mask = ds.variable_id == 0
-        frames[split] = ds.fields[mask][:, 0]
+        mask = ds.tensors["variable_id"] == 0
+        frames[split] = ds.tensors["fields"][mask][:, 0]
     found = {}
     for split, x in frames.items():
         trajs = {int(((ns - f).abs().flatten(-2).amax(-1) == 0).nonzero()[0, 0]) for f in x}

@@ -1,0 +1,138 @@
+"""What every SciTok datamodule shares: seeded splits, (seed, epoch) train orders that resume
+mid-epoch exactly, in-memory datasets that build whole batches, and the loaders around them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+def check_split(split: Sequence[float]) -> tuple[float, float, float]:
+    if len(split) != 3 or abs(sum(split) - 1) > 1e-6 or min(split) < 0:
+        raise ValueError(f"data.split must be three fractions (train, val, test) summing to 1, got {list(split)}")
+    return tuple(split)
+
+
+def split_indices(n: int, split: Sequence[float], seed: int) -> dict[str, torch.Tensor]:
+    """A seeded permutation of range(n) cut into train/val/test (each of val and test gets at least one)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, round(split[1] * n))
+    n_test = max(1, round(split[2] * n))
+    n_train = n - n_val - n_test
+    parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+    return {name: idx.sort().values for name, idx in parts.items()}
+
+
+class EpochSampler(Sampler[int]):
+    """Yields `epoch_order(generator)` with the generator seeded by (seed, epoch): identical across restarts.
+
+    `resume(epoch, n_done)` makes the next pass over `epoch` start after its first n_done items, so a run
+    resumed mid-epoch sees exactly what an uninterrupted run would.
+    """
+
+    def __init__(self, seed: int):
+        self.seed, self.epoch = seed, 0
+        self._resume: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume(self, epoch: int, n_done: int) -> None:
+        self._resume = (epoch, n_done)
+
+    def epoch_order(self, gen: torch.Generator) -> list[int]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.epoch_order(torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+        if self._resume is not None and self._resume[0] == self.epoch:
+            order = order[self._resume[1]:]
+        self._resume = None
+        return iter(order)
+
+
+class EpochShuffleSampler(EpochSampler):
+    """A permutation of range(n) per epoch."""
+
+    def __init__(self, n: int, seed: int):
+        super().__init__(seed)
+        self.n = n
+
+    def epoch_order(self, gen: torch.Generator) -> list[int]:
+        return torch.randperm(self.n, generator=gen).tolist()
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class TensorBatches(Dataset):
+    """Equal-length tensors indexed together; `__getitems__` builds a batch dict by tensor indexing."""
+
+    def __init__(self, **tensors: torch.Tensor):
+        self.tensors = tensors
+        self.n = len(next(iter(tensors.values())))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitems__(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        i = torch.as_tensor(idx, dtype=torch.long)
+        return {k: v[i] for k, v in self.tensors.items()}
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([idx]).items()}
+
+
+def batch_is_ready(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """collate_fn for datasets whose __getitems__ already returns the batch."""
+    return batch
+
+
+class InMemoryDataModule(L.LightningDataModule):
+    """Loaders over `self.splits` (datasets with __getitems__) and an exactly resumable train order.
+
+    Subclasses fill `self.splits` in setup() and implement `make_train_sampler()`.
+    """
+
+    def __init__(self, batch_size: int, eval_batch_size: int | None, split: Sequence[float], seed: int,
+                 num_workers: int):
+        super().__init__()
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.split, self.seed, self.num_workers = check_split(split), seed, num_workers
+        self.splits: dict[str, Dataset] = {}
+        self.train_sampler: EpochSampler | None = None
+        self._resume_state: dict[str, int] | None = None
+
+    def make_train_sampler(self) -> EpochSampler:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        self.train_sampler = self.make_train_sampler()
+        if self._resume_state is not None:
+            self.train_sampler.resume(self._resume_state["epoch"], self._resume_state["batches_done"] * self.batch_size)
+            self._resume_state = None
+        return DataLoader(self.splits["train"], batch_size=self.batch_size, sampler=self.train_sampler,
+                          drop_last=True, collate_fn=batch_is_ready, num_workers=self.num_workers)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        return DataLoader(self.splits[split], batch_size=self.eval_batch_size, shuffle=False,
+                          collate_fn=batch_is_ready, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the train pass stands (Lightning's own count of batches done in this epoch), for exact resume."""
+        if self.trainer is None or self.train_sampler is None:
+            return {}
+        return {"epoch": self.train_sampler.epoch,
+                "batches_done": int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_state = dict(state) or None
