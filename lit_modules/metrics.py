@@ -11,7 +11,57 @@ from torchmetrics import Metric
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 
-class FieldErrors(Metric):
+class GroupedSums(Metric):
+    """Sum states kept per group (e.g. per variable or sampling rate), reduced by summation across processes.
+
+    Subclasses name their states: `sums` (float64 [groups]), `counts` (int64 [groups]), `vectors`
+    ({name: width}: float64 [groups, width]), and turn a dict of states into metric values in `values()`.
+    compute() gives the values over all groups, compute_groups() one dict per group (None if it saw nothing).
+    """
+
+    full_state_update = False
+    sums: tuple[str, ...] = ()
+    counts: tuple[str, ...] = ()
+    vectors: dict[str, int] = {}
+    seen = "n_values"  # the count that says whether a group saw any data
+
+    def __init__(self, groups: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.groups = groups
+        for name in self.sums:
+            self.add_state(name, torch.zeros(groups, dtype=torch.float64), dist_reduce_fx="sum")
+        for name in self.counts:
+            self.add_state(name, torch.zeros(groups, dtype=torch.long), dist_reduce_fx="sum")
+        for name, width in self.vectors.items():
+            self.add_state(name, torch.zeros(groups, width, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _groups(self, group: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+        group = torch.zeros(n, dtype=torch.long, device=device) if group is None else group.long()
+        if group.numel() and (group.min() < 0 or group.max() >= self.groups):
+            raise ValueError(f"{type(self).__name__} group ids must lie in [0, {self.groups}), got {group.tolist()}")
+        return group
+
+    def _add(self, name: str, group: torch.Tensor, per_item: torch.Tensor) -> None:
+        state = getattr(self, name)
+        state.index_add_(0, group, per_item.to(state.dtype))
+
+    def _states(self, index) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name)[index] for name in (*self.sums, *self.counts, *self.vectors)}
+
+    @staticmethod
+    def values(states: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return self.values({k: v.sum(0) for k, v in self._states(slice(None)).items()})
+
+    def compute_groups(self) -> list[dict[str, torch.Tensor] | None]:
+        with self.sync_context():  # the per-group view of the states compute() reduces across processes
+            return [self.values(self._states(g)) if getattr(self, self.seen)[g] > 0 else None
+                    for g in range(self.groups)]
+
+
+class FieldErrors(GroupedSums):
     """Errors of a reconstruction x̂ of a physical field x (both in physical units), ×100 where a percentage.
 
     With σ the data-set standard deviation of the sample's variable (train split) and sums over
@@ -28,21 +78,8 @@ class FieldErrors(Metric):
     all samples, compute_groups() one dict per group with the same definitions.
     """
 
-    full_state_update = False
     sums = ("abs_norm", "sq_norm", "abs_err", "abs_ref", "sq_err", "sq_ref", "psnr", "ssim")
     counts = ("n_values", "n_samples", "n_flat")
-
-    def __init__(self, groups: int = 1, **kwargs):
-        super().__init__(**kwargs)
-        self.groups = groups
-        for name in self.sums:
-            self.add_state(name, torch.zeros(groups, dtype=torch.float64), dist_reduce_fx="sum")
-        for name in self.counts:
-            self.add_state(name, torch.zeros(groups, dtype=torch.long), dist_reduce_fx="sum")
-
-    def _add(self, name: str, group: torch.Tensor, per_sample: torch.Tensor) -> None:
-        state = getattr(self, name)
-        state.index_add_(0, group, per_sample.to(state.dtype))
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor,
                group: torch.Tensor | None = None) -> None:
@@ -50,9 +87,7 @@ class FieldErrors(Metric):
         if pred.shape != target.shape or pred.ndim != 4:
             raise ValueError(f"FieldErrors needs pred and target [B, C, H, W] of one shape, got "
                              f"{tuple(pred.shape)} and {tuple(target.shape)}")
-        group = torch.zeros(len(pred), dtype=torch.long, device=pred.device) if group is None else group.long()
-        if group.numel() and (group.min() < 0 or group.max() >= self.groups):
-            raise ValueError(f"FieldErrors group ids must lie in [0, {self.groups}), got {group.tolist()}")
+        group = self._groups(group, len(pred), pred.device)
         pred, target = pred.double(), target.double()
         err = pred - target
         norm_err = err / sigma.double()[..., None, None]
@@ -79,7 +114,7 @@ class FieldErrors(Metric):
             (pred / scale).float(), (target / scale).float(), data_range=1.0, reduction="none"))
 
     @staticmethod
-    def _values(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def values(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         n, s = t["n_values"].double(), t["n_samples"].double().clamp_min(1)
         return {
             "nmae": 100 * t["abs_norm"] / n,
@@ -89,15 +124,6 @@ class FieldErrors(Metric):
             "psnr": t["psnr"] / s,
             "ssim": t["ssim"] / s,
         }
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        return self._values({name: getattr(self, name).sum() for name in self.sums + self.counts})
-
-    def compute_groups(self) -> list[dict[str, torch.Tensor]]:
-        """One dict per group with data this epoch (None for a group that saw no sample)."""
-        with self.sync_context():  # the per-group view of the states compute() reduces across processes
-            return [self._values({name: getattr(self, name)[g] for name in self.sums + self.counts})
-                    if self.n_values[g] > 0 else None for g in range(self.groups)]
 
 
 class CodebookUsage(Metric):
@@ -142,7 +168,7 @@ def band_powers(x: torch.Tensor, sfreq: torch.Tensor) -> torch.Tensor:
     return torch.stack([(power * ((freqs >= lo) & (freqs < hi))).sum(-1) for lo, hi in EEG_BANDS_HZ.values()], -1)
 
 
-class SignalErrors(Metric):
+class SignalErrors(GroupedSums):
     """Errors of reconstructed 1-D patches x̂ of x ([N, P], same units), summed per group (e.g. per rate):
         mse, mae            over every sample of every patch
         snr_db  = 10·log10(Σx² / Σ(x̂−x)²) over the epoch
@@ -154,53 +180,43 @@ class SignalErrors(Metric):
     Patches with R ≤ 1e-6 (flat) are left out of psnr, ssim and pearson.
     """
 
-    full_state_update = False
     sums = ("sq_err", "abs_err", "sq_ref", "psnr", "ssim", "pearson")
     counts = ("n_values", "n_patches")
-
-    def __init__(self, groups: int = 1, **kwargs):
-        super().__init__(**kwargs)
-        self.groups = groups
-        for name in self.sums:
-            self.add_state(name, torch.zeros(groups, dtype=torch.float64), dist_reduce_fx="sum")
-        for name in self.counts:
-            self.add_state(name, torch.zeros(groups, dtype=torch.long), dist_reduce_fx="sum")
-        n_bands = len(EEG_BANDS_HZ)
-        self.add_state("band_err", torch.zeros(groups, n_bands, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("band_ref", torch.zeros(groups, n_bands, dtype=torch.float64), dist_reduce_fx="sum")
+    vectors = {"band_err": len(EEG_BANDS_HZ), "band_ref": len(EEG_BANDS_HZ)}
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, sfreq: torch.Tensor,
                group: torch.Tensor | None = None) -> None:
         if pred.shape != target.shape or pred.ndim != 2:
             raise ValueError(f"SignalErrors needs pred and target [N, P] of one shape, got "
                              f"{tuple(pred.shape)} and {tuple(target.shape)}")
-        group = torch.zeros(len(pred), dtype=torch.long, device=pred.device) if group is None else group.long()
+        group = self._groups(group, len(pred), pred.device)
         pred, target = pred.double(), target.double()
         err = pred - target
-        for name, per_patch in (("sq_err", err.pow(2).sum(-1)), ("abs_err", err.abs().sum(-1)),
-                                ("sq_ref", target.pow(2).sum(-1)), ("n_values", torch.full_like(group, pred.shape[1]))):
-            getattr(self, name).index_add_(0, group, per_patch.to(getattr(self, name).dtype))
+        self._add("sq_err", group, err.pow(2).sum(-1))
+        self._add("abs_err", group, err.abs().sum(-1))
+        self._add("sq_ref", group, target.pow(2).sum(-1))
+        self._add("n_values", group, torch.full_like(group, pred.shape[1]))
         p_ref, p_hat = band_powers(target, sfreq), band_powers(pred, sfreq)
-        self.band_err.index_add_(0, group, (p_hat - p_ref).abs())
-        self.band_ref.index_add_(0, group, p_ref)
+        self._add("band_err", group, (p_hat - p_ref).abs())
+        self._add("band_ref", group, p_ref)
         rng = target.amax(-1) - target.amin(-1)
         ok = rng > 1e-6
         if not ok.any():
             return
         pred, target, err, rng, group = pred[ok], target[ok], err[ok], rng[ok], group[ok]
-        self.n_patches.index_add_(0, group, torch.ones_like(group))
-        self.psnr.index_add_(0, group, 10 * torch.log10(rng.pow(2) / err.pow(2).mean(-1).clamp_min(1e-30)))
+        self._add("n_patches", group, torch.ones_like(group))
+        self._add("psnr", group, 10 * torch.log10(rng.pow(2) / err.pow(2).mean(-1).clamp_min(1e-30)))
         scale = rng[:, None]
         ssim = structural_similarity_index_measure(  # [N, 1, 1, P]; σ 0.1 makes the unit axis a 1-tap window
             (pred / scale).float()[:, None, None], (target / scale).float()[:, None, None], data_range=1.0,
             sigma=(0.1, 1.5), reduction="none")
-        self.ssim.index_add_(0, group, ssim.double())
+        self._add("ssim", group, ssim)
         pc, tc = pred - pred.mean(-1, keepdim=True), target - target.mean(-1, keepdim=True)
         pearson = (pc * tc).sum(-1) / (pc.norm(dim=-1) * tc.norm(dim=-1)).clamp_min(1e-30)
-        self.pearson.index_add_(0, group, pearson)
+        self._add("pearson", group, pearson)
 
     @staticmethod
-    def _values(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def values(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         n, p = t["n_values"].double(), t["n_patches"].double().clamp_min(1)
         out = {
             "mse": t["sq_err"] / n,
@@ -213,14 +229,3 @@ class SignalErrors(Metric):
         for b, band in enumerate(EEG_BANDS_HZ):
             out[f"psd_err/{band}"] = 100 * t["band_err"][..., b] / t["band_ref"][..., b].clamp_min(1e-30)
         return out
-
-    def _states(self, index) -> dict[str, torch.Tensor]:
-        names = (*self.sums, *self.counts, "band_err", "band_ref")
-        return {name: getattr(self, name)[index] for name in names}
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        return self._values({k: v.sum(0) for k, v in self._states(slice(None)).items()})
-
-    def compute_groups(self) -> list[dict[str, torch.Tensor] | None]:
-        with self.sync_context():
-            return [self._values(self._states(g)) if self.n_values[g] > 0 else None for g in range(self.groups)]
