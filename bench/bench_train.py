@@ -1,6 +1,6 @@
 """Training throughput per experiment: samples/s, step time and peak memory at the default sizes.
 
-    python bench/bench_train.py                      # phaedra and fsq
+    python bench/bench_train.py                      # phaedra, fsq and the EEG experiments
     python bench/bench_train.py --experiments phaedra --steps 50
 
 Runs the real Trainer (no validation, no logger) on each experiment's own data and batch size, times
@@ -83,7 +83,7 @@ def bench(experiment: str, steps: int, warmup: int, data_dir: str, extra: list[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiments", nargs="+", default=["phaedra", "fsq"])
+    parser.add_argument("--experiments", nargs="+", default=["phaedra", "fsq", "eeg", "eeg_snake", "eeg_film"])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--data-dir", default="data")
