@@ -5,6 +5,7 @@ An evaluation is chosen in the model config (`model.evaluation._target_`); Token
 per stage (val, test). Each one:
     unpack(batch) -> (x, cond, target)        x and target in the loss space; cond: tokenizer kwargs
     set_groups(datamodule)                    per-group metrics (variables, sampling rates) if the data has groups
+    group_of(batch) -> [B] or None            each sample's group (also used for codebook statistics)
     update(recon, batch) -> panel             accumulate metrics; returns {"input", "recon"} for media
     compute() -> {name: value}                over the epoch, plus "<name>/<group>" per group; then reset()
 """
@@ -39,11 +40,13 @@ class FieldEvaluation(nn.Module):
             self.group_names = list(variables)
             self.errors = FieldErrors(groups=len(variables))
 
+    def group_of(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return batch["variable_id"] if self.group_names else None
+
     def update(self, recon: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         mean, std = batch["field_variables_in_mean"], batch["field_variables_in_std"]
         recon_phys = recon.float() * std[..., None, None] + mean[..., None, None]
-        group = batch.get("variable_id") if self.group_names else None
-        self.errors.update(recon_phys, batch["field_variables_out"], std, group)
+        self.errors.update(recon_phys, batch["field_variables_out"], std, self.group_of(batch))
         return {"input": batch["field_variables_out"], "recon": recon_phys.detach()}
 
     def compute(self) -> dict[str, torch.Tensor]:
@@ -74,9 +77,11 @@ class SignalEvaluation(nn.Module):
             self.group_names = [f"{rate:g}hz" for rate in rates]
             self.errors = SignalErrors(groups=len(rates))
 
+    def group_of(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return batch["rate_id"] if self.group_names else None
+
     def update(self, recon: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        group = batch.get("rate_id") if self.group_names else None
-        self.errors.update(recon.float(), batch["x"], batch["sfreq"], group)
+        self.errors.update(recon.float(), batch["x"], batch["sfreq"], self.group_of(batch))
         return {"input": batch["x"], "recon": recon.detach().float()}
 
     def compute(self) -> dict[str, torch.Tensor]:
@@ -86,7 +91,8 @@ class SignalEvaluation(nn.Module):
         self.errors.reset()
 
 
-def _with_groups(metric: FieldErrors | SignalErrors, group_names: list[str]) -> dict[str, torch.Tensor]:
+def _with_groups(metric, group_names: list[str]) -> dict[str, torch.Tensor]:
+    """metric.compute() plus "<name>/<group>" from metric.compute_groups() when there are groups."""
     values = dict(metric.compute())
     if group_names:
         for name, group in zip(group_names, metric.compute_groups(), strict=True):

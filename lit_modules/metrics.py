@@ -127,25 +127,32 @@ class FieldErrors(GroupedSums):
 
 
 class CodebookUsage(Metric):
-    """Histogram of token ids over the epoch, and from it (p = counts / Σcounts):
-    usage = 100·|{i: counts_i > 0}| / V,  entropy_bits = −Σ p log2 p,  perplexity = 2^entropy_bits.
+    """Histogram of token ids over the epoch, per group (e.g. per variable or sampling rate), and from it
+    (p = counts / Σcounts):  usage = 100·|{i: counts_i > 0}| / V,  entropy_bits = −Σ p log2 p,
+    perplexity = 2^entropy_bits. compute() uses the histogram summed over groups.
     """
 
     full_state_update = False
 
-    def __init__(self, codebook_size: int, **kwargs):
+    def __init__(self, codebook_size: int, groups: int = 1, **kwargs):
         super().__init__(**kwargs)
-        self.codebook_size = codebook_size
-        self.add_state("counts", torch.zeros(codebook_size, dtype=torch.long), dist_reduce_fx="sum")
+        self.codebook_size, self.groups = codebook_size, groups
+        self.add_state("counts", torch.zeros(groups, codebook_size, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, ids: torch.Tensor) -> None:
+    def update(self, ids: torch.Tensor, group: torch.Tensor | None = None) -> None:
+        """ids: [B, ...] token ids; group: [B] group of each sample (all in group 0 when None)."""
         if ids.numel() and (ids.min() < 0 or ids.max() >= self.codebook_size):
             raise ValueError(f"token ids must lie in [0, {self.codebook_size}), got "
                              f"[{int(ids.min())}, {int(ids.max())}]")
-        self.counts += torch.bincount(ids.flatten(), minlength=self.codebook_size)
+        if group is None:
+            group = torch.zeros(ids.shape[0] if ids.ndim else 1, dtype=torch.long, device=ids.device)
+        per_sample = ids.reshape(len(group), -1)
+        flat = (group.long()[:, None] * self.codebook_size + per_sample).flatten()
+        self.counts += torch.bincount(flat, minlength=self.groups * self.codebook_size).view(self.groups, -1)
 
-    def compute(self) -> dict[str, torch.Tensor]:
-        counts = self.counts.double()
+    @staticmethod
+    def stats(counts: torch.Tensor) -> dict[str, torch.Tensor]:
+        counts = counts.double()
         p = counts / counts.sum().clamp_min(1)
         entropy = -(p[p > 0] * torch.log2(p[p > 0])).sum()
         return {
@@ -154,6 +161,12 @@ class CodebookUsage(Metric):
             "perplexity": torch.exp2(entropy),
         }
 
+    def compute(self) -> dict[str, torch.Tensor]:
+        return self.stats(self.counts.sum(0))
+
+    def compute_groups(self) -> list[dict[str, torch.Tensor] | None]:
+        with self.sync_context():
+            return [self.stats(c) if c.sum() > 0 else None for c in self.counts]
 
 
 EEG_BANDS_HZ = {"delta": (0.5, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 13.0), "beta": (13.0, 30.0),

@@ -64,8 +64,12 @@ class TokenizerModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Per-group metrics (variables, sampling rates) when the datamodule has groups."""
         datamodule = self.trainer.datamodule if self._trainer is not None else None
-        for evaluation in self.evaluation.values():
+        for stage, evaluation in self.evaluation.items():
             evaluation.set_groups(datamodule)
+            if evaluation.group_names:
+                groups = len(evaluation.group_names)
+                self.usage[stage] = nn.ModuleDict({name: CodebookUsage(size, groups)
+                                                   for name, size in self.tokenizer.streams.items()})
 
     # ---- one batch -------------------------------------------------------------------------------
 
@@ -92,8 +96,9 @@ class TokenizerModule(L.LightningModule):
         out = self.tokenizer(x, **cond)
         loss = torch.stack(list(self.loss_terms(out.recon, target, out.aux_losses).values())).sum()
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=x.shape[0], sync_dist=True)
+        group = evaluation.group_of(batch)
         for name, ids in out.tokens.items():
-            self.usage[stage][name].update(ids)
+            self.usage[stage][name].update(ids, group)
         return evaluation.update(out.recon, batch)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
@@ -108,7 +113,10 @@ class TokenizerModule(L.LightningModule):
         evaluation.reset()
         for name, metric in self.usage[stage].items():
             values.update({f"{stage}/{k}/{name}": v.float() for k, v in metric.compute().items()})
-            self.codebook_counts[name] = metric.counts.detach().cpu().clone()
+            per_group = metric.compute_groups() if evaluation.group_names else []
+            for group, stats in zip(evaluation.group_names, per_group, strict=False):
+                values.update({f"{stage}/{k}/{name}/{group}": v.float() for k, v in (stats or {}).items()})
+            self.codebook_counts[name] = metric.counts.sum(0).detach().cpu()
             metric.reset()
         shown = {f"{stage}/{k}" for k in evaluation.progress_bar}
         for key, value in values.items():

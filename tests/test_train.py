@@ -61,6 +61,7 @@ def test_wandb_offline_run_holds_metrics_and_media(phaedra_run):
             history.update(r["history"]["item"])
     for key in ("val/psnr", "val/ssim", "val/nrmse", "val/usage/morph", "val/usage/amp", "val/perplexity/morph",
                 "val/entropy_bits/amp", "val/nrmse/navier_stokes/vorticity", "val/psnr/gray_scott/v",
+                "val/usage/morph/gray_scott/u",
                 "train/loss", "perf/samples_per_s", "test/nrmse"):
         assert isinstance(history.get(key), float), key
     assert 0 <= history["val/usage/amp"] <= 100
@@ -119,7 +120,8 @@ def test_eeg_experiments_run_and_log_signal_metrics(make_cfg, tmp_path, experime
         assert isinstance(history.get(key), float), key
     assert history["val/reconstructions._type"] == "image-file"
     if experiment == "eeg_film":  # several rates: every metric per rate too
-        assert isinstance(history.get("val/mse/128hz"), float) and isinstance(history.get("val/pearson/512hz"), float)
+        for key in ("val/mse/128hz", "val/pearson/512hz", "val/usage/tokens/256hz", "val/perplexity/tokens/128hz"):
+            assert isinstance(history.get(key), float), key
     tok = load_tokenizer(tmp_path / experiment / "checkpoints" / "last.ckpt")
     x, rate = torch.randn(3, 32), torch.tensor([128.0, 256.0, 512.0])
     with torch.no_grad():

@@ -76,7 +76,7 @@ def test_codebook_statistics_come_from_counts_summed_over_updates():
     metric.update(torch.tensor([0, 0, 1]))
     metric.update(torch.tensor([[1, 2], [2, 2]]))
     counts = np.array([2, 2, 3, 0, 0, 0, 0, 0], dtype=np.float64)
-    assert metric.counts.tolist() == counts.tolist()
+    assert metric.counts[0].tolist() == counts.tolist()
     p = counts[counts > 0] / counts.sum()
     entropy = -(p * np.log2(p)).sum()
     out = metric.compute()
@@ -85,6 +85,17 @@ def test_codebook_statistics_come_from_counts_summed_over_updates():
     assert float(out["perplexity"]) == pytest.approx(2**entropy)
     with pytest.raises(ValueError, match=r"\[0, 8\)"):
         metric.update(torch.tensor([8]))
+
+
+def test_codebook_statistics_per_group():
+    metric = CodebookUsage(4, groups=3)
+    ids = torch.tensor([[0, 1], [1, 1], [3, 3]])  # three samples of two tokens each
+    metric.update(ids, group=torch.tensor([0, 0, 2]))
+    assert metric.counts.tolist() == [[1, 3, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2]]
+    per_group = metric.compute_groups()
+    assert per_group[1] is None
+    assert float(per_group[0]["usage"]) == 50.0 and float(per_group[2]["entropy_bits"]) == 0.0
+    assert float(metric.compute()["usage"]) == 75.0
 
 
 def test_constant_targets_are_left_out_of_psnr_and_ssim():
