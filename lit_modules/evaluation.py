@@ -15,18 +15,45 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lit_modules.metrics import FieldErrors, SignalErrors
+from lit_modules.metrics import FieldErrors, GroupedSums, SignalErrors
 
 
-class FieldEvaluation(nn.Module):
-    """2-D physical fields (Phaedra's batch dict); metrics in physical units, per variable."""
+class Evaluation(nn.Module):
+    """Shared parts: one GroupedSums metric (`metric_cls`), per-group when set_groups found groups; the batch
+    key `group_key` holds each sample's group."""
 
-    progress_bar = ("psnr", "nrmse")
+    metric_cls: type[GroupedSums]
+    group_key: str
+    progress_bar: tuple[str, ...] = ()
 
     def __init__(self):
         super().__init__()
         self.group_names: list[str] = []
-        self.errors = FieldErrors()
+        self.errors = self.metric_cls()
+
+    def _use_groups(self, names: list[str]) -> None:
+        if len(names) > 1:
+            self.group_names = list(names)
+            self.errors = self.metric_cls(groups=len(names))
+
+    def group_of(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return batch[self.group_key] if self.group_names else None
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        values = dict(self.errors.compute())
+        if self.group_names:
+            for name, group in zip(self.group_names, self.errors.compute_groups(), strict=True):
+                values.update({f"{k}/{name}": v for k, v in (group or {}).items()})
+        return values
+
+    def reset(self) -> None:
+        self.errors.reset()
+
+
+class FieldEvaluation(Evaluation):
+    """2-D physical fields (Phaedra's batch dict); metrics in physical units, per variable."""
+
+    metric_cls, group_key, progress_bar = FieldErrors, "variable_id", ("psnr", "nrmse")
 
     @staticmethod
     def unpack(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict, torch.Tensor]:
@@ -35,13 +62,7 @@ class FieldEvaluation(nn.Module):
         return batch["field_variables_in"], {}, target
 
     def set_groups(self, datamodule) -> None:
-        variables = (getattr(datamodule, "normalization", None) or {}).get("variables", [])
-        if len(variables) > 1:
-            self.group_names = list(variables)
-            self.errors = FieldErrors(groups=len(variables))
-
-    def group_of(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        return batch["variable_id"] if self.group_names else None
+        self._use_groups((getattr(datamodule, "normalization", None) or {}).get("variables", []))
 
     def update(self, recon: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         mean, std = batch["field_variables_in_mean"], batch["field_variables_in_std"]
@@ -49,52 +70,20 @@ class FieldEvaluation(nn.Module):
         self.errors.update(recon_phys, batch["field_variables_out"], std, self.group_of(batch))
         return {"input": batch["field_variables_out"], "recon": recon_phys.detach()}
 
-    def compute(self) -> dict[str, torch.Tensor]:
-        return _with_groups(self.errors, self.group_names)
 
-    def reset(self) -> None:
-        self.errors.reset()
-
-
-class SignalEvaluation(nn.Module):
+class SignalEvaluation(Evaluation):
     """1-D patches (EEG): batch {"x": [B, P] normalized, "sfreq": [B] Hz, "rate_id": [B]}; metrics on the
     normalized signal, per sampling rate when the data has several."""
 
-    progress_bar = ("pearson", "mse")
-
-    def __init__(self):
-        super().__init__()
-        self.group_names: list[str] = []
-        self.errors = SignalErrors()
+    metric_cls, group_key, progress_bar = SignalErrors, "rate_id", ("pearson", "mse")
 
     @staticmethod
     def unpack(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict, torch.Tensor]:
         return batch["x"], {"sfreq": batch["sfreq"]}, batch["x"]
 
     def set_groups(self, datamodule) -> None:
-        rates = list(getattr(datamodule, "rates", []))
-        if len(rates) > 1:
-            self.group_names = [f"{rate:g}hz" for rate in rates]
-            self.errors = SignalErrors(groups=len(rates))
-
-    def group_of(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        return batch["rate_id"] if self.group_names else None
+        self._use_groups([f"{rate:g}hz" for rate in getattr(datamodule, "rates", [])])
 
     def update(self, recon: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.errors.update(recon.float(), batch["x"], batch["sfreq"], self.group_of(batch))
         return {"input": batch["x"], "recon": recon.detach().float()}
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        return _with_groups(self.errors, self.group_names)
-
-    def reset(self) -> None:
-        self.errors.reset()
-
-
-def _with_groups(metric, group_names: list[str]) -> dict[str, torch.Tensor]:
-    """metric.compute() plus "<name>/<group>" from metric.compute_groups() when there are groups."""
-    values = dict(metric.compute())
-    if group_names:
-        for name, group in zip(group_names, metric.compute_groups(), strict=True):
-            values.update({f"{k}/{name}": v for k, v in (group or {}).items()})
-    return values
