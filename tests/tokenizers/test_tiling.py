@@ -1,0 +1,99 @@
+import math
+
+import pytest
+import torch
+
+from tokenizers.svqvae import SVQVAE
+from tokenizers.tiling import axis_weights, overlap_add, tile_starts
+
+
+def small_model() -> SVQVAE:
+    torch.manual_seed(0)
+    return SVQVAE(ch=32, ch_mult=[1, 2, 2, 4], z_channels=32, codebook_size=512).eval()
+
+
+def smooth_image(h: int, w: int) -> torch.Tensor:
+    y, x = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    waves = [0.5 + 0.3 * torch.sin(2 * math.pi * (k + 1) * x) * torch.cos(2 * math.pi * (k + 2) * y) for k in range(3)]
+    return torch.stack(waves)[None]
+
+
+def test_tiles_cover_exactly_and_weights_never_vanish():
+    assert tile_starts(100, 40, 10) == [0, 30, 60]
+    assert tile_starts(40, 40, 10) == [0] and tile_starts(10, 40, 10) == [0]
+    for start, length in ((0, 100), (30, 100), (60, 100)):
+        w = axis_weights(40, start, length, 10, torch.device("cpu"))
+        assert w.min() > 0 and w.max() == 1
+    assert axis_weights(40, 0, 100, 10, torch.device("cpu"))[0] == 1  # image border: full weight
+    # across a shared overlap the two tiles' weights add up to one (up to the 1e-3 floor at tile edges)
+    a = axis_weights(40, 0, 100, 10, torch.device("cpu"))[-10:]
+    b = axis_weights(40, 30, 100, 10, torch.device("cpu"))[:10]
+    assert torch.allclose(a + b, torch.ones(10), atol=1.1e-3)
+    assert a[-1] < 0.01 and b[0] < 0.01  # a tile's own edge hardly counts where a neighbour covers it
+
+
+def test_overlap_add_of_the_identity_is_exact():
+    x = torch.rand(1, 2, 70, 130)
+    assert torch.allclose(overlap_add(lambda t: t, x, 32, 8, 1.0), x, atol=1e-6)
+    assert overlap_add(lambda t: t[..., ::4, ::4], torch.rand(1, 2, 72, 132), 32, 8, 0.25).shape == (1, 2, 18, 33)
+
+
+def test_tiled_equals_untiled_when_the_image_fits_one_tile():
+    model, x = small_model(), smooth_image(64, 64)
+    with torch.no_grad():
+        tokens = model.encode_tiled(x, tile_size=64, overlap=16)
+        assert torch.equal(tokens["tokens"], model.encode(x)["tokens"])
+        assert torch.allclose(model.decode_tiled(tokens, 64, 16), model(x).recon, atol=1e-5)
+
+
+def seam_ratio(image: torch.Tensor, starts: list[int]) -> float:
+    """Mean |jump| between neighbouring columns at tile starts / mean |jump| between all other columns."""
+    jumps = (image[..., 1:] - image[..., :-1]).abs().mean(dim=(0, 1, 2))  # jump between column j and j+1
+    at = torch.tensor([s - 1 for s in starts if s > 0])
+    inside = torch.ones(len(jumps), dtype=torch.bool)
+    inside[at] = False
+    return float(jumps[at].mean() / jumps[inside].mean())
+
+
+def box_blur(t: torch.Tensor) -> torch.Tensor:
+    """A conv with zero padding: darkens tile edges, the artefact that makes seams when tiles are pasted."""
+    return torch.nn.functional.conv2d(t, torch.ones(3, 1, 7, 7) / 49, padding=3, groups=3)
+
+
+def test_blending_removes_the_seams_that_pasting_tiles_makes():
+    x = smooth_image(200, 328)
+    pasted = overlap_add(box_blur, x, 64, 0, 1.0)
+    blended = overlap_add(box_blur, x, 64, 16, 1.0)
+    assert seam_ratio(pasted, tile_starts(328, 64, 0)) > 2  # the metric sees pasted tiles
+    assert seam_ratio(blended, tile_starts(328, 64, 16)) <= 1.2
+    assert seam_ratio(blended.transpose(-1, -2), tile_starts(200, 64, 16)) <= 1.2
+    assert torch.allclose(blended, box_blur(x), atol=2e-3)  # and match the operator applied to the whole image
+
+
+def test_exact_sizes_at_every_scale():
+    model, x = small_model(), smooth_image(200, 328)
+    with torch.no_grad():
+        out = model.reconstruct_tiled(x, tile_size=64, overlap=16, scales=[0.25, 0.5, 1.0])
+    for s, (image, tokens) in out.items():
+        assert image.shape[-2:] == (round(200 * s), round(328 * s))
+        assert tokens.shape[-2:] == (max(1, round(25 * s)), max(1, round(41 * s)))
+
+
+def test_images_smaller_than_a_tile_and_odd_sizes():
+    model = small_model()
+    with torch.no_grad():
+        for h, w in ((5, 7), (33, 61)):
+            image, tokens = model.reconstruct_tiled(torch.rand(2, 3, h, w), 64, 16)[1.0]
+            assert image.shape == (2, 3, h, w) and tokens.shape == (2, math.ceil(h / 8), math.ceil(w / 8))
+
+
+def test_bad_tiling_arguments_are_clear_errors():
+    model, x = small_model(), torch.rand(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="tile > overlap"):
+        model.encode_tiled(x, tile_size=64, overlap=64)
+    with pytest.raises(ValueError, match="multiples of the downsampling factor 8"):
+        model.encode_tiled(x, tile_size=60, overlap=16)
+    with pytest.raises(ValueError, match="multiples of the downsampling factor 8"):
+        model.decode_tiled({"tokens": torch.zeros(1, 8, 8, dtype=torch.long)}, tile_size=64, overlap=12)
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        model.encode_tiled(torch.rand(1, 1, 64, 64), 64, 16)
