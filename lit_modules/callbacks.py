@@ -19,16 +19,21 @@ def _wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
 
 
 def reconstruction_panel(inputs: torch.Tensor, recons: torch.Tensor) -> np.ndarray:
-    """inputs, recons: [N, C, H, W] -> uint8 [N·H, 3·W] rows of input | recon | |error|, channel 0.
-
-    Input and recon share the target's min–max scale; the error is scaled by the same range.
+    """inputs, recons: [N, C, H, W] -> uint8 rows of input | recon | |error|: [N·H, 3·W, 3] for RGB
+    (C = 3), else [N·H, 3·W] from channel 0. Input and recon share the target's min–max scale; the
+    error is scaled by the same range.
     """
+    rgb = inputs.shape[1] == 3
     rows = []
-    for x, y in zip(inputs[:, 0].float(), recons[:, 0].float(), strict=False):
+    for x, y in zip(inputs.float().cpu(), recons.float().cpu(), strict=True):
+        if not rgb:
+            x, y = x[:1], y[:1]
         lo, rng = x.min(), (x.max() - x.min()).clamp_min(1e-12)
         tiles = [(x - lo) / rng, (y - lo) / rng, (y - x).abs() / rng]
-        rows.append(torch.cat([t.clamp(0, 1) for t in tiles], dim=1))
-    return (torch.cat(rows, dim=0).cpu().numpy() * 255).astype(np.uint8)
+        rows.append(torch.cat([t.clamp(0, 1) for t in tiles], dim=2))  # [C, H, 3W]
+    panel = torch.cat(rows, dim=1).permute(1, 2, 0)  # [N·H, 3W, C]
+    panel = panel if rgb else panel[..., 0]
+    return (panel.numpy() * 255).astype(np.uint8)
 
 
 def id_histogram(counts: torch.Tensor, max_bins: int = 512) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lit_modules.metrics import FieldErrors, GroupedSums, SignalErrors
+from lit_modules.metrics import FieldErrors, GroupedSums, ImageErrors, SignalErrors
 
 
 class Evaluation(nn.Module):
@@ -87,3 +87,21 @@ class SignalEvaluation(Evaluation):
     def update(self, recon: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.errors.update(recon.float(), batch["x"], batch["sfreq"], self.group_of(batch))
         return {"input": batch["x"], "recon": recon.detach().float()}
+
+
+class ImageEvaluation(Evaluation):
+    """Images in [0, 1]: batch {"image": [B, C, H, W]}; PSNR/SSIM with data range 1."""
+
+    metric_cls, group_key, progress_bar = ImageErrors, "", ("psnr", "ssim")
+
+    @staticmethod
+    def unpack(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        return batch["image"], {}, batch["image"]
+
+    def set_groups(self, datamodule) -> None:  # one group: all images
+        pass
+
+    def update(self, recon: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        recon = recon.float()
+        self.errors.update(recon, batch["image"])
+        return {"input": batch["image"], "recon": recon.detach().clamp(0, 1)}

@@ -242,3 +242,32 @@ class SignalErrors(GroupedSums):
         for b, band in enumerate(EEG_BANDS_HZ):
             out[f"psd_err/{band}"] = 100 * t["band_err"][..., b] / t["band_ref"][..., b].clamp_min(1e-30)
         return out
+
+
+class ImageErrors(GroupedSums):
+    """Reconstructions of images in [0, 1] ([N, C, H, W]), data range fixed at 1:
+        mse  over every pixel;  psnr = mean over images of 10·log10(1 / mse_i);
+        ssim = mean over images of SSIM (Gaussian 11×11, σ 1.5, data range 1)
+    """
+
+    sums = ("sq_err", "psnr", "ssim")
+    counts = ("n_values", "n_images")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, group: torch.Tensor | None = None) -> None:
+        if pred.shape != target.shape or pred.ndim != 4:
+            raise ValueError(f"ImageErrors needs pred and target [N, C, H, W] of one shape, got "
+                             f"{tuple(pred.shape)} and {tuple(target.shape)}")
+        group = self._groups(group, len(pred), pred.device)
+        pred, target = pred.double(), target.double()
+        mse = (pred - target).pow(2).flatten(1)
+        self._add("sq_err", group, mse.sum(-1))
+        self._add("n_values", group, torch.full_like(group, mse.shape[1]))
+        self._add("n_images", group, torch.ones_like(group))
+        self._add("psnr", group, -10 * torch.log10(mse.mean(-1).clamp_min(1e-30)))
+        self._add("ssim", group, structural_similarity_index_measure(
+            pred.float(), target.float(), data_range=1.0, reduction="none"))
+
+    @staticmethod
+    def values(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        n = t["n_images"].double().clamp_min(1)
+        return {"mse": t["sq_err"] / t["n_values"].double(), "psnr": t["psnr"] / n, "ssim": t["ssim"] / n}
