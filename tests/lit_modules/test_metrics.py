@@ -154,3 +154,19 @@ def test_signal_errors_match_a_hand_computation():
     assert got["psd_err/alpha"] == pytest.approx(100 * err / ref, rel=1e-9)
     per_rate = metric.compute_groups()
     assert float(per_rate[1]["mse"]) == pytest.approx(np.mean(e[1] ** 2), rel=1e-9)
+
+
+def test_image_errors_use_a_fixed_data_range_of_one():
+    from lit_modules.metrics import ImageErrors
+
+    gen = torch.Generator().manual_seed(4)
+    target = torch.rand(3, 3, 16, 16, generator=gen)
+    pred = (target + 0.05 * torch.randn(3, 3, 16, 16, generator=gen)).clamp(0, 1)
+    metric = ImageErrors()
+    metric.update(pred, target)
+    got = {k: float(v) for k, v in metric.compute().items()}
+    mse = ((pred.double() - target.double()) ** 2).flatten(1).mean(1)
+    assert got["mse"] == pytest.approx(float(mse.mean()), rel=1e-9)
+    assert got["psnr"] == pytest.approx(float((-10 * torch.log10(mse)).mean()), rel=1e-9)
+    ssim = structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
+    assert got["ssim"] == pytest.approx(float(ssim.mean()), abs=1e-6)
