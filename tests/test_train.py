@@ -19,7 +19,7 @@ from train import train
 
 def run(make_cfg, overrides: list[str], output_dir: Path):
     """train() on `overrides` + debug=fast, on the tiny embedded field set for field experiments."""
-    other_data = any(o.startswith(("data=", "experiment=eeg")) for o in overrides)
+    other_data = any(o.startswith(("data=", "experiment=eeg", "experiment=svqvae")) for o in overrides)
     tiny = [] if other_data else TINY_DATA
     cfg = make_cfg(["debug=fast", *tiny, *overrides], output_dir=output_dir)
     return cfg, train(cfg)
@@ -126,6 +126,30 @@ def test_eeg_experiments_run_and_log_signal_metrics(make_cfg, tmp_path, experime
     x, rate = torch.randn(3, 32), torch.tensor([128.0, 256.0, 512.0])
     with torch.no_grad():
         assert torch.equal(tok.decode(tok.encode(x, sfreq=rate), sfreq=rate), tok(x, sfreq=rate).recon)
+
+
+def test_svqvae_run_and_large_image_command(make_cfg, tmp_path):
+    from encode_image import encode_image
+
+    _, value = run(make_cfg, ["experiment=svqvae"], tmp_path / "svqvae")
+    assert np.isfinite(value)
+    history = {}
+    for r in wandb_records(tmp_path / "svqvae"):
+        if r.get("type") == "history":
+            history.update(r["history"]["item"])
+    for key in ("val/psnr", "val/ssim", "val/usage/tokens", "val/perplexity/tokens", "train/codebook",
+                "train/commitment"):
+        assert isinstance(history.get(key), float), key
+    assert history["val/reconstructions._type"] == "image-file"
+    image = tmp_path / "big.png"
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(0).random((150, 230, 3)) * 255).astype(np.uint8)).save(image)
+    out = encode_image(tmp_path / "svqvae" / "checkpoints" / "last.ckpt", image, tile=64, overlap=16,
+                       scales=(0.25, 0.5, 1.0))
+    assert Image.open(out / "recon_1.png").size == (230, 150) and Image.open(out / "recon_0.25.png").size == (58, 38)
+    assert np.load(out / "tokens_1.npy").shape == (19, 29)  # ceil(150/8) × ceil(230/8)
+    assert set(json.loads((out / "meta.json").read_text())["scales"]) == {"0.25", "0.5", "1"}
 
 
 def test_paper_experiment_trains_two_steps(make_cfg, tmp_path):
