@@ -83,7 +83,8 @@ def bench(experiment: str, steps: int, warmup: int, data_dir: str, extra: list[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiments", nargs="+", default=["phaedra", "fsq", "eeg", "eeg_snake", "eeg_film"])
+    parser.add_argument("--experiments", nargs="+",
+                        default=["phaedra", "fsq", "eeg", "eeg_snake", "eeg_film", "svqvae"])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--data-dir", default="data")
