@@ -4,10 +4,27 @@ mid-epoch exactly, in-memory datasets that build whole batches, and the loaders 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+def find_files(path: str | Path | None, extensions: Sequence[str], what: str) -> list[Path]:
+    """The user's data files: `path` itself, or every file under the folder `path` whose suffix is one of
+    `extensions` (recursive, sorted). Errors name `what` (the source) and the path."""
+    if path is None or str(path) in ("", "None", "???"):
+        raise ValueError(f"{what} needs a path: set data.source.path=/path/to/your/data")
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"{what}: data path {root} does not exist")
+    if not root.is_dir():
+        return [root]
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions)
+    if not files:
+        raise FileNotFoundError(f"{what}: no {'/'.join(extensions)} files under {root}")
+    return files
 
 
 def check_split(split: Sequence[float]) -> tuple[float, float, float]:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from datamodules.common import EpochSampler, InMemoryDataModule, TensorBatches, split_indices
+from datamodules.common import EpochSampler, InMemoryDataModule, TensorBatches, find_files, split_indices
 from datamodules.eeg_signal import (
     cut_patches,
     exponential_moving_standardize,
@@ -74,16 +73,8 @@ class EEGFiles:
             import mne
         except ImportError:
             raise ModuleNotFoundError("reading EEG files needs MNE: pip install mne") from None
-        if self.path is None or str(self.path) in ("", "None", "???"):
-            raise ValueError("EEGFiles needs a path: set data.source.path=/path/to/recordings")
-        root = Path(self.path).expanduser()
-        if not root.exists():
-            raise FileNotFoundError(f"EEGFiles: data path {root} does not exist")
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in self.extensions) if root.is_dir() else [root]
-        if not files:
-            raise FileNotFoundError(f"EEGFiles: no {'/'.join(self.extensions)} files under {root}")
         out = []
-        for f in files:
+        for f in find_files(self.path, self.extensions, "EEGFiles"):
             try:
                 raw = mne.io.read_raw(f, preload=True, verbose="error")
             except Exception as e:  # MNE raises many types for unreadable files

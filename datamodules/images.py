@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datamodules.common import EpochSampler, InMemoryDataModule, TensorBatches
+from datamodules.common import EpochSampler, InMemoryDataModule, TensorBatches, find_files
 
 log = logging.getLogger(__name__)
 BUNDLED = ("astronaut", "coffee", "chelsea", "rocket", "retina", "immunohistochemistry", "brick", "grass", "gravel")
@@ -66,14 +66,7 @@ class ImageFolder:
         self.path = path
 
     def load(self) -> list[tuple[torch.Tensor, str]]:
-        if self.path is None or str(self.path) in ("", "None", "???"):
-            raise ValueError("ImageFolder needs a path: set data.source.path=/path/to/images")
-        root = Path(self.path).expanduser()
-        if not root.exists():
-            raise FileNotFoundError(f"ImageFolder: data path {root} does not exist")
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in self.extensions) if root.is_dir() else [root]
-        if not files:
-            raise FileNotFoundError(f"ImageFolder: no {'/'.join(self.extensions)} files under {root}")
+        files = find_files(self.path, self.extensions, "ImageFolder")
         return [(to_chw01(read_image(f), str(f)), str(f)) for f in files]
 
 

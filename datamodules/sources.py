@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from datamodules import pde
+from datamodules.common import find_files
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +103,6 @@ class EmbeddedFields:
         return [validate(FieldSet(f, names[f], blob["fields"][f], str(path))) for f in self.families]
 
 
-def _require(path: str | Path | None, what: str) -> Path:
-    if path is None or str(path) in ("", "None", "???"):
-        raise ValueError(f"{what} needs a path: set data.source.path=/path/to/your/data")
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"{what}: data path {path} does not exist")
-    return path
-
-
 class HDF5Fields:
     """The Well layout: `t0_fields/<variable>` arrays [n_traj, n_t, H, W] in one .hdf5/.h5 file or a folder of them."""
 
@@ -118,17 +110,13 @@ class HDF5Fields:
         self.path, self.variables = path, variables
 
     def prepare(self, data_dir: str | Path) -> None:
-        _require(self.path, "HDF5Fields")
+        find_files(self.path, (".hdf5", ".h5"), "HDF5Fields")
 
     def load(self, data_dir: str | Path) -> list[FieldSet]:
         import h5py
 
-        root = _require(self.path, "HDF5Fields")
-        files = sorted(p for p in root.rglob("*") if p.suffix in (".hdf5", ".h5")) if root.is_dir() else [root]
-        if not files:
-            raise FileNotFoundError(f"HDF5Fields: no .hdf5/.h5 files under {root}")
         out = []
-        for f in files:
+        for f in find_files(self.path, (".hdf5", ".h5"), "HDF5Fields"):
             try:
                 h5 = h5py.File(f, "r")
             except OSError as e:
@@ -170,7 +158,7 @@ class NpyFields:
         self.path, self.layout = path, layout
 
     def prepare(self, data_dir: str | Path) -> None:
-        _require(self.path, "NpyFields")
+        find_files(self.path, (".npy", ".npz"), "NpyFields")
 
     def _to_5d(self, a: np.ndarray, where: str) -> torch.Tensor:
         layout = self.layout
@@ -187,7 +175,9 @@ class NpyFields:
         return {"NHW": lambda: t[:, None, None], "NTHW": lambda: t[:, :, None], "NCHW": lambda: t[:, None]}[layout]()
 
     def load(self, data_dir: str | Path) -> list[FieldSet]:
-        path = _require(self.path, "NpyFields")
+        path = find_files(self.path, (".npy", ".npz"), "NpyFields")[0]
+        if Path(self.path).expanduser().is_dir():
+            raise ValueError(f"NpyFields: data.path must be one .npy or .npz file, got the folder {self.path}")
         try:
             loaded = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as e:

@@ -130,6 +130,8 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(ValueError, match="junk.h5.*not a readable HDF5"):
         hdf5_datamodule(str(tmp_path / "junk.h5"), data_dir=tmp_path).setup()
+    with pytest.raises(ValueError, match="must be one .npy or .npz file"):
+        npy_datamodule(str(tmp_path), data_dir=tmp_path).setup()
     np.save(tmp_path / "two.npy", np.zeros((2, 8, 8), np.float32))
     with pytest.raises(ValueError, match="at least 3"):
         npy_datamodule(str(tmp_path / "two.npy"), data_dir=tmp_path).setup()
