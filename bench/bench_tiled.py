@@ -10,7 +10,6 @@ Prints one table and writes bench/results/tiled.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,11 +17,11 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from rich.console import Console
-from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.report import report  # noqa: E402
 
 
 def main() -> None:
@@ -59,16 +58,10 @@ def main() -> None:
         rows.append({"op": name, "model": args.model, "image": f"{args.height}x{args.width}", "tile": args.tile,
                      "overlap": args.overlap, "seconds": seconds, "megapixels_per_s": megapixels / seconds,
                      "device": device, "threads": torch.get_num_threads()})
-    table = Table(title=f"SVQVAE tiled throughput ({args.model}, {args.height}×{args.width}, tile {args.tile}, "
-                        f"overlap {args.overlap})")
-    for col in ("op", "seconds", "MP/s", "device"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["op"], f"{r['seconds']:.2f}", f"{r['megapixels_per_s']:.3f}", r["device"])
-    Console(width=160).print(table)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=2))
-    print(f"wrote {args.out}")
+    report(f"SVQVAE tiled throughput ({args.model}, {args.height}×{args.width}, tile {args.tile}, "
+           f"overlap {args.overlap})",
+           {"op": "{op}", "seconds": "{seconds:.2f}", "MP/s": "{megapixels_per_s:.3f}", "device": "{device}"},
+           rows, args.out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ the steps after a warm-up, prints one table and writes bench/results/train.json.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import platform
 import resource
@@ -24,13 +23,12 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from rich.console import Console
-from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import lit_modules  # noqa: E402,F401 - resolvers
+from bench.report import report  # noqa: E402
 
 
 class StepTimer(L.Callback):
@@ -95,16 +93,10 @@ def main() -> None:
     for e in args.experiments:  # a fresh process per experiment: its own peak memory, no shared caches
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
             rows.append(pool.submit(bench, e, args.steps, args.warmup, args.data_dir, args.overrides).result())
-    table = Table(title=f"training throughput ({args.steps} timed steps after {args.warmup} warm-up)")
-    for col in ("experiment", "batch", "params (M)", "step (ms)", "samples/s", "peak mem (MiB)", "precision", "device"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["experiment"], str(r["batch_size"]), f"{r['params_M']:.2f}", f"{r['step_ms']:.0f}",
-                      f"{r['samples_per_s']:.1f}", f"{r['peak_mem_MiB']:.0f}", r["precision"], r["device"])
-    Console(width=160).print(table)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=2))
-    print(f"wrote {args.out}")
+    report(f"training throughput ({args.steps} timed steps after {args.warmup} warm-up)",
+           {"experiment": "{experiment}", "batch": "{batch_size}", "params (M)": "{params_M:.2f}",
+            "step (ms)": "{step_ms:.0f}", "samples/s": "{samples_per_s:.1f}", "peak mem (MiB)": "{peak_mem_MiB:.0f}",
+            "precision": "{precision}", "device": "{device}"}, rows, args.out)
 
 
 if __name__ == "__main__":

@@ -152,9 +152,6 @@ class EEGDataModule(InMemoryDataModule):
         self.crops_per_row, self.max_zero_fraction = crops_per_row, max_zero_fraction
         self.normalization = {"method": normalization, "rates": self.rates}
 
-    def prepare_data(self) -> None:
-        self.source.load()  # fails early (missing package, files, bad data) before any training
-
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return

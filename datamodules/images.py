@@ -148,9 +148,6 @@ class ImageDataModule(InMemoryDataModule):
             raise ValueError(f"data.holdout must be a fraction in (0, 1), got {holdout}")
         self.source, self.crop, self.holdout, self.crops_per_image = source, crop, holdout, crops_per_image
 
-    def prepare_data(self) -> None:
-        self.source.load()
-
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return

@@ -1,0 +1,22 @@
+"""Shared output of the benchmarks: one rich table on the terminal and the raw rows as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def report(title: str, columns: dict[str, str], rows: list[dict], out: str | Path) -> None:
+    """columns: header -> format string applied to a row dict (e.g. "{step_ms:.0f}")."""
+    table = Table(title=title)
+    for header in columns:
+        table.add_column(header)
+    for row in rows:
+        table.add_row(*(fmt.format(**row) for fmt in columns.values()))
+    Console(width=160).print(table)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(rows, indent=2))
+    print(f"wrote {out}")
