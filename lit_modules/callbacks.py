@@ -1,4 +1,4 @@
-"""Callbacks: W&B media (reconstruction panels, codebook histograms) and training throughput.
+"""Callbacks: W&B media (reconstruction panels, codebook histograms), training throughput, last.ckpt.
 
 Media logging is best effort: a logger failure is reported as a warning and never stops training.
 """
@@ -11,6 +11,7 @@ import warnings
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 
 
@@ -121,3 +122,20 @@ class Throughput(L.Callback):
 
     def on_validation_start(self, trainer, pl_module) -> None:  # validation time is not training time
         self._start, self._samples, self._steps = None, 0, 0
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """`<dirpath>/last.ckpt`: the latest training state, written at every validation and when fit ends.
+
+    Lightning 2.6's `ModelCheckpoint(save_last=True)` rewrites last.ckpt only when its monitored metric
+    improves, so after a worse validation "last" is an older state and resuming from it repeats steps.
+    This one has no monitor: it always overwrites its single file.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "last"):
+        super().__init__(dirpath=dirpath, filename=filename, monitor=None, save_top_k=1, save_last=False,
+                         enable_version_counter=False, auto_insert_metric_name=False)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step != self._last_global_step_saved and not self._should_skip_saving_checkpoint(trainer):
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))

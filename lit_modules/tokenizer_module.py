@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lit_modules.discriminator import hinge_d_loss, hinge_g_loss
 from lit_modules.metrics import CodebookUsage
 
 STAGES = ("val", "test")
@@ -34,11 +35,22 @@ class TokenizerModule(L.LightningModule):
     loss_weights: {"l1": w, "mse": w} on the target (Phaedra: both 1).
     optimizer / scheduler: `_partial_` configs called with the parameters / the optimizer; the
     scheduler steps once per optimizer step.
+    gan: optional adversarial term {discriminator: {_target_: ...}, start_step: int | None, weight: w}; off
+    while start_step is None. From optimizer step `start_step` on, the tokenizer's loss gains
+    w·(−mean D(recon)) and the discriminator learns the hinge loss on (target, recon.detach()).
+
+    The discriminator is a second parameter group of the one optimizer, not a second optimizer: its loss
+    is added to the tokenizer's and a single backward gives each model exactly its own gradient (D is
+    frozen while it scores recon for the tokenizer's term; recon is detached for D's term). That is the
+    same update as LlamaGen's alternating steps (both use the batch's pre-update recon and D), while
+    trainer.max_steps, val_check_interval, gradient clipping (per model, see configure_gradient_clipping),
+    precision plugins and checkpoint resume keep working unchanged — manual optimization would count every
+    optimizer's step in global_step and refuse trainer.gradient_clip_val.
     """
 
     def __init__(self, tokenizer: dict | DictConfig, optimizer: dict | DictConfig, scheduler: dict | DictConfig,
                  evaluation: dict | DictConfig | None = None, loss_weights: dict | DictConfig | None = None,
-                 compile: bool = False):
+                 compile: bool = False, gan: dict | DictConfig | None = None):
         super().__init__()
         tokenizer, optimizer, scheduler = plain(tokenizer), plain(optimizer), plain(scheduler)
         evaluation = plain(evaluation) or {"_target_": "lit_modules.evaluation.FieldEvaluation"}
@@ -48,9 +60,19 @@ class TokenizerModule(L.LightningModule):
             raise ValueError(f"model.loss_weights: unknown terms {sorted(unknown)}; known: l1, mse")
         if not any(w > 0 for w in loss_weights.values()):
             raise ValueError(f"model.loss_weights: at least one weight must be > 0, got {loss_weights}")
+        gan = plain(gan)
         self.save_hyperparameters(dict(tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
-                                       evaluation=evaluation, loss_weights=loss_weights, compile=compile))
+                                       evaluation=evaluation, loss_weights=loss_weights, compile=compile, gan=gan))
         self.tokenizer = instantiate(tokenizer)
+        self.discriminator, self.gan_start, self.gan_weight = None, None, 0.0
+        if gan is not None and gan.get("start_step") is not None:
+            unknown = set(gan) - {"discriminator", "start_step", "weight"}
+            if unknown or "discriminator" not in gan:
+                raise ValueError(f"model.gan: expected keys discriminator, start_step, weight; got {sorted(gan)}")
+            if gan["start_step"] < 0:
+                raise ValueError(f"model.gan.start_step must be >= 0 (or null: no GAN), got {gan['start_step']}")
+            self.discriminator = instantiate(gan["discriminator"])
+            self.gan_start, self.gan_weight = int(gan["start_step"]), float(gan.get("weight", 0.5))
         self.loss_weights = loss_weights
         self.evaluation = nn.ModuleDict({s: instantiate(evaluation) for s in STAGES})
         self.usage = nn.ModuleDict({
@@ -81,14 +103,29 @@ class TokenizerModule(L.LightningModule):
         terms.update(aux)
         return terms
 
+    @property
+    def gan_active(self) -> bool:
+        """Whether the adversarial term is on at the current optimizer step."""
+        return self.discriminator is not None and self.global_step >= self.gan_start
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, cond, target = self.evaluation["val"].unpack(batch)  # unpacking is the same for every stage
         out = self.tokenizer(x, **cond)
         terms = self.loss_terms(out.recon, target, out.aux_losses)
+        disc_loss = None
+        if self.gan_active:
+            recon = out.recon.float()
+            self.discriminator.requires_grad_(False)  # D scores recon for the tokenizer; D's own grads come below
+            terms["gan"] = self.gan_weight * hinge_g_loss(self.discriminator(recon))
+            self.discriminator.requires_grad_(True)
+            logits_real, logits_fake = self.discriminator(target.float()), self.discriminator(recon.detach())
+            disc_loss = hinge_d_loss(logits_real, logits_fake)
+            self.log_dict({"train/disc/loss": disc_loss, "train/disc/logits_real": logits_real.mean().detach(),
+                           "train/disc/logits_fake": logits_fake.mean().detach()})
         loss = torch.stack(list(terms.values())).sum()
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in terms.items()})
-        return loss
+        return loss if disc_loss is None else loss + disc_loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
         evaluation = self.evaluation[stage]
@@ -96,6 +133,11 @@ class TokenizerModule(L.LightningModule):
         out = self.tokenizer(x, **cond)
         loss = torch.stack(list(self.loss_terms(out.recon, target, out.aux_losses).values())).sum()
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=x.shape[0], sync_dist=True)
+        if self.gan_active:
+            recon = out.recon.float()
+            self.log_dict({f"{stage}/disc/logits_real": self.discriminator(target.float()).mean(),
+                           f"{stage}/disc/logits_fake": self.discriminator(recon).mean()},
+                          batch_size=x.shape[0], sync_dist=True)
         group = evaluation.group_of(batch)
         for name, ids in out.tokens.items():
             self.usage[stage][name].update(ids, group)
@@ -130,9 +172,26 @@ class TokenizerModule(L.LightningModule):
 
     # ---- optimization and checkpoints -----------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        params: Any = self.parameters()
+        if self.discriminator is not None:  # one optimizer, one parameter group per model (see the class doc)
+            params = [{"params": list(self.tokenizer.parameters()), "name": "tokenizer"},
+                      {"params": list(self.discriminator.parameters()), "name": "discriminator"}]
+        optimizer = instantiate(self.hparams.optimizer)(params=params)
         scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """With a discriminator the tokenizer's and the discriminator's gradients are clipped separately."""
+        if self.discriminator is None or not gradient_clip_val:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        for model in (self.tokenizer, self.discriminator):
+            grads = [p for p in model.parameters() if p.grad is not None]
+            if not grads:
+                continue
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(grads, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(grads, gradient_clip_val)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Normalization statistics travel with the checkpoint (plain lists, for load_tokenizer)."""

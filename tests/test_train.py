@@ -131,12 +131,26 @@ def test_eeg_experiments_run_and_log_signal_metrics(make_cfg, tmp_path, experime
 def test_svqvae_run_and_large_image_command(make_cfg, tmp_path):
     from encode_image import encode_image
 
-    _, value = run(make_cfg, ["experiment=svqvae"], tmp_path / "svqvae")
+    # the hinge PatchGAN switches on at optimizer step 3 of 6
+    _, value = run(make_cfg, ["experiment=svqvae", "model.gan.start_step=3"], tmp_path / "svqvae")
     assert np.isfinite(value)
-    history = {}
+    history, disc_steps, gan_steps = {}, set(), set()
     for r in wandb_records(tmp_path / "svqvae"):
         if r.get("type") == "history":
-            history.update(r["history"]["item"])
+            row = r["history"]["item"]
+            history.update(row)
+            if "train/disc/loss" in row:
+                assert {"train/disc/logits_real", "train/disc/logits_fake"} <= set(row)
+                disc_steps.add(row["trainer/global_step"])
+            if "train/gan" in row:
+                gan_steps.add(row["trainer/global_step"])
+    assert disc_steps == gan_steps == {3, 4, 5}  # logged before each step's update: steps 3, 4, 5 trained with it
+    assert isinstance(history.get("val/disc/logits_real"), float)
+    ckpt = torch.load(tmp_path / "svqvae" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 6  # the discriminator's updates do not count as extra steps
+    disc_group = ckpt["optimizer_states"][0]["param_groups"][1]
+    assert disc_group["name"] == "discriminator"
+    assert all(ckpt["optimizer_states"][0]["state"][i]["step"] == 3 for i in disc_group["params"])
     for key in ("val/psnr", "val/ssim", "val/usage/tokens", "val/perplexity/tokens", "train/codebook",
                 "train/commitment"):
         assert isinstance(history.get(key), float), key
@@ -231,3 +245,10 @@ def test_unknown_experiment_on_the_command_line():
                          text=True, timeout=120)
     assert out.returncode != 0
     assert "Could not find 'experiment/nope'" in out.stderr and "phaedra" in out.stderr
+
+
+def test_last_checkpoint_is_the_latest_state_even_off_the_validation_grid(make_cfg, tmp_path):
+    run(make_cfg, ["experiment=fsq", "logger=none", "test=false", "trainer.max_steps=5"], tmp_path / "run")
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 5  # validations at 3 only
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step0000003.ckpt"]
