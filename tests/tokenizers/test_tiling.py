@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tokenizers.svqvae import SVQVAE
-from tokenizers.tiling import axis_weights, overlap_add, tile_starts
+from tokenizers.tiling import axis_weights, overlap_add, seam_ratio, tile_starts
 
 
 def small_model() -> SVQVAE:
@@ -46,15 +46,6 @@ def test_tiled_equals_untiled_when_the_image_fits_one_tile():
         assert torch.allclose(model.decode_tiled(tokens, 64, 16), model(x).recon, atol=1e-5)
 
 
-def seam_ratio(image: torch.Tensor, starts: list[int]) -> float:
-    """Mean |jump| between neighbouring columns at tile starts / mean |jump| between all other columns."""
-    jumps = (image[..., 1:] - image[..., :-1]).abs().mean(dim=(0, 1, 2))  # jump between column j and j+1
-    at = torch.tensor([s - 1 for s in starts if s > 0])
-    inside = torch.ones(len(jumps), dtype=torch.bool)
-    inside[at] = False
-    return float(jumps[at].mean() / jumps[inside].mean())
-
-
 def box_blur(t: torch.Tensor) -> torch.Tensor:
     """A conv with zero padding: darkens tile edges, the artefact that makes seams when tiles are pasted."""
     return torch.nn.functional.conv2d(t, torch.ones(3, 1, 7, 7) / 49, padding=3, groups=3)
@@ -64,9 +55,8 @@ def test_blending_removes_the_seams_that_pasting_tiles_makes():
     x = smooth_image(200, 328)
     pasted = overlap_add(box_blur, x, 64, 0, 1.0)
     blended = overlap_add(box_blur, x, 64, 16, 1.0)
-    assert seam_ratio(pasted, tile_starts(328, 64, 0)) > 2  # the metric sees pasted tiles
-    assert seam_ratio(blended, tile_starts(328, 64, 16)) <= 1.2
-    assert seam_ratio(blended.transpose(-1, -2), tile_starts(200, 64, 16)) <= 1.2
+    assert seam_ratio(pasted, 64, 0) > 2  # the metric sees pasted tiles
+    assert seam_ratio(blended, 64, 16) <= 1.2 and seam_ratio(blended, 64, 16, dim=-2) <= 1.2
     assert torch.allclose(blended, box_blur(x), atol=2e-3)  # and match the operator applied to the whole image
 
 
@@ -97,3 +87,15 @@ def test_bad_tiling_arguments_are_clear_errors():
         model.decode_tiled({"tokens": torch.zeros(1, 8, 8, dtype=torch.long)}, tile_size=64, overlap=12)
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         model.encode_tiled(torch.rand(1, 1, 64, 64), 64, 16)
+
+
+def test_seam_ratio_compares_tile_borders_with_interior_cell_boundaries():
+    # a blocky image (cells of 8 pixels, steps of 1 between them), and the same with a step of 3 at every
+    # border of 64-pixel tiles
+    cells = torch.arange(40.0).repeat_interleave(8)[None, None, None, :] % 2
+    seamed = cells + 3 * (torch.arange(320) // 64)
+    assert seam_ratio(cells, 64, 0, cell=8) == pytest.approx(1.0)  # cell steps alone are no seam
+    assert seam_ratio(cells, 64, 0, cell=1) > 5  # ... unless compared with the flat insides of cells
+    assert seam_ratio(seamed, 64, 0, cell=8) == pytest.approx(2.0)  # border jumps |3 ± 1| vs 1
+    with pytest.raises(ValueError, match="no tile borders"):
+        seam_ratio(cells[..., :64], 64, 16)
