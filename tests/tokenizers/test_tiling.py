@@ -96,6 +96,6 @@ def test_seam_ratio_compares_tile_borders_with_interior_cell_boundaries():
     seamed = cells + 3 * (torch.arange(320) // 64)
     assert seam_ratio(cells, 64, 0, cell=8) == pytest.approx(1.0)  # cell steps alone are no seam
     assert seam_ratio(cells, 64, 0, cell=1) > 5  # ... unless compared with the flat insides of cells
-    assert seam_ratio(seamed, 64, 0, cell=8) == pytest.approx(2.0)  # border jumps |3 ± 1| vs 1
+    assert seam_ratio(seamed, 64, 0, cell=8) == pytest.approx(2.0)  # border jumps |3 − 1| vs cell steps of 1
     with pytest.raises(ValueError, match="no tile borders"):
         seam_ratio(cells[..., :64], 64, 16)
