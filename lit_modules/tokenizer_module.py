@@ -194,8 +194,11 @@ class TokenizerModule(L.LightningModule):
                 torch.nn.utils.clip_grad_norm_(grads, gradient_clip_val)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Normalization statistics travel with the checkpoint (plain lists, for load_tokenizer)."""
+        """Normalization statistics and the training crop size travel with the checkpoint (for load_tokenizer)."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         normalization = getattr(datamodule, "normalization", None)
         if normalization is not None:
             checkpoint["normalization"] = normalization
+        crop = getattr(datamodule, "crop", None)  # image tokenizers: the training crop is the natural tile size
+        if isinstance(crop, int):
+            checkpoint["train_crop"] = crop

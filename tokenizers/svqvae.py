@@ -113,11 +113,12 @@ class SVQVAE(nn.Module):
 
     def decode_codes_tiled(self, z_q: torch.Tensor, tile_size: int, overlap: int) -> torch.Tensor:
         """[B, D, h, w] codes -> [B, C, h·f, w·f], decoded tile by tile (tile_size and overlap in pixels;
-        the overlap is raised to `min_decode_overlap_cells` latent cells, and the tile with it if need be)."""
+        the overlap is raised to `min_decode_overlap_cells` latent cells, and the tile to 4 overlaps)."""
         f = self.downsample_factor
         h, w = z_q.shape[-2:]
         overlap_cells = max(overlap // f, self.min_decode_overlap_cells)
-        tile_cells = max(tile_size // f, 2 * overlap_cells)
+        tile_cells = max(tile_size // f, 4 * overlap_cells)  # small tiles: fewer, larger decode tiles ...
+        tile_cells = min(tile_cells, max(tile_size // f, h, w))  # ... but no larger than the image needs
         padded = pad_to(z_q, max(tile_cells, h), max(tile_cells, w))
         return overlap_add(self.decode_codes, padded, tile_cells, overlap_cells, f)[..., : h * f, : w * f]
 
