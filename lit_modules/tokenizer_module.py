@@ -35,9 +35,12 @@ class TokenizerModule(L.LightningModule):
     loss_weights: {"l1": w, "mse": w} on the target (Phaedra: both 1).
     optimizer / scheduler: `_partial_` configs called with the parameters / the optimizer; the
     scheduler steps once per optimizer step.
-    gan: optional adversarial term {discriminator: {_target_: ...}, start_step: int | None, weight: w}; off
-    while start_step is None. From optimizer step `start_step` on, the tokenizer's loss gains
-    w·(−mean D(recon)) and the discriminator learns the hinge loss on (target, recon.detach()).
+    gan: optional adversarial term {discriminator: {_target_: ...}, start_step: int | None, weight: w,
+    adaptive_weight: bool}; off while start_step is None. From optimizer step `start_step` on, the
+    tokenizer's loss gains w·λ·(−mean D(recon)) and the discriminator learns the hinge loss on
+    (target, recon.detach()). λ = 1, or with adaptive_weight (VQGAN) λ = ‖∇ rec‖ / (‖∇ adv‖ + 1e-4)
+    (clamped to [0, 1e4], no gradient), both gradients taken at the decoder's last layer: the adversarial
+    term then pulls as hard as the reconstruction terms, whatever their scale.
 
     The discriminator is a second parameter group of the one optimizer, not a second optimizer: its loss
     is added to the tokenizer's and a single backward gives each model exactly its own gradient (D is
@@ -66,13 +69,18 @@ class TokenizerModule(L.LightningModule):
         self.tokenizer = instantiate(tokenizer)
         self.discriminator, self.gan_start, self.gan_weight = None, None, 0.0
         if gan is not None and gan.get("start_step") is not None:
-            unknown = set(gan) - {"discriminator", "start_step", "weight"}
+            unknown = set(gan) - {"discriminator", "start_step", "weight", "adaptive_weight"}
             if unknown or "discriminator" not in gan:
-                raise ValueError(f"model.gan: expected keys discriminator, start_step, weight; got {sorted(gan)}")
+                raise ValueError("model.gan: expected keys discriminator, start_step, weight, adaptive_weight; "
+                                 f"got {sorted(gan)}")
             if gan["start_step"] < 0:
                 raise ValueError(f"model.gan.start_step must be >= 0 (or null: no GAN), got {gan['start_step']}")
             self.discriminator = instantiate(gan["discriminator"])
             self.gan_start, self.gan_weight = int(gan["start_step"]), float(gan.get("weight", 0.5))
+            self.gan_adaptive = bool(gan.get("adaptive_weight", False))
+            if self.gan_adaptive and not hasattr(getattr(self.tokenizer, "decoder", None), "last_layer"):
+                raise ValueError(f"model.gan.adaptive_weight needs a tokenizer whose .decoder has a last_layer; "
+                                 f"{type(self.tokenizer).__name__} has none")
         self.loss_weights = loss_weights
         self.evaluation = nn.ModuleDict({s: instantiate(evaluation) for s in STAGES})
         self.usage = nn.ModuleDict({
@@ -108,6 +116,14 @@ class TokenizerModule(L.LightningModule):
         """Whether the adversarial term is on at the current optimizer step."""
         return self.discriminator is not None and self.global_step >= self.gan_start
 
+    def adaptive_weight(self, terms: dict[str, torch.Tensor], adversarial: torch.Tensor) -> torch.Tensor:
+        """VQGAN's λ: gradient norm of the reconstruction terms over that of the adversarial term at the last layer."""
+        layer = self.tokenizer.decoder.last_layer
+        reconstruction = sum(v for k, v in terms.items() if k in self.loss_weights)
+        g_rec = torch.autograd.grad(reconstruction, layer, retain_graph=True)[0]
+        g_adv = torch.autograd.grad(adversarial, layer, retain_graph=True)[0]
+        return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, cond, target = self.evaluation["val"].unpack(batch)  # unpacking is the same for every stage
         out = self.tokenizer(x, **cond)
@@ -116,8 +132,13 @@ class TokenizerModule(L.LightningModule):
         if self.gan_active:
             recon = out.recon.float()
             self.discriminator.requires_grad_(False)  # D scores recon for the tokenizer; D's own grads come below
-            terms["gan"] = self.gan_weight * hinge_g_loss(self.discriminator(recon))
+            adversarial = hinge_g_loss(self.discriminator(recon))
             self.discriminator.requires_grad_(True)
+            weight = self.gan_weight
+            if self.gan_adaptive:
+                weight = weight * self.adaptive_weight(terms, adversarial)
+                self.log("train/gan_adaptive_weight", weight / self.gan_weight)
+            terms["gan"] = weight * adversarial
             logits_real, logits_fake = self.discriminator(target.float()), self.discriminator(recon.detach())
             disc_loss = hinge_d_loss(logits_real, logits_fake)
             self.log_dict({"train/disc/loss": disc_loss, "train/disc/logits_real": logits_real.mean().detach(),

@@ -137,5 +137,10 @@ class Decoder(nn.Module):
         self.levels = nn.Sequential(*levels)
         self.out = nn.Sequential(group_norm(c_in, groups), nn.SiLU(), nn.Conv2d(c_in, out_channels, 3, padding=1))
 
+    @property
+    def last_layer(self) -> nn.Parameter:
+        """Weight of the final conv (for a GAN's adaptive weight, which balances gradients there)."""
+        return self.out[-1].weight
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.out(self.levels(self.mid(self.conv_in(z))))

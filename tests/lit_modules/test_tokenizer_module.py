@@ -91,5 +91,26 @@ def test_gan_is_off_without_a_start_step_and_bad_settings_fail():
     assert TokenizerModule(SVQ, OPTIM, SCHED, evaluation=IMAGES, gan={**GAN, "start_step": None}).discriminator is None
     with pytest.raises(ValueError, match="start_step must be >= 0"):
         TokenizerModule(SVQ, OPTIM, SCHED, evaluation=IMAGES, gan={**GAN, "start_step": -1})
-    with pytest.raises(ValueError, match="expected keys discriminator, start_step, weight"):
+    with pytest.raises(ValueError, match="expected keys discriminator, start_step, weight, adaptive_weight"):
         TokenizerModule(SVQ, OPTIM, SCHED, evaluation=IMAGES, gan={**GAN, "lr": 1.0})
+
+
+def test_adaptive_weight_balances_the_gradients_at_the_decoders_last_layer():
+    torch.manual_seed(0)
+    module = TokenizerModule(SVQ, OPTIM, SCHED, evaluation=IMAGES, loss_weights={"mse": 1.0},
+                             gan={**GAN, "adaptive_weight": True})
+    x = torch.rand(2, 3, 32, 32)
+    out = module.tokenizer(x)
+    terms = module.loss_terms(out.recon, x, out.aux_losses)
+    adversarial = -module.discriminator(out.recon).mean()
+    lam = module.adaptive_weight(terms, adversarial)
+    layer = module.tokenizer.decoder.last_layer
+    g_rec = torch.autograd.grad(terms["mse"], layer, retain_graph=True)[0]
+    g_adv = torch.autograd.grad(lam * adversarial, layer, retain_graph=True)[0]
+    assert float(g_adv.norm()) == pytest.approx(float(g_rec.norm()), rel=1e-2)  # λ·adv pulls as hard as rec
+    # the codebook/commitment terms do not count as reconstruction; scaling the reconstruction scales λ
+    assert float(module.adaptive_weight({**terms, "mse": 10 * terms["mse"]}, adversarial)) == pytest.approx(
+        10 * float(lam), rel=1e-2)
+    with pytest.raises(ValueError, match="needs a tokenizer whose .decoder has a last_layer"):
+        TokenizerModule({"_target_": "tokenizers.eeg.EEGTokenizer"}, OPTIM, SCHED,
+                        gan={**GAN, "adaptive_weight": True})
