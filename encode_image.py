@@ -1,9 +1,9 @@
 """Tokenize and reconstruct one large image with a trained SVQVAE, tile by tile, at several scales.
 
-    python encode_image.py CKPT IMAGE [--tile T] [--overlap V] [--scales 0.25 0.5 1] [--out DIR]
+    python encode_image.py CKPT IMAGE [--tile 256] [--overlap 64] [--scales 0.25 0.5 1] [--out DIR]
 
-Tiles default to the model's training crop (stored in the checkpoint; 256 for older checkpoints) with an
-overlap of a quarter tile: a model trained on crops sees statistics like its training ones tile by tile.
+Tiles of 256 pixels overlapping by 64 are seamless with the CPU model; smaller tiles show tile-wise colour
+shifts and lines, since its latents depend on each tile's GroupNorm statistics and attention context.
 
 Writes into DIR (default: <image name>_tokens/ beside the image): tokens_<s>.npy (int64 [h_s, w_s]),
 recon_<s>.png (round(H·s) × round(W·s)) for every scale s, and meta.json (sizes, tiling, checkpoint).
@@ -24,18 +24,7 @@ from datamodules.images import read_image, to_chw01
 from tokenizers import load_tokenizer
 
 
-def default_tiling(model, tile: int | None, overlap: int | None) -> tuple[int, int]:
-    """tile: the given one, else the training crop (else 256); overlap: the given one, else tile/4 on the cell grid."""
-    f = model.downsample_factor
-    if tile is None:
-        tile = getattr(model, "train_crop", None) or 256
-        tile = max(f, tile // f * f)
-    if overlap is None:
-        overlap = max(f, tile // 4 // f * f) if tile > f else 0
-    return tile, overlap
-
-
-def encode_image(ckpt: str | Path, image: str | Path, tile: int | None = None, overlap: int | None = None,
+def encode_image(ckpt: str | Path, image: str | Path, tile: int = 256, overlap: int = 64,
                  scales: tuple[float, ...] = (1.0,), out: str | Path | None = None) -> Path:
     image = Path(image)
     out = Path(out) if out is not None else image.with_name(f"{image.stem}_tokens")
@@ -43,7 +32,6 @@ def encode_image(ckpt: str | Path, image: str | Path, tile: int | None = None, o
     model = load_tokenizer(ckpt, map_location=device)
     if not hasattr(model, "reconstruct_tiled"):
         raise ValueError(f"{ckpt} holds a {type(model).__name__}, which cannot tile images; use an SVQVAE checkpoint")
-    tile, overlap = default_tiling(model, tile, overlap)
     x = to_chw01(read_image(image), str(image))[None].to(device)
     with torch.no_grad():
         results = model.reconstruct_tiled(x, tile_size=tile, overlap=overlap, scales=scales)
@@ -63,8 +51,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt")
     parser.add_argument("image")
-    parser.add_argument("--tile", type=int, default=None, help="tile side in pixels (default: the training crop)")
-    parser.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default: tile / 4)")
+    parser.add_argument("--tile", type=int, default=256, help="tile side in pixels")
+    parser.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels")
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0])
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

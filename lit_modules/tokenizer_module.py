@@ -67,7 +67,7 @@ class TokenizerModule(L.LightningModule):
         self.save_hyperparameters(dict(tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
                                        evaluation=evaluation, loss_weights=loss_weights, compile=compile, gan=gan))
         self.tokenizer = instantiate(tokenizer)
-        self.discriminator, self.gan_start, self.gan_weight = None, None, 0.0
+        self.discriminator, self.gan_start, self.gan_weight, self.gan_adaptive = None, None, 0.0, False
         if gan is not None and gan.get("start_step") is not None:
             unknown = set(gan) - {"discriminator", "start_step", "weight", "adaptive_weight"}
             if unknown or "discriminator" not in gan:
@@ -215,11 +215,8 @@ class TokenizerModule(L.LightningModule):
                 torch.nn.utils.clip_grad_norm_(grads, gradient_clip_val)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Normalization statistics and the training crop size travel with the checkpoint (for load_tokenizer)."""
+        """Normalization statistics travel with the checkpoint (plain lists, for load_tokenizer)."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         normalization = getattr(datamodule, "normalization", None)
         if normalization is not None:
             checkpoint["normalization"] = normalization
-        crop = getattr(datamodule, "crop", None)  # image tokenizers: the training crop is the natural tile size
-        if isinstance(crop, int):
-            checkpoint["train_crop"] = crop

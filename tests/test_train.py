@@ -159,13 +159,13 @@ def test_svqvae_run_and_large_image_command(make_cfg, tmp_path):
     from PIL import Image
 
     Image.fromarray((np.random.default_rng(0).random((150, 230, 3)) * 255).astype(np.uint8)).save(image)
-    assert load_tokenizer(tmp_path / "svqvae" / "checkpoints" / "last.ckpt").train_crop == 64
-    out = encode_image(tmp_path / "svqvae" / "checkpoints" / "last.ckpt", image, scales=(0.25, 0.5, 1.0))
+    out = encode_image(tmp_path / "svqvae" / "checkpoints" / "last.ckpt", image, tile=64, overlap=16,
+                       scales=(0.25, 0.5, 1.0))
     assert Image.open(out / "recon_1.png").size == (230, 150) and Image.open(out / "recon_0.25.png").size == (58, 38)
     assert np.load(out / "tokens_1.npy").shape == (19, 29)  # ceil(150/8) × ceil(230/8)
     meta = json.loads((out / "meta.json").read_text())
     assert set(meta["scales"]) == {"0.25", "0.5", "1"}
-    assert (meta["tile"], meta["overlap"]) == (64, 16)  # the training crop, a quarter of it
+    assert (meta["tile"], meta["overlap"]) == (64, 16)
 
 
 def test_paper_experiment_trains_two_steps(make_cfg, tmp_path):

@@ -20,8 +20,7 @@ def load_tokenizer(ckpt_path: str | Path, map_location: str | torch.device = "cp
     """The tokenizer of a TokenizerModule checkpoint, in eval mode, with EMA weights where trained with EMA.
 
     The returned module has `.normalization`: {"variables": [...], "mean": [...], "std": [...]} from the
-    train split (or None), to normalize inputs as in training: x_in = (x − mean[v]) / std[v]; and
-    `.train_crop`: the side of the training crops for image tokenizers (or None), the natural tile size.
+    train split (or None), to normalize inputs as in training: x_in = (x − mean[v]) / std[v].
     """
     path = Path(ckpt_path)
     if not path.is_file():
@@ -36,5 +35,4 @@ def load_tokenizer(ckpt_path: str | Path, map_location: str | torch.device = "cp
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     tokenizer.load_state_dict(state)
     tokenizer.normalization = ckpt.get("normalization")
-    tokenizer.train_crop = ckpt.get("train_crop")
     return tokenizer.eval()

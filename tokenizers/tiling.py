@@ -85,21 +85,28 @@ def overlap_add(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
 
 
 def seam_ratio(image: torch.Tensor, tile: int, overlap: int, cell: int = 1, dim: int = -1) -> float:
-    """How visible the tile borders of a tiled output are along `dim` (−1: columns, −2: rows).
+    """How visible the tiling of a tiled output is along `dim` (−1: columns, −2: rows); about 1: no seam.
 
-    Mean |jump| between neighbouring pixels across the tile borders (every tile's first and last pixel
-    line inside the image, for tiles of `tile` pixels overlapping by `overlap`), divided by the mean |jump|
-    across the other lines at the same phase of the model's cell size `cell` (its downsampling factor).
-    Tile borders always fall on cell boundaries, and a decoder's output differs across cell boundaries
-    more than within a cell even untiled, so the fair reference is the interior cell boundaries. About 1:
-    no seam; pasting tiles without blending gives several times that.
+    The mean |jump| between neighbouring pixels over the bands where tiles blend (the jumps into and within
+    a tile's first `overlap` lines and within and out of its neighbour's last ones), each jump divided by
+    the mean |jump| at the same phase of the model's cell size `cell` (its downsampling factor) outside the
+    bands. The whole band counts, not only its two borders: a bad blend leaves lines anywhere inside it
+    (on the CPU model at tile 64 / overlap 16, the borders alone scored 0.89 while the bands scored 1.56).
+    Comparing at the same cell phase matters because a decoder's output differs more across cell
+    boundaries than within a cell, tiled or not. Pasting tiles without blending scores several times 1.
     """
     x = image.movedim(dim, -1)
     length = x.shape[-1]
     jumps = (x[..., 1:] - x[..., :-1]).abs().flatten(0, -2).mean(0)  # jumps[j]: between pixel j and j + 1
     starts = tile_starts(length, tile, overlap)
-    borders = {s - 1 for s in starts if s > 0} | {s + tile - 1 for s in starts if s + tile < length}
-    if not borders:
+    if len(starts) < 2:
         raise ValueError(f"an axis of {length} pixels has no tile borders for tile={tile}")
-    inside = [j for j in range(cell - 1, length - 1, cell) if j not in borders]
-    return float(jumps[sorted(borders)].mean() / jumps[inside].mean())
+    band: set[int] = set()  # a tile's first `overlap` lines and its neighbour's last ones (they differ at the end)
+    for prev, start in zip(starts, starts[1:], strict=False):
+        band.update(range(start - 1, start + overlap), range(prev + tile - overlap - 1, prev + tile))
+    inside = torch.tensor(sorted(j for j in band if 0 <= j < length - 1))
+    outside = torch.ones(length - 1, dtype=torch.bool)
+    outside[inside] = False
+    phase = torch.arange(length - 1) % cell
+    reference = torch.stack([jumps[outside & (phase == p)].mean() for p in range(cell)])
+    return float((jumps[inside] / reference[phase[inside]]).mean())

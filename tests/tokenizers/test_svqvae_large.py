@@ -14,7 +14,7 @@ from datamodules.images import BUNDLED, BundledImages
 from tokenizers.svqvae import SVQVAE
 from tokenizers.tiling import overlap_add, seam_ratio
 
-H, W, TILE, OVERLAP = 1024, 1536, 128, 32
+H, W, TILE, OVERLAP = 1024, 1536, 256, 64
 
 
 @pytest.fixture(scope="module")
