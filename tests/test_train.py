@@ -181,6 +181,7 @@ def test_paper_experiment_trains_two_steps(make_cfg, tmp_path):
 @pytest.mark.parametrize(("experiment", "extra"), [
     ("phaedra", ["callbacks.ema.decay=0.9", "optimizer.lr=1e-3"]),  # with EMA
     ("eeg_film", []),  # random crops at three rates
+    ("svqvae", ["model.gan.start_step=2"]),  # the discriminator, its parameter group and BatchNorm statistics
 ])
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(make_cfg, tmp_path, experiment, extra):
     # the interrupted run is the same run stopped at step 4 (mid-epoch): its schedule still spans 8 steps
