@@ -136,8 +136,9 @@ class TokenizerModule(L.LightningModule):
             self.discriminator.requires_grad_(True)
             weight = self.gan_weight
             if self.gan_adaptive:
-                weight = weight * self.adaptive_weight(terms, adversarial)
-                self.log("train/gan_adaptive_weight", weight / self.gan_weight)
+                lam = self.adaptive_weight(terms, adversarial)
+                self.log("train/gan_adaptive_weight", lam)
+                weight = weight * lam
             terms["gan"] = weight * adversarial
             logits_real, logits_fake = self.discriminator(target.float()), self.discriminator(recon.detach())
             disc_loss = hinge_d_loss(logits_real, logits_fake)

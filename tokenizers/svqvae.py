@@ -26,9 +26,10 @@ from tokenizers.vq import CosineVectorQuantizer
 class SVQVAE(nn.Module):
     # The decoder's output is disturbed up to ~2 latent cells inside a tile's edge (zero padding through the
     # upsampling convs), so decoding overlaps tiles by at least 4 cells whatever the encoding overlap: at
-    # 2 cells (tile 64, overlap 16 at f = 8) the disturbed bands of both tiles meet and leave a seam
-    # (seam_ratio 1.73 on a trained model; 0.95 with 4 cells).
+    # 2 cells (tile 64, overlap 16 at f = 8) the disturbed bands of both tiles meet and leave a column seam
+    # on the trained CPU model.
     min_decode_overlap_cells = 4
+
     def __init__(
         self,
         in_channels: int = 3,

@@ -61,7 +61,7 @@ def pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def overlap_add(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int,
-                scale: float, min_margin: int = 0) -> torch.Tensor:
+                scale: float) -> torch.Tensor:
     """Apply `fn` to every tile of x [B, C, H, W] (H, W >= tile) and blend the outputs.
 
     fn maps a tile of `tile` pixels to one of `tile·scale` (scale = 1/f for an encoder, f for a decoder);
