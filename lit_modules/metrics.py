@@ -41,6 +41,14 @@ class GroupedSums(Metric):
             raise ValueError(f"{type(self).__name__} group ids must lie in [0, {self.groups}), got {group.tolist()}")
         return group
 
+    def _prepare(self, pred: torch.Tensor, target: torch.Tensor, group: torch.Tensor | None,
+                 layout: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Check pred/target against `layout` (e.g. "[B, C, H, W]"); return them in float64 and the group ids."""
+        if pred.shape != target.shape or pred.ndim != layout.count(",") + 1:
+            raise ValueError(f"{type(self).__name__} needs pred and target {layout} of one shape, got "
+                             f"{tuple(pred.shape)} and {tuple(target.shape)}")
+        return pred.double(), target.double(), self._groups(group, len(pred), pred.device)
+
     def _add(self, name: str, group: torch.Tensor, per_item: torch.Tensor) -> None:
         state = getattr(self, name)
         state.index_add_(0, group, per_item.to(state.dtype))
@@ -84,11 +92,7 @@ class FieldErrors(GroupedSums):
     def update(self, pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor,
                group: torch.Tensor | None = None) -> None:
         """pred, target: [B, C, H, W] physical units; sigma: [B, C] data-set σ; group: [B] ids in [0, groups)."""
-        if pred.shape != target.shape or pred.ndim != 4:
-            raise ValueError(f"FieldErrors needs pred and target [B, C, H, W] of one shape, got "
-                             f"{tuple(pred.shape)} and {tuple(target.shape)}")
-        group = self._groups(group, len(pred), pred.device)
-        pred, target = pred.double(), target.double()
+        pred, target, group = self._prepare(pred, target, group, "[B, C, H, W]")
         err = pred - target
         norm_err = err / sigma.double()[..., None, None]
         dims = (1, 2, 3)
@@ -199,11 +203,7 @@ class SignalErrors(GroupedSums):
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, sfreq: torch.Tensor,
                group: torch.Tensor | None = None) -> None:
-        if pred.shape != target.shape or pred.ndim != 2:
-            raise ValueError(f"SignalErrors needs pred and target [N, P] of one shape, got "
-                             f"{tuple(pred.shape)} and {tuple(target.shape)}")
-        group = self._groups(group, len(pred), pred.device)
-        pred, target = pred.double(), target.double()
+        pred, target, group = self._prepare(pred, target, group, "[N, P]")
         err = pred - target
         self._add("sq_err", group, err.pow(2).sum(-1))
         self._add("abs_err", group, err.abs().sum(-1))
@@ -254,11 +254,7 @@ class ImageErrors(GroupedSums):
     counts = ("n_values", "n_images")
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, group: torch.Tensor | None = None) -> None:
-        if pred.shape != target.shape or pred.ndim != 4:
-            raise ValueError(f"ImageErrors needs pred and target [N, C, H, W] of one shape, got "
-                             f"{tuple(pred.shape)} and {tuple(target.shape)}")
-        group = self._groups(group, len(pred), pred.device)
-        pred, target = pred.double(), target.double()
+        pred, target, group = self._prepare(pred, target, group, "[N, C, H, W]")
         mse = (pred - target).pow(2).flatten(1)
         self._add("sq_err", group, mse.sum(-1))
         self._add("n_values", group, torch.full_like(group, mse.shape[1]))
