@@ -73,8 +73,9 @@ class TokenizerModule(L.LightningModule):
             if unknown or "discriminator" not in gan:
                 raise ValueError("model.gan: expected keys discriminator, start_step, weight, adaptive_weight; "
                                  f"got {sorted(gan)}")
-            if gan["start_step"] < 0:
-                raise ValueError(f"model.gan.start_step must be >= 0 (or null: no GAN), got {gan['start_step']}")
+            start = gan["start_step"]
+            if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+                raise ValueError(f"model.gan.start_step must be an integer >= 0 (or null: no GAN), got {start!r}")
             self.discriminator = instantiate(gan["discriminator"])
             self.gan_start, self.gan_weight = int(gan["start_step"]), float(gan.get("weight", 0.5))
             self.gan_adaptive = bool(gan.get("adaptive_weight", False))

@@ -89,8 +89,10 @@ def test_one_backward_gives_each_model_exactly_its_own_gradient():
 
 def test_gan_is_off_without_a_start_step_and_bad_settings_fail():
     assert TokenizerModule(SVQ, OPTIM, SCHED, evaluation=IMAGES, gan={**GAN, "start_step": None}).discriminator is None
-    with pytest.raises(ValueError, match="start_step must be >= 0"):
+    with pytest.raises(ValueError, match="start_step must be an integer >= 0"):
         TokenizerModule(SVQ, OPTIM, SCHED, evaluation=IMAGES, gan={**GAN, "start_step": -1})
+    with pytest.raises(ValueError, match="start_step must be an integer >= 0 .*'soon'"):
+        TokenizerModule(SVQ, OPTIM, SCHED, evaluation=IMAGES, gan={**GAN, "start_step": "soon"})
     with pytest.raises(ValueError, match="expected keys discriminator, start_step, weight, adaptive_weight"):
         TokenizerModule(SVQ, OPTIM, SCHED, evaluation=IMAGES, gan={**GAN, "lr": 1.0})
 
