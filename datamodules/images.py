@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from datamodules.common import EpochSampler, InMemoryDataModule, TensorBatches, find_files
+from lit_modules.adapters import BatchAdapter, ImageAdapter
+from tokenizers.base import DataMetadata
 
 log = logging.getLogger(__name__)
 BUNDLED = ("astronaut", "coffee", "chelsea", "rocket", "retina", "immunohistochemistry", "brick", "grass", "gravel")
@@ -141,9 +143,10 @@ def grid_crops(image: torch.Tensor, crop: int) -> list[torch.Tensor]:
 
 
 class ImageDataModule(InMemoryDataModule):
-    def __init__(self, source, crop: int = 128, holdout: float = 0.25, crops_per_image: int = 64,
-                 batch_size: int = 16, eval_batch_size: int = 32, seed: int = 0, num_workers: int = 0):
-        super().__init__(batch_size, eval_batch_size, (0.8, 0.1, 0.1), seed, num_workers)
+    def __init__(self, source, adapter: BatchAdapter | None = None, crop: int = 128, holdout: float = 0.25,
+                 crops_per_image: int = 64, batch_size: int = 16, eval_batch_size: int = 32, seed: int = 0,
+                 num_workers: int = 0):
+        super().__init__(adapter or ImageAdapter(), batch_size, eval_batch_size, (0.8, 0.1, 0.1), seed, num_workers)
         if not 0 < holdout < 1:
             raise ValueError(f"data.holdout must be a fraction in (0, 1), got {holdout}")
         self.source, self.crop, self.holdout, self.crops_per_image = source, crop, holdout, crops_per_image
@@ -170,6 +173,11 @@ class ImageDataModule(InMemoryDataModule):
             "val": TensorBatches(image=torch.stack(evaluation[0::2])),
             "test": TensorBatches(image=torch.stack(evaluation[1::2] or evaluation[0::2])),
         }
+
+    @property
+    def metadata(self) -> DataMetadata:
+        """RGB in [0, 1] (grey images repeated, alpha dropped; float images min–max scaled)."""
+        return DataMetadata(kind=self.adapter.kind, normalization="unit_range", variables=["red", "green", "blue"])
 
     def make_train_sampler(self) -> CropSampler:
         train = self.splits["train"]

@@ -177,7 +177,7 @@ class NpyFields:
     def load(self, data_dir: str | Path) -> list[FieldSet]:
         path = find_files(self.path, (".npy", ".npz"), "NpyFields")[0]
         if Path(self.path).expanduser().is_dir():
-            raise ValueError(f"NpyFields: data.path must be one .npy or .npz file, got the folder {self.path}")
+            raise ValueError(f"NpyFields: data.source.path must be one .npy or .npz file, got the folder {self.path}")
         try:
             loaded = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as e:

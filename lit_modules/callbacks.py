@@ -1,11 +1,11 @@
-"""Callbacks: W&B media (reconstruction panels, codebook histograms), training throughput, last.ckpt.
+"""Callbacks: W&B media (reconstruction panels, codebook histograms) and last.ckpt; `batch_size` for
+Lightning's ThroughputMonitor.
 
 Media logging is best effort: a logger failure is reported as a warning and never stops training.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import lightning as L
@@ -64,8 +64,15 @@ def signal_panel(inputs: torch.Tensor, recons: torch.Tensor, height: int = 64) -
     return np.concatenate(rows, axis=0)
 
 
+def batch_size(batch: dict[str, torch.Tensor]) -> int:
+    """Samples in a batch dict (every value has them on its first axis), for ThroughputMonitor."""
+    return len(next(iter(batch.values())))
+
+
 class MediaLogger(L.Callback):
-    """Per validation epoch: a panel of `n_samples` input | recon | error, and one codebook histogram per stream."""
+    """Per validation epoch: a panel of `n_samples` input | recon | error from the first validation batch's
+    outputs ({"input", "recon"}), and one histogram of token counts per stream from the module's
+    `codebook_counts` ({stream: counts [V]} of the last evaluation epoch; TokenizerModule keeps it)."""
 
     def __init__(self, n_samples: int = 4):
         self.n_samples = n_samples
@@ -97,31 +104,6 @@ class MediaLogger(L.Callback):
                 lg.experiment.log({**media, "trainer/global_step": trainer.global_step})
         except Exception as e:  # a logger failure must never stop training
             warnings.warn(f"W&B media logging failed and was skipped: {e!r}", stacklevel=1)
-
-
-class Throughput(L.Callback):
-    """Logs perf/samples_per_s: training samples per second of wall time over the last `window` steps."""
-
-    def __init__(self, window: int = 10):
-        self.window = window
-        self._start: float | None = None
-        self._samples = 0
-        self._steps = 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self._start is None:
-            self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._samples += len(next(iter(batch.values())))
-        self._steps += 1
-        if self._steps >= self.window:
-            elapsed = time.perf_counter() - self._start
-            pl_module.log("perf/samples_per_s", self._samples / elapsed)
-            self._start, self._samples, self._steps = None, 0, 0
-
-    def on_validation_start(self, trainer, pl_module) -> None:  # validation time is not training time
-        self._start, self._samples, self._steps = None, 0, 0
 
 
 class LatestCheckpoint(ModelCheckpoint):

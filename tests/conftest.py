@@ -1,21 +1,48 @@
-"""Shared fixtures: a small embedded data set generated once per session, and config composition."""
+"""Shared fixtures: experiments discovered from conf/experiment/, config composition, one debug=fast run per
+experiment shared by the tests that need one, and float32 tolerances."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import DictConfig
+
+import lit_modules  # noqa: F401 - registers the ${auto_precision:} resolver
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
-# small enough for a CPU test, big enough for a train/val/test split by trajectory
-TINY_DATA = ["data.source.resolution=32", "data.source.n_traj=5", "data.source.n_frames=4"]
+# Smaller data for sources whose default is too big for a CPU test, by the data config's source `_target_`
+# (still big enough for a train/val/test split by trajectory).
+SMALL_DATA = {
+    "datamodules.sources.EmbeddedFields": ["data.source.resolution=32", "data.source.n_traj=5",
+                                           "data.source.n_frames=4"],
+}
+# Tokenizers above this size are checked on the meta device (shapes and dtypes, no values) instead of being run.
+CPU_TEST_MAX_PARAMS = 20_000_000
+
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def f32_tolerance(reference: torch.Tensor, depth: int) -> float:
+    """Largest difference expected between two float32 evaluations of one `depth`-layer computation that differ
+    only in the order of their sums (other kernels, tiles, threads, CPUs): each layer adds a relative rounding
+    error of at most ~sqrt(K)·eps for K-term dot products (64·eps covers K up to 4096), and errors add up
+    over the layers. Relative to the largest value of `reference`."""
+    return depth * 64 * EPS32 * float(reference.abs().max().clamp_min(1e-30))
+
+
+def layer_depth(model: torch.nn.Module) -> int:
+    """Number of modules that hold parameters of their own: the depth that rounding errors accumulate over."""
+    return sum(1 for m in model.modules() if next(m.parameters(recurse=False), None) is not None)
 
 
 @pytest.fixture(scope="session")
@@ -24,12 +51,13 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def compose_cfg(overrides: list[str], output_dir: Path, data_dir: Path) -> DictConfig:
-    """The config `python train.py <overrides>` would run, with this test's output and data dirs."""
+    """The config `python train.py <overrides>` would run, with this test's output and data dirs; data sources
+    listed in SMALL_DATA get their small settings (before the test's own overrides, which win)."""
+    paths = [f"paths.output_dir={output_dir}", f"paths.data_dir={data_dir}"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(
-            config_name="train",
-            overrides=[*overrides, f"paths.output_dir={output_dir}", f"paths.data_dir={data_dir}"],
-        )
+        cfg = compose(config_name="train", overrides=[*overrides, *paths])
+        small = SMALL_DATA.get(cfg.data.get("source", {}).get("_target_"), [])
+        return compose(config_name="train", overrides=[*small, *overrides, *paths]) if small else cfg
 
 
 @pytest.fixture
@@ -38,3 +66,41 @@ def make_cfg(tmp_path, data_dir):
         return compose_cfg(overrides, output_dir or tmp_path / "run", data_dir)
 
     return make
+
+
+def is_paper_size(cfg: DictConfig) -> bool:
+    """Whether the experiment's tokenizer is too big to run in a CPU test (counted on the meta device)."""
+    with torch.device("meta"):
+        tokenizer = instantiate(cfg.model.tokenizer)
+    return sum(p.numel() for p in tokenizer.parameters()) > CPU_TEST_MAX_PARAMS
+
+
+@dataclass
+class Run:
+    """A finished `train.py <experiment> debug=fast` run (W&B offline) and its config."""
+
+    experiment: str
+    cfg: DictConfig
+    dir: Path
+    value: float | None
+
+    @property
+    def last_ckpt(self) -> Path:
+        return self.dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def experiment_run(tmp_path_factory, data_dir):
+    """experiment_run(name) -> Run: one debug=fast run per experiment, made on first use and shared."""
+    from train import train
+
+    runs: dict[str, Run] = {}
+
+    def get(experiment: str) -> Run:
+        if experiment not in runs:
+            out = tmp_path_factory.mktemp(f"run_{experiment}")
+            cfg = compose_cfg([f"experiment={experiment}", "debug=fast"], out, data_dir)
+            runs[experiment] = Run(experiment, cfg, out, train(cfg))
+        return runs[experiment]
+
+    return get

@@ -1,12 +1,11 @@
-"""Every experiment composes, and every object in it instantiates from its config."""
+"""Every experiment composes, and every object in it instantiates from its config; configs inherit, not copy."""
 
 import pytest
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import lit_modules  # noqa: F401 - resolvers
-from tests.conftest import EXPERIMENTS
+from tests.conftest import EXPERIMENTS, is_paper_size
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -18,31 +17,40 @@ def test_experiment_composes_and_instantiates(make_cfg, experiment, debug):
     assert OmegaConf.missing_keys(cfg) == set()
     datamodule = instantiate(cfg.data)
     assert datamodule.batch_size == cfg.data.batch_size
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    assert type(datamodule.adapter).__name__ == cfg.data.adapter._target_.rpartition(".")[2]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
     assert trainer.max_steps == cfg.trainer.max_steps
-    if experiment.endswith("_paper"):
-        return  # built on the meta device in tests/tokenizers/test_phaedra.py (97.8M parameters)
+    if is_paper_size(cfg):
+        return  # built on the meta device in tests/test_contract.py
     module = instantiate(cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, _recursive_=False)
-    expected = {"fsq": {"morph"}, "phaedra": {"morph", "amp"}}.get(experiment, {"tokens"})
-    assert set(module.tokenizer.streams) == expected
     optim = module.configure_optimizers()
     assert optim["lr_scheduler"]["interval"] == "step"
 
 
-def test_user_data_configs_compose(make_cfg, tmp_path):
-    cfg = make_cfg(["experiment=phaedra", "data=fields_npy", f"data.path={tmp_path}/x.npy", "data.layout=NTHW"])
-    assert cfg.data.path.endswith("x.npy") and cfg.data.layout == "NTHW"
-    cfg = make_cfg(["experiment=fsq", "data=fields_hdf5", "data.path=/my/run.hdf5"])
-    assert cfg.data._target_.endswith("hdf5_datamodule")
+def test_user_data_configs_inherit_the_defaults_and_swap_the_source(make_cfg, tmp_path):
+    embedded = make_cfg([])
+    cfg = make_cfg(["data=fields_npy", f"data.source.path={tmp_path}/x.npy", "data.source.layout=NTHW"])
+    assert cfg.data.source._target_.endswith("NpyFields") and cfg.data.source.layout == "NTHW"
+    assert {k: v for k, v in cfg.data.items() if k != "source"} == {k: v for k, v in embedded.data.items()
+                                                                     if k != "source"}
+    cfg = make_cfg(["data=fields_hdf5", "data.source.path=/my/run.hdf5"])
+    assert dict(cfg.data.source) == {"_target_": "datamodules.sources.HDF5Fields", "path": "/my/run.hdf5",
+                                     "variables": None}
+    eeg, files = make_cfg(["data=eeg"]), make_cfg(["data=eeg_files", "data.source.path=/my/edf"])
+    assert set(files.data.source) == {"_target_", "path", "picks"}  # none of the SCP source's keys
+    assert {k: v for k, v in files.data.items() if k != "source"} == {k: v for k, v in eeg.data.items()
+                                                                      if k != "source"}
+    cfg = make_cfg(["data=image_folder", "data.source.path=/my/images"])
+    assert dict(cfg.data.source) == {"_target_": "datamodules.images.ImageFolder", "path": "/my/images"}
 
 
 def test_unknown_experiment_names_the_available_ones(make_cfg):
     with pytest.raises(MissingConfigException, match="experiment/nope") as err:
         make_cfg(["experiment=nope"])
-    assert "phaedra" in str(err.value)
+    assert all(e in str(err.value) for e in EXPERIMENTS)
 
 
-def test_missing_data_path_is_reported_by_key(make_cfg):
-    cfg = make_cfg(["experiment=phaedra", "data=fields_hdf5"])
-    assert OmegaConf.missing_keys(cfg) == {"data.path"}
+@pytest.mark.parametrize("data", ["fields_hdf5", "fields_npy", "eeg_files", "image_folder"])
+def test_missing_data_path_is_reported_by_key(make_cfg, data):
+    assert OmegaConf.missing_keys(make_cfg([f"data={data}"])) == {"data.source.path"}

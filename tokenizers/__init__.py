@@ -1,13 +1,15 @@
-"""Pure-torch tokenizers (no Lightning, no Hydra).
+"""Pure-torch tokenizers (no Lightning, no Hydra), their contract and `load_tokenizer`.
 
 Note: this top-level package is named `tokenizers` and shadows Hugging Face's `tokenizers` when both
 are importable from the same path; SciTok depends on nothing that imports Hugging Face's.
 """
 
-from tokenizers.base import TokenizerOutput
+from tokenizers.base import DataMetadata, Tokenizer, TokenizerOutput, check_tokenizer
 from tokenizers.eeg import EEGTokenizer
 from tokenizers.fsq import FSQ
 from tokenizers.load import load_tokenizer
 from tokenizers.phaedra import PhaedraTokenizer
+from tokenizers.svqvae import SVQVAE
 
-__all__ = ["FSQ", "EEGTokenizer", "PhaedraTokenizer", "TokenizerOutput", "load_tokenizer"]
+__all__ = ["FSQ", "SVQVAE", "DataMetadata", "EEGTokenizer", "PhaedraTokenizer", "Tokenizer", "TokenizerOutput",
+           "check_tokenizer", "load_tokenizer"]

@@ -1,10 +1,25 @@
-"""The Tokenizer contract shared by every SciTok tokenizer (pure torch; no Lightning or Hydra)."""
+"""The Tokenizer contract shared by every SciTok tokenizer, and the data metadata every checkpoint carries.
+
+Pure torch: nothing here imports Lightning or Hydra, so `load_tokenizer` users need neither.
+
+A tokenizer is an nn.Module with
+    streams: dict[str, int]                            token stream name -> vocabulary size
+    forward(x, **cond) -> TokenizerOutput              recon (shape of x), tokens per stream, aux losses
+    encode(x, **cond) -> dict[str, LongTensor]         int64 ids in [0, streams[name])
+    decode(tokens, **cond) -> Tensor                   in eval mode decode(encode(x)) == forward(x).recon
+    code_vectors(stream) -> Tensor [V, D]              what each id of a stream stands for
+and optionally `last_layer` (the decoder's output weight), which the adaptive GAN weight needs.
+`cond` are keyword tensors taken from the batch by the data's adapter (e.g. `sfreq` for EEG).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -14,6 +29,63 @@ class TokenizerOutput:
     recon: torch.Tensor
     tokens: dict[str, torch.Tensor]
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What every SciTok tokenizer provides (see the module docstring); checked by `check_tokenizer`."""
+
+    @property
+    def streams(self) -> dict[str, int]: ...
+
+    def forward(self, x: torch.Tensor, **cond: torch.Tensor) -> TokenizerOutput: ...
+
+    def encode(self, x: torch.Tensor, **cond: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def decode(self, tokens: dict[str, torch.Tensor], **cond: torch.Tensor) -> torch.Tensor: ...
+
+    def code_vectors(self, stream: str) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class HasLastLayer(Protocol):
+    """Optional: the decoder's last weight, where VQGAN's adaptive weight balances gradients."""
+
+    @property
+    def last_layer(self) -> torch.Tensor: ...
+
+
+CONTRACT = ("streams", "forward", "encode", "decode", "code_vectors")
+
+
+def check_tokenizer(tokenizer: Any) -> None:
+    """Raise TypeError naming what `tokenizer` lacks of the Tokenizer protocol, or what is malformed."""
+    name = f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}"
+    missing = [m for m in CONTRACT if not hasattr(tokenizer, m)]
+    if isinstance(tokenizer, nn.Module) and type(tokenizer).forward is nn.Module.forward:
+        missing.append("forward")  # nn.Module has a placeholder forward that only raises
+    if missing:
+        raise TypeError(f"{name} does not follow the Tokenizer protocol (tokenizers/base.py): "
+                        f"missing {', '.join(missing)}")
+    streams = tokenizer.streams
+    if (not isinstance(streams, dict) or not streams
+            or not all(isinstance(k, str) and isinstance(v, int) and v >= 1 for k, v in streams.items())):
+        raise TypeError(f"{name}.streams must be a non-empty dict of stream name -> vocabulary size (int >= 1), "
+                        f"got {streams!r}")
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off (quantizers run in fp32: bf16 cannot hold a fine grid). The meta device has no autocast."""
+    return contextlib.nullcontext() if device.type == "meta" else torch.autocast(device.type, enabled=False)
+
+
+def check_ids(ids: torch.Tensor, size: int, what: str) -> None:
+    """Raise ValueError unless every id lies in [0, size). Meta tensors hold no values and pass."""
+    if ids.device.type == "meta" or ids.numel() == 0:
+        return
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= size:
+        raise ValueError(f"{what} ids must lie in [0, {size}), got [{lo}, {hi}]")
 
 
 def check_image_input(x: torch.Tensor, channels: int, multiple: int, name: str) -> None:
@@ -28,3 +100,40 @@ def check_image_input(x: torch.Tensor, channels: int, multiple: int, name: str) 
             f"{name} expects H and W divisible by its downsampling factor {multiple}, "
             f"got {tuple(x.shape)}"
         )
+
+
+@dataclass(frozen=True)
+class DataMetadata:
+    """What a tokenizer's inputs were in training: one schema for every data kind, saved in every checkpoint
+    (as a plain dict under "data") and returned by `load_tokenizer` as `tokenizer.metadata`.
+
+    kind:          the data kind, i.e. its batch adapter: "fields", "eeg" or "images"
+    normalization: how a sample was normalized before the tokenizer saw it:
+                   "standardize"  x' = (x − mean[v]) / std[v] with the train split's statistics of variable v
+                   "robust"       per channel and recording: (x − median) / (1.4826·MAD)  (no global statistics)
+                   "ems"          per channel and recording: exponential moving standardization
+                   "unit_range"   values scaled to [0, 1] (8/16-bit images by their dtype, float images min–max)
+    variables:     names of the variables a sample can be (fields: "<dataset>/<variable>"; images: colour
+                   channels; EEG: [] since every channel is tokenized alike)
+    mean, std:     per variable, aligned with `variables`, for "standardize"; [] otherwise
+    rates:         sampling rates in Hz that training saw (EEG); [] otherwise
+    """
+
+    kind: str
+    normalization: str
+    variables: list[str] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.normalization == "standardize" and not (len(self.variables) == len(self.mean) == len(self.std)):
+            raise ValueError(f"DataMetadata: standardized data needs mean and std per variable, got "
+                             f"{len(self.variables)} variables, {len(self.mean)} means, {len(self.std)} stds")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataMetadata:
+        return cls(**d)

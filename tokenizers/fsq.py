@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from tokenizers.base import check_ids, full_precision
+
 
 class FSQ(nn.Module):
     """Quantizes the last dimension of `z: [..., d]` with `levels[i]` levels in dimension i.
@@ -66,7 +68,7 @@ class FSQ(nn.Module):
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if z.shape[-1] != self.dim:
             raise ValueError(f"FSQ expects last dimension {self.dim}, got shape {tuple(z.shape)}")
-        with torch.autocast(device_type=z.device.type, enabled=False):
+        with full_precision(z.device):
             scaled = z.float() * self.gain
             bounded = torch.tanh(scaled + self._shift) * self._half - self._offset
             k = torch.clamp(torch.round(bounded), self._k_min, self._k_max)
@@ -83,10 +85,7 @@ class FSQ(nn.Module):
         return ((k.round().long() - self._k_min.long()) * self._basis).sum(-1)
 
     def ids_to_k(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.numel() and (ids.min() < 0 or ids.max() >= self.codebook_size):
-            raise ValueError(
-                f"FSQ ids must lie in [0, {self.codebook_size}), got [{int(ids.min())}, {int(ids.max())}]"
-            )
+        check_ids(ids, self.codebook_size, "FSQ")
         levels = torch.tensor(self.levels, device=ids.device)
         return ((ids.long().unsqueeze(-1) // self._basis) % levels).float() + self._k_min
 

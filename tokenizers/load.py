@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from tokenizers.base import DataMetadata, check_tokenizer
 
-def _build(spec: dict) -> nn.Module:
-    """{'_target_': 'pkg.mod.Class', **kwargs} -> Class(**kwargs) (kwargs are plain values)."""
+
+def build(spec: Any) -> Any:
+    """Plain config -> objects: every dict with `_target_: pkg.mod.Name` becomes Name(**its built kwargs), at any
+    depth (lists and dicts are walked); keys starting with "_" are Hydra's and are left out."""
+    if isinstance(spec, list):
+        return [build(v) for v in spec]
+    if not isinstance(spec, dict):
+        return spec
+    kwargs = {k: build(v) for k, v in spec.items() if not k.startswith("_")}
+    if "_target_" not in spec:
+        return kwargs
     module_name, _, attr = spec["_target_"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), attr)
-    return cls(**{k: v for k, v in spec.items() if not k.startswith("_")})
+    return getattr(importlib.import_module(module_name), attr)(**kwargs)
 
 
 def load_tokenizer(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """The tokenizer of a TokenizerModule checkpoint, in eval mode, with EMA weights where trained with EMA.
 
-    The returned module has `.normalization`: {"variables": [...], "mean": [...], "std": [...]} from the
-    train split (or None), to normalize inputs as in training: x_in = (x − mean[v]) / std[v].
+    The returned module has `.metadata`: the DataMetadata of its training data (kind, normalization, variables,
+    per-variable mean/std from the train split, sampling rates; see tokenizers/base.py), or None for a
+    checkpoint written without a datamodule. For fields, normalize as in training: x' = (x − mean[v]) / std[v].
     """
     path = Path(ckpt_path)
     if not path.is_file():
@@ -30,9 +41,10 @@ def load_tokenizer(ckpt_path: str | Path, map_location: str | torch.device = "cp
         spec = ckpt["hyper_parameters"]["tokenizer"]
     except KeyError as e:
         raise ValueError(f"{path} is not a SciTok TokenizerModule checkpoint (no hyper_parameters.tokenizer)") from e
-    tokenizer = _build(spec)
+    tokenizer = build(spec)
+    check_tokenizer(tokenizer)
     prefix = "tokenizer."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     tokenizer.load_state_dict(state)
-    tokenizer.normalization = ckpt.get("normalization")
+    tokenizer.metadata = DataMetadata.from_dict(ckpt["data"]) if "data" in ckpt else None
     return tokenizer.eval()

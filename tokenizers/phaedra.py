@@ -65,6 +65,11 @@ class PhaedraTokenizer(nn.Module):
             out["amp"] = self.amp.codebook_size
         return out
 
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's output weight (where the adaptive GAN weight compares gradients)."""
+        return self.decoder.last_layer
+
     def code_vectors(self, stream: str) -> torch.Tensor:
         """[V, D]: the latent code each id of `stream` stands for (FSQ grid point / gain)."""
         return self._quantizer(stream).all_codes()

@@ -25,9 +25,8 @@ from tokenizers.vq import CosineVectorQuantizer
 
 class SVQVAE(nn.Module):
     # The decoder's output is disturbed up to ~2 latent cells inside a tile's edge (zero padding through the
-    # upsampling convs), so decoding overlaps tiles by at least 4 cells whatever the encoding overlap: at
-    # 2 cells (tile 64, overlap 16 at f = 8) the disturbed bands of both tiles meet and leave a column seam
-    # on the trained CPU model.
+    # upsampling convs), so decoding overlaps tiles by at least 4 cells whatever the encoding overlap: with
+    # less, the disturbed bands of both neighbours meet inside the blend and leave a seam.
     min_decode_overlap_cells = 4
 
     def __init__(
@@ -61,6 +60,11 @@ class SVQVAE(nn.Module):
     @property
     def streams(self) -> dict[str, int]:
         return {"tokens": self.vq.codebook_size}
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's output weight (where the adaptive GAN weight compares gradients)."""
+        return self.decoder.last_layer
 
     def code_vectors(self, stream: str) -> torch.Tensor:
         if stream != "tokens":

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tokenizers.base import check_ids, full_precision
+
 
 class CosineVectorQuantizer(nn.Module):
     def __init__(self, codebook_size: int = 16384, dim: int = 8, beta: float = 0.25, entropy_weight: float = 0.0,
@@ -36,15 +38,14 @@ class CosineVectorQuantizer(nn.Module):
         return F.normalize(self.codebook.float(), dim=-1)
 
     def ids_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.numel() and (ids.min() < 0 or ids.max() >= self.codebook_size):
-            raise ValueError(f"ids must lie in [0, {self.codebook_size}), got [{int(ids.min())}, {int(ids.max())}]")
+        check_ids(ids, self.codebook_size, "codebook")
         return self.codes()[ids]
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """z: [..., D] -> (z_q [..., D] fp32 straight-through, ids [...] int64, losses {name: scalar})."""
         if z.shape[-1] != self.dim:
             raise ValueError(f"quantizer expects last dimension {self.dim}, got shape {tuple(z.shape)}")
-        with torch.autocast(device_type=z.device.type, enabled=False):
+        with full_precision(z.device):
             z_hat = F.normalize(z.float(), dim=-1)
             flat = z_hat.reshape(-1, self.dim)
             codes = self.codes()

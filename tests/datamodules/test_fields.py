@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from datamodules.common import EpochShuffleSampler
-from datamodules.fields import FieldDataModule, hdf5_datamodule, npy_datamodule
-from datamodules.sources import EmbeddedFields
+from datamodules.fields import FieldDataModule
+from datamodules.sources import EmbeddedFields, HDF5Fields, NpyFields
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_batch_dict_shapes_and_normalization(embedded):
     x = (batch["field_variables_out"] - batch["field_variables_in_mean"][..., None, None]) / \
         batch["field_variables_in_std"][..., None, None]
     assert torch.allclose(x, batch["field_variables_in"])
-    assert embedded.normalization["variables"] == [
+    assert embedded.metadata.variables == [
         "navier_stokes/vorticity", "gray_scott/u", "gray_scott/v", "acoustic_wave/pressure"]
 
 
@@ -51,8 +51,8 @@ def test_split_is_by_trajectory_and_statistics_come_from_train_only(embedded):
     assert not (found["train"] & found["val"]) and not (found["train"] & found["test"])
     assert not (found["val"] & found["test"])
     train = ns[sorted(found["train"])].double()
-    assert embedded.normalization["mean"][0] == pytest.approx(float(train.mean()), rel=1e-6, abs=1e-9)
-    assert embedded.normalization["std"][0] == pytest.approx(float(train.std()), rel=1e-6)
+    assert embedded.metadata.mean[0] == pytest.approx(float(train.mean()), rel=1e-6, abs=1e-9)
+    assert embedded.metadata.std[0] == pytest.approx(float(train.std()), rel=1e-6)
 
 
 def test_train_order_depends_on_seed_and_epoch_only():
@@ -76,11 +76,11 @@ def test_hdf5_in_the_wells_layout(tmp_path):
     with h5py.File(path, "w") as f:
         f.create_dataset("t0_fields/density", data=rng.normal(size=(4, 3, 16, 8)).astype(np.float32))
         f.create_dataset("t0_fields/pressure", data=rng.normal(size=(4, 3, 16, 8)).astype(np.float32) + 5)
-    dm = hdf5_datamodule(str(path), data_dir=tmp_path, batch_size=2)
+    dm = FieldDataModule(HDF5Fields(str(path)), data_dir=tmp_path, batch_size=2)
     dm.prepare_data()
     dm.setup()
-    assert dm.normalization["variables"] == ["run/density", "run/pressure"]
-    assert dm.normalization["mean"][1] == pytest.approx(5, abs=0.3)
+    assert dm.metadata.variables == ["run/density", "run/pressure"]
+    assert dm.metadata.mean[1] == pytest.approx(5, abs=0.3)
     assert len(dm.splits["train"]) == 2 * 3 * 2
     assert next(iter(dm.val_dataloader()))["field_variables_in"].shape[1:] == (1, 16, 8)
 
@@ -90,9 +90,9 @@ def test_hdf5_in_the_wells_layout(tmp_path):
 def test_npy_layouts(tmp_path, shape, layout, n_vars):
     path = tmp_path / "x.npy"
     np.save(path, np.random.default_rng(0).normal(size=shape).astype(np.float32))
-    dm = npy_datamodule(str(path), layout=layout, data_dir=tmp_path, batch_size=1)
+    dm = FieldDataModule(NpyFields(str(path), layout=layout), data_dir=tmp_path, batch_size=1)
     dm.setup()
-    assert len(dm.normalization["variables"]) == n_vars
+    assert len(dm.metadata.variables) == n_vars
     total = sum(len(ds) for ds in dm.splits.values())
     assert total == int(np.prod(shape[:-2]))
 
@@ -100,9 +100,9 @@ def test_npy_layouts(tmp_path, shape, layout, n_vars):
 def test_npz_arrays_are_variables(tmp_path):
     path = tmp_path / "x.npz"
     np.savez(path, u=np.ones((4, 8, 8), np.float32), v=np.zeros((4, 8, 8), np.float32) + 2)
-    dm = npy_datamodule(str(path), data_dir=tmp_path, batch_size=1)
+    dm = FieldDataModule(NpyFields(str(path)), data_dir=tmp_path, batch_size=1)
     dm.setup()
-    assert dm.normalization["variables"] == ["x/u", "x/v"]
+    assert dm.metadata.variables == ["x/u", "x/v"]
 
 
 def test_nan_in_a_data_file_names_file_variable_and_sample(tmp_path):
@@ -112,26 +112,26 @@ def test_nan_in_a_data_file_names_file_variable_and_sample(tmp_path):
     with h5py.File(path, "w") as f:
         f.create_dataset("t0_fields/vorticity", data=x)
     with pytest.raises(ValueError, match=r"bad\.hdf5.*'vorticity'.*NaN/Inf.*trajectory 2, time 1"):
-        hdf5_datamodule(str(path), data_dir=tmp_path).setup()
+        FieldDataModule(HDF5Fields(str(path)), data_dir=tmp_path).setup()
 
 
 def test_bad_inputs_raise_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does/not/exist"):
-        npy_datamodule("/does/not/exist.npy", data_dir=tmp_path).prepare_data()
+        FieldDataModule(NpyFields("/does/not/exist.npy"), data_dir=tmp_path).prepare_data()
     np.save(tmp_path / "four.npy", np.zeros((4, 3, 8, 8), np.float32))
     with pytest.raises(ValueError, match="ambiguous.*layout"):
-        npy_datamodule(str(tmp_path / "four.npy"), data_dir=tmp_path).setup()
+        FieldDataModule(NpyFields(str(tmp_path / "four.npy")), data_dir=tmp_path).setup()
     np.save(tmp_path / "empty.npy", np.zeros((0, 8, 8), np.float32))
     with pytest.raises(ValueError, match="empty"):
-        npy_datamodule(str(tmp_path / "empty.npy"), data_dir=tmp_path).setup()
+        FieldDataModule(NpyFields(str(tmp_path / "empty.npy")), data_dir=tmp_path).setup()
     (tmp_path / "junk.npy").write_bytes(b"not an array")
     with pytest.raises(ValueError, match="junk.npy.*not a readable"):
-        npy_datamodule(str(tmp_path / "junk.npy"), data_dir=tmp_path).setup()
+        FieldDataModule(NpyFields(str(tmp_path / "junk.npy")), data_dir=tmp_path).setup()
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(ValueError, match="junk.h5.*not a readable HDF5"):
-        hdf5_datamodule(str(tmp_path / "junk.h5"), data_dir=tmp_path).setup()
+        FieldDataModule(HDF5Fields(str(tmp_path / "junk.h5")), data_dir=tmp_path).setup()
     with pytest.raises(ValueError, match="must be one .npy or .npz file"):
-        npy_datamodule(str(tmp_path), data_dir=tmp_path).setup()
+        FieldDataModule(NpyFields(str(tmp_path)), data_dir=tmp_path).setup()
     np.save(tmp_path / "two.npy", np.zeros((2, 8, 8), np.float32))
     with pytest.raises(ValueError, match="at least 3"):
-        npy_datamodule(str(tmp_path / "two.npy"), data_dir=tmp_path).setup()
+        FieldDataModule(NpyFields(str(tmp_path / "two.npy")), data_dir=tmp_path).setup()

@@ -62,7 +62,7 @@ def test_straight_through_gradient_is_the_gradient_of_the_unrounded_code():
     z2 = z.clone().requires_grad_(True)
     smooth = (torch.tanh(z2 * fsq.gain + fsq._shift) * fsq._half - fsq._offset) / fsq._half_width / fsq.gain
     (smooth * weights).sum().backward()
-    assert torch.allclose(z1.grad, z2.grad, atol=1e-6)
+    assert torch.allclose(z1.grad, z2.grad, rtol=1e-5, atol=0)  # the same elementwise ops: rounding only
     assert z1.grad.abs().min() > 0
 
 

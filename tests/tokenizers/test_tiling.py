@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from tests.conftest import f32_tolerance, layer_depth
 from tokenizers.svqvae import SVQVAE
 from tokenizers.tiling import axis_weights, overlap_add, seam_ratio, tile_starts
 
@@ -43,7 +44,10 @@ def test_tiled_equals_untiled_when_the_image_fits_one_tile():
     with torch.no_grad():
         tokens = model.encode_tiled(x, tile_size=64, overlap=16)
         assert torch.equal(tokens["tokens"], model.encode(x)["tokens"])
-        assert torch.allclose(model.decode_tiled(tokens, 64, 16), model(x).recon, atol=1e-5)
+        recon = model(x).recon
+        # the same computation on a tile view: other kernels may sum in another order, nothing more
+        error = (model.decode_tiled(tokens, 64, 16) - recon).abs().max()
+    assert error <= f32_tolerance(recon, layer_depth(model.decoder))
 
 
 def box_blur(t: torch.Tensor) -> torch.Tensor:

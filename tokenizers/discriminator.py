@@ -1,18 +1,13 @@
-"""Hinge PatchGAN discriminator for the optional adversarial term of a tokenizer (LlamaGen / pix2pix recipe).
+"""PatchGAN discriminator for the optional adversarial term of a tokenizer (LlamaGen / pix2pix recipe).
 
 PatchGAN(in_channels, ch=64, n_layers=3) maps an image [B, C, H, W] to a grid of real/fake logits
 [B, 1, ~H/2^n_layers − 2, ~W/2^n_layers − 2]: each logit judges one overlapping patch, so it works on any crop
-size >= 2^n_layers · 4 pixels.
-
-Losses (hinge):
-    discriminator  0.5 · (mean relu(1 − D(real)) + mean relu(1 + D(fake)))
-    generator      −mean D(fake)
+size >= 2^n_layers · 4 pixels. Its hinge losses live with the other loss terms in lit_modules/losses.py.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -47,10 +42,3 @@ class PatchGAN(nn.Module):
                              f"got {tuple(x.shape)}")
         return self.net(x)
 
-
-def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
-
-
-def hinge_g_loss(logits_fake: torch.Tensor) -> torch.Tensor:
-    return -logits_fake.mean()

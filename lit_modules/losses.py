@@ -1,0 +1,130 @@
+"""What a tokenizer minimises, kept out of the LightningModule (the layout of LlamaGen's vq_loss.py).
+
+ReconstructionLoss(l1, mse, gan), on a reconstruction x̂ of the target x (both in the loss space the data's
+adapter chose, e.g. the normalized field):
+    tokenizer     = l1·mean|x̂ − x| + mse·mean(x̂ − x)² + Σ the tokenizer's aux losses (codebook, commitment …)
+                    + gan.weight·λ·(−mean D(x̂))                       from optimizer step gan.start_step on
+    discriminator = 0.5·(mean relu(1 − D(x)) + mean relu(1 + D(sg x̂)))   (hinge), from the same step on
+λ = 1, or with gan.adaptive_weight VQGAN's λ = ‖∇ rec‖ / (‖∇ adv‖ + 1e-4) (clamped to [0, 1e4], no gradient),
+both gradients taken at the tokenizer's `last_layer`: the adversarial term then pulls as hard as the
+reconstruction terms, whatever their scale.
+
+The discriminator is trained by the same backward as the tokenizer: D is frozen while it scores x̂ for the
+tokenizer's term and x̂ is detached for D's own term, so the summed loss gives each model exactly its own
+gradient (see TokenizerModule for why one optimizer with two parameter groups, not two optimizers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+
+GAN_KEYS = {"discriminator", "start_step", "weight", "adaptive_weight"}
+
+
+def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+def hinge_g_loss(logits_fake: torch.Tensor) -> torch.Tensor:
+    return -logits_fake.mean()
+
+
+@dataclass
+class LossOutput:
+    """loss: what backward() takes (the tokenizer's total, plus the discriminator's hinge loss while it trains);
+    terms: the tokenizer's weighted terms, summing to its total; extras: further scalars to log (disc/…)."""
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, terms: dict[str, torch.Tensor], extras: dict[str, torch.Tensor] | None = None,
+           disc_loss: torch.Tensor | None = None) -> LossOutput:
+        total = torch.stack(list(terms.values())).sum()
+        return cls(loss=total if disc_loss is None else total + disc_loss, terms=terms, extras=extras or {})
+
+    @property
+    def tokenizer_loss(self) -> torch.Tensor:
+        return torch.stack(list(self.terms.values())).sum()
+
+
+class ReconstructionLoss(nn.Module):
+    """See the module docstring. gan: None, or {discriminator: {_target_: …}, start_step: int | None,
+    weight: float, adaptive_weight: bool}; no discriminator is built while start_step is None."""
+
+    def __init__(self, l1: float = 1.0, mse: float = 1.0, gan: dict | Any | None = None):
+        super().__init__()
+        if min(l1, mse) < 0 or max(l1, mse) <= 0:
+            raise ValueError(f"model.loss: weights l1={l1}, mse={mse} must be >= 0 with at least one > 0")
+        self.weights = {"l1": float(l1), "mse": float(mse)}
+        gan = OmegaConf.to_container(gan, resolve=True) if OmegaConf.is_config(gan) else gan
+        self.discriminator: nn.Module | None = None
+        self.gan_start, self.gan_weight, self.adaptive = 0, 0.0, False
+        if gan is None or gan.get("start_step") is None:
+            return
+        if set(gan) - GAN_KEYS or "discriminator" not in gan:
+            raise ValueError(f"model.loss.gan: expected keys {', '.join(sorted(GAN_KEYS))}; got {sorted(gan)}")
+        start = gan["start_step"]
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ValueError(f"model.loss.gan.start_step must be an integer >= 0 (or null: no GAN), got {start!r}")
+        self.discriminator = instantiate(gan["discriminator"])
+        self.gan_start, self.gan_weight = start, float(gan.get("weight", 0.5))
+        self.adaptive = bool(gan.get("adaptive_weight", False))
+
+    @property
+    def needs_last_layer(self) -> bool:
+        return self.discriminator is not None and self.adaptive
+
+    def gan_active(self, step: int) -> bool:
+        """Whether the adversarial terms are on at optimizer step `step`."""
+        return self.discriminator is not None and step >= self.gan_start
+
+    def reconstruction_terms(self, recon: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        recon = recon.float()
+        terms = {"l1": lambda: F.l1_loss(recon, target), "mse": lambda: F.mse_loss(recon, target)}
+        return {k: w * terms[k]() for k, w in self.weights.items() if w > 0}
+
+    def adaptive_weight(self, reconstruction: torch.Tensor, adversarial: torch.Tensor,
+                        last_layer: torch.Tensor) -> torch.Tensor:
+        """VQGAN's λ: gradient norm of the reconstruction terms over that of the adversarial term at last_layer."""
+        g_rec = torch.autograd.grad(reconstruction, last_layer, retain_graph=True)[0]
+        g_adv = torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0]
+        return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+    def forward(self, recon: torch.Tensor, target: torch.Tensor, aux_losses: dict[str, torch.Tensor], step: int,
+                train: bool = True, last_layer: torch.Tensor | None = None) -> LossOutput:
+        """recon, target: same shape; step: optimizer steps so far. In evaluation (train=False) the adversarial
+        terms are left out of the loss and only the discriminator's mean logits are reported."""
+        terms = {**self.reconstruction_terms(recon, target), **aux_losses}
+        if not self.gan_active(step):
+            return LossOutput.of(terms)
+        recon = recon.float()
+        if not train:
+            with torch.no_grad():
+                return LossOutput.of(terms, extras={"disc/logits_real": self.discriminator(target.float()).mean(),
+                                                    "disc/logits_fake": self.discriminator(recon).mean()})
+        self.discriminator.requires_grad_(False)  # D scores recon for the tokenizer; D's own grads come below
+        adversarial = hinge_g_loss(self.discriminator(recon))
+        self.discriminator.requires_grad_(True)
+        extras: dict[str, torch.Tensor] = {}
+        weight: float | torch.Tensor = self.gan_weight
+        if self.adaptive:
+            if last_layer is None:
+                raise ValueError("model.loss.gan.adaptive_weight needs the tokenizer's last_layer")
+            reconstruction = sum(v for k, v in terms.items() if k in self.weights)
+            extras["gan_adaptive_weight"] = self.adaptive_weight(reconstruction, adversarial, last_layer)
+            weight = weight * extras["gan_adaptive_weight"]
+        terms["gan"] = weight * adversarial
+        logits_real, logits_fake = self.discriminator(target.float()), self.discriminator(recon.detach())
+        disc_loss = hinge_d_loss(logits_real, logits_fake)
+        extras.update({"disc/loss": disc_loss.detach(), "disc/logits_real": logits_real.mean().detach(),
+                       "disc/logits_fake": logits_fake.mean().detach()})
+        return LossOutput.of(terms, extras, disc_loss)

@@ -1,0 +1,126 @@
+"""The Tokenizer contract (tokenizers/base.py), checked for every experiment found in conf/experiment/.
+
+A new tokenizer is covered by adding its module, model config and experiment config: nothing here names one.
+CPU-sized experiments are trained for a few steps (train.py, debug=fast) and checked through their checkpoint;
+paper-sized ones are built on the meta device and checked for shapes and dtypes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from tests.conftest import EXPERIMENTS, ROOT, compose_cfg, f32_tolerance, is_paper_size, layer_depth
+from tokenizers import check_tokenizer, load_tokenizer
+
+
+def example_input(cfg, n: int = 4):
+    """n validation samples of the experiment's data, unpacked by its adapter: (x, cond, target)."""
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    example = datamodule.adapter.unpack(datamodule.example_batch(n))
+    return datamodule, example
+
+
+def check_token_shapes(tokenizer, tokens: dict[str, torch.Tensor], batch: int) -> None:
+    assert set(tokens) == set(tokenizer.streams)
+    for name, ids in tokens.items():
+        assert ids.dtype == torch.int64, name
+        assert ids.shape[0] == batch, name
+
+
+def check_code_vectors(tokenizer) -> None:
+    for name, size in tokenizer.streams.items():
+        vectors = tokenizer.code_vectors(name)
+        assert vectors.ndim == 2 and vectors.shape[0] == size and vectors.shape[1] >= 1, (name, vectors.shape)
+        if vectors.device.type != "meta":
+            assert torch.isfinite(vectors).all(), name
+            assert len(torch.unique(vectors, dim=0)) == size, f"{name}: two ids stand for the same vector"
+    with pytest.raises(KeyError):
+        tokenizer.code_vectors("no-such-stream")
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_tokenizer_contract(experiment, experiment_run, tmp_path, data_dir):
+    cfg = compose_cfg([f"experiment={experiment}", "debug=fast"], tmp_path / "cfg", data_dir)
+    if cfg.model._target_ != "lit_modules.tokenizer_module.TokenizerModule":
+        pytest.skip(f"{experiment} trains no tokenizer")
+    if is_paper_size(cfg):
+        return check_on_the_meta_device(cfg)
+    run = experiment_run(experiment)
+    datamodule, example = example_input(run.cfg)
+    tokenizer = load_tokenizer(run.last_ckpt)
+    check_tokenizer(tokenizer)
+    assert not tokenizer.training
+    x, cond = example.x, example.cond
+    with torch.no_grad():
+        out = tokenizer(x, **cond)
+        tokens = tokenizer.encode(x, **cond)
+        recon = tokenizer.decode(tokens, **cond)
+    assert out.recon.shape == recon.shape == example.target.shape
+    check_token_shapes(tokenizer, tokens, len(x))
+    for name, ids in tokens.items():
+        assert 0 <= int(ids.min()) and int(ids.max()) < tokenizer.streams[name], name
+        assert torch.equal(ids, out.tokens[name]), name  # encode is forward's quantization
+    assert (recon - out.recon).abs().max() <= f32_tolerance(out.recon, layer_depth(tokenizer))
+    check_code_vectors(tokenizer)
+    bad = x[None]  # one axis too many
+    with pytest.raises(ValueError, match=str(tuple(bad.shape)).replace("(", r"\(").replace(")", r"\)")):
+        tokenizer(bad, **cond)
+    # the checkpoint holds the EMA/final weights and the data's metadata, exactly
+    ckpt = torch.load(run.last_ckpt, weights_only=True)
+    for name, value in tokenizer.state_dict().items():
+        assert torch.equal(value, ckpt["state_dict"]["tokenizer." + name]), name
+    assert tokenizer.metadata == datamodule.metadata
+
+
+def check_on_the_meta_device(cfg) -> None:
+    _, example = example_input(cfg, n=2)
+    with torch.device("meta"):
+        module = instantiate(cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, _recursive_=False)
+    tokenizer = module.tokenizer.eval()
+    x = example.x.to("meta")
+    cond = {k: v.to("meta") for k, v in example.cond.items()}
+    out = tokenizer(x, **cond)
+    tokens = tokenizer.encode(x, **cond)
+    assert out.recon.shape == tokenizer.decode(tokens, **cond).shape == example.target.shape
+    check_token_shapes(tokenizer, tokens, len(x))
+    assert {k: v.shape for k, v in tokens.items()} == {k: v.shape for k, v in out.tokens.items()}
+    check_code_vectors(tokenizer)
+
+
+PLAIN_PYTHON = """
+import json, sys, torch
+from tokenizers import load_tokenizer
+tokenizer = load_tokenizer(sys.argv[1])
+example = torch.load(sys.argv[2], weights_only=True)
+with torch.no_grad():
+    recon = tokenizer.decode(tokenizer.encode(example["x"], **example["cond"]), **example["cond"])
+    forward = tokenizer(example["x"], **example["cond"]).recon
+assert (recon - forward).abs().max() <= float(sys.argv[3]) * forward.abs().max()
+assert not {"lightning", "hydra", "omegaconf"} & set(sys.modules), "imported Lightning/Hydra"
+print(json.dumps(tokenizer.metadata.to_dict()))
+"""
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_load_tokenizer_in_plain_python(experiment, experiment_run, tmp_path, data_dir):
+    """A user's script: load_tokenizer, encode, decode — with neither Hydra nor Lightning imported."""
+    cfg = compose_cfg([f"experiment={experiment}", "debug=fast"], tmp_path / "cfg", data_dir)
+    if cfg.model._target_ != "lit_modules.tokenizer_module.TokenizerModule" or is_paper_size(cfg):
+        pytest.skip(f"{experiment}: no CPU-sized tokenizer")
+    run = experiment_run(experiment)
+    datamodule, example = example_input(run.cfg)
+    torch.save({"x": example.x, "cond": example.cond}, tmp_path / "example.pt")
+    tokenizer = load_tokenizer(run.last_ckpt)
+    relative = f32_tolerance(torch.ones(1), layer_depth(tokenizer))
+    out = subprocess.run([sys.executable, "-c", PLAIN_PYTHON, str(run.last_ckpt), str(tmp_path / "example.pt"),
+                          repr(relative)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == datamodule.metadata.to_dict()
