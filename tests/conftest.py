@@ -3,6 +3,7 @@ experiment shared by the tests that need one, and float32 tolerances."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,14 @@ class Run:
     @property
     def last_ckpt(self) -> Path:
         return self.dir / "checkpoints" / "last.ckpt"
+
+    @functools.cached_property
+    def datamodule(self):
+        """The run's datamodule, set up (built once: reading some data sets takes seconds)."""
+        datamodule = instantiate(self.cfg.data)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        return datamodule
 
 
 @pytest.fixture(scope="session")

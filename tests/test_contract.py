@@ -19,13 +19,9 @@ from tests.conftest import EXPERIMENTS, ROOT, compose_cfg, f32_tolerance, is_pap
 from tokenizers import check_tokenizer, load_tokenizer
 
 
-def example_input(cfg, n: int = 4):
-    """n validation samples of the experiment's data, unpacked by its adapter: (x, cond, target)."""
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    example = datamodule.adapter.unpack(datamodule.example_batch(n))
-    return datamodule, example
+def example_input(datamodule, n: int = 4):
+    """n validation samples of a set-up datamodule, unpacked by its adapter: (x, cond, target)."""
+    return datamodule.adapter.unpack(datamodule.example_batch(n))
 
 
 def check_token_shapes(tokenizer, tokens: dict[str, torch.Tensor], batch: int) -> None:
@@ -54,7 +50,8 @@ def test_tokenizer_contract(experiment, experiment_run, tmp_path, data_dir):
     if is_paper_size(cfg):
         return check_on_the_meta_device(cfg)
     run = experiment_run(experiment)
-    datamodule, example = example_input(run.cfg)
+    datamodule = run.datamodule
+    example = example_input(datamodule)
     tokenizer = load_tokenizer(run.last_ckpt)
     check_tokenizer(tokenizer)
     assert not tokenizer.training
@@ -81,7 +78,10 @@ def test_tokenizer_contract(experiment, experiment_run, tmp_path, data_dir):
 
 
 def check_on_the_meta_device(cfg) -> None:
-    _, example = example_input(cfg, n=2)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    example = example_input(datamodule, n=2)
     with torch.device("meta"):
         module = instantiate(cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, _recursive_=False)
     tokenizer = module.tokenizer.eval()
@@ -98,29 +98,37 @@ def check_on_the_meta_device(cfg) -> None:
 PLAIN_PYTHON = """
 import json, sys, torch
 from tokenizers import load_tokenizer
-tokenizer = load_tokenizer(sys.argv[1])
-example = torch.load(sys.argv[2], weights_only=True)
-with torch.no_grad():
-    recon = tokenizer.decode(tokenizer.encode(example["x"], **example["cond"]), **example["cond"])
-    forward = tokenizer(example["x"], **example["cond"]).recon
-assert (recon - forward).abs().max() <= float(sys.argv[3]) * forward.abs().max()
+results = []
+for ckpt, example_path, relative in json.loads(sys.argv[1]):
+    tokenizer = load_tokenizer(ckpt)
+    example = torch.load(example_path, weights_only=True)
+    with torch.no_grad():
+        recon = tokenizer.decode(tokenizer.encode(example["x"], **example["cond"]), **example["cond"])
+        forward = tokenizer(example["x"], **example["cond"]).recon
+    assert (recon - forward).abs().max() <= relative * forward.abs().max(), ckpt
+    results.append(tokenizer.metadata.to_dict())
 assert not {"lightning", "hydra", "omegaconf"} & set(sys.modules), "imported Lightning/Hydra"
-print(json.dumps(tokenizer.metadata.to_dict()))
+print(json.dumps(results))
 """
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_load_tokenizer_in_plain_python(experiment, experiment_run, tmp_path, data_dir):
-    """A user's script: load_tokenizer, encode, decode — with neither Hydra nor Lightning imported."""
-    cfg = compose_cfg([f"experiment={experiment}", "debug=fast"], tmp_path / "cfg", data_dir)
-    if cfg.model._target_ != "lit_modules.tokenizer_module.TokenizerModule" or is_paper_size(cfg):
-        pytest.skip(f"{experiment}: no CPU-sized tokenizer")
-    run = experiment_run(experiment)
-    datamodule, example = example_input(run.cfg)
-    torch.save({"x": example.x, "cond": example.cond}, tmp_path / "example.pt")
-    tokenizer = load_tokenizer(run.last_ckpt)
-    relative = f32_tolerance(torch.ones(1), layer_depth(tokenizer))
-    out = subprocess.run([sys.executable, "-c", PLAIN_PYTHON, str(run.last_ckpt), str(tmp_path / "example.pt"),
-                          repr(relative)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def test_load_tokenizer_in_plain_python(experiment_run, tmp_path, data_dir):
+    """A user's script: load_tokenizer, encode, decode — with neither Hydra nor Lightning imported — for the
+    checkpoint of every CPU-sized experiment (one Python process for all of them)."""
+    jobs, expected = [], []
+    for experiment in EXPERIMENTS:
+        cfg = compose_cfg([f"experiment={experiment}", "debug=fast"], tmp_path / "cfg", data_dir)
+        if cfg.model._target_ != "lit_modules.tokenizer_module.TokenizerModule" or is_paper_size(cfg):
+            continue
+        run = experiment_run(experiment)
+        datamodule = run.datamodule
+        example = example_input(datamodule)
+        torch.save({"x": example.x, "cond": example.cond}, tmp_path / f"{experiment}.pt")
+        relative = f32_tolerance(torch.ones(1), layer_depth(load_tokenizer(run.last_ckpt)))
+        jobs.append((str(run.last_ckpt), str(tmp_path / f"{experiment}.pt"), relative))
+        expected.append(datamodule.metadata.to_dict())
+    assert jobs
+    out = subprocess.run([sys.executable, "-c", PLAIN_PYTHON, json.dumps(jobs)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == datamodule.metadata.to_dict()
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == expected

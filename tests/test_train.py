@@ -79,9 +79,7 @@ def test_every_experiment_trains_checkpoints_and_logs_its_metrics(experiment, ex
     ckpt = torch.load(run_.last_ckpt, weights_only=True)  # plain hyperparameters only
     assert ckpt["global_step"] == run_.cfg.trainer.max_steps and ckpt["data"]["kind"] == KINDS[experiment]["kind"]
 
-    datamodule = instantiate(run_.cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    datamodule = run_.datamodule
     adapter, tokenizer = datamodule.adapter, instantiate(run_.cfg.model.tokenizer)
     last, _ = wandb_history(run_.dir)
     expected = {"train/loss", "train/device/samples_per_sec", "val/loss", "trainer/global_step"}
@@ -118,6 +116,7 @@ def test_the_discriminator_switches_on_at_its_start_step(make_cfg, tmp_path, exp
     assert all(ckpt["optimizer_states"][0]["state"][i]["step"] == 3 for i in disc_group["params"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ONE_PER_KIND)
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(make_cfg, tmp_path, experiment):
     # the interrupted run is the same run stopped at step 4 (mid-epoch): its schedule still spans 8 steps.
