@@ -16,10 +16,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from lit_modules.adapters import BatchAdapter
+from lit_modules.adapters import BatchAdapter, ModelInput
 from lit_modules.losses import LossOutput
 from lit_modules.metrics import CodebookUsage, GroupedSums
-from tokenizers.base import DataMetadata, HasLastLayer, check_tokenizer
+from tokenizers.base import DataMetadata, HasLastLayer, TokenizerOutput, check_tokenizer
 
 STAGES = ("val", "test")
 
@@ -109,7 +109,8 @@ class TokenizerModule(L.LightningModule):
             self.tokenizer.train(was_training)
 
     # ---- one batch ------------------------------------------------------------------------------
-    def compute_loss(self, batch: dict[str, torch.Tensor], train: bool) -> tuple[Any, Any, LossOutput]:
+    def compute_loss(self, batch: dict[str, torch.Tensor],
+                     train: bool) -> tuple[ModelInput, TokenizerOutput, LossOutput]:
         example = self.adapter.unpack(batch)
         out = self.tokenizer(example.x, **example.cond)
         last_layer = self.tokenizer.last_layer if self.loss.needs_last_layer else None

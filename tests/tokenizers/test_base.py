@@ -28,8 +28,9 @@ def test_malformed_streams_are_named():
 
 
 def test_build_handles_nested_targets_lists_and_plain_values():
-    built = build({"_target_": "builtins.dict", "_partial_": False, "quantizer": {"_target_": "tokenizers.fsq.FSQ",
-                   "levels": [3, 2]}, "many": [{"_target_": "tokenizers.fsq.FSQ", "levels": [4]}, 7], "plain": {"a": 1}})
+    fsq = "tokenizers.fsq.FSQ"
+    built = build({"_target_": "builtins.dict", "_partial_": False, "quantizer": {"_target_": fsq, "levels": [3, 2]},
+                   "many": [{"_target_": fsq, "levels": [4]}, 7], "plain": {"a": 1}})
     assert isinstance(built["quantizer"], FSQ) and built["quantizer"].levels == [3, 2]
     assert isinstance(built["many"][0], FSQ) and built["many"][1] == 7 and built["plain"] == {"a": 1}
 
