@@ -1,0 +1,59 @@
+"""K-means in torch against brute force and scikit-learn."""
+
+import pytest
+import torch
+from sklearn.cluster import MiniBatchKMeans
+
+from tests.conftest import EPS32
+from tokenizers.kmeans import assign, fit_kmeans
+
+
+def blobs(n: int = 6000, centers: int = 40, dim: int = 8, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(centers, dim, generator=g) * 3
+    return means[torch.randint(centers, (n,), generator=g)] + torch.randn(n, dim, generator=g)
+
+
+def test_assign_is_the_brute_force_nearest_centroid():
+    x, c = blobs(3000), torch.randn(64, 8) * 3
+    ids, sq = assign(x, c, chunk=1000)  # several chunks
+    d = torch.cdist(x.double(), c.double()).pow(2)  # float64 brute force
+    top2 = d.topk(2, largest=False).values
+    # where the two nearest centroids are closer than float32 rounding of ‖x‖² + ‖c‖² can tell, either is right
+    clear = (top2[:, 1] - top2[:, 0]) > 64 * EPS32 * (x.pow(2).sum(1) + c.pow(2).sum(1).max()).double()
+    assert clear.float().mean() > 0.99
+    assert torch.equal(ids[clear], d.argmin(1)[clear])
+    assert torch.allclose(sq.double(), d.gather(1, ids[:, None])[:, 0], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("k", [32, 256])
+def test_inertia_matches_scikit_learn(k):
+    x = blobs()
+    ours = fit_kmeans(x, k)
+    theirs = MiniBatchKMeans(k, random_state=0, n_init=1, batch_size=1024).fit(x.numpy()).inertia_
+    assert ours.inertia <= 1.01 * theirs
+    assert ours.centroids.shape == (k, 8) and ours.inertia == pytest.approx(float(assign(x, ours.centroids)[1].sum()),
+                                                                             rel=1e-4)
+
+
+def test_mini_batch_subset_and_seed():
+    x = blobs()
+    a, b = fit_kmeans(x, 32, batch_size=512, iters=100, seed=1), fit_kmeans(x, 32, batch_size=512, iters=100, seed=1)
+    assert torch.equal(a.centroids, b.centroids)  # seeded
+    full = fit_kmeans(x, 32)
+    assert a.inertia <= 1.05 * full.inertia
+    sub = fit_kmeans(x, 32, max_vectors=1000)  # inertia over the 1000 fitted vectors only
+    assert sub.inertia < 0.5 * float(assign(x, sub.centroids)[1].sum())
+
+
+def test_duplicates_leave_no_empty_cluster_and_bad_input_is_named():
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]).repeat(50, 1)
+    result = fit_kmeans(x, 3)
+    assert result.inertia == pytest.approx(0.0, abs=1e-6)
+    assert len(torch.unique(assign(x, result.centroids)[0])) == 3
+    with pytest.raises(ValueError, match="k <= N"):
+        fit_kmeans(x[:2], 3)
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        fit_kmeans(torch.tensor([[float("nan"), 0.0], [0.0, 0.0]]), 1)
+    with pytest.raises(ValueError, match=r"\[N, D\]"):
+        assign(torch.zeros(4, 3), torch.zeros(2, 2))
