@@ -4,11 +4,12 @@ or mini-batch updates. A plain function on a tensor (no Lightning), for codebook
     result = fit_kmeans(x, k=2048)                 # x: [N, D] float; result.centroids [K, D], result.inertia
     ids, sq_dist = assign(x, result.centroids)      # nearest centroid per vector, int64 [N], its squared distance
 
-Distances use ‖x‖² − 2 x·c + ‖c‖² in chunks of rows (one matmul per chunk, bounded memory), accumulated in fp32
+Distances use ‖x‖² − 2 x·c + ‖c‖² in chunks of rows (one fused matmul per chunk, bounded memory), accumulated in fp32
 with autocast off. Seeding (as scikit-learn's, on a random subset of `init_size` rows): each new centroid is the
 best of 2 + ⌊ln K⌋ candidates drawn with probability ∝ D², D the distance to the nearest centroid so far.
-Lloyd: centroids ← cluster means; a cluster left empty takes the vector farthest from its centroid. Mini-batch (batch_size set): each centroid moves towards the
-batch mean of its vectors with step n_batch / n_seen (Sculley 2010).
+Lloyd: centroids ← cluster means; a cluster left empty takes the vector farthest from its centroid.
+Mini-batch (batch_size set): each centroid moves towards the batch mean of its vectors with step
+n_batch / n_seen (Sculley 2010).
 """
 
 from __future__ import annotations
