@@ -10,6 +10,8 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from tokenizers.base import check_ids
+
 
 class GroupedSums(Metric):
     """Sum states kept per group (e.g. per variable or sampling rate), reduced by summation across processes.
@@ -145,9 +147,7 @@ class CodebookUsage(Metric):
 
     def update(self, ids: torch.Tensor, group: torch.Tensor | None = None) -> None:
         """ids: [B, ...] token ids; group: [B] group of each sample (all in group 0 when None)."""
-        if ids.numel() and (ids.min() < 0 or ids.max() >= self.codebook_size):
-            raise ValueError(f"token ids must lie in [0, {self.codebook_size}), got "
-                             f"[{int(ids.min())}, {int(ids.max())}]")
+        check_ids(ids, self.codebook_size, "token")
         if group is None:
             group = torch.zeros(ids.shape[0] if ids.ndim else 1, dtype=torch.long, device=ids.device)
         per_sample = ids.reshape(len(group), -1)
