@@ -38,22 +38,19 @@ def hinge_g_loss(logits_fake: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LossOutput:
-    """loss: what backward() takes (the tokenizer's total, plus the discriminator's hinge loss while it trains);
-    terms: the tokenizer's weighted terms, summing to its total; extras: further scalars to log (disc/…)."""
+    """terms: the tokenizer's weighted terms; tokenizer_loss: their sum; loss: what backward() takes (the tokenizer's
+    loss, plus the discriminator's hinge loss while it trains); extras: further scalars to log (disc/…)."""
 
-    loss: torch.Tensor
     terms: dict[str, torch.Tensor]
+    tokenizer_loss: torch.Tensor
+    loss: torch.Tensor
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def of(cls, terms: dict[str, torch.Tensor], extras: dict[str, torch.Tensor] | None = None,
            disc_loss: torch.Tensor | None = None) -> LossOutput:
         total = torch.stack(list(terms.values())).sum()
-        return cls(loss=total if disc_loss is None else total + disc_loss, terms=terms, extras=extras or {})
-
-    @property
-    def tokenizer_loss(self) -> torch.Tensor:
-        return torch.stack(list(self.terms.values())).sum()
+        return cls(terms, total, total if disc_loss is None else total + disc_loss, extras or {})
 
 
 class ReconstructionLoss(nn.Module):
