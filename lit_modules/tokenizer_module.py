@@ -76,8 +76,11 @@ class TokenizerModule(L.LightningModule):
 
     # ---- the data ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Take the adapter and metadata from the datamodule, check the pair, build the metrics."""
+        """Take the adapter and metadata from the datamodule, check the pair, build the metrics (once per
+        datamodule: fit and the test after it share them)."""
         datamodule = self.trainer.datamodule
+        if self.adapter is not None and self.adapter is getattr(datamodule, "adapter", None):
+            return  # set up for this datamodule already (fit, then test)
         if not isinstance(getattr(datamodule, "adapter", None), BatchAdapter):
             raise TypeError(f"TokenizerModule trains from a datamodule with a batch `adapter` "
                             f"(lit_modules/adapters.py); got {describe(datamodule)}")
