@@ -76,6 +76,35 @@ def is_paper_size(cfg: DictConfig) -> bool:
     return sum(p.numel() for p in tokenizer.parameters()) > CPU_TEST_MAX_PARAMS
 
 
+TOKENIZER_MODULE = "lit_modules.tokenizer_module.TokenizerModule"
+
+
+def describe_experiments() -> dict[str, dict]:
+    """What each experiment is, from its composed debug=fast config (paths are placeholders: nothing is built from
+    it): whether it trains a tokenizer and whether that one is CPU-sized, its data kind and data config, GAN, EMA,
+    tiling."""
+    from hydra.utils import get_class
+
+    out = {}
+    for name in EXPERIMENTS:
+        cfg = compose_cfg([f"experiment={name}", "debug=fast"], Path("/tmp/unused"), Path("/tmp/unused"))
+        tokenizer = cfg.model._target_ == TOKENIZER_MODULE
+        out[name] = {
+            "tokenizer": tokenizer,
+            "cpu": tokenizer and not is_paper_size(cfg),
+            "kind": get_class(cfg.data.adapter._target_).kind,
+            "data": cfg.data,
+            "gan": "gan" in cfg.model.get("loss", {}),
+            "ema": cfg.callbacks.get("ema") is not None,
+            "tiles": tokenizer and hasattr(get_class(cfg.model.tokenizer._target_), "reconstruct_tiled"),
+        }
+    return out
+
+
+KINDS = describe_experiments()
+CPU_EXPERIMENTS = [e for e in EXPERIMENTS if KINDS[e]["cpu"]]
+
+
 @dataclass
 class Run:
     """A finished `train.py <experiment> debug=fast` run (W&B offline) and its config."""

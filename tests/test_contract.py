@@ -15,7 +15,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.conftest import EXPERIMENTS, ROOT, compose_cfg, f32_tolerance, is_paper_size, layer_depth
+from tests.conftest import CPU_EXPERIMENTS, EXPERIMENTS, KINDS, ROOT, compose_cfg, f32_tolerance, layer_depth
 from tokenizers import check_tokenizer, load_tokenizer
 
 
@@ -44,11 +44,10 @@ def check_code_vectors(tokenizer) -> None:
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_tokenizer_contract(experiment, experiment_run, tmp_path, data_dir):
-    cfg = compose_cfg([f"experiment={experiment}", "debug=fast"], tmp_path / "cfg", data_dir)
-    if cfg.model._target_ != "lit_modules.tokenizer_module.TokenizerModule":
+    if not KINDS[experiment]["tokenizer"]:
         pytest.skip(f"{experiment} trains no tokenizer")
-    if is_paper_size(cfg):
-        return check_on_the_meta_device(cfg)
+    if not KINDS[experiment]["cpu"]:  # with this test's data dir: its data is built for the example input
+        return check_on_the_meta_device(compose_cfg([f"experiment={experiment}", "debug=fast"], tmp_path, data_dir))
     run = experiment_run(experiment)
     datamodule = run.datamodule
     example = example_input(datamodule)
@@ -112,14 +111,11 @@ print(json.dumps(results))
 """
 
 
-def test_load_tokenizer_in_plain_python(experiment_run, tmp_path, data_dir):
+def test_load_tokenizer_in_plain_python(experiment_run, tmp_path):
     """A user's script: load_tokenizer, encode, decode — with neither Hydra nor Lightning imported — for the
     checkpoint of every CPU-sized experiment (one Python process for all of them)."""
     jobs, expected = [], []
-    for experiment in EXPERIMENTS:
-        cfg = compose_cfg([f"experiment={experiment}", "debug=fast"], tmp_path / "cfg", data_dir)
-        if cfg.model._target_ != "lit_modules.tokenizer_module.TokenizerModule" or is_paper_size(cfg):
-            continue
+    for experiment in CPU_EXPERIMENTS:
         run = experiment_run(experiment)
         datamodule = run.datamodule
         example = example_input(datamodule)

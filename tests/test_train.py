@@ -17,7 +17,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import Logger
 
-from tests.conftest import EXPERIMENTS, ROOT, compose_cfg, is_paper_size
+from tests.conftest import CPU_EXPERIMENTS, EXPERIMENTS, KINDS, ROOT
 from tokenizers import load_tokenizer
 from train import train
 
@@ -41,25 +41,6 @@ def wandb_history(run_dir: Path) -> tuple[dict, list[dict]]:
     return last, rows
 
 
-def describe_experiments() -> dict[str, dict]:
-    """What each experiment is, from its composed config: CPU-sized tokenizer or not, data kind, GAN, EMA."""
-    out = {}
-    for name in EXPERIMENTS:
-        cfg = compose_cfg([f"experiment={name}", "debug=fast"], Path("/tmp/unused"), Path("/tmp/unused"))
-        tokenizer_module = cfg.model._target_ == "lit_modules.tokenizer_module.TokenizerModule"
-        out[name] = {
-            "cpu": tokenizer_module and not is_paper_size(cfg),
-            "kind": get_class(cfg.data.adapter._target_).kind,
-            "data": cfg.data,
-            "gan": "gan" in cfg.model.get("loss", {}),
-            "ema": cfg.callbacks.get("ema") is not None,
-            "tiles": tokenizer_module and hasattr(get_class(cfg.model.tokenizer._target_), "reconstruct_tiled"),
-        }
-    return out
-
-
-KINDS = describe_experiments()
-CPU_EXPERIMENTS = [e for e in EXPERIMENTS if KINDS[e]["cpu"]]
 ONE_PER_KIND = list({KINDS[e]["kind"]: e for e in reversed(CPU_EXPERIMENTS)}.values())  # the first of each kind
 
 
