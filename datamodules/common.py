@@ -154,15 +154,16 @@ class InMemoryDataModule(L.LightningDataModule):
         return DataLoader(self.splits["train"], batch_size=self.batch_size, sampler=self.train_sampler,
                           drop_last=True, collate_fn=batch_is_ready, num_workers=self.num_workers)
 
-    def _eval_loader(self, split: str) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=self.eval_batch_size, shuffle=False,
+    def eval_loader(self, split: str, batch_size: int | None = None) -> DataLoader:
+        """The samples of `split` in their fixed order (also "train": stage-2 fits read it without shuffling)."""
+        return DataLoader(self.splits[split], batch_size=batch_size or self.eval_batch_size, shuffle=False,
                           collate_fn=batch_is_ready, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
+        return self.eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        return self.eval_loader("test")
 
     def state_dict(self) -> dict[str, int]:
         """Where the train pass stands (Lightning's own count of batches done in this epoch), for exact resume."""

@@ -14,3 +14,5 @@ def auto_precision() -> str:
 
 
 OmegaConf.register_new_resolver("auto_precision", auto_precision, replace=True)
+# ${len:${data.source.bands}}: the number of bands, so model and data configs name the bands once
+OmegaConf.register_new_resolver("len", lambda seq: len(seq), replace=True)

@@ -3,8 +3,9 @@ metrics judge the reconstruction. The *data* config chooses its adapter (`data.a
 data decides its batch format; the generic TokenizerModule takes it from the datamodule.
 
 An adapter is stateless; TokenizerModule keeps the metric states (one `metric(groups)` per stage):
-    kind                                       the data kind ("fields", "eeg", "images"; DataMetadata.kind)
-    unpack(batch) -> ModelInput(x, cond, target)   x and target in the loss space; cond: tokenizer kwargs
+    kind                                       the data kind ("fields", "eeg", "images", "galaxy_images")
+    unpack(batch) -> ModelInput(x, cond, target, weight)   x and target in the loss space; cond: tokenizer
+                                               kwargs; weight: the loss's per-value weights (or None)
     groups(metadata) -> [name]                 metric groups (variables, sampling rates); [] for one group
     group_of(batch) -> [B] or None             each sample's group id (also splits the codebook statistics)
     metric(n_groups) -> GroupedSums            a fresh metric for one stage
@@ -25,11 +26,13 @@ Batch = dict[str, torch.Tensor]
 
 @dataclass
 class ModelInput:
-    """x: the tokenizer's input; cond: keyword tensors for it; target: what its reconstruction is compared with."""
+    """x: the tokenizer's input; cond: keyword tensors for it; target: what its reconstruction is compared with;
+    weight: optional per-value weights of the reconstruction loss (broadcast to the target's shape)."""
 
     x: torch.Tensor
     cond: dict[str, torch.Tensor]
     target: torch.Tensor
+    weight: torch.Tensor | None = None
 
 
 class BatchAdapter:
@@ -108,3 +111,21 @@ class ImageAdapter(BatchAdapter):
         recon = recon.float()
         metric.update(recon, batch["image"], group)
         return {"input": batch["image"], "recon": recon.detach().clamp(0, 1)}
+
+
+class GalaxyImageAdapter(BatchAdapter):
+    """Multi-band galaxy cutouts (datamodules/galaxies.py): {"image": [B, bands, S, S] robust-arcsinh normalized,
+    "weight": [B, 1, S, S] (1 inside the object's ellipse, less outside), "row": [B]}. The loss is the
+    mask-weighted MSE; metrics (FieldErrors with σ = 1: the normalized image is already in units of its robust
+    scale) on the normalized image, PSNR/SSIM with each sample's own range (max − min), as for physical fields."""
+
+    kind, metric_cls, progress_bar = "galaxy_images", FieldErrors, ("psnr", "nrmse")
+
+    def unpack(self, batch: Batch) -> ModelInput:
+        return ModelInput(batch["image"], {}, batch["image"], batch["weight"])
+
+    def update(self, metric, recon, batch, group):
+        target = batch["image"]
+        recon = recon.float()
+        metric.update(recon, target, torch.ones(target.shape[:2], device=target.device), group)
+        return {"input": target, "recon": recon.detach()}

@@ -19,20 +19,20 @@ def _wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
     return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
 
 
-def reconstruction_panel(inputs: torch.Tensor, recons: torch.Tensor) -> np.ndarray:
-    """inputs, recons: [N, C, H, W] -> uint8 rows of input | recon | |error|: [N·H, 3·W, 3] for RGB
-    (C = 3), else [N·H, 3·W] from channel 0. Input and recon share the target's min–max scale; the
-    error is scaled by the same range.
+def reconstruction_panel(inputs: torch.Tensor, *recons: torch.Tensor) -> np.ndarray:
+    """inputs and one or more reconstructions: [N, C, H, W] -> uint8 rows of input | recon … | |error of the last
+    recon|: [N·H, (2 + len(recons))·W, 3] for RGB (C = 3), else [N·H, …] from channel 0. Every tile of a row shares
+    the input's min–max scale; the error is scaled by the same range.
     """
     rgb = inputs.shape[1] == 3
     rows = []
-    for x, y in zip(inputs.float().cpu(), recons.float().cpu(), strict=True):
+    for x, *ys in zip(inputs.float().cpu(), *(r.float().cpu() for r in recons), strict=True):
         if not rgb:
-            x, y = x[:1], y[:1]
+            x, ys = x[:1], [y[:1] for y in ys]
         lo, rng = x.min(), (x.max() - x.min()).clamp_min(1e-12)
-        tiles = [(x - lo) / rng, (y - lo) / rng, (y - x).abs() / rng]
-        rows.append(torch.cat([t.clamp(0, 1) for t in tiles], dim=2))  # [C, H, 3W]
-    panel = torch.cat(rows, dim=1).permute(1, 2, 0)  # [N·H, 3W, C]
+        tiles = [(x - lo) / rng, *((y - lo) / rng for y in ys), (ys[-1] - x).abs() / rng]
+        rows.append(torch.cat([t.clamp(0, 1) for t in tiles], dim=2))  # [C, H, (2 + R)·W]
+    panel = torch.cat(rows, dim=1).permute(1, 2, 0)  # [N·H, (2 + R)·W, C]
     panel = panel if rgb else panel[..., 0]
     return (panel.numpy() * 255).astype(np.uint8)
 
@@ -70,7 +70,8 @@ def batch_size(batch: dict[str, torch.Tensor]) -> int:
 
 
 class MediaLogger(L.Callback):
-    """Per validation epoch: a panel of `n_samples` input | recon | error from the first validation batch's
+    """Per validation epoch: a panel (one per group of three bands for multi-band images) of `n_samples`
+    input | recon | error from the first validation batch's
     outputs ({"input", "recon"}), and one histogram of token counts per stream from the module's
     `codebook_counts` ({stream: counts [V]} of the last evaluation epoch; TokenizerModule keeps it)."""
 
@@ -92,13 +93,18 @@ class MediaLogger(L.Callback):
             media = {}
             if self._batch is not None:
                 inputs, recons = self._batch["input"], self._batch["recon"]
+                caption = "input | reconstruction | |error| (per-row target range)"
                 if inputs.ndim == 2:  # 1-D patches
-                    image, caption = signal_panel(inputs, recons), "input (white) and reconstruction (grey)"
-                else:
-                    image = reconstruction_panel(inputs, recons)
-                    caption = "input | reconstruction | |error| (per-row target range)"
-                media["val/reconstructions"] = wandb.Image(image, caption=caption)
-            for stream, counts in getattr(pl_module, "codebook_counts", {}).items():
+                    media["val/reconstructions"] = wandb.Image(signal_panel(inputs, recons),
+                                                               caption="input (white) and reconstruction (grey)")
+                elif inputs.shape[1] <= 3:
+                    media["val/reconstructions"] = wandb.Image(reconstruction_panel(inputs, recons), caption=caption)
+                else:  # multi-band: one panel per group of three bands
+                    for first in range(0, inputs.shape[1], 3):
+                        bands = slice(first, min(first + 3, inputs.shape[1]))
+                        media[f"val/reconstructions/bands_{first}-{bands.stop - 1}"] = wandb.Image(
+                            reconstruction_panel(inputs[:, bands], recons[:, bands]), caption=caption)
+            for stream, counts in getattr(pl_module, "codebook_counts", {}).items():  # streams that saw tokens
                 media[f"val/codebook_histogram/{stream}"] = wandb.Histogram(np_histogram=id_histogram(counts))
             for lg in loggers:
                 lg.experiment.log({**media, "trainer/global_step": trainer.global_step})

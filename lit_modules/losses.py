@@ -84,9 +84,17 @@ class ReconstructionLoss(nn.Module):
         """Whether the adversarial terms are on at optimizer step `step`."""
         return self.discriminator is not None and step >= self.gan_start
 
-    def reconstruction_terms(self, recon: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        recon = recon.float()
-        terms = {"l1": lambda: F.l1_loss(recon, target), "mse": lambda: F.mse_loss(recon, target)}
+    def reconstruction_terms(self, recon: torch.Tensor, target: torch.Tensor,
+                             weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Means over every value; with a per-value `weight` (broadcast to the target's shape, e.g. an object mask
+        [B, 1, H, W]) weighted means Σ w·err / Σ w."""
+        err = recon.float() - target
+        if weight is None:
+            terms = {"l1": lambda: err.abs().mean(), "mse": lambda: err.pow(2).mean()}
+        else:
+            w = weight.float().expand_as(err)
+            total = w.sum().clamp_min(1e-12)
+            terms = {"l1": lambda: (w * err.abs()).sum() / total, "mse": lambda: (w * err.pow(2)).sum() / total}
         return {k: w * terms[k]() for k, w in self.weights.items() if w > 0}
 
     def adaptive_weight(self, reconstruction: torch.Tensor, adversarial: torch.Tensor,
@@ -97,10 +105,12 @@ class ReconstructionLoss(nn.Module):
         return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
     def forward(self, recon: torch.Tensor, target: torch.Tensor, aux_losses: dict[str, torch.Tensor], step: int,
-                train: bool = True, last_layer: torch.Tensor | None = None) -> LossOutput:
-        """recon, target: same shape; step: optimizer steps so far. In evaluation (train=False) the adversarial
-        terms are left out of the loss and only the discriminator's mean logits are reported."""
-        terms = {**self.reconstruction_terms(recon, target), **aux_losses}
+                train: bool = True, last_layer: torch.Tensor | None = None,
+                weight: torch.Tensor | None = None) -> LossOutput:
+        """recon, target: same shape; step: optimizer steps so far; weight: optional per-value weights of the
+        reconstruction terms (the data's adapter gives them, e.g. galaxy masks). In evaluation (train=False) the
+        adversarial terms are left out of the loss and only the discriminator's mean logits are reported."""
+        terms = {**self.reconstruction_terms(recon, target, weight), **aux_losses}
         if not self.gan_active(step):
             return LossOutput.of(terms)
         recon = recon.float()

@@ -118,7 +118,7 @@ class TokenizerModule(L.LightningModule):
         out = self.tokenizer(example.x, **example.cond)
         last_layer = self.tokenizer.last_layer if self.loss.needs_last_layer else None
         losses = self.loss(out.recon, example.target, out.aux_losses, step=self.global_step, train=train,
-                           last_layer=last_layer)
+                           last_layer=last_layer, weight=example.weight)
         return example, out, losses
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -146,9 +146,12 @@ class TokenizerModule(L.LightningModule):
     def _log_epoch(self, stage: str) -> None:
         values = {f"{stage}/{k}": v.float() for k, v in self._with_groups(self.metrics[stage]).items()}
         self.metrics[stage].reset()
+        self.codebook_counts = {}
         for name, metric in self.usage[stage].items():
-            values.update({f"{stage}/{k}": v.float() for k, v in self._with_groups(metric, f"/{name}").items()})
-            self.codebook_counts[name] = metric.counts.sum(0).detach().cpu()
+            stats = self._with_groups(metric, f"/{name}")
+            if stats[f"usage/{name}"] > 0:  # a stream without tokens this epoch (astro codebook before stage 2)
+                values.update({f"{stage}/{k}": v.float() for k, v in stats.items()})
+                self.codebook_counts[name] = metric.counts.sum(0).detach().cpu()
             metric.reset()
         shown = {f"{stage}/{k}" for k in self.adapter.progress_bar}
         for key, value in values.items():

@@ -107,12 +107,14 @@ class DataMetadata:
     """What a tokenizer's inputs were in training: one schema for every data kind, saved in every checkpoint
     (as a plain dict under "data") and returned by `load_tokenizer` as `tokenizer.metadata`.
 
-    kind:          the data kind, i.e. its batch adapter: "fields", "eeg" or "images"
+    kind:          the data kind, i.e. its batch adapter: "fields", "eeg", "images" or "galaxy_images"
     normalization: how a sample was normalized before the tokenizer saw it:
                    "standardize"  x' = (x − mean[v]) / std[v] with the train split's statistics of variable v
                    "robust"       per channel and recording: (x − median) / (1.4826·MAD)  (no global statistics)
                    "ems"          per channel and recording: exponential moving standardization
                    "unit_range"   values scaled to [0, 1] (8/16-bit images by their dtype, float images min–max)
+                   "robust_arcsinh"  per object and band: asinh((x − median) / (3·MAD + 1e-6)) over the valid
+                                  pixels (tokenizers.astro.robust_arcsinh; no global statistics)
     variables:     names of the variables a sample can be (fields: "<dataset>/<variable>"; images: colour
                    channels; EEG: [] since every channel is tokenized alike)
     mean, std:     per variable, aligned with `variables`, for "standardize"; [] otherwise
