@@ -7,7 +7,8 @@ or mini-batch updates. A plain function on a tensor (no Lightning), for codebook
 Distances use ‖x‖² − 2 x·c + ‖c‖² in chunks of rows (one fused matmul per chunk, bounded memory), accumulated in fp32
 with autocast off. Seeding (as scikit-learn's, on a random subset of `init_size` rows): each new centroid is the
 best of 2 + ⌊ln K⌋ candidates drawn with probability ∝ D², D the distance to the nearest centroid so far.
-Lloyd: centroids ← cluster means; a cluster left empty takes the vector farthest from its centroid.
+Lloyd (on at most `per_cluster`·K rows): centroids ← cluster means; a cluster left empty takes the vector farthest
+from its centroid; between full passes each row searches only its few nearest centroids of the last full pass.
 Mini-batch (batch_size set): each centroid moves towards the batch mean of its vectors with step
 n_batch / n_seen (Sculley 2010).
 """
@@ -27,11 +28,6 @@ class KMeansResult:
     centroids: torch.Tensor  # [K, D]
     inertia: float  # Σ over the fitted vectors of the squared distance to their centroid
     n_iter: int
-
-
-def _sq_distances(x: torch.Tensor, centroids: torch.Tensor, c_norm: torch.Tensor) -> torch.Tensor:
-    """[n, K] squared distances (clamped at 0 against rounding)."""
-    return (x.pow(2).sum(1, keepdim=True) - 2 * x @ centroids.T + c_norm).clamp_min(0)
 
 
 def _nearest(x: torch.Tensor, centroids: torch.Tensor, c_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,38 +53,44 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 16384) -> tupl
     return torch.cat(ids), torch.cat(dist)
 
 
-def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator, chunk: int = 16384) -> torch.Tensor:
-    """Greedy k-means++ seeding: [K, D] centroids chosen among the rows of x [N, D] (fp32)."""
+def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Greedy k-means++ seeding: [K, D] centroids chosen among the rows of x [N, D] (fp32).
+
+    One [N, trials] distance matmul per centroid: candidates are drawn by inverting the cumulative D² (searchsorted,
+    cheaper than multinomial), and the chosen candidate's column updates D² without a second pass."""
     n = len(x)
     trials = 2 + int(math.log(k))
+    x_norm = x.pow(2).sum(1)
     first = int(torch.randint(n, (1,), generator=generator))
-    centroids = [x[first]]
-    closest = assign(x, x[first:first + 1], chunk)[1]
-    for _ in range(1, k):
-        probs = closest / closest.sum() if closest.sum() > 0 else torch.full_like(closest, 1 / n)
-        candidates = torch.multinomial(probs.cpu(), trials, replacement=True, generator=generator).to(x.device)
-        # the potential Σ min(D², d²(candidate)) of each candidate; keep the lowest
-        cand = x[candidates]
-        c_norm = cand.pow(2).sum(1)
-        potential = torch.zeros(trials, device=x.device)
-        for start in range(0, n, chunk):
-            d = _sq_distances(x[start:start + chunk], cand, c_norm)  # [n, trials]
-            potential += torch.minimum(d, closest[start:start + chunk, None]).sum(0)
-        best = int(potential.argmin())
-        best_new = candidates[best]
-        centroids.append(x[best_new])
-        closest = torch.minimum(closest, assign(x, x[best_new:best_new + 1], chunk)[1])
-    return torch.stack(centroids)
+    chosen = [first]
+    closest = (x_norm - 2 * x @ x[first] + x_norm[first]).clamp_min(0)
+    uniform = torch.rand(k, trials, generator=generator, dtype=torch.float64).to(x.device)
+    for i in range(1, k):
+        cumulative = closest.double().cumsum(0)
+        total = cumulative[-1]
+        if total > 0:
+            candidates = torch.searchsorted(cumulative, uniform[i] * total).clamp_max(n - 1)
+        else:  # every row coincides with a centroid already
+            candidates = (uniform[i] * n).long().clamp_max(n - 1)
+        d = torch.addmm(x_norm[candidates][None, :] + x_norm[:, None], x, x[candidates].T, alpha=-2).clamp_min(0)
+        updated = torch.minimum(d, closest[:, None])  # [N, trials]: D² if each candidate were added
+        best = int(updated.sum(0).argmin())
+        chosen.append(int(candidates[best]))
+        closest = updated[:, best]
+    return x[torch.tensor(chosen, device=x.device)]
 
 
-def fit_kmeans(x: torch.Tensor, k: int, iters: int = 100, tol: float = 1e-4, batch_size: int | None = None,
-               max_vectors: int | None = None, init_size: int | None = None, seed: int = 0,
-               chunk: int = 16384) -> KMeansResult:
+def fit_kmeans(x: torch.Tensor, k: int, iters: int = 100, tol: float = 1e-3, batch_size: int | None = None,
+               max_vectors: int | None = None, per_cluster: int | None = 128, init_size: int | None = None,
+               seed: int = 0, chunk: int = 16384) -> KMeansResult:
     """K-means of the rows of x [N, D] on x's device.
 
     iters: Lloyd iterations (full batch) or mini-batch steps; tol: stop when the inertia falls by less than this
-    fraction in a Lloyd step; batch_size: None for full-batch Lloyd, else mini-batch k-means with batches of this
-    size; max_vectors: fit on a seeded random subset of at most this many rows (the inertia is over that subset).
+    fraction in a Lloyd step; batch_size: None for Lloyd, else mini-batch k-means with batches of this size;
+    max_vectors: use a seeded random subset of at most this many rows of x (the returned inertia is over it);
+    per_cluster: Lloyd steps see a seeded random subset of at most per_cluster·K of those rows (None: all) — as
+    many as a cluster mean needs, so the cost no longer grows with N; the final assignment and inertia use all;
+    init_size: rows the k-means++ seeding chooses among (default max(2K, 4096)).
     """
     if x.ndim != 2 or not x.is_floating_point():
         raise ValueError(f"fit_kmeans needs float vectors [N, D], got {x.dtype} {tuple(x.shape)}")
@@ -97,25 +99,63 @@ def fit_kmeans(x: torch.Tensor, k: int, iters: int = 100, tol: float = 1e-4, bat
     if not torch.isfinite(x).all():
         raise ValueError("fit_kmeans: the vectors hold NaN/Inf values")
     generator = torch.Generator().manual_seed(seed)
+
+    def subset(rows: torch.Tensor, n: int | None) -> torch.Tensor:
+        if n is None or len(rows) <= n:
+            return rows
+        return rows[torch.randperm(len(rows), generator=generator)[:n].to(rows.device)]
+
     with full_precision(x.device):
-        x = x.float()
-        if max_vectors is not None and len(x) > max_vectors:
-            x = x[torch.randperm(len(x), generator=generator)[:max_vectors].to(x.device)]
-        init_size = min(len(x), init_size or max(4 * k, 10_000))
-        seeds = x if init_size == len(x) else x[torch.randperm(len(x), generator=generator)[:init_size].to(x.device)]
-        centroids = kmeans_plus_plus(seeds, k, generator, chunk)
+        x = subset(x.float(), max_vectors)
+        centroids = kmeans_plus_plus(subset(x, init_size or max(2 * k, 4096)), k, generator)
         if batch_size is None:
-            centroids, n_iter = _lloyd(x, centroids, iters, tol, chunk)
+            centroids, n_iter = _lloyd(subset(x, per_cluster and per_cluster * k), centroids, iters, tol, chunk)
         else:
             centroids, n_iter = _mini_batch(x, centroids, iters, batch_size, generator, chunk)
         inertia = float(assign(x, centroids, chunk)[1].double().sum())
     return KMeansResult(centroids, inertia, n_iter)
 
 
-def _lloyd(x: torch.Tensor, centroids: torch.Tensor, iters: int, tol: float, chunk: int) -> tuple[torch.Tensor, int]:
+def _nearest_candidates(x: torch.Tensor, centroids: torch.Tensor, m: int,
+                        chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Full pass: (nearest ids [N], their squared distances [N], the m nearest centroid ids [N, m])."""
+    c_norm = centroids.pow(2).sum(1)
+    ids, dist, cand = [], [], []
+    for start in range(0, len(x), chunk):
+        part = x[start:start + chunk]
+        top = torch.addmm(c_norm, part, centroids.T, alpha=-2).topk(m, dim=1, largest=False)
+        ids.append(top.indices[:, 0])
+        dist.append((top.values[:, 0] + part.pow(2).sum(1)).clamp_min(0))
+        cand.append(top.indices)
+    return torch.cat(ids), torch.cat(dist), torch.cat(cand)
+
+
+def _nearest_among(x: torch.Tensor, centroids: torch.Tensor, cand: torch.Tensor,
+                   chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest of each row's candidate centroids cand [N, m]: (ids [N], squared distances [N])."""
+    ids, dist = [], []
+    for start in range(0, len(x), chunk):
+        c = cand[start:start + chunk]
+        d = (x[start:start + chunk, None, :] - centroids[c]).pow(2).sum(-1)  # [n, m]
+        best = d.min(1)
+        ids.append(c.gather(1, best.indices[:, None])[:, 0])
+        dist.append(best.values)
+    return torch.cat(ids), torch.cat(dist)
+
+
+def _lloyd(x: torch.Tensor, centroids: torch.Tensor, iters: int, tol: float, chunk: int,
+           candidates: int = 8, refresh: int = 8) -> tuple[torch.Tensor, int]:
+    """Lloyd steps. A full pass (every centroid) every `refresh` steps also keeps each row's `candidates` nearest
+    centroids; the steps in between search only those (centroids move little between steps, so a row's nearest
+    stays among them), which makes them ~K/candidates times cheaper. fit_kmeans ends with an exact assignment."""
     k, previous = len(centroids), math.inf
+    m = min(candidates, k)
+    cand = None
     for it in range(1, iters + 1):
-        ids, dist = assign(x, centroids, chunk)
+        if cand is None or (it - 1) % refresh == 0 or m == k:
+            ids, dist, cand = _nearest_candidates(x, centroids, m, chunk)
+        else:
+            ids, dist = _nearest_among(x, centroids, cand, chunk)
         inertia = float(dist.double().sum())
         counts = torch.bincount(ids, minlength=k)
         sums = torch.zeros_like(centroids).index_add_(0, ids, x)

@@ -26,9 +26,18 @@ def test_assign_is_the_brute_force_nearest_centroid():
     assert torch.allclose(sq.double(), d.gather(1, ids[:, None])[:, 0], rtol=1e-4, atol=1e-3)
 
 
+def mixture(n: int = 20_000, dim: int = 8, components: int = 500) -> torch.Tensor:
+    """A continuous cloud (many overlapping anisotropic Gaussians), like autoencoder latents: no K 'true' clusters
+    whose discovery would be luck of the seeding."""
+    g = torch.Generator().manual_seed(0)
+    means, scales = torch.randn(components, dim, generator=g) * 2, torch.rand(components, dim, generator=g) + 0.2
+    which = torch.randint(components, (n,), generator=g)
+    return means[which] + scales[which] * torch.randn(n, dim, generator=g)
+
+
 @pytest.mark.parametrize("k", [32, 256])
-def test_inertia_matches_scikit_learn(k):
-    x = blobs()
+def test_inertia_within_one_percent_of_scikit_learn(k):
+    x = mixture()
     ours = fit_kmeans(x, k)
     theirs = MiniBatchKMeans(k, random_state=0, n_init=1, batch_size=1024).fit(x.numpy()).inertia_
     assert ours.inertia <= 1.01 * theirs
