@@ -290,7 +290,8 @@ class GalaxyDataModule(InMemoryDataModule):
         if len(table) < 3:
             raise ValueError(f"{table.origin}: {len(table)} objects cannot be split into train/val/test")
         self.table = table
-        image = robust_arcsinh(torch.from_numpy(np.ascontiguousarray(table.image)))
+        image = torch.cat([robust_arcsinh(torch.from_numpy(np.array(table.image[i:i + 1024])))
+                           for i in range(0, len(table), 1024)])  # in chunks: the raw images may be a memory map
         size = image.shape[-1]
         weight = ellipse_weights(size, *(torch.from_numpy(np.asarray(getattr(table, k))) for k in ELLIPSE),
                                  scale=self.mask_scale, outside=self.outside_weight)

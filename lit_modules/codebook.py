@@ -2,8 +2,8 @@
 latents once the autoencoder has trained, inside the same run; optionally stage 3, the decoder fine-tuned on the
 quantized latents (encoder and codebook frozen).
 
-    FitCodebook(finetune_steps=0)   fits at the end of the last training step (before the final validation), or
-                                    `finetune_steps` before the end, after which only the decoder trains
+    FitCodebook(at_step=None)   fits at the end of the last training step (before the final validation), or at
+                                optimizer step `at_step`, after which only the decoder trains (stage 3)
 
 The codebook is a buffer of the tokenizer, so every checkpoint written after the fit holds it, and a resumed run
 that finds it fitted does not fit again. The tokenizer provides `encode_latents(x) -> [B, D, h, w]`,
@@ -35,20 +35,21 @@ class FitCodebook(L.Callback):
     """See the module docstring. kmeans: fit_kmeans keyword arguments (iters, tol, batch_size, max_vectors, seed,
     init_size); backend "torch" (tokenizers/kmeans.py, on the module's device) or "sklearn" (MiniBatchKMeans)."""
 
-    def __init__(self, finetune_steps: int = 0, max_vectors: int = 262_144, iters: int = 50, tol: float = 1e-4,
+    def __init__(self, at_step: int | None = None, max_vectors: int = 262_144, iters: int = 30, tol: float = 1e-3,
                  kmeans_batch_size: int | None = None, backend: str = "torch", seed: int = 0, n_panels: int = 4):
         if backend not in ("torch", "sklearn"):
             raise ValueError(f"FitCodebook.backend must be 'torch' or 'sklearn', got {backend!r}")
-        if finetune_steps < 0:
-            raise ValueError(f"FitCodebook.finetune_steps must be >= 0, got {finetune_steps}")
-        self.finetune_steps, self.max_vectors, self.backend, self.n_panels = finetune_steps, max_vectors, backend, \
-            n_panels
+        if at_step is not None and at_step < 1:
+            raise ValueError(f"FitCodebook.at_step must be >= 1 (or null: at the end), got {at_step}")
+        self.at_step, self.max_vectors, self.backend, self.n_panels = at_step, max_vectors, backend, n_panels
         self.kmeans = dict(iters=iters, tol=tol, batch_size=kmeans_batch_size, seed=seed)
 
     def fit_step(self, trainer: L.Trainer) -> int:
+        if self.at_step is not None:
+            return self.at_step
         if trainer.max_steps is None or trainer.max_steps < 0:
-            raise ValueError("FitCodebook needs trainer.max_steps (the codebook is fitted finetune_steps before it)")
-        return max(0, trainer.max_steps - self.finetune_steps)
+            raise ValueError("FitCodebook without at_step fits at trainer.max_steps, which is not set")
+        return trainer.max_steps
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if pl_module.tokenizer.fitted:  # resumed after the fit: stage 3 goes on with the encoder frozen
@@ -61,6 +62,12 @@ class FitCodebook(L.Callback):
                 self._freeze_encoder(pl_module)
 
     @staticmethod
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not pl_module.tokenizer.fitted:
+            log.warning("training stopped at step %d, before the codebook step %d: the checkpoints hold no codebook "
+                        "(resume with ckpt_path=<run>/checkpoints/last.ckpt to finish)", trainer.global_step,
+                        self.fit_step(trainer))
+
     def _freeze_encoder(pl_module: L.LightningModule) -> None:
         pl_module.tokenizer.encoder.requires_grad_(False)  # AdamW skips parameters without gradients
 

@@ -26,6 +26,7 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml
 SMALL_DATA = {
     "datamodules.sources.EmbeddedFields": ["data.source.resolution=32", "data.source.n_traj=5",
                                            "data.source.n_frames=4"],
+    "datamodules.galaxies.EmbeddedGalaxies": ["data.source.n_objects=128", "data.source.spectrum_pixels=128"],
 }
 # Tokenizers above this size are checked on the meta device (shapes and dtypes, no values) instead of being run.
 CPU_TEST_MAX_PARAMS = 20_000_000
@@ -97,6 +98,7 @@ def describe_experiments() -> dict[str, dict]:
             "gan": "gan" in cfg.model.get("loss", {}),
             "ema": cfg.callbacks.get("ema") is not None,
             "tiles": tokenizer and hasattr(get_class(cfg.model.tokenizer._target_), "reconstruct_tiled"),
+            "codebook": cfg.callbacks.get("codebook") is not None,  # a stage-2 codebook fit (lit_modules/codebook.py)
         }
     return out
 

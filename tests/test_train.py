@@ -69,7 +69,8 @@ def test_every_experiment_trains_checkpoints_and_logs_its_metrics(experiment, ex
         expected |= {f"val/{stat}/{stream}" for stat in ("usage", "perplexity", "entropy_bits")}
     missing = expected - {k for k, v in last.items() if isinstance(v, float | int)}
     assert not missing, missing
-    assert last["val/reconstructions._type"] == "image-file"
+    panels = [k for k in last if k.startswith("val/reconstructions") and k.endswith("._type")]  # multi-band: per group
+    assert panels and all(last[k] == "image-file" for k in panels), sorted(last)
     for stream in tokenizer.streams:
         assert last[f"val/codebook_histogram/{stream}._type"] == "histogram"
         assert 0 <= last[f"val/usage/{stream}"] <= 100
@@ -97,13 +98,31 @@ def test_the_discriminator_switches_on_at_its_start_step(make_cfg, tmp_path, exp
     assert all(ckpt["optimizer_states"][0]["state"][i]["step"] == 3 for i in disc_group["params"])
 
 
+@pytest.mark.parametrize("experiment", [e for e in CPU_EXPERIMENTS if KINDS[e]["codebook"]])
+def test_the_stage_two_codebook_is_fitted_at_the_end_logged_and_checkpointed(experiment, experiment_run):
+    run_ = experiment_run(experiment)
+    last, rows = wandb_history(run_.dir)
+    stats = ("used_codes", "usage", "entropy_bits", "perplexity", "perplexity_over_k", "top10_mass",
+             "quantization_mse", "psnr_latents", "psnr_tokens")
+    assert all(isinstance(last.get(f"codebook/{s}"), float) for s in stats), sorted(last)
+    assert 0 < last["codebook/perplexity_over_k"] <= 1 and last["codebook/used_codes"] >= 1
+    assert any(k.startswith("codebook/reconstructions/bands_") for k in last)
+    tokenizer = load_tokenizer(run_.last_ckpt)
+    assert tokenizer.fitted
+    max_steps = run_.cfg.trainer.max_steps
+    for stream in tokenizer.streams:  # token statistics only after stage 2: at the last validation, not the first
+        assert {r["trainer/global_step"] for r in rows if f"val/usage/{stream}" in r} == {max_steps}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", ONE_PER_KIND)
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(make_cfg, tmp_path, experiment):
     # the interrupted run is the same run stopped at step 4 (mid-epoch): its schedule still spans 8 steps.
-    # Where the experiment has them: EMA with a short horizon (so it moves), the discriminator from step 2.
+    # Where the experiment has them: EMA with a short horizon (so it moves), the discriminator from step 2, the
+    # codebook fitted at step 6 after the interruption (then 2 steps of decoder-only stage 3).
     extra = ["callbacks.ema.decay=0.9"] if KINDS[experiment]["ema"] else []
     extra += ["model.loss.gan.start_step=2"] if KINDS[experiment]["gan"] else []
+    extra += ["callbacks.codebook.at_step=6"] if KINDS[experiment]["codebook"] else []
     common = [f"experiment={experiment}", "logger=none", "test=false", "trainer.val_check_interval=4",
               "scheduler.total_steps=8", *extra]
     run(make_cfg, [*common, "trainer.max_steps=8"], tmp_path / "full")

@@ -24,12 +24,10 @@ from tokenizers.kmeans import assign, fit_kmeans
 
 # ---- preprocessing ------------------------------------------------------------------------------------
 def masked_median(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Median over the last axis of the values where `valid` ([..., N] bool), lower median for even counts;
-    0 where nothing is valid. x: [..., N] -> [...]."""
-    n_valid = valid.sum(-1)
-    ranked = torch.where(valid, x, torch.full_like(x, math.inf)).sort(-1).values
-    k = ((n_valid - 1).clamp_min(0) // 2)[..., None]
-    return torch.where(n_valid > 0, ranked.gather(-1, k)[..., 0], torch.zeros_like(n_valid, dtype=x.dtype))
+    """Median over the last axis of the values where `valid` ([..., N] bool), the lower one for even counts (as
+    torch.median); 0 where nothing is valid. x: [..., N] -> [...]. (nanmedian selects; a sort is ~5× slower.)"""
+    median = torch.where(valid, x, torch.full_like(x, math.nan)).nanmedian(-1).values
+    return torch.nan_to_num(median, nan=0.0)
 
 
 def robust_arcsinh(image: torch.Tensor) -> torch.Tensor:
