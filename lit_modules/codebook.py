@@ -61,13 +61,13 @@ class FitCodebook(L.Callback):
             if trainer.global_step < trainer.max_steps:
                 self._freeze_encoder(pl_module)
 
-    @staticmethod
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not pl_module.tokenizer.fitted:
             log.warning("training stopped at step %d, before the codebook step %d: the checkpoints hold no codebook "
                         "(resume with ckpt_path=<run>/checkpoints/last.ckpt to finish)", trainer.global_step,
                         self.fit_step(trainer))
 
+    @staticmethod
     def _freeze_encoder(pl_module: L.LightningModule) -> None:
         pl_module.tokenizer.encoder.requires_grad_(False)  # AdamW skips parameters without gradients
 
