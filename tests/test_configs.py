@@ -43,6 +43,12 @@ def test_user_data_configs_inherit_the_defaults_and_swap_the_source(make_cfg, tm
                                                                       if k != "source"}
     cfg = make_cfg(["data=image_folder", "data.source.path=/my/images"])
     assert dict(cfg.data.source) == {"_target_": "datamodules.images.ImageFolder", "path": "/my/images"}
+    galaxies = make_cfg(["data=galaxies"])
+    for name, target in (("galaxies_parquet", "GalaxyParquet"), ("galaxies_fits", "GalaxyFits")):
+        cfg = make_cfg([f"data={name}", "data.source.path=/my/galaxies"])
+        assert cfg.data.source._target_ == f"datamodules.galaxies.{target}" and "n_objects" not in cfg.data.source
+        assert {k: v for k, v in cfg.data.items() if k != "source"} == {k: v for k, v in galaxies.data.items()
+                                                                         if k != "source"}
 
 
 def test_unknown_experiment_names_the_available_ones(make_cfg):
@@ -51,6 +57,7 @@ def test_unknown_experiment_names_the_available_ones(make_cfg):
     assert all(e in str(err.value) for e in EXPERIMENTS)
 
 
-@pytest.mark.parametrize("data", ["fields_hdf5", "fields_npy", "eeg_files", "image_folder"])
+@pytest.mark.parametrize("data", ["fields_hdf5", "fields_npy", "eeg_files", "image_folder", "galaxies_parquet",
+                                  "galaxies_fits"])
 def test_missing_data_path_is_reported_by_key(make_cfg, data):
     assert OmegaConf.missing_keys(make_cfg([f"data={data}"])) == {"data.source.path"}
