@@ -107,6 +107,17 @@ def encode_split(data: GalaxyDataModule, split: str, checkpoints: dict[str, Path
     return {name: np.concatenate(parts) for name, parts in out.items()}, vocab
 
 
+def presence(table, rows: np.ndarray, tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per stream, which objects have that modality: a spectrum with at least one pixel of ivar > 0, a catalog row
+    with at least one finite value (its missing columns are MISS tokens), every image."""
+    present = {name: np.ones(len(rows), dtype=bool) for name in tokens}
+    if "catalog" in tokens:
+        present["catalog"] = np.isfinite(np.asarray(table.catalog)[rows]).any(1)
+    if "spectrum" in tokens:
+        present["spectrum"] = (np.asarray(table.spectrum_ivar)[rows] > 0).any(1)
+    return present
+
+
 def encode(cfg: DictConfig) -> dict[str, Path]:
     """Write (or find) the token store of every split in cfg.splits; returns split -> store path."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -144,7 +155,7 @@ def encode(cfg: DictConfig) -> dict[str, Path]:
                 "bands": list(table.bands), "tokenizers": {k: str(v) for k, v in checkpoints.items()},
                 "tokenizer_sha256": hashes, "data_fingerprint": fingerprint}
         store = TokenStore(np.asarray(table.object_id)[data.rows[split].numpy()], tokens,
-                           {name: np.ones(n, dtype=bool) for name in tokens}, meta)
+                           presence(table, data.rows[split].numpy(), tokens), meta)
         stores[split] = store.save(path)
         log.info("wrote %s: %d objects, %s", path, n, {k: v.shape[1] for k, v in tokens.items()})
     (out_dir / "latest.json").write_text(json.dumps({k: str(v) for k, v in stores.items()}, indent=2))

@@ -5,7 +5,8 @@ A store is an .npz file:
     object_id        int64 [N]
     tokens/<stream>  int64 [N, T_stream]  (image: the (S/4)² codebook ids in raster order; catalog: one column per
                      catalog column, MISS = the last id; spectrum: one id per patch of pixels)
-    present/<stream> bool [N]             whether the object has that modality (missing ones hold zeros)
+    present/<stream> bool [N]             whether the object has that modality (a spectrum with a valid pixel, a
+                                          catalog row with a value); the tokens of a missing one carry nothing
     meta             JSON: split, vocabulary size per stream, catalog column names, the sha256 of each tokenizer
                      checkpoint, the data fingerprint
 Its name ends in a key made from the tokenizers' hashes, the data fingerprint and the split, so asking for the same

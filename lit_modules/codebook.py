@@ -94,6 +94,8 @@ class FitCodebook(L.Callback):
                 stats = self._fit_sklearn(tokenizer, vectors)
             else:
                 stats = tokenizer.fit_codebook(vectors, max_vectors=self.max_vectors, **self.kmeans)
+            if trainer.world_size > 1:  # every rank fits on the same vectors; rank 0's codebook makes them identical
+                tokenizer.codebook.copy_(trainer.strategy.broadcast(tokenizer.codebook, src=0))
             stats["fit_seconds"] = time.perf_counter() - start
             stats["fit_vectors"] = float(min(len(vectors), self.max_vectors))
             stats.update(self.report(trainer, pl_module))

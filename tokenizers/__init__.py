@@ -4,6 +4,7 @@ Note: this top-level package is named `tokenizers` and shadows Hugging Face's `t
 are importable from the same path; SciTok depends on nothing that imports Hugging Face's.
 """
 
+from tokenizers.astro import GalaxyImageTokenizer, ScalarQuantileTokenizer, SpectrumTokenizer
 from tokenizers.base import DataMetadata, Tokenizer, TokenizerOutput, check_tokenizer
 from tokenizers.eeg import EEGTokenizer
 from tokenizers.fsq import FSQ
@@ -11,5 +12,6 @@ from tokenizers.load import load_tokenizer
 from tokenizers.phaedra import PhaedraTokenizer
 from tokenizers.svqvae import SVQVAE
 
-__all__ = ["FSQ", "SVQVAE", "DataMetadata", "EEGTokenizer", "PhaedraTokenizer", "Tokenizer", "TokenizerOutput",
-           "check_tokenizer", "load_tokenizer"]
+__all__ = ["FSQ", "SVQVAE", "DataMetadata", "EEGTokenizer", "GalaxyImageTokenizer", "PhaedraTokenizer",
+           "ScalarQuantileTokenizer", "SpectrumTokenizer", "Tokenizer", "TokenizerOutput", "check_tokenizer",
+           "load_tokenizer"]
