@@ -1,0 +1,101 @@
+"""The causal transformer and its vocabulary: id ranges and type ids, the causal mask, padding, KV-cache generation."""
+
+import pytest
+import torch
+
+from models import SPECIALS, Transformer, TransformerConfig, Vocabulary
+from tests.conftest import f32_tolerance
+
+STREAMS = {"image": {"image": 2048}, "catalog": {"mag_r": 1025, "redshift": 1025}, "spectrum": {"spectrum": 64}}
+
+
+def test_vocabulary_ranges_do_not_overlap_and_type_ids_are_fixed():
+    vocab = Vocabulary.from_streams(STREAMS)
+    assert vocab.size == len(SPECIALS) + 2048 + 2 * 1025 + 64 and vocab.n_types == 5
+    covered = torch.zeros(vocab.size, dtype=torch.long)
+    covered[: len(SPECIALS)] += 1
+    for r in vocab.ranges:
+        covered[r.start:r.stop] += 1
+    assert torch.all(covered == 1)  # every id in exactly one range
+    assert [r.type_id for r in vocab.ranges] == [1, 2, 3, 4]
+    ids = vocab.to_global("catalog", "redshift", torch.tensor([0, 1024]))
+    assert vocab.type_of(ids).tolist() == [3, 3] and vocab.to_local(ids)[1].tolist() == [0, 1024]
+    assert vocab.type_of(torch.tensor([vocab.special("BOS"), vocab.range("image").start])).tolist() == [0, 1]
+    assert Vocabulary.from_dict(vocab.to_dict()) == vocab
+    with pytest.raises(ValueError, match=r"catalog/redshift ids must lie in \[0, 1025\)"):
+        vocab.to_global("catalog", "redshift", torch.tensor([1025]))
+    with pytest.raises(KeyError, match="image/image"):
+        vocab.range("images")
+    with pytest.raises(ValueError, match="overlaps"):
+        Vocabulary([*vocab.ranges[:1], vocab.ranges[2]])
+
+
+def tiny(vocab_size=50, n_types=3, **kw) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(TransformerConfig(vocab_size=vocab_size, n_types=n_types, max_len=64, d_model=32, n_layers=2,
+                                         n_heads=4, **kw)).eval()
+
+
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_a_change_at_position_t_changes_no_logits_before_t(norm):
+    model = tiny(norm=norm)
+    g = torch.Generator().manual_seed(0)
+    ids, types = torch.randint(50, (2, 20), generator=g), torch.randint(3, (2, 20), generator=g)
+    with torch.no_grad():
+        before = model(ids, types)
+        changed = ids.clone()
+        changed[:, 12] = (changed[:, 12] + 1) % 50
+        after = model(changed, types)
+    tol = f32_tolerance(before, 2 * 6)
+    assert (after[:, :12] - before[:, :12]).abs().max() <= tol
+    assert (after[:, 12:] - before[:, 12:]).abs().max() > 100 * tol  # and it does change what comes after
+
+
+def test_padding_keys_are_not_attended():
+    model = tiny()
+    ids, types = torch.randint(50, (1, 10)), torch.zeros(1, 10, dtype=torch.long)
+    valid = torch.ones(1, 10, dtype=torch.bool)
+    valid[0, 3] = False  # position 3 is padding
+    with torch.no_grad():
+        a = model(ids, types, key_valid=valid)
+        other = ids.clone()
+        other[0, 3] = (other[0, 3] + 7) % 50
+        b = model(other, types, key_valid=valid)
+    tol = f32_tolerance(a, 12)
+    assert (a[:, 4:] - b[:, 4:]).abs().max() <= tol  # later positions do not see the padded one
+
+
+def test_greedy_generation_with_a_kv_cache_equals_generation_without_one():
+    model = tiny(vocab_size=40, n_types=4)
+    bounds = torch.tensor([[0, 4], [4, 20], [20, 36], [36, 40]])
+    layout = torch.tensor([0] + [1] * 6 + [0] + [2] * 8 + [3] * 4)  # BOS, 6 of type 1, SEP, 8 of type 2, 4 of type 3
+    prompt = torch.tensor([[1, 5, 9, 7], [1, 4, 4, 19]])
+    cached = model.generate(prompt, layout, 16, bounds=bounds, use_cache=True)
+    uncached = model.generate(prompt, layout, 16, bounds=bounds, use_cache=False)
+    assert torch.equal(cached, uncached)
+    # every generated token lies in the id range of its position's type, across the modality boundaries
+    for t in range(4, 20):
+        lo, hi = bounds[layout[t]]
+        assert torch.all((cached[:, t] >= lo) & (cached[:, t] < hi)), t
+
+
+def test_generation_takes_each_position_type_from_the_layout():
+    model = tiny(vocab_size=40, n_types=4)
+    seen = []
+    original = model.forward
+
+    def spy(ids, types, key_valid=None, cache=None):
+        seen.append(types.clone())
+        return original(ids, types, key_valid, cache)
+
+    model.forward = spy
+    layout = torch.tensor([0, 1, 1, 2, 2, 3])
+    model.generate(torch.tensor([[1, 5]]), layout, 4)
+    fed = torch.cat([seen[0][0], *(s[0] for s in seen[1:])])  # prompt types, then one per cached step
+    assert fed.tolist() == layout[:-1].tolist()  # the last generated token is never fed back
+
+
+def test_sequence_longer_than_max_len_is_refused():
+    model = tiny()
+    with pytest.raises(ValueError, match="longer than max_len 64"):
+        model(torch.zeros(1, 65, dtype=torch.long), torch.zeros(1, 65, dtype=torch.long))
