@@ -135,3 +135,55 @@ class ReconstructionLoss(nn.Module):
         extras.update({"disc/loss": disc_loss.detach(), "disc/logits_real": logits_real.mean().detach(),
                        "disc/logits_fake": logits_fake.mean().detach()})
         return LossOutput.of(terms, extras, disc_loss)
+
+
+class ExpectedCodeLoss(nn.Module):
+    """The transformer's reconstruction loss (specs/transformer.md): for each (modality, stream) range r of the
+    vocabulary with code vectors C_r [V_r, D_r] (the tokenizer's `code_vectors`, standardized per dimension over the
+    V_r codes so that streams are comparable),
+
+        p = softmax(logits restricted to r's ids)      ê = p @ Ĉ_r      loss_r = mean((ê − Ĉ_r[target])²)
+
+    over at most `positions` target positions of that range drawn at random per call (all when fewer), so the cost
+    does not grow with the sequence length. A wrong token costs by how far its code lies from the right one.
+
+    codes: {"<modality>/<stream>": Tensor [V_r, D_r]} for the ranges that get the loss; ranges: vocab.ranges.
+    """
+
+    def __init__(self, ranges: list, codes: dict[str, torch.Tensor], positions: int = 256):
+        super().__init__()
+        self.positions = positions
+        self.bounds: dict[str, tuple[int, int]] = {}
+        by_name = {f"{r.modality}/{r.stream}": r for r in ranges}
+        for name, vectors in codes.items():
+            if name not in by_name:
+                raise KeyError(f"ExpectedCodeLoss: no vocabulary range {name!r}; ranges: {sorted(by_name)}")
+            r = by_name[name]
+            if vectors.ndim != 2 or len(vectors) != r.size:
+                raise ValueError(f"ExpectedCodeLoss: {name} has {r.size} ids but code vectors "
+                                 f"{tuple(vectors.shape)}")
+            v = vectors.double()
+            standardized = (v - v.mean(0)) / v.std(0).clamp_min(1e-12)
+            self.register_buffer(self._key(name), standardized.float(), persistent=False)
+            self.bounds[name] = (r.start, r.stop)
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return "codes_" + name.replace("/", "__")
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """logits [B, T, V] (position t predicts targets[:, t]), targets [B, T] global ids -> {name: loss}; a range
+        with no target in the batch is left out."""
+        flat_logits, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+        out = {}
+        for name, (lo, hi) in self.bounds.items():
+            where = ((flat_targets >= lo) & (flat_targets < hi)).nonzero().flatten()
+            if len(where) == 0:
+                continue
+            if len(where) > self.positions:
+                where = where[torch.randperm(len(where), device=where.device)[: self.positions]]
+            codes = getattr(self, self._key(name))
+            p = flat_logits[where, lo:hi].float().softmax(-1)
+            expected = p @ codes
+            out[name] = (expected - codes[flat_targets[where] - lo]).pow(2).mean()
+        return out
