@@ -1,0 +1,93 @@
+"""Token sequences for the downstream transformer. Galaxies: from a token store (encode.py, token_store.py).
+
+    vocab = galaxy_vocabulary(store.meta)           # from the tokenizers' vocabulary sizes recorded in the store
+    seqs = galaxy_sequences(store, vocab)           # ids, types, valid: [N, L]
+
+One galaxy: [BOS] image tokens [SEP] one token per catalog column [SEP] spectrum tokens [EOS], then PAD. A missing
+modality (store.present False) is a single MISS token in its place, typed as that modality, so the model sees what is
+missing; every other token keeps the type id of its (modality, stream), whatever else the object has. Each catalog
+column is a stream of its own (its ids mean values of that column). L = the length with every modality present.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from datamodules.token_store import TokenStore
+from models.vocab import SPECIAL_TYPE, Vocabulary
+
+MODALITIES = ("image", "catalog", "spectrum")  # sequence order
+
+
+@dataclass
+class Sequences:
+    """ids, types: int64 [N, L]; valid: bool [N, L] (False = PAD, for the key-padding mask); object_id: [N]."""
+
+    ids: torch.Tensor
+    types: torch.Tensor
+    valid: torch.Tensor
+    object_id: np.ndarray
+
+
+def galaxy_vocabulary(meta: dict) -> Vocabulary:
+    """Streams in sequence order from a store's meta: image, one stream per catalog column, spectrum (those the
+    store has)."""
+    sizes = meta["vocab"]
+    streams: dict[str, dict[str, int]] = {}
+    if "image" in sizes:
+        streams["image"] = {"image": sizes["image"]}
+    if "catalog" in sizes:
+        streams["catalog"] = {column: sizes["catalog"] for column in meta["catalog_columns"]}
+    if "spectrum" in sizes:
+        streams["spectrum"] = {"spectrum": sizes["spectrum"]}
+    return Vocabulary.from_streams(streams)
+
+
+def _block(store: TokenStore, vocab: Vocabulary, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global ids and types [N, T_m] of one modality's tokens."""
+    local = torch.from_numpy(np.asarray(store.tokens[modality])).long()
+    if modality == "catalog":
+        columns = store.meta["catalog_columns"]
+        if local.shape[1] != len(columns):
+            raise ValueError(f"token store: catalog tokens have {local.shape[1]} columns, meta names {len(columns)}")
+        ranges = [vocab.range("catalog", c) for c in columns]
+    else:
+        ranges = [vocab.range(modality, modality)] * local.shape[1]
+    starts = torch.tensor([r.start for r in ranges])
+    sizes = torch.tensor([r.size for r in ranges])
+    if local.numel() and (local.min() < 0 or (local >= sizes).any()):
+        raise ValueError(f"token store: {modality} tokens outside their vocabulary (sizes {sizes.unique().tolist()})")
+    types = torch.tensor([r.type_id for r in ranges])
+    return local + starts, types.expand_as(local)
+
+
+def galaxy_sequences(store: TokenStore, vocab: Vocabulary) -> Sequences:
+    n = len(store.object_id)
+    special = {name: vocab.special(name) for name in ("PAD", "BOS", "EOS", "SEP", "MISS")}
+
+    def specials(name: str, type_id: int = SPECIAL_TYPE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (torch.full((n, 1), special[name]), torch.full((n, 1), type_id), torch.ones(n, 1, dtype=torch.bool))
+
+    parts = [specials("BOS")]
+    modalities = [m for m in MODALITIES if m in store.tokens]
+    for i, modality in enumerate(modalities):
+        ids, types = _block(store, vocab, modality)
+        present = torch.from_numpy(np.asarray(store.present.get(modality, np.ones(n, bool)))).bool()
+        keep = present[:, None].expand_as(ids).clone()
+        # a missing modality: its first slot becomes MISS (typed as the modality), the rest are dropped
+        ids = torch.where(present[:, None], ids, ids.new_full((), special["MISS"]))
+        keep[:, 0] = True
+        parts.append((ids, types, keep))
+        parts.append(specials("SEP" if i < len(modalities) - 1 else "EOS"))
+    ids = torch.cat([p[0] for p in parts], 1)
+    types = torch.cat([p[1] for p in parts], 1)
+    keep = torch.cat([p[2] for p in parts], 1)
+    # move the dropped slots to the end of each row (stable: the kept tokens keep their order), then PAD them
+    order = torch.sort((~keep).long(), dim=1, stable=True).indices
+    ids, types, valid = ids.gather(1, order), types.gather(1, order), keep.gather(1, order)
+    ids = torch.where(valid, ids, special["PAD"])
+    types = torch.where(valid, types, SPECIAL_TYPE)
+    return Sequences(ids, types, valid, np.asarray(store.object_id))
