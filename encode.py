@@ -26,7 +26,7 @@ from datamodules.galaxies import GalaxyDataModule
 from datamodules.sources import atomic_torch_save
 from datamodules.token_store import TokenStore, arrays_fingerprint, file_sha256
 from tokenizers import load_tokenizer
-from tokenizers.astro import ScalarQuantileTokenizer, SpectrumTokenizer
+from tokenizers.astro import GalaxyImageTokenizer, ScalarQuantileTokenizer, SpectrumTokenizer
 from tokenizers.base import DataMetadata
 
 log = logging.getLogger("scitok.encode")
@@ -125,6 +125,13 @@ def encode(cfg: DictConfig) -> dict[str, Path]:
     if not image_ckpt.is_file():
         raise FileNotFoundError(f"image_ckpt={image_ckpt} does not exist (train one: python train.py "
                                 f"experiment=astro_image)")
+    image_tokenizer = load_tokenizer(image_ckpt)
+    if not isinstance(image_tokenizer, GalaxyImageTokenizer):
+        raise ValueError(f"image_ckpt={image_ckpt} holds a {type(image_tokenizer).__name__}; expected a "
+                         f"GalaxyImageTokenizer (a checkpoint of experiment=astro_image)")
+    if not image_tokenizer.fitted:
+        raise ValueError(f"image_ckpt={image_ckpt}: its GalaxyImageTokenizer has no fitted codebook (a checkpoint "
+                         f"from before stage 2); use the run's checkpoints/last.ckpt")
     data: GalaxyDataModule = instantiate(cfg.data)
     data.prepare_data()
     data.setup("fit")

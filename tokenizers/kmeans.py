@@ -4,9 +4,10 @@ or mini-batch updates. A plain function on a tensor (no Lightning), for codebook
     result = fit_kmeans(x, k=2048)                 # x: [N, D] float; result.centroids [K, D], result.inertia
     ids, sq_dist = assign(x, result.centroids)      # nearest centroid per vector, int64 [N], its squared distance
 
-Distances use ‖x‖² − 2 x·c + ‖c‖² in chunks of 2048 rows (one fused matmul per chunk; a [2048, K] block stays in
-cache, twice as fast as 16k-row blocks for K = 2048 on a 2-core CPU), accumulated in fp32 with autocast off. Seeding (as scikit-learn's, on a random subset of `init_size` rows): each new centroid is the
-best of 2 + ⌊ln K⌋ candidates drawn with probability ∝ D², D the distance to the nearest centroid so far.
+Distances use ‖x‖² − 2 x·c + ‖c‖² in chunks of 2048 rows (one fused matmul per chunk, small enough that the
+[2048, K] block stays in cache), accumulated in fp32 with autocast off. Seeding (as scikit-learn's, on a random
+subset of `init_size` rows): each new centroid is the best of 2 + ⌊ln K⌋ candidates drawn with probability ∝ D²,
+D the distance to the nearest centroid so far.
 Lloyd (on at most `per_cluster`·K rows): centroids ← cluster means; a cluster left empty takes the vector farthest
 from its centroid; between full passes each row searches only its few nearest centroids of the last full pass.
 Mini-batch (batch_size set): each centroid moves towards the batch mean of its vectors with step
