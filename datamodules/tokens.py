@@ -11,11 +11,14 @@ column is a stream of its own (its ids mean values of that column). L = the leng
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from datamodules.common import EpochShuffleSampler, InMemoryDataModule, TensorBatches
 from datamodules.token_store import TokenStore
 from models.vocab import SPECIAL_TYPE, Vocabulary
 
@@ -91,3 +94,65 @@ def galaxy_sequences(store: TokenStore, vocab: Vocabulary) -> Sequences:
     ids = torch.where(valid, ids, special["PAD"])
     types = torch.where(valid, types, SPECIAL_TYPE)
     return Sequences(ids, types, valid, np.asarray(store.object_id))
+
+
+class GalaxyTokenDataModule(InMemoryDataModule):
+    """Galaxy token sequences from the stores `encode.py` wrote into `store_dir` (its latest.json names one store per
+    split). Batches: {"ids", "types": int64 [B, L], "valid": bool [B, L]}. After setup: `vocab` (Vocabulary),
+    `code_vectors` ({"<modality>/<stream>": [V, D]} from the tokenizer checkpoints the stores record), `max_len`."""
+
+    # what each modality's checkpoint must hold, and the streams whose code vectors it gives
+    EXPECTED = {"image": "GalaxyImageTokenizer", "scalars": "ScalarQuantileTokenizer", "spectra": "SpectrumTokenizer"}
+
+    def __init__(self, store_dir: str = "data/tokens", batch_size: int = 32, eval_batch_size: int = 64, seed: int = 0,
+                 num_workers: int = 0):
+        super().__init__(None, batch_size, eval_batch_size, (0.8, 0.1, 0.1), seed, num_workers)
+        self.store_dir = Path(store_dir)
+        self.vocab: Vocabulary | None = None
+        self.code_vectors: dict[str, torch.Tensor] = {}
+        self.max_len = 0
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        index = self.store_dir / "latest.json"
+        if not index.is_file():
+            raise FileNotFoundError(f"no token stores in {self.store_dir} ({index.name} is missing): run "
+                                    f"`python encode.py image_ckpt=<an experiment=astro_image checkpoint>` first, or "
+                                    f"point data.store_dir at its out_dir")
+        paths = json.loads(index.read_text())
+        missing = [s for s in ("train", "val", "test") if s not in paths]
+        if missing:
+            raise ValueError(f"{index}: no store for split(s) {missing}; encode.py writes train, val and test")
+        stores = {split: TokenStore.load(paths[split]) for split in ("train", "val", "test")}
+        self.vocab = galaxy_vocabulary(stores["train"].meta)
+        for split, store in stores.items():
+            if galaxy_vocabulary(store.meta) != self.vocab:
+                raise ValueError(f"{paths[split]}: its tokenizers' vocabularies differ from the train store's")
+        self.code_vectors = self._code_vectors(stores["train"].meta)
+        sequences = {split: galaxy_sequences(store, self.vocab) for split, store in stores.items()}
+        self.max_len = sequences["train"].ids.shape[1]
+        self.splits = {split: TensorBatches(ids=s.ids, types=s.types, valid=s.valid) for split, s in sequences.items()}
+
+    def _code_vectors(self, meta: dict) -> dict[str, torch.Tensor]:
+        from tokenizers import load_tokenizer
+
+        out = {}
+        for name, path in meta["tokenizers"].items():
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"token store: the {name} tokenizer checkpoint {path} it was made with is gone")
+            tokenizer = load_tokenizer(path)
+            if type(tokenizer).__name__ != self.EXPECTED[name]:
+                raise ValueError(f"token store: the {name} checkpoint {path} holds a {type(tokenizer).__name__}; "
+                                 f"expected a {self.EXPECTED[name]}")
+            modality = {"image": "image", "scalars": "catalog", "spectra": "spectrum"}[name]
+            for stream in tokenizer.streams:
+                out[f"{modality}/{stream}"] = tokenizer.code_vectors(stream).detach().float().cpu()
+        return out
+
+    @property
+    def metadata(self) -> None:
+        return None  # tokens carry no data normalization; the tokenizers' checkpoints have theirs
+
+    def make_train_sampler(self) -> EpochShuffleSampler:
+        return EpochShuffleSampler(len(self.splits["train"]), self.seed)

@@ -267,3 +267,26 @@ class ImageErrors(GroupedSums):
     def values(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         n = t["n_images"].double().clamp_min(1)
         return {"mse": t["sq_err"] / t["n_values"].double(), "psnr": t["psnr"] / n, "ssim": t["ssim"] / n}
+
+
+class TokenErrors(GroupedSums):
+    """Next-token prediction per group (e.g. per modality): over every non-PAD target of the epoch,
+        accuracy = 100 · #(argmax = target) / n      ce = Σ −log p(target) / n      perplexity = exp(ce)
+    """
+
+    sums = ("nll",)
+    counts = ("n_values", "correct")
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor, group: torch.Tensor) -> None:
+        """logits [N, V], targets [N] (only the tokens to count), group [N] ids in [0, groups)."""
+        group = self._groups(group, len(targets), targets.device)
+        nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+        self._add("nll", group, nll.double())
+        self._add("n_values", group, torch.ones_like(group))
+        self._add("correct", group, (logits.argmax(-1) == targets).long())
+
+    @staticmethod
+    def values(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        n = t["n_values"].double().clamp_min(1)
+        ce = t["nll"] / n
+        return {"accuracy": 100 * t["correct"].double() / n, "ce": ce, "perplexity": torch.exp(ce)}

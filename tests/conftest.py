@@ -93,7 +93,7 @@ def describe_experiments() -> dict[str, dict]:
         out[name] = {
             "tokenizer": tokenizer,
             "cpu": tokenizer and not is_paper_size(cfg),
-            "kind": get_class(cfg.data.adapter._target_).kind,
+            "kind": get_class(cfg.data.adapter._target_).kind if "adapter" in cfg.data else "tokens",
             "data": cfg.data,
             "gan": "gan" in cfg.model.get("loss", {}),
             "ema": cfg.callbacks.get("ema") is not None,
