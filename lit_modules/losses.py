@@ -178,12 +178,15 @@ class ExpectedCodeLoss(nn.Module):
         out = {}
         for name, (lo, hi) in self.bounds.items():
             where = ((flat_targets >= lo) & (flat_targets < hi)).nonzero().flatten()
-            if len(where) == 0:
-                continue
-            if len(where) > self.positions:
-                where = where[torch.randperm(len(where), device=where.device)[: self.positions]]
-            codes = getattr(self, self._key(name))
-            p = flat_logits[where, lo:hi].float().softmax(-1)
-            expected = p @ codes
-            out[name] = (expected - codes[flat_targets[where] - lo]).pow(2).mean()
+            if len(where):
+                out[name] = self.term(name, flat_logits[where, lo:hi], flat_targets[where] - lo)
         return out
+
+    def term(self, name: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """One stream's loss from its own logits [n, V_r] and local target ids [n] (n ≥ 1), on ≤ `positions` rows."""
+        if len(targets) > self.positions:
+            rows = torch.randperm(len(targets), device=targets.device)[: self.positions]
+            logits, targets = logits[rows], targets[rows]
+        codes = getattr(self, self._key(name))
+        expected = logits.float().softmax(-1) @ codes
+        return (expected - codes[targets]).pow(2).mean()

@@ -3,11 +3,12 @@ expected-code reconstruction loss (lit_modules/losses.py ExpectedCodeLoss), on t
 that provides `vocab`, `code_vectors` and `max_len` (datamodules/tokens.py). Same optimizer / scheduler / callbacks /
 logger / trainer groups and the same train.py as the tokenizers; a module of its own because it learns another way.
 
-    loss = CE(next token, PAD ignored) + recon_weight · Σ_streams ExpectedCodeLoss
+    loss = CE(next token within its id range, PAD ignored) + recon_weight · Σ_streams ExpectedCodeLoss
 
 The network is built in `configure_model`, when the data's vocabulary is known (before a checkpoint is restored);
 the vocabulary is saved in every checkpoint (ckpt["vocab"]). Logged: train/loss, train/ce, train/recon/<stream>;
-val/ce (= val/loss), val/{accuracy, ce, perplexity} overall and per modality, val/recon/<stream>.
+val/loss (the CE), val/{accuracy, ce, perplexity} overall and per modality (each within the target's id range,
+as generation with `bounds` predicts), val/recon/<stream>.
 """
 
 from __future__ import annotations
@@ -58,35 +59,50 @@ class TransformerModule(L.LightningModule):
         groups = len(self.modalities) + 1  # + the special tokens (SEP, EOS, MISS)
         self.metrics = nn.ModuleDict({s: TokenErrors(groups=groups) for s in STAGES})
 
-    def _group_of_type(self, types: torch.Tensor) -> torch.Tensor:
-        """Type id -> metric group: 0 for specials, then 1 + the modality's index."""
-        table = torch.tensor([0, *[1 + self.modalities.index(r.modality) for r in self.vocab.ranges]],
-                             device=types.device)
-        return table[types]
+    def ranges(self) -> list[tuple[str | None, int, int, int]]:
+        """(stream name or None for the specials, lo, hi, metric group) of every id range of the vocabulary."""
+        out = [(None, 0, self.vocab.ranges[0].start, 0)]
+        for r in self.vocab.ranges:
+            out.append((f"{r.modality}/{r.stream}", r.start, r.stop, 1 + self.modalities.index(r.modality)))
+        return out
 
-    def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                          dict[str, torch.Tensor]]:
+    def step(self, batch: dict[str, torch.Tensor], stage: str | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(mean CE over non-PAD targets, expected-code loss per stream). Each target's logits are restricted to its
+        own id range (specs/transformer.md): the LM head is applied to one range at a time, so a position costs
+        d·V_range instead of d·V — the full 15k-id head made the galaxy sequences head-bound. With a stage, the
+        epoch's token metrics are updated too."""
         ids, types, valid = batch["ids"], batch["types"], batch["valid"]
-        logits = self.net(ids[:, :-1], types[:, :-1], valid[:, :-1])
-        targets = ids[:, 1:].masked_fill(~valid[:, 1:], -100)
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        recon = self.recon(logits, ids[:, 1:])  # PAD targets lie in no stream's range: no reconstruction term
-        return logits, targets, ce, recon
+        hidden = self.net.hidden(ids[:, :-1], types[:, :-1], valid[:, :-1]).flatten(0, 1)
+        targets = ids[:, 1:].flatten()
+        keep = valid[:, 1:].flatten()
+        weight = self.net.head.weight
+        ce_sum, recon = hidden.new_zeros((), dtype=torch.float32), {}
+        for name, lo, hi, group in self.ranges():
+            rows = (keep & (targets >= lo) & (targets < hi)).nonzero().flatten()
+            if len(rows) == 0:
+                continue
+            logits = (hidden[rows] @ weight[lo:hi].T).float()  # [n, V_range]
+            local = targets[rows] - lo
+            ce_sum = ce_sum + F.cross_entropy(logits, local, reduction="sum")
+            if name is not None and name in self.recon.bounds:
+                recon[name] = self.recon.term(name, logits, local)
+            if stage is not None:
+                self.metrics[stage].update(logits.detach(), local, torch.full_like(local, group))
+        return ce_sum / keep.sum().clamp_min(1), recon
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        _, _, ce, recon = self.step(batch)
+        ce, recon = self.step(batch)
         loss = ce + self.hparams.recon_weight * sum(recon.values(), torch.zeros((), device=ce.device))
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict({"train/ce": ce, **{f"train/recon/{k}": v for k, v in recon.items()}})
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        logits, targets, ce, recon = self.step(batch)
+        ce, recon = self.step(batch, stage)
         size = len(batch["ids"])
         self.log(f"{stage}/loss", ce, prog_bar=stage == "val", batch_size=size, sync_dist=True)
         self.log_dict({f"{stage}/recon/{k}": v for k, v in recon.items()}, batch_size=size, sync_dist=True)
-        keep = targets >= 0
-        self.metrics[stage].update(logits[keep], targets[keep], self._group_of_type(batch["types"][:, 1:][keep]))
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")

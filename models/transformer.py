@@ -120,6 +120,12 @@ class Transformer(nn.Module):
                 cache: KVCache | None = None) -> torch.Tensor:
         """ids, types: [B, T] int64; key_valid: [B, T_past + T] bool (False = PAD) or None; cache: filled in place
         with every layer's keys/values (positions continue after what it holds). -> logits [B, T, vocab_size]."""
+        return self.head(self.hidden(ids, types, key_valid, cache))
+
+    def hidden(self, ids: torch.Tensor, types: torch.Tensor, key_valid: torch.Tensor | None = None,
+               cache: KVCache | None = None) -> torch.Tensor:
+        """The final-norm hidden states [B, T, d_model] (forward without the LM head: training can apply the head to
+        one id range at a time, `self.head.weight[lo:hi]`)."""
         B, T = ids.shape
         if types.shape != ids.shape:
             raise ValueError(f"types {tuple(types.shape)} must have the shape of ids {tuple(ids.shape)}")
@@ -132,7 +138,7 @@ class Transformer(nn.Module):
             x, kv = block(x, key_valid, None if cache is None else cache[i])
             if cache is not None:
                 cache[i] = kv
-        return self.head(self.norm(x))
+        return self.norm(x)
 
     def new_cache(self) -> KVCache:
         return [None] * self.config.n_layers
