@@ -182,10 +182,12 @@ class ExpectedCodeLoss(nn.Module):
                 out[name] = self.term(name, flat_logits[where, lo:hi], flat_targets[where] - lo)
         return out
 
-    def term(self, name: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """One stream's loss from its own logits [n, V_r] and local target ids [n] (n ≥ 1), on ≤ `positions` rows."""
+    def term(self, name: str, logits: torch.Tensor, targets: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """One stream's loss from its own logits [n, V_r] and local target ids [n] (n ≥ 1), on ≤ `positions` rows
+        drawn with `generator` (a CPU generator; pass one seeded by the step for runs that resume exactly)."""
         if len(targets) > self.positions:
-            rows = torch.randperm(len(targets), device=targets.device)[: self.positions]
+            rows = torch.randperm(len(targets), generator=generator)[: self.positions].to(targets.device)
             logits, targets = logits[rows], targets[rows]
         codes = getattr(self, self._key(name))
         expected = logits.float().softmax(-1) @ codes

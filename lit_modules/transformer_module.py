@@ -78,6 +78,8 @@ class TransformerModule(L.LightningModule):
         keep = valid[:, 1:].flatten()
         weight = self.net.head.weight
         ce_sum, recon = hidden.new_zeros((), dtype=torch.float32), {}
+        # the expected-code loss samples its positions from (step): a resumed run draws what an uninterrupted one did
+        generator = torch.Generator().manual_seed(self.global_step)
         for name, lo, hi, group in self.ranges():
             rows = (keep & (targets >= lo) & (targets < hi)).nonzero().flatten()
             if len(rows) == 0:
@@ -86,7 +88,7 @@ class TransformerModule(L.LightningModule):
             local = targets[rows] - lo
             ce_sum = ce_sum + F.cross_entropy(logits, local, reduction="sum")
             if name is not None and name in self.recon.bounds:
-                recon[name] = self.recon.term(name, logits, local)
+                recon[name] = self.recon.term(name, logits, local, generator)
             if stage is not None:
                 self.metrics[stage].update(logits.detach(), local, torch.full_like(local, group))
         return ce_sum / keep.sum().clamp_min(1), recon

@@ -57,3 +57,20 @@ def test_stores_made_with_another_tokenizer_are_refused(make_cfg, tmp_path, stor
     cfg = make_cfg(["experiment=astro_transformer", "debug=fast", f"data.store_dir={tmp_path}", *SMALL])
     with pytest.raises(ValueError, match="expected a GalaxyImageTokenizer"):
         train(cfg)
+
+
+@pytest.mark.slow
+def test_transformer_resume_ends_with_the_same_weights(make_cfg, tmp_path, stores):
+    store_dir, _ = stores
+    common = ["experiment=astro_transformer", f"data.store_dir={store_dir}", *SMALL, "logger=none", "test=false",
+              "trainer.val_check_interval=4", "scheduler.total_steps=8", "scheduler.warmup_steps=2",
+              "data.batch_size=4", "model.recon_positions=8"]  # few positions: the sampling matters
+    train(make_cfg([*common, "trainer.max_steps=8"], output_dir=tmp_path / "full"))
+    train(make_cfg([*common, "trainer.max_steps=4"], output_dir=tmp_path / "half"))
+    half = tmp_path / "half" / "checkpoints" / "last.ckpt"
+    train(make_cfg([*common, "trainer.max_steps=8", f"ckpt_path={half}"], output_dir=tmp_path / "resumed"))
+    full = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert full["global_step"] == resumed["global_step"] == 8
+    for name, value in full["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][name]), name
