@@ -40,6 +40,7 @@ class TransformerModule(L.LightningModule):
         self.vocab: Vocabulary | None = None
         self.modalities: list[str] = []
         self.metrics = nn.ModuleDict()
+        self.flops_per_batch: int | None = None  # ThroughputMonitor reads it; bench/bench_transformer.py measures MFU
 
     def configure_model(self) -> None:
         if self.net is not None:
