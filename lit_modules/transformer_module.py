@@ -3,7 +3,10 @@ expected-code reconstruction loss (lit_modules/losses.py ExpectedCodeLoss), on t
 that provides `vocab`, `code_vectors` and `max_len` (datamodules/tokens.py). Same optimizer / scheduler / callbacks /
 logger / trainer groups and the same train.py as the tokenizers; a module of its own because it learns another way.
 
-    loss = CE(next token within its id range, PAD ignored) + recon_weight · Σ_streams ExpectedCodeLoss
+    loss = CE(next token in its id range, PAD ignored) + Σ_modalities λ_m · mean over m's streams of ExpectedCodeLoss
+
+λ_m = recon_weight (one number for every modality, or {modality: λ}); a modality's streams are averaged, so the
+eleven catalog columns weigh as much as the one image stream.
 
 The network is built in `configure_model`, when the data's vocabulary is known (before a checkpoint is restored);
 the vocabulary is saved in every checkpoint (ckpt["vocab"]). Logged: train/loss, train/ce, train/recon/<stream>;
@@ -30,9 +33,10 @@ from models import Transformer, TransformerConfig, Vocabulary
 
 class TransformerModule(L.LightningModule):
     def __init__(self, transformer: dict | DictConfig, optimizer: dict | DictConfig, scheduler: dict | DictConfig,
-                 recon_weight: float = 0.1, recon_positions: int = 256, compile: bool = False):
+                 recon_weight: float | dict[str, float] = 0.1, recon_positions: int = 256, compile: bool = False):
         super().__init__()
-        transformer, optimizer, scheduler = plain(transformer), plain(optimizer), plain(scheduler)
+        transformer, optimizer, scheduler, recon_weight = (plain(transformer), plain(optimizer), plain(scheduler),
+                                                           plain(recon_weight))
         self.save_hyperparameters(dict(transformer=transformer, optimizer=optimizer, scheduler=scheduler,
                                        recon_weight=recon_weight, recon_positions=recon_positions, compile=compile))
         self.net: Transformer | None = None
@@ -96,15 +100,29 @@ class TransformerModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         ce, recon = self.step(batch)
-        loss = ce + self.hparams.recon_weight * sum(recon.values(), torch.zeros((), device=ce.device))
+        per_modality = self.recon_by_modality(recon)
+        loss = ce + sum((self.weight_of(m) * v for m, v in per_modality.items()), torch.zeros((), device=ce.device))
         self.log("train/loss", loss, prog_bar=True)
-        self.log_dict({"train/ce": ce, **{f"train/recon/{k}": v for k, v in recon.items()}})
+        self.log_dict({"train/ce": ce, **{f"train/recon/{k}": v for k, v in {**recon, **per_modality}.items()}})
         return loss
+
+    def weight_of(self, modality: str) -> float:
+        weight = self.hparams.recon_weight
+        return float(weight.get(modality, 0.0) if isinstance(weight, dict) else weight)
+
+    @staticmethod
+    def recon_by_modality(recon: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"<modality>/<stream>": loss} -> {"<modality>": mean over its streams}."""
+        groups: dict[str, list[torch.Tensor]] = {}
+        for name, value in recon.items():
+            groups.setdefault(name.split("/")[0], []).append(value)
+        return {m: torch.stack(v).mean() for m, v in groups.items()}
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         ce, recon = self.step(batch, stage)
         size = len(batch["ids"])
         self.log(f"{stage}/loss", ce, prog_bar=stage == "val", batch_size=size, sync_dist=True)
+        recon = {**recon, **self.recon_by_modality(recon)}
         self.log_dict({f"{stage}/recon/{k}": v for k, v in recon.items()}, batch_size=size, sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
