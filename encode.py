@@ -81,11 +81,11 @@ def fit_spectra(data: GalaxyDataModule, cfg: DictConfig, out_dir: Path, fingerpr
 
 
 @torch.no_grad()
-def encode_split(data: GalaxyDataModule, split: str, checkpoints: dict[str, Path], batch_size: int,
+def encode_split(data: GalaxyDataModule, split: str, models: dict[str, torch.nn.Module], batch_size: int,
                  device: str) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Tokens per stream [N, T] of one split's objects (rows in the split's order) and each stream's vocabulary."""
+    """Tokens per stream [N, T] of one split's objects (rows in the split's order) and each stream's vocabulary;
+    models: the loaded tokenizers ("image", and "scalars" / "spectra" where the data has them) on `device`."""
     table, rows = data.table, data.rows[split].numpy()
-    models = {name: load_tokenizer(path, map_location=device) for name, path in checkpoints.items()}
     images = data.splits[split].tensors["image"]
     out: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(rows), batch_size):
@@ -149,6 +149,7 @@ def encode(cfg: DictConfig) -> dict[str, Path]:
             checkpoints[name] = path
     hashes = {name: file_sha256(path) for name, path in checkpoints.items()}
     stores = {}
+    models = None  # loaded once, on the first split that needs encoding
     for split in cfg.splits:
         key = TokenStore.key(split, hashes, fingerprint)
         path = TokenStore.path(out_dir, split, key)
@@ -156,7 +157,9 @@ def encode(cfg: DictConfig) -> dict[str, Path]:
             log.info("reusing the token store %s", path)
             stores[split] = path
             continue
-        tokens, vocab = encode_split(data, split, checkpoints, int(cfg.batch_size), device)
+        if models is None:
+            models = {name: load_tokenizer(path, map_location=device) for name, path in checkpoints.items()}
+        tokens, vocab = encode_split(data, split, models, int(cfg.batch_size), device)
         n = len(data.rows[split])
         meta = {"split": split, "vocab": vocab, "catalog_columns": list(table.catalog_columns),
                 "bands": list(table.bands), "tokenizers": {k: str(v) for k, v in checkpoints.items()},
