@@ -1,4 +1,11 @@
-"""Token sequences for the downstream transformer. Galaxies: from a token store (encode.py, token_store.py).
+"""Token sequences for the downstream transformer: galaxies from the token stores of encode.py (token_store.py),
+fields and EEG encoded here through a trained tokenizer (see FieldTokenDataModule, EEGTokenDataModule below).
+
+Every datamodule here gives batches {"ids", "types": int64 [B, L], "valid": bool [B, L]} and, where it needs them,
+"positions" (int64 [B, L] position ids) and "target" (bool [B, L]: the tokens the loss scores; default `valid`).
+After setup it has `vocab`, `code_vectors` ({"<modality>/<stream>": [V, D]}), `max_len` (the position table the
+transformer needs) and `evaluator` (None, or what turns predicted tokens into data-space errors:
+lit_modules/forecast.py).
 
     vocab = galaxy_vocabulary(store.meta)           # from the tokenizers' vocabulary sizes recorded in the store
     seqs = galaxy_sequences(store, vocab)           # ids, types, valid: [N, L]
@@ -11,16 +18,25 @@ column is a stream of its own (its ids mean values of that column). L = the leng
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from datamodules.common import EpochShuffleSampler, InMemoryDataModule, TensorBatches
-from datamodules.token_store import TokenStore
-from models.vocab import SPECIAL_TYPE, Vocabulary
+from datamodules.common import EpochShuffleSampler, InMemoryDataModule, TensorBatches, split_indices
+from datamodules.token_store import TokenStore, arrays_fingerprint, file_sha256
+from models.vocab import SPECIAL_TYPE, SPECIALS, Vocabulary
+
+log = logging.getLogger("scitok")
+ROOT = Path(__file__).resolve().parents[1]
 
 MODALITIES = ("image", "catalog", "spectrum")  # sequence order
 
@@ -111,6 +127,7 @@ class GalaxyTokenDataModule(InMemoryDataModule):
         self.vocab: Vocabulary | None = None
         self.code_vectors: dict[str, torch.Tensor] = {}
         self.max_len = 0
+        self.evaluator = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -153,6 +170,382 @@ class GalaxyTokenDataModule(InMemoryDataModule):
     @property
     def metadata(self) -> None:
         return None  # tokens carry no data normalization; the tokenizers' checkpoints have theirs
+
+    def make_train_sampler(self) -> EpochShuffleSampler:
+        return EpochShuffleSampler(len(self.splits["train"]), self.seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenizer checkpoints for the field and EEG sequences: given, or trained first in the same command
+
+
+def hydra_value(value) -> str:
+    """A plain value (dict, list, str, number, bool, None) in Hydra's override grammar."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def build_source(source) -> tuple[object, dict]:
+    """The data source object and its plain config (the token datamodules take the source's config unbuilt,
+    `_recursive_: false`, to hand it to the tokenizer's training run)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(source) or isinstance(source, dict):
+        plain = OmegaConf.to_container(OmegaConf.create(source), resolve=True) if not isinstance(source, dict) \
+            else dict(source)
+        return instantiate(plain), plain
+    return source, {}
+
+
+def tokenizer_checkpoint(ckpt: str | None, expected: str, train_experiment: str, train_overrides: Sequence[str],
+                         data_dir: str | Path, seed: int, train: bool, source: dict | None = None) -> Path:
+    """The checkpoint of the tokenizer whose tokens a transformer models.
+
+    ckpt given: that file, which must hold an `expected` tokenizer (checked when loaded: `load_checked`).
+    ckpt None: the one `python train.py experiment=<train_experiment> seed=<seed> data.source=<source>
+    <train_overrides>` wrote into <data_dir>/tokenizers/<experiment>-<hash of those arguments>/ — trained there
+    first when `train` (once: later runs with the same arguments reuse it; an interrupted training resumes from
+    its last.ckpt). The same seed and data source as the transformer's run give the same split by
+    trajectory/recording, so the transformer's val/test data were never seen by the tokenizer either. Its final
+    weights (checkpoints/last.ckpt, EMA where the recipe has it) are used."""
+    if ckpt is not None and str(ckpt) not in ("", "None"):
+        path = Path(ckpt).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"data.tokenizer_ckpt={path} does not exist; expected a {expected} checkpoint "
+                                    f"(python train.py experiment={train_experiment}), or null to train one first")
+        return path
+    args = [f"experiment={train_experiment}", f"seed={seed}", *train_overrides]
+    if source:  # the transformer's data source replaces the experiment's, whatever its class
+        args[2:2] = ["~data.source", f"+data.source={hydra_value(source)}"]
+    key = hashlib.sha256(json.dumps(args).encode()).hexdigest()[:10]
+    run_dir = Path(data_dir) / "tokenizers" / f"{train_experiment}-{key}"
+    done = run_dir / "tokenizer.json"
+    if done.is_file():
+        return Path(json.loads(done.read_text())["checkpoint"])
+    if not train:
+        raise FileNotFoundError(f"no {expected} checkpoint in {run_dir}: prepare_data() trains it (data.tokenizer_ckpt "
+                                f"is null), or give one with data.tokenizer_ckpt=<path>")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    command = [sys.executable, str(ROOT / "train.py"), *args, f"paths.data_dir={Path(data_dir).resolve()}",
+               f"hydra.run.dir={run_dir.resolve()}"]
+    if last.is_file():
+        command.append(f"ckpt_path={last.resolve()}")
+    log.info("data.tokenizer_ckpt is null: training the %s it needs first (once, reused later):\n  %s",
+             expected, " ".join(command))
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    if result.returncode != 0 or not last.is_file():
+        raise RuntimeError(f"training the {expected} failed (exit code {result.returncode}); its run dir is {run_dir}. "
+                           f"Run the command above to see why, or give data.tokenizer_ckpt=<path>")
+    tmp = done.with_name(f".{done.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"checkpoint": str(last.resolve()), "command": command}, indent=1))
+    os.replace(tmp, done)
+    return last.resolve()
+
+
+def load_checked(path: Path, expected: str, train_experiment: str) -> torch.nn.Module:
+    """load_tokenizer(path), refused unless it is an `expected` with data metadata."""
+    from tokenizers import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(path)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise ValueError(f"{path}: expected a {expected} checkpoint (python train.py experiment={train_experiment}); "
+                         f"{e}") from e
+    if type(tokenizer).__name__ != expected:
+        raise ValueError(f"{path} holds a {type(tokenizer).__name__}; expected a {expected} checkpoint "
+                         f"(python train.py experiment={train_experiment})")
+    if tokenizer.metadata is None:
+        raise ValueError(f"{path} has no data metadata (written before DataMetadata): retrain the {expected}")
+    return tokenizer
+
+
+def cached_tokens(kind: str, checkpoint: Path, inputs: np.ndarray, cache_dir: Path,
+                  encode: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """{stream: int64 [N, T]} for `inputs` (the exact tokenizer inputs, [N, ...]) through `checkpoint`: read from
+    <cache_dir>/<kind>-<key>.npz when the key (the checkpoint's sha256 and the inputs' fingerprint) matches,
+    otherwise `encode()`d once and stored there (atomically, token_store.py)."""
+    key = TokenStore.key(kind, {"tokenizer": file_sha256(checkpoint)}, arrays_fingerprint(inputs))
+    path = TokenStore.path(cache_dir, kind, key)
+    if path.is_file():
+        return TokenStore.load(path).tokens
+    tokens = encode()
+    TokenStore(np.arange(len(inputs)), tokens, {}, {"kind": kind, "checkpoint": str(checkpoint)}).save(path)
+    log.info("encoded %d %s samples through %s -> %s", len(inputs), kind, checkpoint, path)
+    return tokens
+
+
+@torch.no_grad()
+def encode_batches(encode: Callable[..., dict[str, torch.Tensor]], inputs: torch.Tensor, batch_size: int,
+                   **cond: torch.Tensor) -> dict[str, np.ndarray]:
+    """Each stream's ids, flattened per sample: {stream: int64 [N, T]}."""
+    out: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(inputs), batch_size):
+        part = {k: v[start:start + batch_size] for k, v in cond.items()}
+        for stream, ids in encode(inputs[start:start + batch_size], **part).items():
+            out.setdefault(stream, []).append(ids.reshape(len(ids), -1))
+    return {k: torch.cat(v).numpy().astype(np.int64) for k, v in out.items()}
+
+
+class Layout:
+    """The fixed token layout of one kind of sequence: types, positions and which tokens the loss scores [L]."""
+
+    def __init__(self, types: list[int], positions: list[int], target: list[bool]):
+        self.types, self.positions = torch.tensor(types), torch.tensor(positions)
+        self.target = torch.tensor(target)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fields: the tokens of a field at t, then those at t + Δ
+
+
+class FieldPairs(TensorBatches):
+    """Pairs (present frame, future frame) of one trajectory and variable; batches are built from the frames' token
+    rows: [BOS] frame(src) [SEP] frame(dst) [EOS], each frame its S cells in raster order with the streams of a cell
+    side by side (morph, amp)."""
+
+    def __init__(self, frame_ids: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, layout: Layout):
+        super().__init__(src=src, dst=dst)
+        self.frame_ids, self.layout = frame_ids, layout
+        self.specials = {name: SPECIALS.index(name) for name in ("BOS", "SEP", "EOS")}
+
+    def __getitems__(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        t = super().__getitems__(idx)
+        n = len(t["src"])
+
+        def special(name: str) -> torch.Tensor:
+            return torch.full((n, 1), self.specials[name])
+
+        ids = torch.cat([special("BOS"), self.frame_ids[t["src"]], special("SEP"), self.frame_ids[t["dst"]],
+                         special("EOS")], 1)
+        L = ids.shape[1]
+        return {"ids": ids, "types": self.layout.types.expand(n, L), "positions": self.layout.positions.expand(n, L),
+                "valid": torch.ones(n, L, dtype=torch.bool), "target": self.layout.target.expand(n, L),
+                "src": t["src"], "dst": t["dst"]}
+
+
+class FieldTokenDataModule(InMemoryDataModule):
+    """Operator learning on field tokens: the tokens of a field at time t → the tokens at t + Δ (`delta` snapshots
+    later), for every trajectory, variable and t of the field source (data/field_source), split by trajectory as
+    datamodules/fields.py splits (same seed: the tokenizer's held-out trajectories are held out here too).
+
+    Every snapshot is normalized with the tokenizer checkpoint's own statistics (its DataMetadata; its variables
+    must be this source's) and encoded once; the tokens are cached under <data_dir>/tokens/, keyed by the
+    checkpoint's sha256 and the inputs. The loss scores the future frame (and EOS) only.
+
+    Positions: every token has the position of its grid cell (1 … S; BOS 0, SEP and EOS S + 1), in both frames,
+    so the model finds the present value of the cell it predicts by position rather than by a learned offset of
+    S·streams + 1 tokens; order within the sequence is what the causal mask gives.
+
+    Batches add "src", "dst": int64 [B] frame indices, for the evaluator (lit_modules/forecast.py FieldForecast:
+    generate the future frame, decode it, compare with the true future field, with persistence and with the
+    tokenizer's own reconstruction)."""
+
+    def __init__(self, source, tokenizer_ckpt: str | None = None, train_tokenizer: dict | None = None,
+                 data_dir: str = "data", delta: int = 1, batch_size: int = 8, eval_batch_size: int = 32,
+                 split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, num_workers: int = 0,
+                 encode_batch_size: int = 64):
+        super().__init__(None, batch_size, eval_batch_size, split, seed, num_workers)
+        if delta < 1:
+            raise ValueError(f"data.delta must be ≥ 1 snapshot, got {delta}")
+        (self.source, self.source_config), self.data_dir, self.delta = build_source(source), Path(data_dir), delta
+        self.tokenizer_ckpt = tokenizer_ckpt
+        self.train_tokenizer = dict(train_tokenizer or {"experiment": "phaedra", "overrides": []})
+        self.encode_batch_size = encode_batch_size
+        self.vocab: Vocabulary | None = None
+        self.code_vectors: dict[str, torch.Tensor] = {}
+        self.max_len = 0
+        self.evaluator = None
+        self.checkpoint: Path | None = None
+
+    EXPECTED = "PhaedraTokenizer"
+
+    def _checkpoint(self, train: bool) -> Path:
+        return tokenizer_checkpoint(self.tokenizer_ckpt, self.EXPECTED, self.train_tokenizer["experiment"],
+                                    list(self.train_tokenizer.get("overrides") or []), self.data_dir, self.seed,
+                                    train, self.source_config)
+
+    def prepare_data(self) -> None:
+        self.source.prepare(self.data_dir)
+        self._checkpoint(train=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        from lit_modules.forecast import FieldForecast
+
+        self.checkpoint = self._checkpoint(train=False)
+        tokenizer = load_checked(self.checkpoint, self.EXPECTED, self.train_tokenizer["experiment"])
+        meta = tokenizer.metadata
+        fieldsets = self.source.load(self.data_dir)
+        names = [f"{fs.name}/{v}" for fs in fieldsets for v in fs.variables]
+        if meta.normalization != "standardize" or meta.variables != names:
+            raise ValueError(f"{self.checkpoint}: its tokenizer was trained on variables {meta.variables} "
+                             f"({meta.normalization}); this data has {names}. Train it on this data "
+                             f"(data.tokenizer_ckpt=null does) or point data.source at its data")
+        # every snapshot of every (dataset, variable, trajectory) in that order; frame index = row here
+        raw, var_id, pairs = [], [], {"train": [], "val": [], "test": []}
+        for fs in fieldsets:
+            n_traj, n_t = fs.data.shape[:2]
+            if n_t <= self.delta:
+                raise ValueError(f"{fs.origin}: {n_t} snapshots per trajectory leave no pair {self.delta} apart "
+                                 f"(data.delta={self.delta})")
+            if n_traj < 3:
+                raise ValueError(f"{fs.origin}: {n_traj} trajectories cannot be split into train/val/test")
+            idx = split_indices(n_traj, self.split, self.seed)
+            for v in range(len(fs.variables)):
+                base = sum(len(r) for r in raw)
+                raw.append(fs.data[:, :, v].flatten(0, 1).unsqueeze(1))  # [n_traj·n_t, 1, H, W]
+                var_id += [names.index(f"{fs.name}/{fs.variables[v]}")] * (n_traj * n_t)
+                for split, trajs in idx.items():
+                    for traj in trajs.tolist():
+                        first = base + traj * n_t
+                        src = torch.arange(first, first + n_t - self.delta)
+                        pairs[split].append(torch.stack([src, src + self.delta], 1))
+        raw = torch.cat(raw)
+        var_id = torch.tensor(var_id)
+        mean, std = torch.tensor(meta.mean)[var_id], torch.tensor(meta.std)[var_id]
+        normalized = (raw - mean[:, None, None, None]) / std[:, None, None, None]
+        tokens = cached_tokens("fields", self.checkpoint, normalized.numpy(), self.data_dir / "tokens",
+                               lambda: encode_batches(tokenizer.encode, normalized, self.encode_batch_size))
+        streams = list(tokenizer.streams)
+        grid = tuple(tokenizer.encode(normalized[:1])[streams[0]].shape[1:])
+        self.vocab = Vocabulary.from_streams({"field": dict(tokenizer.streams)})
+        self.code_vectors = {f"field/{s}": tokenizer.code_vectors(s).detach().float() for s in streams}
+        # frame ids [N, S·K]: cell by cell, each cell's streams side by side
+        frame_ids = torch.stack([torch.from_numpy(tokens[s]) + self.vocab.range("field", s).start for s in streams],
+                                -1).flatten(1)
+        S, K = frame_ids.shape[1] // len(streams), len(streams)
+        frame_types = [self.vocab.range("field", s).type_id for s in streams] * S
+        frame_pos = [1 + cell for cell in range(S) for _ in range(K)]
+        self.layout = Layout(types=[SPECIAL_TYPE, *frame_types, SPECIAL_TYPE, *frame_types, SPECIAL_TYPE],
+                             positions=[0, *frame_pos, S + 1, *frame_pos, S + 1],
+                             target=[False] * (S * K + 2) + [True] * (S * K + 1))
+        self.max_len = S + 2
+        self.splits = {split: FieldPairs(frame_ids, *torch.cat(p).unbind(1), self.layout)
+                       for split, p in pairs.items()}
+        if len(self.splits["train"]) < self.batch_size:
+            raise ValueError(f"the train split has {len(self.splits['train'])} pairs, fewer than "
+                             f"data.batch_size={self.batch_size}")
+        self.evaluator = FieldForecast(tokenizer, self.vocab, self.layout, streams, grid, raw, var_id,
+                                       torch.tensor(meta.mean), torch.tensor(meta.std), names)
+
+    @property
+    def metadata(self) -> None:
+        return None  # the tokenizer checkpoint holds the data's normalization
+
+    def make_train_sampler(self) -> EpochShuffleSampler:
+        return EpochShuffleSampler(len(self.splits["train"]), self.seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# EEG: the patches of one channel in time order, one token each
+
+
+class EEGTokenDataModule(InMemoryDataModule):
+    """Next-patch prediction on EEG tokens: one sequence per channel of a recording, [BOS] one token per
+    consecutive, non-overlapping patch [EOS], PAD to the longest (at most `max_patches` patches: longer channels are
+    cut into several sequences). Recordings split by recording as datamodules/eeg.py splits (same seed), normalized
+    as the tokenizer was (its DataMetadata: normalization and rate; patch length from the checkpoint), encoded once
+    and cached under <data_dir>/tokens/ keyed by the checkpoint's sha256 and the patches.
+
+    Batches add "patch": int64 [B, L], the index of each token's patch (−1 for specials and PAD), for the evaluator
+    (lit_modules/forecast.py NextPatch: decode the predicted next token and compare with the true next patch, with
+    the previous patch (persistence) and with the tokenizer's own reconstruction)."""
+
+    EXPECTED = "EEGTokenizer"
+
+    def __init__(self, source, tokenizer_ckpt: str | None = None, train_tokenizer: dict | None = None,
+                 data_dir: str = "data", max_patches: int = 64, ems_factor: float = 1e-3, batch_size: int = 64,
+                 eval_batch_size: int = 256, split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
+                 num_workers: int = 0):
+        super().__init__(None, batch_size, eval_batch_size, split, seed, num_workers)
+        (self.source, self.source_config), self.data_dir = build_source(source), Path(data_dir)
+        self.max_patches, self.ems_factor = max_patches, ems_factor
+        self.tokenizer_ckpt = tokenizer_ckpt
+        self.train_tokenizer = dict(train_tokenizer or {"experiment": "eeg", "overrides": []})
+        self.vocab: Vocabulary | None = None
+        self.code_vectors: dict[str, torch.Tensor] = {}
+        self.max_len = 0
+        self.evaluator = None
+        self.checkpoint: Path | None = None
+
+    def _checkpoint(self, train: bool) -> Path:
+        return tokenizer_checkpoint(self.tokenizer_ckpt, self.EXPECTED, self.train_tokenizer["experiment"],
+                                    list(self.train_tokenizer.get("overrides") or []), self.data_dir, self.seed,
+                                    train, self.source_config)
+
+    def prepare_data(self) -> None:
+        self._checkpoint(train=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        from datamodules.eeg import normalize
+        from datamodules.eeg_signal import cut_patches, patch_offsets, resample
+        from lit_modules.forecast import NextPatch
+
+        self.checkpoint = self._checkpoint(train=False)
+        tokenizer = load_checked(self.checkpoint, self.EXPECTED, self.train_tokenizer["experiment"])
+        meta, P = tokenizer.metadata, tokenizer.patch_len
+        if len(meta.rates) != 1:
+            raise ValueError(f"{self.checkpoint}: trained at rates {meta.rates}; next-patch sequences need a "
+                             f"tokenizer of one rate (e.g. experiment=eeg)")
+        rate = meta.rates[0]
+        recordings = self.source.load()
+        if len(recordings) < 3:
+            raise ValueError(f"{len(recordings)} recordings cannot be split into train/val/test; need at least 3")
+        patches, rows = [], {"train": [], "val": [], "test": []}
+        for split, idx in split_indices(len(recordings), self.split, self.seed).items():
+            for i in idx.tolist():
+                x = resample(normalize(recordings[i], meta.normalization, self.ems_factor), recordings[i].sfreq, rate)
+                for channel in x:
+                    p = cut_patches(channel[None], patch_offsets(len(channel), P, P), P)  # [n, P]
+                    for start in range(0, len(p), self.max_patches):
+                        first = sum(len(q) for q in patches)
+                        chunk = p[start:start + self.max_patches]
+                        patches.append(chunk)
+                        rows[split].append(torch.arange(first, first + len(chunk)))
+        patches = torch.from_numpy(np.concatenate(patches)).float()
+        sfreq = torch.full((len(patches),), rate)
+        tokens = cached_tokens("eeg", self.checkpoint, patches.numpy(), self.data_dir / "tokens",
+                               lambda: encode_batches(tokenizer.encode, patches, 4096, sfreq=sfreq))
+        self.vocab = Vocabulary.from_streams({"eeg": dict(tokenizer.streams)})
+        (stream,) = tokenizer.streams
+        token_ids = torch.from_numpy(tokens[stream][:, 0]) + self.vocab.range("eeg", stream).start
+        self.code_vectors = {f"eeg/{stream}": tokenizer.code_vectors(stream).detach().float()}
+        L = self.max_patches + 2
+        self.max_len = L
+        eeg_type = self.vocab.range("eeg", stream).type_id
+        self.splits = {split: self._sequences(r, token_ids, L, eeg_type) for split, r in rows.items()}
+        self.evaluator = NextPatch(tokenizer, self.vocab, stream, patches, rate)
+
+    @staticmethod
+    def _sequences(rows: list[torch.Tensor], token_ids: torch.Tensor, L: int, eeg_type: int) -> TensorBatches:
+        n = len(rows)
+        ids = torch.full((n, L), SPECIALS.index("PAD"))
+        types = torch.full((n, L), SPECIAL_TYPE)
+        patch = torch.full((n, L), -1)
+        for i, r in enumerate(rows):
+            ids[i, 0], ids[i, 1:len(r) + 1], ids[i, len(r) + 1] = SPECIALS.index("BOS"), token_ids[r], SPECIALS.index(
+                "EOS")
+            types[i, 1:len(r) + 1] = eeg_type
+            patch[i, 1:len(r) + 1] = r
+        valid = torch.arange(L)[None] < torch.tensor([len(r) + 2 for r in rows])[:, None]
+        return TensorBatches(ids=ids, types=types, valid=valid, patch=patch)
+
+    @property
+    def metadata(self) -> None:
+        return None  # the tokenizer checkpoint holds the data's normalization
 
     def make_train_sampler(self) -> EpochShuffleSampler:
         return EpochShuffleSampler(len(self.splits["train"]), self.seed)

@@ -11,7 +11,13 @@ eleven catalog columns weigh as much as the one image stream.
 The network is built in `configure_model`, when the data's vocabulary is known (before a checkpoint is restored);
 the vocabulary is saved in every checkpoint (ckpt["vocab"]). Logged: train/loss, train/ce, train/recon/<stream>;
 val/loss (the CE), val/{accuracy, ce, perplexity} overall and per modality (each within the target's id range,
-as generation with `bounds` predicts), val/recon/<stream>.
+as generation with `bounds` predicts), val/recon/<stream>. Where the datamodule has an `evaluator`
+(lit_modules/forecast.py), the data-space errors of decoded predictions against persistence and the tokenizer's
+own reconstruction: <stage>/{forecast, persistence, tokenizer}/<metric>[/<group>], on the first
+`data_space_batches` validation batches (generation is the expensive part) and on every test batch.
+
+Batches may carry "positions" (position ids) and "target" (which tokens the loss scores, e.g. only the future frame
+of a field pair); without them positions are 0 … L−1 and every non-PAD token is scored.
 """
 
 from __future__ import annotations
@@ -33,17 +39,21 @@ from models import Transformer, TransformerConfig, Vocabulary
 
 class TransformerModule(L.LightningModule):
     def __init__(self, transformer: dict | DictConfig, optimizer: dict | DictConfig, scheduler: dict | DictConfig,
-                 recon_weight: float | dict[str, float] = 0.1, recon_positions: int = 256, compile: bool = False):
+                 recon_weight: float | dict[str, float] = 0.1, recon_positions: int = 256,
+                 data_space_batches: int | None = 2, compile: bool = False):
         super().__init__()
         transformer, optimizer, scheduler, recon_weight = (plain(transformer), plain(optimizer), plain(scheduler),
                                                            plain(recon_weight))
         self.save_hyperparameters(dict(transformer=transformer, optimizer=optimizer, scheduler=scheduler,
-                                       recon_weight=recon_weight, recon_positions=recon_positions, compile=compile))
+                                       recon_weight=recon_weight, recon_positions=recon_positions,
+                                       data_space_batches=data_space_batches, compile=compile))
         self.net: Transformer | None = None
         self.recon: ExpectedCodeLoss | None = None
         self.vocab: Vocabulary | None = None
         self.modalities: list[str] = []
         self.metrics = nn.ModuleDict()
+        self.evaluator = None  # the datamodule's (lit_modules/forecast.py), when its predictions have a data space
+        self.data_metrics = nn.ModuleDict()
         self.flops_per_batch: int | None = None  # ThroughputMonitor reads it; bench/bench_transformer.py measures MFU
 
     def configure_model(self) -> None:
@@ -63,6 +73,9 @@ class TransformerModule(L.LightningModule):
         self.modalities = list(dict.fromkeys(r.modality for r in self.vocab.ranges))
         groups = len(self.modalities) + 1  # + the special tokens (SEP, EOS, MISS)
         self.metrics = nn.ModuleDict({s: TokenErrors(groups=groups) for s in STAGES})
+        self.evaluator = getattr(datamodule, "evaluator", None)
+        if self.evaluator is not None:
+            self.data_metrics = nn.ModuleDict({s: nn.ModuleDict(self.evaluator.metrics()) for s in ("val", "test")})
 
     def ranges(self) -> list[tuple[str | None, int, int, int]]:
         """(stream name or None for the specials, lo, hi, metric group) of every id range of the vocabulary."""
@@ -78,9 +91,11 @@ class TransformerModule(L.LightningModule):
         d·V_range instead of d·V — the full 15k-id head made the galaxy sequences head-bound. With a stage, the
         epoch's token metrics are updated too."""
         ids, types, valid = batch["ids"], batch["types"], batch["valid"]
-        hidden = self.net.hidden(ids[:, :-1], types[:, :-1], valid[:, :-1]).flatten(0, 1)
+        positions = batch["positions"][:, :-1] if "positions" in batch else None
+        key_valid = None if bool(valid.all()) else valid[:, :-1]  # no padding: SDPA's fused causal kernel
+        hidden = self.net.hidden(ids[:, :-1], types[:, :-1], key_valid, positions=positions).flatten(0, 1)
         targets = ids[:, 1:].flatten()
-        keep = valid[:, 1:].flatten()
+        keep = (valid & batch.get("target", valid))[:, 1:].flatten()
         weight = self.net.head.weight
         ce_sum, recon = hidden.new_zeros((), dtype=torch.float32), {}
         # the expected-code loss samples its positions from (step): a resumed run draws what an uninterrupted one did
@@ -118,18 +133,21 @@ class TransformerModule(L.LightningModule):
             groups.setdefault(name.split("/")[0], []).append(value)
         return {m: torch.stack(v).mean() for m, v in groups.items()}
 
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+    def _eval_step(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
         ce, recon = self.step(batch, stage)
+        limit = self.hparams.data_space_batches
+        if self.evaluator is not None and (stage == "test" or limit is None or batch_idx < limit):
+            self.evaluator.update(self.net, batch, self.data_metrics[stage])
         size = len(batch["ids"])
         self.log(f"{stage}/loss", ce, prog_bar=stage == "val", batch_size=size, sync_dist=True)
         recon = {**recon, **self.recon_by_modality(recon)}
         self.log_dict({f"{stage}/recon/{k}": v for k, v in recon.items()}, batch_size=size, sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
+        self._eval_step(batch, batch_idx, "val")
 
     def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
+        self._eval_step(batch, batch_idx, "test")
 
     def _log_epoch(self, stage: str) -> None:
         metric = self.metrics[stage]
@@ -137,6 +155,14 @@ class TransformerModule(L.LightningModule):
         for name, stats in zip(["special", *self.modalities], metric.compute_groups(), strict=True):
             values.update({f"{stage}/{k}/{name}": v.float() for k, v in (stats or {}).items()})
         metric.reset()
+        for name, errors in (self.data_metrics[stage].items() if stage in self.data_metrics else []):
+            if not errors.update_called:
+                continue
+            values.update({f"{stage}/{name}/{k}": v.float() for k, v in errors.compute().items()})
+            groups = self.evaluator.groups if len(self.evaluator.groups) > 1 else []  # one group: the totals
+            for group, stats in zip(groups, errors.compute_groups()[:len(groups)], strict=True):
+                values.update({f"{stage}/{name}/{k}/{group}": v.float() for k, v in (stats or {}).items()})
+            errors.reset()
         self.log_dict(values)
 
     def on_validation_epoch_end(self) -> None:

@@ -26,7 +26,7 @@ from torch import nn
 class TransformerConfig:
     vocab_size: int
     n_types: int
-    max_len: int = 512  # positions (learned embeddings)
+    max_len: int = 512  # learned position embeddings; a sequence given explicit `positions` may be longer
     d_model: int = 256
     n_layers: int = 4
     n_heads: int = 4
@@ -69,6 +69,10 @@ class CausalSelfAttention(nn.Module):
         if past is not None:
             k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
         T_all = k.shape[2]
+        if key_valid is None and past is None:  # the plain causal case: SDPA's fused causal kernels need no mask
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1,
+                                               dropout_p=self.dropout if self.training else 0.0)
+            return self.proj(y.transpose(1, 2).reshape(B, T, C)), (k, v)
         mask = None
         if key_valid is not None or T > 1:
             # query i (absolute position T_all − T + i) sees keys j ≤ its position that are not padding
@@ -117,23 +121,33 @@ class Transformer(nn.Module):
             nn.init.normal_(module.weight, std=0.02)
 
     def forward(self, ids: torch.Tensor, types: torch.Tensor, key_valid: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """ids, types: [B, T] int64; key_valid: [B, T_past + T] bool (False = PAD) or None; cache: filled in place
-        with every layer's keys/values (positions continue after what it holds). -> logits [B, T, vocab_size]."""
-        return self.head(self.hidden(ids, types, key_valid, cache))
+        with every layer's keys/values (positions continue after what it holds); positions: [B, T] or [T] ids into
+        the position embedding, default T_past … T_past + T − 1. -> logits [B, T, vocab_size]."""
+        return self.head(self.hidden(ids, types, key_valid, cache, positions))
 
     def hidden(self, ids: torch.Tensor, types: torch.Tensor, key_valid: torch.Tensor | None = None,
-               cache: KVCache | None = None) -> torch.Tensor:
+               cache: KVCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """The final-norm hidden states [B, T, d_model] (forward without the LM head: training can apply the head to
-        one id range at a time, `self.head.weight[lo:hi]`)."""
+        one id range at a time, `self.head.weight[lo:hi]`).
+
+        Explicit `positions` let a sequence say where a token sits in its data rather than in the sequence: the
+        field forecasts give the tokens of both frames the position of their grid cell, so the token to continue
+        from is the one of the same cell in the frame before (datamodules/tokens.py)."""
         B, T = ids.shape
         if types.shape != ids.shape:
             raise ValueError(f"types {tuple(types.shape)} must have the shape of ids {tuple(ids.shape)}")
-        start = 0 if cache is None or cache[0] is None else cache[0][0].shape[2]
-        if start + T > self.config.max_len:
-            raise ValueError(f"sequence of {start + T} tokens is longer than max_len {self.config.max_len}")
-        pos = torch.arange(start, start + T, device=ids.device)
-        x = self.drop(self.tok_emb(ids) + self.type_emb(types) + self.pos_emb(pos)[None])
+        if positions is None:
+            start = 0 if cache is None or cache[0] is None else cache[0][0].shape[2]
+            if start + T > self.config.max_len:
+                raise ValueError(f"sequence of {start + T} tokens is longer than max_len {self.config.max_len}")
+            positions = torch.arange(start, start + T, device=ids.device)
+        elif positions.numel() and (positions.min() < 0 or positions.max() >= self.config.max_len):
+            raise ValueError(f"positions must lie in [0, max_len={self.config.max_len}), got "
+                             f"[{int(positions.min())}, {int(positions.max())}]")
+        pos = self.pos_emb(positions)
+        x = self.drop(self.tok_emb(ids) + self.type_emb(types) + (pos if pos.ndim == 3 else pos[None]))
         for i, block in enumerate(self.blocks):
             x, kv = block(x, key_valid, None if cache is None else cache[i])
             if cache is not None:
@@ -145,19 +159,28 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, layout: torch.Tensor, n_new: int, bounds: torch.Tensor | None = None,
-                 temperature: float = 0.0, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 temperature: float = 0.0, use_cache: bool = True, generator: torch.Generator | None = None,
+                 positions: torch.Tensor | None = None) -> torch.Tensor:
         """Continue `prompt` [B, T0] by n_new tokens. layout: [T0 + n_new] (or [B, T0 + n_new]) type id of every
         position, the prompt's included; bounds: [n_types, 2] the id range [lo, hi) of each type, to which a new
         token is restricted. temperature 0: greedy, else sampling from softmax(logits / temperature).
+        positions: [T0 + n_new] (or [B, …]) position ids, as the sequences were trained with; default 0, 1, ….
         Returns [B, T0 + n_new]."""
         B, T0 = prompt.shape
         layout = layout.expand(B, -1) if layout.ndim == 1 else layout
         if layout.shape[1] < T0 + n_new:
             raise ValueError(f"layout covers {layout.shape[1]} positions, generation needs {T0 + n_new}")
+        if positions is not None:
+            positions = positions.expand(B, -1) if positions.ndim == 1 else positions
+            if positions.shape[1] < T0 + n_new:
+                raise ValueError(f"positions cover {positions.shape[1]} tokens, generation needs {T0 + n_new}")
+
+        def at(span: slice) -> torch.Tensor | None:
+            return None if positions is None else positions[:, span]
+
         ids = prompt
         cache = self.new_cache() if use_cache else None
-        logits = self(ids, layout[:, :T0], cache=cache)[:, -1]
+        logits = self(ids, layout[:, :T0], cache=cache, positions=at(slice(0, T0)))[:, -1]
         for t in range(T0, T0 + n_new):
             new_type = layout[:, t]  # the type of the position being generated, from the layout
             if bounds is not None:
@@ -172,7 +195,7 @@ class Transformer(nn.Module):
             ids = torch.cat([ids, nxt], 1)
             if t + 1 < T0 + n_new:
                 if use_cache:
-                    logits = self(nxt, new_type[:, None], cache=cache)[:, -1]
+                    logits = self(nxt, new_type[:, None], cache=cache, positions=at(slice(t, t + 1)))[:, -1]
                 else:
-                    logits = self(ids, layout[:, : t + 1])[:, -1]
+                    logits = self(ids, layout[:, : t + 1], positions=at(slice(0, t + 1)))[:, -1]
         return ids

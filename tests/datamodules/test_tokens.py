@@ -51,3 +51,117 @@ def test_tokens_outside_their_vocabulary_are_refused():
     store.tokens["image"][0, 0] = 16
     with pytest.raises(ValueError, match="image tokens outside their vocabulary"):
         galaxy_sequences(store, galaxy_vocabulary(store.meta))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Field pairs and EEG sequences, encoded through the debug=fast tokenizer runs
+
+
+def token_datamodule(experiment: str, ckpt, data_dir, output_dir, extra=()):
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg([f"experiment={experiment}", "debug=fast", f"data.tokenizer_ckpt={ckpt}", *extra], output_dir,
+                      data_dir)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+@pytest.fixture(scope="module")
+def fields(experiment_run, data_dir, tmp_path_factory):
+    ckpt = experiment_run("phaedra").last_ckpt
+    return token_datamodule("field_transformer", ckpt, data_dir, tmp_path_factory.mktemp("ft")), ckpt
+
+
+def test_field_pairs_are_present_then_future_frame_cell_by_cell(fields):
+    from tokenizers import load_tokenizer
+
+    dm, ckpt = fields
+    tokenizer = load_tokenizer(ckpt)
+    BOS, SEP, EOS = (SPECIALS.index(s) for s in ("BOS", "SEP", "EOS"))
+    morph, amp = dm.vocab.range("field", "morph"), dm.vocab.range("field", "amp")
+    batch = dm.splits["val"].__getitems__([0, 1, 2])
+    S = dm.max_len - 2  # grid cells
+    frame = 2 * S
+    ids = batch["ids"]
+    assert ids.shape == (3, 2 * frame + 3)
+    assert (ids[:, 0] == BOS).all() and (ids[:, frame + 1] == SEP).all() and (ids[:, -1] == EOS).all()
+    # each cell: its morph token then its amp token, typed by stream; both frames at the cells' positions
+    assert batch["types"][0, 1:5].tolist() == [morph.type_id, amp.type_id] * 2
+    assert torch.equal(batch["positions"][0, 1:frame + 1], batch["positions"][0, frame + 2:-1])
+    assert batch["positions"][0, 1:7].tolist() == [1, 1, 2, 2, 3, 3]
+    assert batch["target"][0].tolist() == [False] * (frame + 2) + [True] * (frame + 1)
+    assert (batch["dst"] - batch["src"] == dm.delta).all()
+    # the tokens are the tokenizer's of the normalized frames, in raster order of the cells
+    var = dm.evaluator.var_id[batch["src"]]
+    x = (dm.evaluator.raw[batch["src"]] - dm.evaluator.mean[var][:, None, None, None]) \
+        / dm.evaluator.std[var][:, None, None, None]
+    with torch.no_grad():
+        expected = tokenizer.encode(x)
+    got = dm.evaluator.to_tokens(ids[:, 1:frame + 1])
+    assert torch.equal(got["morph"], expected["morph"]) and torch.equal(got["amp"], expected["amp"])
+
+
+def test_field_pairs_never_share_a_trajectory_across_splits(fields):
+    dm, _ = fields
+    frames = {s: set(torch.cat([dm.splits[s].tensors["src"], dm.splits[s].tensors["dst"]]).tolist())
+              for s in ("train", "val", "test")}
+    assert frames["train"] and frames["val"] and frames["test"]
+    assert not frames["train"] & frames["val"] and not frames["train"] & frames["test"]
+
+
+def test_encoded_fields_are_cached_by_checkpoint_hash(fields, data_dir, tmp_path, monkeypatch):
+    import datamodules.tokens as tokens_module
+
+    dm, ckpt = fields
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoded again instead of reading the cache")
+
+    monkeypatch.setattr(tokens_module, "encode_batches", no_encoding)
+    again = token_datamodule("field_transformer", ckpt, data_dir, tmp_path)
+    assert torch.equal(again.splits["val"].frame_ids, dm.splits["val"].frame_ids)
+    # another checkpoint (other bytes) is another cache entry: encoding is asked for
+    other = tmp_path / "other.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    state["global_step"] += 1
+    torch.save(state, other)
+    with pytest.raises(AssertionError, match="encoded again"):
+        token_datamodule("field_transformer", other, data_dir, tmp_path)
+
+
+@pytest.mark.parametrize(("experiment", "other", "expected"), [("field_transformer", "eeg", "PhaedraTokenizer"),
+                                                               ("eeg_transformer", "phaedra", "EEGTokenizer")])
+def test_a_checkpoint_of_another_tokenizer_is_refused_by_name(experiment, other, expected, experiment_run, data_dir,
+                                                             tmp_path):
+    ckpt = experiment_run(other).last_ckpt
+    with pytest.raises(ValueError, match=f"holds a .*Tokenizer; expected a {expected} checkpoint"):
+        token_datamodule(experiment, ckpt, data_dir, tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"expected a {expected} checkpoint"):
+        token_datamodule(experiment, tmp_path / "missing.ckpt", data_dir, tmp_path)
+
+
+def test_eeg_sequences_are_one_channel_in_time_order(experiment_run, data_dir, tmp_path):
+    from tokenizers import load_tokenizer
+
+    ckpt = experiment_run("eeg").last_ckpt
+    dm = token_datamodule("eeg_transformer", ckpt, data_dir, tmp_path, ["data.max_patches=16"])
+    BOS, EOS, PAD = (SPECIALS.index(s) for s in ("BOS", "EOS", "PAD"))
+    batch = dm.splits["train"].__getitems__(list(range(len(dm.splits["train"]))))
+    n = batch["valid"].sum(1) - 2  # patches per sequence
+    assert 0 < n.min() and n.max() <= 16 and dm.max_len == 18
+    rows = torch.arange(len(n))
+    assert (batch["ids"][:, 0] == BOS).all() and (batch["ids"][rows, n + 1] == EOS).all()
+    assert (batch["ids"][~batch["valid"]] == PAD).all()
+    patch = batch["patch"]
+    inside = patch[:, 1:] >= 0
+    consecutive = (patch[:, 2:] - patch[:, 1:-1] == 1) | (patch[:, 2:] < 0)
+    assert consecutive[inside[:, 1:]].all()  # consecutive patches of one channel
+    tokenizer = load_tokenizer(ckpt)
+    first = dm.evaluator.patches[patch[:4, 1]]
+    with torch.no_grad():
+        expected = tokenizer.encode(first, sfreq=torch.full((4,), 256.0))["tokens"]
+    assert torch.equal(batch["ids"][:4, 1] - dm.vocab.range("eeg").start, expected)

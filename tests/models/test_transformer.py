@@ -84,15 +84,46 @@ def test_generation_takes_each_position_type_from_the_layout():
     seen = []
     original = model.forward
 
-    def spy(ids, types, key_valid=None, cache=None):
-        seen.append(types.clone())
-        return original(ids, types, key_valid, cache)
+    def spy(ids, types, key_valid=None, cache=None, positions=None):
+        seen.append((types.clone(), positions))
+        return original(ids, types, key_valid, cache, positions)
 
     model.forward = spy
     layout = torch.tensor([0, 1, 1, 2, 2, 3])
     model.generate(torch.tensor([[1, 5]]), layout, 4)
-    fed = torch.cat([seen[0][0], *(s[0] for s in seen[1:])])  # prompt types, then one per cached step
+    fed = torch.cat([seen[0][0][0], *(s[0][0] for s in seen[1:])])  # prompt types, then one per cached step
     assert fed.tolist() == layout[:-1].tolist()  # the last generated token is never fed back
+    # positions given with the layout are fed the same way
+    seen.clear()
+    positions = torch.tensor([0, 3, 1, 3, 1, 2])
+    model.generate(torch.tensor([[1, 5]]), layout, 4, positions=positions)
+    assert torch.cat([seen[0][1][0], *(s[1][0] for s in seen[1:])]).tolist() == positions[:-1].tolist()
+
+
+def test_explicit_positions_keep_the_causal_mask_and_the_cache_exact():
+    """Field pairs give both frames the positions of their grid cells: the mask is still by sequence order, and
+    cached greedy generation with those positions equals uncached."""
+    model = tiny(vocab_size=40, n_types=3)
+    frame = torch.arange(1, 7)  # 6 cells
+    positions = torch.cat([torch.tensor([0]), frame, torch.tensor([7]), frame])  # BOS, frame, SEP, frame
+    layout = torch.tensor([0] + [1] * 6 + [0] + [2] * 6)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(40, (2, 14), generator=g)
+    with torch.no_grad():
+        before = model(ids, layout.expand(2, -1), positions=positions)
+        changed = ids.clone()
+        changed[:, 9] = (changed[:, 9] + 1) % 40
+        after = model(changed, layout.expand(2, -1), positions=positions)
+    tol = f32_tolerance(before, 12)
+    assert (after[:, :9] - before[:, :9]).abs().max() <= tol
+    assert (after[:, 9:] - before[:, 9:]).abs().max() > 100 * tol
+    bounds = torch.tensor([[0, 4], [4, 20], [20, 40]])
+    prompt = ids[:, :8]
+    cached = model.generate(prompt, layout, 6, bounds=bounds, positions=positions)
+    uncached = model.generate(prompt, layout, 6, bounds=bounds, positions=positions, use_cache=False)
+    assert torch.equal(cached, uncached)
+    with pytest.raises(ValueError, match=r"positions must lie in \[0, max_len=64\)"):
+        model(ids[:, :2], layout[:2].expand(2, -1), positions=torch.tensor([0, 64]))
 
 
 def test_sequence_longer_than_max_len_is_refused():

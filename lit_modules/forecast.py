@@ -1,0 +1,103 @@
+"""Data-space errors of the transformer's predictions: predicted tokens decoded by the tokenizer and compared with
+the true future data, next to two references on the same samples:
+    persistence  the present taken as the prediction (the field at t for t + Δ; the previous patch for the next one)
+    tokenizer    the tokenizer's own reconstruction of the true future (decode(encode(future))): no prediction can
+                 beat it in data space, whatever the transformer learns
+
+A token datamodule (datamodules/tokens.py) builds one of these as its `evaluator`; TransformerModule keeps the
+metrics (`metrics()`, torchmetrics, synced across processes) per stage and calls `update(net, batch, metrics)` on
+evaluation batches. Logged as <stage>/<name>/<metric> and <stage>/<name>/<metric>/<group> for name in
+(forecast, persistence, tokenizer), with FieldErrors' and SignalErrors' definitions (lit_modules/metrics.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lit_modules.metrics import FieldErrors, SignalErrors
+
+NAMES = ("forecast", "persistence", "tokenizer")
+
+
+class FieldForecast:
+    """The future frame generated greedily (KV cache) from [BOS] present frame [SEP], with the layout's types and
+    positions and each token restricted to its stream's ids; decoded and de-normalized with the tokenizer's
+    statistics; errors in physical units per variable (FieldErrors: rel_l1, nrmse, psnr …).
+
+    raw: [N, 1, H, W] every frame in physical units; var_id: [N]; mean, std: [n_vars] (the tokenizer's)."""
+
+    def __init__(self, tokenizer: nn.Module, vocab, layout, streams: list[str], grid: tuple[int, ...],
+                 raw: torch.Tensor, var_id: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, groups: list[str]):
+        self.tokenizer, self.layout, self.streams, self.grid = tokenizer, layout, streams, grid
+        self.raw, self.var_id, self.mean, self.std, self.groups = raw, var_id, mean, std, groups
+        self.starts = torch.tensor([vocab.range("field", s).start for s in streams])
+        self.bounds = vocab.type_bounds()
+        self.frame_len = len(streams) * int(torch.tensor(grid).prod())
+
+    def metrics(self) -> dict[str, FieldErrors]:
+        return {name: FieldErrors(groups=len(self.groups)) for name in NAMES}
+
+    def to_tokens(self, frame: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Global ids of one frame [B, S·K] (cells, streams side by side) -> {stream: tokenizer ids [B, *grid]}."""
+        per_stream = frame.view(len(frame), -1, len(self.streams)) - self.starts.to(frame.device)
+        return {s: per_stream[..., k].reshape(len(frame), *self.grid) for k, s in enumerate(self.streams)}
+
+    @torch.no_grad()
+    def update(self, net: nn.Module, batch: dict[str, torch.Tensor], metrics: nn.ModuleDict) -> None:
+        device = batch["ids"].device
+        tokenizer = self.tokenizer.to(device)
+        prompt_len = self.frame_len + 2  # BOS, present frame, SEP
+        out = net.generate(batch["ids"][:, :prompt_len], self.layout.types.to(device), self.frame_len,
+                           bounds=self.bounds.to(device), positions=self.layout.positions.to(device))
+        src, dst = batch["src"].cpu(), batch["dst"].cpu()
+        var = self.var_id[dst]
+        mean, std = self.mean[var].to(device)[:, None, None, None], self.std[var].to(device)[:, None, None, None]
+
+        def physical(frame: torch.Tensor) -> torch.Tensor:
+            return tokenizer.decode(self.to_tokens(frame)).float() * std + mean
+
+        future, present = self.raw[dst].to(device), self.raw[src].to(device)
+        sigma, group = std[:, :, 0, 0], var.to(device)
+        metrics["forecast"].update(physical(out[:, prompt_len:]), future, sigma, group)
+        metrics["persistence"].update(present, future, sigma, group)
+        metrics["tokenizer"].update(physical(batch["ids"][:, prompt_len:prompt_len + self.frame_len]), future,
+                                    sigma, group)
+
+
+class NextPatch:
+    """Every patch with a previous one in its sequence: the argmax of the next-token distribution (within the EEG
+    ids) given the true past, decoded; errors on the normalized signal (SignalErrors: mse, snr_db, pearson …).
+
+    patches: [N, P] every patch of the data (normalized as the tokenizer saw them), at sampling rate `rate`."""
+
+    groups = ("all",)
+
+    def __init__(self, tokenizer: nn.Module, vocab, stream: str, patches: torch.Tensor, rate: float):
+        self.tokenizer, self.stream, self.patches, self.rate = tokenizer, stream, patches, rate
+        r = vocab.range("eeg", stream)
+        self.lo, self.hi = r.start, r.stop
+
+    def metrics(self) -> dict[str, SignalErrors]:
+        return {name: SignalErrors() for name in NAMES}
+
+    @torch.no_grad()
+    def update(self, net: nn.Module, batch: dict[str, torch.Tensor], metrics: nn.ModuleDict) -> None:
+        device = batch["ids"].device
+        tokenizer = self.tokenizer.to(device)
+        hidden = net.hidden(batch["ids"][:, :-1], batch["types"][:, :-1], batch["valid"][:, :-1])
+        nxt, prev = batch["patch"][:, 1:], batch["patch"][:, :-1]
+        where = (nxt >= 0) & (prev >= 0)
+        if not where.any():
+            return
+        logits = hidden[where] @ net.head.weight[self.lo:self.hi].T
+        truth = batch["ids"][:, 1:][where] - self.lo
+        sfreq = torch.full((int(where.sum()),), self.rate, device=device)
+
+        def decoded(ids: torch.Tensor) -> torch.Tensor:
+            return tokenizer.decode({self.stream: ids}, sfreq=sfreq).float()
+
+        target = self.patches[nxt[where].cpu()].to(device)
+        metrics["forecast"].update(decoded(logits.argmax(-1)), target, sfreq)
+        metrics["persistence"].update(self.patches[prev[where].cpu()].to(device), target, sfreq)
+        metrics["tokenizer"].update(decoded(truth), target, sfreq)
