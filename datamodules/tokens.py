@@ -325,12 +325,16 @@ class FieldPairs(TensorBatches):
         def special(name: str) -> torch.Tensor:
             return torch.full((n, 1), self.specials[name])
 
-        ids = torch.cat([special("BOS"), self.frame_ids[t["src"]], special("SEP"), self.frame_ids[t["dst"]],
-                         special("EOS")], 1)
-        L = ids.shape[1]
+        present = self.frame_ids[t["src"]]
+        ids = torch.cat([special("BOS"), present, special("SEP"), self.frame_ids[t["dst"]], special("EOS")], 1)
+        L, F = ids.shape[1], present.shape[1]
+        # the input at SEP and at each future token predicts the next future token: its context is the present
+        # token of that cell and stream
+        context = torch.full((n, L), SPECIALS.index("PAD"))
+        context[:, F + 1:2 * F + 1] = present
         return {"ids": ids, "types": self.layout.types.expand(n, L), "positions": self.layout.positions.expand(n, L),
-                "valid": torch.ones(n, L, dtype=torch.bool), "target": self.layout.target.expand(n, L),
-                "src": t["src"], "dst": t["dst"]}
+                "context": context, "valid": torch.ones(n, L, dtype=torch.bool),
+                "target": self.layout.target.expand(n, L), "src": t["src"], "dst": t["dst"]}
 
 
 class FieldTokenDataModule(InMemoryDataModule):
@@ -345,6 +349,10 @@ class FieldTokenDataModule(InMemoryDataModule):
     Positions: every token has the position of its grid cell (1 … S; BOS 0, SEP and EOS S + 1), in both frames,
     so the model finds the present value of the cell it predicts by position rather than by a learned offset of
     S·streams + 1 tokens; order within the sequence is what the causal mask gives.
+
+    Context (`has_context`): the input that predicts a token of the future frame carries the present token of the
+    same cell and stream ("context", models/transformer.py), so the model starts from persistence and learns the
+    change.
 
     Batches add "src", "dst": int64 [B] frame indices, for the evaluator (lit_modules/forecast.py FieldForecast:
     generate the future frame, decode it, compare with the true future field, with persistence and with the
@@ -368,6 +376,7 @@ class FieldTokenDataModule(InMemoryDataModule):
         self.checkpoint: Path | None = None
 
     EXPECTED = "PhaedraTokenizer"
+    has_context = True
 
     def _checkpoint(self, train: bool) -> Path:
         return tokenizer_checkpoint(self.tokenizer_ckpt, self.EXPECTED, self.train_tokenizer["experiment"],
@@ -431,8 +440,12 @@ class FieldTokenDataModule(InMemoryDataModule):
                              positions=[0, *frame_pos, S + 1, *frame_pos, S + 1],
                              target=[False] * (S * K + 2) + [True] * (S * K + 1))
         self.max_len = S + 2
-        self.splits = {split: FieldPairs(frame_ids, *torch.cat(p).unbind(1), self.layout)
-                       for split, p in pairs.items()}
+        # val/test in a fixed shuffled order, so the first batches (the data-space errors during validation) hold
+        # every variable and time, not the first dataset's first trajectories
+        order = {split: torch.randperm(sum(len(q) for q in p), generator=torch.Generator().manual_seed(self.seed))
+                 for split, p in pairs.items()}
+        self.splits = {split: FieldPairs(frame_ids, *torch.cat(p)[order[split] if split != "train" else slice(None)]
+                                         .unbind(1), self.layout) for split, p in pairs.items()}
         if len(self.splits["train"]) < self.batch_size:
             raise ValueError(f"the train split has {len(self.splits['train'])} pairs, fewer than "
                              f"data.batch_size={self.batch_size}")

@@ -49,7 +49,8 @@ class FieldForecast:
         tokenizer = self.tokenizer.to(device)
         prompt_len = self.frame_len + 2  # BOS, present frame, SEP
         out = net.generate(batch["ids"][:, :prompt_len], self.layout.types.to(device), self.frame_len,
-                           bounds=self.bounds.to(device), positions=self.layout.positions.to(device))
+                           bounds=self.bounds.to(device), positions=self.layout.positions.to(device),
+                           context=batch["context"])
         src, dst = batch["src"].cpu(), batch["dst"].cpu()
         var = self.var_id[dst]
         mean, std = self.mean[var].to(device)[:, None, None, None], self.std[var].to(device)[:, None, None, None]
@@ -90,7 +91,7 @@ class NextPatch:
         where = (nxt >= 0) & (prev >= 0)
         if not where.any():
             return
-        logits = hidden[where] @ net.head.weight[self.lo:self.hi].T
+        logits = hidden[where] @ net.output_weight(self.lo, self.hi).T
         truth = batch["ids"][:, 1:][where] - self.lo
         sfreq = torch.full((int(where.sum()),), self.rate, device=device)
 

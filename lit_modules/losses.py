@@ -137,6 +137,25 @@ class ReconstructionLoss(nn.Module):
         return LossOutput.of(terms, extras, disc_loss)
 
 
+def standardize_codes(vectors: torch.Tensor) -> torch.Tensor:
+    """Code vectors [V, D] standardized per dimension over the V codes (float32), so streams are comparable."""
+    v = vectors.double()
+    return ((v - v.mean(0)) / v.std(0).clamp_min(1e-12)).float()
+
+
+def code_matrix(ranges: list, codes: dict[str, torch.Tensor], vocab_size: int) -> torch.Tensor:
+    """Every id's standardized code vector, each stream in columns of its own: [vocab_size, Σ D_stream], zeros for
+    the specials and for streams without codes (Transformer.set_codes)."""
+    blocks = [(r, standardize_codes(codes[f"{r.modality}/{r.stream}"])) for r in ranges
+              if f"{r.modality}/{r.stream}" in codes]
+    out = torch.zeros(vocab_size, sum(b.shape[1] for _, b in blocks))
+    col = 0
+    for r, block in blocks:
+        out[r.start:r.stop, col:col + block.shape[1]] = block
+        col += block.shape[1]
+    return out
+
+
 class ExpectedCodeLoss(nn.Module):
     """The transformer's reconstruction loss (specs/transformer.md): for each (modality, stream) range r of the
     vocabulary with code vectors C_r [V_r, D_r] (the tokenizer's `code_vectors`, standardized per dimension over the
@@ -162,9 +181,7 @@ class ExpectedCodeLoss(nn.Module):
             if vectors.ndim != 2 or len(vectors) != r.size:
                 raise ValueError(f"ExpectedCodeLoss: {name} has {r.size} ids but code vectors "
                                  f"{tuple(vectors.shape)}")
-            v = vectors.double()
-            standardized = (v - v.mean(0)) / v.std(0).clamp_min(1e-12)
-            self.register_buffer(self._key(name), standardized.float(), persistent=False)
+            self.register_buffer(self._key(name), standardize_codes(vectors), persistent=False)
             self.bounds[name] = (r.start, r.stop)
 
     @staticmethod

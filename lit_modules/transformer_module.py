@@ -16,8 +16,9 @@ as generation with `bounds` predicts), val/recon/<stream>. Where the datamodule 
 own reconstruction: <stage>/{forecast, persistence, tokenizer}/<metric>[/<group>], on the first
 `data_space_batches` validation batches (generation is the expensive part) and on every test batch.
 
-Batches may carry "positions" (position ids) and "target" (which tokens the loss scores, e.g. only the future frame
-of a field pair); without them positions are 0 … L−1 and every non-PAD token is scored.
+Batches may carry "positions" (position ids), "context" (an aligned context id per position, where the datamodule
+says `has_context`) and "target" (which tokens the loss scores, e.g. only the future frame of a field pair); without
+them positions are 0 … L−1, there is no context and every non-PAD token is scored.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from lit_modules.losses import ExpectedCodeLoss
+from lit_modules.losses import ExpectedCodeLoss, code_matrix
 from lit_modules.metrics import TokenErrors
 from lit_modules.tokenizer_module import STAGES, describe, plain
 from models import Transformer, TransformerConfig, Vocabulary
@@ -40,13 +41,14 @@ from models import Transformer, TransformerConfig, Vocabulary
 class TransformerModule(L.LightningModule):
     def __init__(self, transformer: dict | DictConfig, optimizer: dict | DictConfig, scheduler: dict | DictConfig,
                  recon_weight: float | dict[str, float] = 0.1, recon_positions: int = 256,
-                 data_space_batches: int | None = 2, compile: bool = False):
+                 data_space_batches: int | None = 2, code_embedding: bool = True, compile: bool = False):
         super().__init__()
         transformer, optimizer, scheduler, recon_weight = (plain(transformer), plain(optimizer), plain(scheduler),
                                                            plain(recon_weight))
         self.save_hyperparameters(dict(transformer=transformer, optimizer=optimizer, scheduler=scheduler,
                                        recon_weight=recon_weight, recon_positions=recon_positions,
-                                       data_space_batches=data_space_batches, compile=compile))
+                                       data_space_batches=data_space_batches, code_embedding=code_embedding,
+                                       compile=compile))
         self.net: Transformer | None = None
         self.recon: ExpectedCodeLoss | None = None
         self.vocab: Vocabulary | None = None
@@ -64,9 +66,13 @@ class TransformerModule(L.LightningModule):
             raise TypeError(f"TransformerModule trains on token sequences from a datamodule with a `vocab` "
                             f"(datamodules/tokens.py); got {describe(datamodule)}")
         self.vocab = datamodule.vocab
+        codes = code_matrix(self.vocab.ranges, datamodule.code_vectors, self.vocab.size)
         config = TransformerConfig(vocab_size=self.vocab.size, n_types=self.vocab.n_types, max_len=datamodule.max_len,
-                                   **self.hparams.transformer)
+                                   code_dim=codes.shape[1] if self.hparams.code_embedding else 0,
+                                   context=bool(getattr(datamodule, "has_context", False)), **self.hparams.transformer)
         self.net = Transformer(config)
+        if config.code_dim:
+            self.net.set_codes(codes)
         if self.hparams.compile:
             self.net.compile()
         self.recon = ExpectedCodeLoss(self.vocab.ranges, datamodule.code_vectors, self.hparams.recon_positions)
@@ -91,12 +97,12 @@ class TransformerModule(L.LightningModule):
         d·V_range instead of d·V — the full 15k-id head made the galaxy sequences head-bound. With a stage, the
         epoch's token metrics are updated too."""
         ids, types, valid = batch["ids"], batch["types"], batch["valid"]
-        positions = batch["positions"][:, :-1] if "positions" in batch else None
+        given = {k: batch[k][:, :-1] for k in ("positions", "context") if k in batch}
         key_valid = None if bool(valid.all()) else valid[:, :-1]  # no padding: SDPA's fused causal kernel
-        hidden = self.net.hidden(ids[:, :-1], types[:, :-1], key_valid, positions=positions).flatten(0, 1)
+        hidden = self.net.hidden(ids[:, :-1], types[:, :-1], key_valid, **given).flatten(0, 1)
         targets = ids[:, 1:].flatten()
         keep = (valid & batch.get("target", valid))[:, 1:].flatten()
-        weight = self.net.head.weight
+        weight = self.net.output_weight()
         ce_sum, recon = hidden.new_zeros((), dtype=torch.float32), {}
         # the expected-code loss samples its positions from (step): a resumed run draws what an uninterrupted one did
         generator = torch.Generator().manual_seed(self.global_step)

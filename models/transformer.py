@@ -34,6 +34,8 @@ class TransformerConfig:
     dropout: float = 0.0
     norm: str = "layer"  # "layer" or "rms"
     tie_weights: bool = True
+    code_dim: int = 0  # > 0: each id also embeds its tokenizer code vector (set_codes), see Transformer
+    context: bool = False  # inputs may carry an aligned context id per position (hidden(context=...))
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -110,10 +112,41 @@ class Transformer(nn.Module):
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_weights:
             self.head.weight = self.tok_emb.weight
+        if config.code_dim:
+            # what each id stands for, [vocab_size, code_dim] (zeros for the specials): set_codes fills it
+            self.register_buffer("codes", torch.zeros(config.vocab_size, config.code_dim))
+            self.code_proj = nn.Linear(config.code_dim, config.d_model, bias=False)
+        if config.context:
+            self.context_proj = nn.Linear(config.d_model, config.d_model, bias=False)
         self.apply(self._init)
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
             if name.endswith(("attn.proj.weight", "mlp.2.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layers))
+        if config.context:  # the context id's own embedding at first: with tied weights its logit starts highest
+            nn.init.eye_(self.context_proj.weight)
+
+    def set_codes(self, codes: torch.Tensor) -> None:
+        """codes: [vocab_size, code_dim], the code vector of every id (each stream in its own columns, standardized;
+        TransformerModule builds it from the tokenizers' `code_vectors`).
+
+        An id's embedding is then tok_emb[id] + code_proj(codes[id]), and with tied weights its output row too: ids
+        whose codes are close start close, in and out, so a model that has seen a code learns about its neighbours
+        (a 8640-id FSQ grid is 8 small integer coordinates, not 8640 unrelated symbols)."""
+        if tuple(codes.shape) != tuple(self.codes.shape):
+            raise ValueError(f"codes must be [{self.config.vocab_size}, {self.config.code_dim}], got {tuple(codes.shape)}")
+        self.codes.copy_(codes)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings [B, T, d_model]."""
+        x = self.tok_emb(ids)
+        return x + self.code_proj(self.codes[ids]) if self.config.code_dim else x
+
+    def output_weight(self, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        """The LM head's rows for ids [lo, hi) [n, d_model] (with tied weights and codes: the embedding rows)."""
+        weight = self.head.weight[lo:hi]
+        if self.config.code_dim and self.config.tie_weights:
+            weight = weight + self.code_proj(self.codes[lo:hi])
+        return weight
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -121,20 +154,25 @@ class Transformer(nn.Module):
             nn.init.normal_(module.weight, std=0.02)
 
     def forward(self, ids: torch.Tensor, types: torch.Tensor, key_valid: torch.Tensor | None = None,
-                cache: KVCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, positions: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
         """ids, types: [B, T] int64; key_valid: [B, T_past + T] bool (False = PAD) or None; cache: filled in place
         with every layer's keys/values (positions continue after what it holds); positions: [B, T] or [T] ids into
-        the position embedding, default T_past … T_past + T − 1. -> logits [B, T, vocab_size]."""
-        return self.head(self.hidden(ids, types, key_valid, cache, positions))
+        the position embedding, default T_past … T_past + T − 1; context: [B, T] ids (config.context).
+        -> logits [B, T, vocab_size]."""
+        return F.linear(self.hidden(ids, types, key_valid, cache, positions, context), self.output_weight())
 
     def hidden(self, ids: torch.Tensor, types: torch.Tensor, key_valid: torch.Tensor | None = None,
-               cache: KVCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+               cache: KVCache | None = None, positions: torch.Tensor | None = None,
+               context: torch.Tensor | None = None) -> torch.Tensor:
         """The final-norm hidden states [B, T, d_model] (forward without the LM head: training can apply the head to
-        one id range at a time, `self.head.weight[lo:hi]`).
+        one id range at a time, `output_weight(lo, hi)`).
 
-        Explicit `positions` let a sequence say where a token sits in its data rather than in the sequence: the
-        field forecasts give the tokens of both frames the position of their grid cell, so the token to continue
-        from is the one of the same cell in the frame before (datamodules/tokens.py)."""
+        Explicit `positions` let a sequence say where a token sits in its data rather than in the sequence (the
+        field pairs give both frames the positions of their grid cells). An aligned `context` id adds
+        context_proj(embed(id)) to a position's input: the field pairs give the position that predicts a cell of
+        the future frame the present token of that cell (PAD elsewhere), so continuing the present is a local
+        function from the first step and attention is left for what moves (datamodules/tokens.py)."""
         B, T = ids.shape
         if types.shape != ids.shape:
             raise ValueError(f"types {tuple(types.shape)} must have the shape of ids {tuple(ids.shape)}")
@@ -147,7 +185,12 @@ class Transformer(nn.Module):
             raise ValueError(f"positions must lie in [0, max_len={self.config.max_len}), got "
                              f"[{int(positions.min())}, {int(positions.max())}]")
         pos = self.pos_emb(positions)
-        x = self.drop(self.tok_emb(ids) + self.type_emb(types) + (pos if pos.ndim == 3 else pos[None]))
+        x = self.embed(ids) + self.type_emb(types) + (pos if pos.ndim == 3 else pos[None])
+        if context is not None:
+            if not self.config.context:
+                raise ValueError("context ids given to a Transformer built with context=False")
+            x = x + self.context_proj(self.embed(context))
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x, kv = block(x, key_valid, None if cache is None else cache[i])
             if cache is not None:
@@ -160,27 +203,29 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, layout: torch.Tensor, n_new: int, bounds: torch.Tensor | None = None,
                  temperature: float = 0.0, use_cache: bool = True, generator: torch.Generator | None = None,
-                 positions: torch.Tensor | None = None) -> torch.Tensor:
+                 positions: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
         """Continue `prompt` [B, T0] by n_new tokens. layout: [T0 + n_new] (or [B, T0 + n_new]) type id of every
         position, the prompt's included; bounds: [n_types, 2] the id range [lo, hi) of each type, to which a new
         token is restricted. temperature 0: greedy, else sampling from softmax(logits / temperature).
-        positions: [T0 + n_new] (or [B, …]) position ids, as the sequences were trained with; default 0, 1, ….
-        Returns [B, T0 + n_new]."""
+        positions, context: [T0 + n_new] (or [B, …]) position ids and context ids, as the sequences were trained
+        with; default 0, 1, … and none. Returns [B, T0 + n_new]."""
         B, T0 = prompt.shape
         layout = layout.expand(B, -1) if layout.ndim == 1 else layout
         if layout.shape[1] < T0 + n_new:
             raise ValueError(f"layout covers {layout.shape[1]} positions, generation needs {T0 + n_new}")
-        if positions is not None:
-            positions = positions.expand(B, -1) if positions.ndim == 1 else positions
-            if positions.shape[1] < T0 + n_new:
-                raise ValueError(f"positions cover {positions.shape[1]} tokens, generation needs {T0 + n_new}")
+        given = {"positions": positions, "context": context}
+        for name, value in given.items():
+            if value is not None:
+                given[name] = value = value.expand(B, -1) if value.ndim == 1 else value
+                if value.shape[1] < T0 + n_new:
+                    raise ValueError(f"{name} cover {value.shape[1]} tokens, generation needs {T0 + n_new}")
 
-        def at(span: slice) -> torch.Tensor | None:
-            return None if positions is None else positions[:, span]
+        def at(span: slice) -> dict[str, torch.Tensor | None]:
+            return {name: None if value is None else value[:, span] for name, value in given.items()}
 
         ids = prompt
         cache = self.new_cache() if use_cache else None
-        logits = self(ids, layout[:, :T0], cache=cache, positions=at(slice(0, T0)))[:, -1]
+        logits = self(ids, layout[:, :T0], cache=cache, **at(slice(0, T0)))[:, -1]
         for t in range(T0, T0 + n_new):
             new_type = layout[:, t]  # the type of the position being generated, from the layout
             if bounds is not None:
@@ -195,7 +240,7 @@ class Transformer(nn.Module):
             ids = torch.cat([ids, nxt], 1)
             if t + 1 < T0 + n_new:
                 if use_cache:
-                    logits = self(nxt, new_type[:, None], cache=cache, positions=at(slice(t, t + 1)))[:, -1]
+                    logits = self(nxt, new_type[:, None], cache=cache, **at(slice(t, t + 1)))[:, -1]
                 else:
-                    logits = self(ids, layout[:, : t + 1], positions=at(slice(0, t + 1)))[:, -1]
+                    logits = self(ids, layout[:, : t + 1], **at(slice(0, t + 1)))[:, -1]
         return ids

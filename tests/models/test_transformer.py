@@ -84,9 +84,9 @@ def test_generation_takes_each_position_type_from_the_layout():
     seen = []
     original = model.forward
 
-    def spy(ids, types, key_valid=None, cache=None, positions=None):
+    def spy(ids, types, key_valid=None, cache=None, positions=None, context=None):
         seen.append((types.clone(), positions))
-        return original(ids, types, key_valid, cache, positions)
+        return original(ids, types, key_valid, cache, positions, context)
 
     model.forward = spy
     layout = torch.tensor([0, 1, 1, 2, 2, 3])
@@ -122,6 +122,17 @@ def test_explicit_positions_keep_the_causal_mask_and_the_cache_exact():
     cached = model.generate(prompt, layout, 6, bounds=bounds, positions=positions)
     uncached = model.generate(prompt, layout, 6, bounds=bounds, positions=positions, use_cache=False)
     assert torch.equal(cached, uncached)
+    # with code vectors and an aligned context id per position, as the field pairs are trained
+    model = tiny(vocab_size=40, n_types=3, code_dim=3, context=True)
+    model.set_codes(torch.randn(40, 3, generator=g))
+    context = torch.zeros(2, 14, dtype=torch.long)
+    context[:, 7:13] = ids[:, 1:7]  # the input before each future token carries the present token of its cell
+    cached = model.generate(prompt, layout, 6, bounds=bounds, positions=positions, context=context)
+    uncached = model.generate(prompt, layout, 6, bounds=bounds, positions=positions, context=context,
+                              use_cache=False)
+    assert torch.equal(cached, uncached)
+    with pytest.raises(ValueError, match="codes must be"):
+        model.set_codes(torch.zeros(40, 2))
     with pytest.raises(ValueError, match=r"positions must lie in \[0, max_len=64\)"):
         model(ids[:, :2], layout[:2].expand(2, -1), positions=torch.tensor([0, 64]))
 

@@ -1,0 +1,86 @@
+"""Data-space errors of decoded predictions: with an oracle that predicts the true tokens, the forecast equals the
+tokenizer's reconstruction, and both references equal a hand computation."""
+
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import f32_tolerance, layer_depth
+from tests.datamodules.test_tokens import token_datamodule
+
+
+class FieldOracle:
+    """generate() returns the true sequence of the batch it is given."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def generate(self, prompt, layout, n_new, bounds=None, positions=None):
+        assert torch.equal(prompt, self.batch["ids"][:, :prompt.shape[1]])  # only the present frame is given
+        assert prompt.shape[1] + n_new == self.batch["ids"].shape[1] - 1  # the whole future frame, less EOS
+        return self.batch["ids"][:, :-1]
+
+
+def rel_l1(pred, target):
+    return 100 * (pred.double() - target.double()).abs().sum() / target.double().abs().sum()
+
+
+def test_field_forecast_of_the_true_tokens_is_the_tokenizer_reconstruction(experiment_run, data_dir, tmp_path):
+    from tokenizers import load_tokenizer
+
+    ckpt = experiment_run("phaedra").last_ckpt
+    dm = token_datamodule("field_transformer", ckpt, data_dir, tmp_path)
+    ev = dm.evaluator
+    batch = dm.splits["val"].__getitems__(list(range(min(8, len(dm.splits["val"])))))
+    metrics = nn.ModuleDict(ev.metrics())
+    ev.update(FieldOracle(batch), batch, metrics)
+    forecast, persistence, floor = (metrics[n].compute() for n in ("forecast", "persistence", "tokenizer"))
+    for key in ("rel_l1", "nrmse", "psnr"):
+        assert torch.equal(forecast[key], floor[key]), key
+    future, present = ev.raw[batch["dst"]], ev.raw[batch["src"]]
+    var = ev.var_id[batch["dst"]]
+    mean, std = ev.mean[var][:, None, None, None], ev.std[var][:, None, None, None]
+    assert torch.allclose(persistence["rel_l1"], rel_l1(present, future))
+    tokenizer = load_tokenizer(ckpt)
+    with torch.no_grad():
+        recon = tokenizer((future - mean) / std).recon * std + mean
+    # the floor is the tokenizer's own reconstruction of the future field, in physical units
+    tol = f32_tolerance(recon, layer_depth(tokenizer))
+    assert (tokenizer.decode(ev.to_tokens(batch["ids"][:, -ev.frame_len - 1:-1])) * std + mean
+            - recon).abs().max() <= tol
+    assert floor["rel_l1"].item() == pytest.approx(rel_l1(recon, future).item(), rel=1e-4)
+
+
+class NearestCodeOracle(nn.Module):
+    """hidden() = [2c, −1] for the code c of the true next token, head rows [c_j, |c_j|²]: the logits
+    2c·c_j − |c_j|² = |c|² − |c − c_j|² peak at the true token."""
+
+    def __init__(self, vocab, codes, batch):
+        super().__init__()
+        r = vocab.range("eeg")
+        self.lo, self.codes, self.batch = r.start, codes, batch
+        weight = torch.zeros(vocab.size, codes.shape[1] + 1)
+        weight[r.start:r.stop] = torch.cat([codes, codes.pow(2).sum(1, keepdim=True)], 1)
+        self.head = nn.Linear(codes.shape[1] + 1, vocab.size, bias=False)
+        self.head.weight.data = weight
+
+    def hidden(self, ids, types, key_valid=None):
+        nxt = (self.batch["ids"][:, 1:] - self.lo).clamp(0, len(self.codes) - 1)
+        return torch.cat([2 * self.codes[nxt], -torch.ones(*nxt.shape, 1)], -1)
+
+
+def test_next_patch_of_the_true_token_is_the_tokenizer_reconstruction(experiment_run, data_dir, tmp_path):
+    ckpt = experiment_run("eeg").last_ckpt
+    dm = token_datamodule("eeg_transformer", ckpt, data_dir, tmp_path)
+    ev = dm.evaluator
+    batch = dm.splits["val"].__getitems__(list(range(min(16, len(dm.splits["val"])))))
+    codes = ev.tokenizer.code_vectors("tokens").float()
+    metrics = nn.ModuleDict(ev.metrics())
+    ev.update(NearestCodeOracle(dm.vocab, codes, batch), batch, metrics)
+    forecast, persistence, floor = (metrics[n].compute() for n in ("forecast", "persistence", "tokenizer"))
+    assert torch.equal(forecast["mse"], floor["mse"])
+    # persistence by hand: each patch with a previous one in its sequence against that previous patch
+    nxt, prev = batch["patch"][:, 1:], batch["patch"][:, :-1]
+    where = (nxt >= 0) & (prev >= 0)
+    err = ev.patches[nxt[where]].double() - ev.patches[prev[where]].double()
+    assert persistence["mse"].item() == pytest.approx(err.pow(2).mean().item(), rel=1e-9)
