@@ -361,14 +361,14 @@ class FieldTokenDataModule(InMemoryDataModule):
     def __init__(self, source, tokenizer_ckpt: str | None = None, train_tokenizer: dict | None = None,
                  data_dir: str = "data", delta: int = 1, batch_size: int = 8, eval_batch_size: int = 32,
                  split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, num_workers: int = 0,
-                 encode_batch_size: int = 64):
+                 encode_batch_size: int = 64, forecast_pick: str = "expected_code"):
         super().__init__(None, batch_size, eval_batch_size, split, seed, num_workers)
         if delta < 1:
             raise ValueError(f"data.delta must be ≥ 1 snapshot, got {delta}")
         (self.source, self.source_config), self.data_dir, self.delta = build_source(source), Path(data_dir), delta
         self.tokenizer_ckpt = tokenizer_ckpt
         self.train_tokenizer = dict(train_tokenizer or {"experiment": "phaedra", "overrides": []})
-        self.encode_batch_size = encode_batch_size
+        self.encode_batch_size, self.forecast_pick = encode_batch_size, forecast_pick
         self.vocab: Vocabulary | None = None
         self.code_vectors: dict[str, torch.Tensor] = {}
         self.max_len = 0
@@ -450,7 +450,7 @@ class FieldTokenDataModule(InMemoryDataModule):
             raise ValueError(f"the train split has {len(self.splits['train'])} pairs, fewer than "
                              f"data.batch_size={self.batch_size}")
         self.evaluator = FieldForecast(tokenizer, self.vocab, self.layout, streams, grid, raw, var_id,
-                                       torch.tensor(meta.mean), torch.tensor(meta.std), names)
+                                       torch.tensor(meta.mean), torch.tensor(meta.std), names, self.forecast_pick)
 
     @property
     def metadata(self) -> None:

@@ -21,15 +21,21 @@ NAMES = ("forecast", "persistence", "tokenizer")
 
 
 class FieldForecast:
-    """The future frame generated greedily (KV cache) from [BOS] present frame [SEP], with the layout's types and
-    positions and each token restricted to its stream's ids; decoded and de-normalized with the tokenizer's
-    statistics; errors in physical units per variable (FieldErrors: rel_l1, nrmse, psnr …).
+    """The future frame generated greedily (KV cache) from [BOS] present frame [SEP], with the layout's types,
+    positions and context and each token restricted to its stream's ids; decoded and de-normalized with the
+    tokenizer's statistics; errors in physical units per variable (FieldErrors: rel_l1, nrmse, psnr …).
 
+    pick: how a greedy step picks an id (Transformer.generate): "expected_code" (default; the id nearest the expected
+    code vector — a field value is a quantity, and the mode of a broad distribution over 1024 amplitude levels is a
+    noisy estimate of it) or "argmax"; a model without code vectors always takes the argmax.
     raw: [N, 1, H, W] every frame in physical units; var_id: [N]; mean, std: [n_vars] (the tokenizer's)."""
 
     def __init__(self, tokenizer: nn.Module, vocab, layout, streams: list[str], grid: tuple[int, ...],
-                 raw: torch.Tensor, var_id: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, groups: list[str]):
-        self.tokenizer, self.layout, self.streams, self.grid = tokenizer, layout, streams, grid
+                 raw: torch.Tensor, var_id: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, groups: list[str],
+                 pick: str = "expected_code"):
+        if pick not in ("argmax", "expected_code"):
+            raise ValueError(f"data.forecast_pick must be 'argmax' or 'expected_code', got {pick!r}")
+        self.tokenizer, self.layout, self.streams, self.grid, self.pick = tokenizer, layout, streams, grid, pick
         self.raw, self.var_id, self.mean, self.std, self.groups = raw, var_id, mean, std, groups
         self.starts = torch.tensor([vocab.range("field", s).start for s in streams])
         self.bounds = vocab.type_bounds()
@@ -50,7 +56,7 @@ class FieldForecast:
         prompt_len = self.frame_len + 2  # BOS, present frame, SEP
         out = net.generate(batch["ids"][:, :prompt_len], self.layout.types.to(device), self.frame_len,
                            bounds=self.bounds.to(device), positions=self.layout.positions.to(device),
-                           context=batch["context"])
+                           context=batch["context"], pick=self.pick if net.config.code_dim else "argmax")
         src, dst = batch["src"].cpu(), batch["dst"].cpu()
         var = self.var_id[dst]
         mean, std = self.mean[var].to(device)[:, None, None, None], self.std[var].to(device)[:, None, None, None]

@@ -203,13 +203,19 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, layout: torch.Tensor, n_new: int, bounds: torch.Tensor | None = None,
                  temperature: float = 0.0, use_cache: bool = True, generator: torch.Generator | None = None,
-                 positions: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+                 positions: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                 pick: str = "argmax") -> torch.Tensor:
         """Continue `prompt` [B, T0] by n_new tokens. layout: [T0 + n_new] (or [B, T0 + n_new]) type id of every
         position, the prompt's included; bounds: [n_types, 2] the id range [lo, hi) of each type, to which a new
-        token is restricted. temperature 0: greedy, else sampling from softmax(logits / temperature).
+        token is restricted. temperature 0: greedy, else sampling from softmax(logits / temperature). Greedy picks
+        the most probable id (pick="argmax") or, with code vectors (set_codes), the id whose code is nearest the
+        expected code under the distribution (pick="expected_code": the least squared error in code space, what
+        a forecast of a continuous quantity wants rather than the mode).
         positions, context: [T0 + n_new] (or [B, …]) position ids and context ids, as the sequences were trained
         with; default 0, 1, … and none. Returns [B, T0 + n_new]."""
         B, T0 = prompt.shape
+        if pick not in ("argmax", "expected_code") or (pick == "expected_code" and not self.config.code_dim):
+            raise ValueError(f"pick must be 'argmax' or 'expected_code' (with code vectors), got {pick!r}")
         layout = layout.expand(B, -1) if layout.ndim == 1 else layout
         if layout.shape[1] < T0 + n_new:
             raise ValueError(f"layout covers {layout.shape[1]} positions, generation needs {T0 + n_new}")
@@ -235,6 +241,11 @@ class Transformer(nn.Module):
             if temperature > 0:
                 probs = F.softmax(logits.float() / temperature, -1)
                 nxt = torch.multinomial(probs, 1, generator=generator)
+            elif pick == "expected_code":
+                expected = F.softmax(logits.float(), -1) @ self.codes  # [B, code_dim]
+                # −|c − ê|² up to a constant, over the ids the logits allow
+                closeness = 2 * expected @ self.codes.T - self.codes.pow(2).sum(-1)
+                nxt = closeness.masked_fill(logits == -math.inf, -math.inf).argmax(-1, keepdim=True)
             else:
                 nxt = logits.argmax(-1, keepdim=True)
             ids = torch.cat([ids, nxt], 1)
