@@ -536,7 +536,7 @@ class EEGTokenDataModule(InMemoryDataModule):
         (stream,) = tokenizer.streams
         token_ids = torch.from_numpy(tokens[stream][:, 0]) + self.vocab.range("eeg", stream).start
         self.code_vectors = {f"eeg/{stream}": tokenizer.code_vectors(stream).detach().float()}
-        L = self.max_patches + 2
+        L = max(len(r) for split_rows in rows.values() for r in split_rows) + 2  # the longest sequence
         self.max_len = L
         eeg_type = self.vocab.range("eeg", stream).type_id
         self.splits = {split: self._sequences(r, token_ids, L, eeg_type) for split, r in rows.items()}

@@ -73,8 +73,8 @@ class FieldForecast:
 
 
 class NextPatch:
-    """Every patch with a previous one in its sequence: the argmax of the next-token distribution (within the EEG
-    ids) given the true past, decoded; errors on the normalized signal (SignalErrors: mse, snr_db, pearson …).
+    """Every patch with a previous one in its sequence: the next token given the true past (within the EEG ids; the
+    id nearest the expected code where the model has code vectors, else the argmax), decoded; errors on the normalized signal (SignalErrors: mse, snr_db, pearson …).
 
     patches: [N, P] every patch of the data (normalized as the tokenizer saw them), at sampling rate `rate`."""
 
@@ -99,6 +99,10 @@ class NextPatch:
             return
         logits = hidden[where] @ net.output_weight(self.lo, self.hi).T
         truth = batch["ids"][:, 1:][where] - self.lo
+        if net.config.code_dim:  # the id nearest the expected code (as FieldForecast's default pick), else argmax
+            codes = net.codes[self.lo:self.hi]
+            expected = logits.float().softmax(-1) @ codes
+            logits = 2 * expected @ codes.T - codes.pow(2).sum(-1)
         sfreq = torch.full((int(where.sum()),), self.rate, device=device)
 
         def decoded(ids: torch.Tensor) -> torch.Tensor:

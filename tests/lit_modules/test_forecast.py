@@ -1,6 +1,8 @@
 """Data-space errors of decoded predictions: with an oracle that predicts the true tokens, the forecast equals the
 tokenizer's reconstruction, and both references equal a hand computation."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -14,8 +16,9 @@ class FieldOracle:
 
     def __init__(self, batch):
         self.batch = batch
+        self.config = SimpleNamespace(code_dim=0)
 
-    def generate(self, prompt, layout, n_new, bounds=None, positions=None):
+    def generate(self, prompt, layout, n_new, bounds=None, positions=None, context=None, pick="argmax"):
         assert torch.equal(prompt, self.batch["ids"][:, :prompt.shape[1]])  # only the present frame is given
         assert prompt.shape[1] + n_new == self.batch["ids"].shape[1] - 1  # the whole future frame, less EOS
         return self.batch["ids"][:, :-1]
@@ -59,10 +62,14 @@ class NearestCodeOracle(nn.Module):
         super().__init__()
         r = vocab.range("eeg")
         self.lo, self.codes, self.batch = r.start, codes, batch
+        self.config = SimpleNamespace(code_dim=0)  # logits from the head (the argmax pick)
         weight = torch.zeros(vocab.size, codes.shape[1] + 1)
         weight[r.start:r.stop] = torch.cat([codes, codes.pow(2).sum(1, keepdim=True)], 1)
         self.head = nn.Linear(codes.shape[1] + 1, vocab.size, bias=False)
         self.head.weight.data = weight
+
+    def output_weight(self, lo=0, hi=None):
+        return self.head.weight[lo:hi]
 
     def hidden(self, ids, types, key_valid=None):
         nxt = (self.batch["ids"][:, 1:] - self.lo).clamp(0, len(self.codes) - 1)
