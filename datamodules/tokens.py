@@ -304,6 +304,48 @@ class Layout:
         self.target = torch.tensor(target)
 
 
+class TokenizerSequences(InMemoryDataModule):
+    """What the field and EEG sequence datamodules share: the tokenizer checkpoint they encode through (given, or
+    trained first: `tokenizer_checkpoint`), checked to be an `EXPECTED` one, and the attributes the transformer
+    reads after setup (vocab, code_vectors, max_len, evaluator)."""
+
+    EXPECTED = ""  # the tokenizer class its checkpoint must hold
+    EXPERIMENT = ""  # the experiment that trains one
+    has_context = False
+
+    def __init__(self, source, tokenizer_ckpt: str | None, train_tokenizer: dict | None, data_dir: str,
+                 batch_size: int, eval_batch_size: int, split: Sequence[float], seed: int, num_workers: int):
+        super().__init__(None, batch_size, eval_batch_size, split, seed, num_workers)
+        (self.source, self.source_config), self.data_dir = build_source(source), Path(data_dir)
+        self.tokenizer_ckpt = tokenizer_ckpt
+        self.train_tokenizer = dict(train_tokenizer or {"experiment": self.EXPERIMENT, "overrides": []})
+        self.vocab: Vocabulary | None = None
+        self.code_vectors: dict[str, torch.Tensor] = {}
+        self.max_len = 0
+        self.evaluator = None
+        self.checkpoint: Path | None = None
+
+    def _checkpoint(self, train: bool) -> Path:
+        return tokenizer_checkpoint(self.tokenizer_ckpt, self.EXPECTED, self.train_tokenizer["experiment"],
+                                    list(self.train_tokenizer.get("overrides") or []), self.data_dir, self.seed,
+                                    train, self.source_config)
+
+    def prepare_data(self) -> None:
+        self._checkpoint(train=True)
+
+    def load_tokenizer(self) -> torch.nn.Module:
+        """The checked tokenizer of the checkpoint (prepare_data trained it where none was given)."""
+        self.checkpoint = self._checkpoint(train=False)
+        return load_checked(self.checkpoint, self.EXPECTED, self.train_tokenizer["experiment"])
+
+    @property
+    def metadata(self) -> None:
+        return None  # the tokenizer checkpoint holds the data's normalization
+
+    def make_train_sampler(self) -> EpochShuffleSampler:
+        return EpochShuffleSampler(len(self.splits["train"]), self.seed)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Fields: the tokens of a field at t, then those at t + Δ
 
@@ -337,7 +379,7 @@ class FieldPairs(TensorBatches):
                 "target": self.layout.target.expand(n, L), "src": t["src"], "dst": t["dst"]}
 
 
-class FieldTokenDataModule(InMemoryDataModule):
+class FieldTokenDataModule(TokenizerSequences):
     """Operator learning on field tokens: the tokens of a field at time t → the tokens at t + Δ (`delta` snapshots
     later), for every trajectory, variable and t of the field source (data/field_source), split by trajectory as
     datamodules/fields.py splits (same seed: the tokenizer's held-out trajectories are held out here too).
@@ -362,38 +404,25 @@ class FieldTokenDataModule(InMemoryDataModule):
                  data_dir: str = "data", delta: int = 1, batch_size: int = 8, eval_batch_size: int = 32,
                  split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, num_workers: int = 0,
                  encode_batch_size: int = 64, forecast_pick: str = "expected_code"):
-        super().__init__(None, batch_size, eval_batch_size, split, seed, num_workers)
         if delta < 1:
             raise ValueError(f"data.delta must be ≥ 1 snapshot, got {delta}")
-        (self.source, self.source_config), self.data_dir, self.delta = build_source(source), Path(data_dir), delta
-        self.tokenizer_ckpt = tokenizer_ckpt
-        self.train_tokenizer = dict(train_tokenizer or {"experiment": "phaedra", "overrides": []})
-        self.encode_batch_size, self.forecast_pick = encode_batch_size, forecast_pick
-        self.vocab: Vocabulary | None = None
-        self.code_vectors: dict[str, torch.Tensor] = {}
-        self.max_len = 0
-        self.evaluator = None
-        self.checkpoint: Path | None = None
+        super().__init__(source, tokenizer_ckpt, train_tokenizer, data_dir, batch_size, eval_batch_size, split, seed,
+                         num_workers)
+        self.delta, self.encode_batch_size, self.forecast_pick = delta, encode_batch_size, forecast_pick
 
-    EXPECTED = "PhaedraTokenizer"
+    EXPECTED, EXPERIMENT = "PhaedraTokenizer", "phaedra"
     has_context = True
-
-    def _checkpoint(self, train: bool) -> Path:
-        return tokenizer_checkpoint(self.tokenizer_ckpt, self.EXPECTED, self.train_tokenizer["experiment"],
-                                    list(self.train_tokenizer.get("overrides") or []), self.data_dir, self.seed,
-                                    train, self.source_config)
 
     def prepare_data(self) -> None:
         self.source.prepare(self.data_dir)
-        self._checkpoint(train=True)
+        super().prepare_data()
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         from lit_modules.forecast import FieldForecast
 
-        self.checkpoint = self._checkpoint(train=False)
-        tokenizer = load_checked(self.checkpoint, self.EXPECTED, self.train_tokenizer["experiment"])
+        tokenizer = self.load_tokenizer()
         meta = tokenizer.metadata
         fieldsets = self.source.load(self.data_dir)
         names = [f"{fs.name}/{v}" for fs in fieldsets for v in fs.variables]
@@ -452,19 +481,12 @@ class FieldTokenDataModule(InMemoryDataModule):
         self.evaluator = FieldForecast(tokenizer, self.vocab, self.layout, streams, grid, raw, var_id,
                                        torch.tensor(meta.mean), torch.tensor(meta.std), names, self.forecast_pick)
 
-    @property
-    def metadata(self) -> None:
-        return None  # the tokenizer checkpoint holds the data's normalization
-
-    def make_train_sampler(self) -> EpochShuffleSampler:
-        return EpochShuffleSampler(len(self.splits["train"]), self.seed)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # EEG: the patches of one channel in time order, one token each
 
 
-class EEGTokenDataModule(InMemoryDataModule):
+class EEGTokenDataModule(TokenizerSequences):
     """Next-patch prediction on EEG tokens: one sequence per channel of a recording, [BOS] one token per
     consecutive, non-overlapping patch [EOS], PAD to the longest (at most `max_patches` patches: longer channels are
     cut into several sequences). Recordings split by recording as datamodules/eeg.py splits (same seed), normalized
@@ -475,30 +497,15 @@ class EEGTokenDataModule(InMemoryDataModule):
     (lit_modules/forecast.py NextPatch: decode the predicted next token and compare with the true next patch, with
     the previous patch (persistence) and with the tokenizer's own reconstruction)."""
 
-    EXPECTED = "EEGTokenizer"
+    EXPECTED, EXPERIMENT = "EEGTokenizer", "eeg"
 
     def __init__(self, source, tokenizer_ckpt: str | None = None, train_tokenizer: dict | None = None,
                  data_dir: str = "data", max_patches: int = 64, ems_factor: float = 1e-3, batch_size: int = 64,
                  eval_batch_size: int = 256, split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
                  num_workers: int = 0):
-        super().__init__(None, batch_size, eval_batch_size, split, seed, num_workers)
-        (self.source, self.source_config), self.data_dir = build_source(source), Path(data_dir)
+        super().__init__(source, tokenizer_ckpt, train_tokenizer, data_dir, batch_size, eval_batch_size, split, seed,
+                         num_workers)
         self.max_patches, self.ems_factor = max_patches, ems_factor
-        self.tokenizer_ckpt = tokenizer_ckpt
-        self.train_tokenizer = dict(train_tokenizer or {"experiment": "eeg", "overrides": []})
-        self.vocab: Vocabulary | None = None
-        self.code_vectors: dict[str, torch.Tensor] = {}
-        self.max_len = 0
-        self.evaluator = None
-        self.checkpoint: Path | None = None
-
-    def _checkpoint(self, train: bool) -> Path:
-        return tokenizer_checkpoint(self.tokenizer_ckpt, self.EXPECTED, self.train_tokenizer["experiment"],
-                                    list(self.train_tokenizer.get("overrides") or []), self.data_dir, self.seed,
-                                    train, self.source_config)
-
-    def prepare_data(self) -> None:
-        self._checkpoint(train=True)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -507,8 +514,7 @@ class EEGTokenDataModule(InMemoryDataModule):
         from datamodules.eeg_signal import cut_patches, patch_offsets, resample
         from lit_modules.forecast import NextPatch
 
-        self.checkpoint = self._checkpoint(train=False)
-        tokenizer = load_checked(self.checkpoint, self.EXPECTED, self.train_tokenizer["experiment"])
+        tokenizer = self.load_tokenizer()
         meta, P = tokenizer.metadata, tokenizer.patch_len
         if len(meta.rates) != 1:
             raise ValueError(f"{self.checkpoint}: trained at rates {meta.rates}; next-patch sequences need a "
@@ -555,10 +561,3 @@ class EEGTokenDataModule(InMemoryDataModule):
             patch[i, 1:len(r) + 1] = r
         valid = torch.arange(L)[None] < torch.tensor([len(r) + 2 for r in rows])[:, None]
         return TensorBatches(ids=ids, types=types, valid=valid, patch=patch)
-
-    @property
-    def metadata(self) -> None:
-        return None  # the tokenizer checkpoint holds the data's normalization
-
-    def make_train_sampler(self) -> EpochShuffleSampler:
-        return EpochShuffleSampler(len(self.splits["train"]), self.seed)
