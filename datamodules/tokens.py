@@ -19,8 +19,10 @@ column is a stream of its own (its ids mean values of that column). L = the leng
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -307,11 +309,11 @@ class Layout:
 class TokenizerSequences(InMemoryDataModule):
     """What the field and EEG sequence datamodules share: the tokenizer checkpoint they encode through (given, or
     trained first: `tokenizer_checkpoint`), checked to be an `EXPECTED` one, and the attributes the transformer
-    reads after setup (vocab, code_vectors, max_len, evaluator)."""
+    reads after setup (vocab, code_vectors, max_len, context_slots, evaluator)."""
 
     EXPECTED = ""  # the tokenizer class its checkpoint must hold
     EXPERIMENT = ""  # the experiment that trains one
-    has_context = False
+    context_slots = 0  # aligned context ids per position in the batches ("context": [B, L, slots]); 0: none
 
     def __init__(self, source, tokenizer_ckpt: str | None, train_tokenizer: dict | None, data_dir: str,
                  batch_size: int, eval_batch_size: int, split: Sequence[float], seed: int, num_workers: int):
@@ -350,14 +352,37 @@ class TokenizerSequences(InMemoryDataModule):
 # Fields: the tokens of a field at t, then those at t + Δ
 
 
+def neighbourhood(grid: Sequence[int], streams: int, radius: int) -> torch.Tensor:
+    """For every token of a frame (cells in raster order over `grid`, `streams` tokens per cell side by side): the
+    frame indices of its context slots [n_cells · streams, slots] — itself, the same stream at every cell within
+    `radius` on each axis (offset order of itertools.product), the cell's other streams — with n_cells · streams
+    (one past the frame) where the cell lies outside the grid."""
+    cells = torch.arange(math.prod(grid)).view(*grid)
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n) for n in grid], indexing="ij"), -1).view(-1, len(grid))
+    size, outside = torch.tensor(grid), math.prod(grid) * streams
+    offsets = [o for o in itertools.product(range(-radius, radius + 1), repeat=len(grid)) if any(o)]
+    index = []
+    for k in range(streams):
+        slots = [cells.flatten() * streams + k]
+        for o in offsets:
+            at = coords + torch.tensor(o)
+            inside = ((at >= 0) & (at < size)).all(-1)
+            at = at.clamp(torch.zeros_like(size), size - 1)
+            slots.append(torch.where(inside, cells[tuple(at.T)] * streams + k, outside))
+        slots += [cells.flatten() * streams + j for j in range(streams) if j != k]
+        index.append(torch.stack(slots, -1))  # [n_cells, slots] for stream k
+    return torch.stack(index, 1).flatten(0, 1)  # [n_cells · streams, slots], cell by cell, streams side by side
+
+
 class FieldPairs(TensorBatches):
     """Pairs (present frame, future frame) of one trajectory and variable; batches are built from the frames' token
     rows: [BOS] frame(src) [SEP] frame(dst) [EOS], each frame its S cells in raster order with the streams of a cell
     side by side (morph, amp)."""
 
-    def __init__(self, frame_ids: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, layout: Layout):
+    def __init__(self, frame_ids: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, layout: Layout,
+                 context_index: torch.Tensor, masked: bool = True):
         super().__init__(src=src, dst=dst)
-        self.frame_ids, self.layout = frame_ids, layout
+        self.frame_ids, self.layout, self.context_index, self.masked = frame_ids, layout, context_index, masked
         self.specials = {name: SPECIALS.index(name) for name in ("BOS", "SEP", "EOS")}
 
     def __getitems__(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -371,12 +396,17 @@ class FieldPairs(TensorBatches):
         ids = torch.cat([special("BOS"), present, special("SEP"), self.frame_ids[t["dst"]], special("EOS")], 1)
         L, F = ids.shape[1], present.shape[1]
         # the input at SEP and at each future token predicts the next future token: its context is the present
-        # token of that cell and stream
-        context = torch.full((n, L), SPECIALS.index("PAD"))
-        context[:, F + 1:2 * F + 1] = present
-        return {"ids": ids, "types": self.layout.types.expand(n, L), "positions": self.layout.positions.expand(n, L),
-                "context": context, "valid": torch.ones(n, L, dtype=torch.bool),
-                "target": self.layout.target.expand(n, L), "src": t["src"], "dst": t["dst"]}
+        # tokens around that cell (context_index: frame index per slot, F = outside the grid -> PAD)
+        pad = SPECIALS.index("PAD")
+        context = torch.full((n, L, self.context_index.shape[1]), pad)
+        context[:, F + 1:2 * F + 1] = torch.cat([present, torch.full((n, 1), pad)], 1)[:, self.context_index]
+        batch = {"ids": ids, "types": self.layout.types.expand(n, L), "positions": self.layout.positions.expand(n, L),
+                 "context": context, "valid": torch.ones(n, L, dtype=torch.bool),
+                 "target": self.layout.target.expand(n, L), "src": t["src"], "dst": t["dst"]}
+        if self.masked:  # the model reads MASK for every future token: each is predicted from the present alone
+            batch["inputs"] = ids.clone()
+            batch["inputs"][:, F + 2:2 * F + 2] = SPECIALS.index("MASK")
+        return batch
 
 
 class FieldTokenDataModule(TokenizerSequences):
@@ -392,9 +422,13 @@ class FieldTokenDataModule(TokenizerSequences):
     so the model finds the present value of the cell it predicts by position rather than by a learned offset of
     S·streams + 1 tokens; order within the sequence is what the causal mask gives.
 
-    Context (`has_context`): the input that predicts a token of the future frame carries the present token of the
-    same cell and stream ("context", models/transformer.py), so the model starts from persistence and learns the
-    change.
+    Context (`context_slots`, `context_radius` r): the input that predicts a token of the future frame carries the
+    present tokens around it ("context", models/transformer.py): slot 0 the same cell and stream, then the same stream
+    at the other cells within r of it on every grid axis ((2r + 1)^d − 1, PAD outside the grid), then the cell's
+    other streams. The model starts from persistence (slot 0's embedding is its input at first) and has the local
+    stencil of the present, from which a PDE's next state mostly follows, without learning 2-D neighbourhoods
+    through attention; attention is left for what moves further. r = 1 beat r = 0 (the same cell only) by … in
+    test rel L1 (README: field_transformer).
 
     Batches add "src", "dst": int64 [B] frame indices, for the evaluator (lit_modules/forecast.py FieldForecast:
     generate the future frame, decode it, compare with the true future field, with persistence and with the
@@ -403,15 +437,20 @@ class FieldTokenDataModule(TokenizerSequences):
     def __init__(self, source, tokenizer_ckpt: str | None = None, train_tokenizer: dict | None = None,
                  data_dir: str = "data", delta: int = 1, batch_size: int = 8, eval_batch_size: int = 32,
                  split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, num_workers: int = 0,
-                 encode_batch_size: int = 64, forecast_pick: str = "expected_code"):
+                 encode_batch_size: int = 64, forecast_pick: str = "expected_code", context_radius: int = 1,
+                 future_inputs: str = "masked"):
         if delta < 1:
             raise ValueError(f"data.delta must be ≥ 1 snapshot, got {delta}")
+        if future_inputs not in ("masked", "tokens"):
+            raise ValueError(f"data.future_inputs must be 'masked' or 'tokens', got {future_inputs!r}")
+        if context_radius < 0:
+            raise ValueError(f"data.context_radius must be ≥ 0 cells, got {context_radius}")
         super().__init__(source, tokenizer_ckpt, train_tokenizer, data_dir, batch_size, eval_batch_size, split, seed,
                          num_workers)
         self.delta, self.encode_batch_size, self.forecast_pick = delta, encode_batch_size, forecast_pick
+        self.context_radius, self.future_inputs = context_radius, future_inputs
 
     EXPECTED, EXPERIMENT = "PhaedraTokenizer", "phaedra"
-    has_context = True
 
     def prepare_data(self) -> None:
         self.source.prepare(self.data_dir)
@@ -469,12 +508,16 @@ class FieldTokenDataModule(TokenizerSequences):
                              positions=[0, *frame_pos, S + 1, *frame_pos, S + 1],
                              target=[False] * (S * K + 2) + [True] * (S * K + 1))
         self.max_len = S + 2
+        context_index = neighbourhood(grid, K, self.context_radius)
+        self.context_slots = context_index.shape[1]
         # val/test in a fixed shuffled order, so the first batches (the data-space errors during validation) hold
         # every variable and time, not the first dataset's first trajectories
         order = {split: torch.randperm(sum(len(q) for q in p), generator=torch.Generator().manual_seed(self.seed))
                  for split, p in pairs.items()}
         self.splits = {split: FieldPairs(frame_ids, *torch.cat(p)[order[split] if split != "train" else slice(None)]
-                                         .unbind(1), self.layout) for split, p in pairs.items()}
+                                         .unbind(1), self.layout, context_index,
+                                         masked=self.future_inputs == "masked")
+                       for split, p in pairs.items()}
         if len(self.splits["train"]) < self.batch_size:
             raise ValueError(f"the train split has {len(self.splits['train'])} pairs, fewer than "
                              f"data.batch_size={self.batch_size}")

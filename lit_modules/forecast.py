@@ -21,8 +21,9 @@ NAMES = ("forecast", "persistence", "tokenizer")
 
 
 class FieldForecast:
-    """The future frame generated greedily (KV cache) from [BOS] present frame [SEP], with the layout's types,
-    positions and context and each token restricted to its stream's ids; decoded and de-normalized with the
+    """The future frame predicted from [BOS] present frame [SEP], with the layout's types, positions and context and
+    each token restricted to its stream's ids — in one pass where the batch reads MASK for the future frame
+    ("inputs", data.future_inputs=masked), else generated greedily token by token (KV cache); decoded and de-normalized with the
     tokenizer's statistics; errors in physical units per variable (FieldErrors: rel_l1, nrmse, psnr …).
 
     pick: how a greedy step picks an id (Transformer.generate): "expected_code" (default; the id nearest the expected
@@ -54,9 +55,21 @@ class FieldForecast:
         device = batch["ids"].device
         tokenizer = self.tokenizer.to(device)
         prompt_len = self.frame_len + 2  # BOS, present frame, SEP
-        out = net.generate(batch["ids"][:, :prompt_len], self.layout.types.to(device), self.frame_len,
-                           bounds=self.bounds.to(device), positions=self.layout.positions.to(device),
-                           context=batch["context"], pick=self.pick if net.config.code_dim else "argmax")
+        pick = self.pick if net.config.code_dim else "argmax"
+        if "inputs" in batch:  # masked future frame: every future token from one pass over the present
+            span = slice(prompt_len - 1, prompt_len - 1 + self.frame_len)  # the inputs that predict them
+            logits = net(batch["inputs"][:, :span.stop], batch["types"][:, :span.stop],
+                         positions=batch["positions"][:, :span.stop], context=batch["context"][:, :span.stop])
+            logits = logits[:, span]
+            bounds = self.bounds.to(device)[self.layout.types.to(device)[prompt_len:prompt_len + self.frame_len]]
+            vocab = torch.arange(logits.shape[-1], device=device)
+            allowed = (vocab >= bounds[:, :1]) & (vocab < bounds[:, 1:])  # [frame_len, V]: each token's stream
+            future = net.pick(logits.masked_fill(~allowed, float("-inf")), pick)
+            out = torch.cat([batch["ids"][:, :prompt_len], future], 1)
+        else:  # the future frame token by token, each conditioned on those picked before (KV cache)
+            out = net.generate(batch["ids"][:, :prompt_len], self.layout.types.to(device), self.frame_len,
+                               bounds=self.bounds.to(device), positions=self.layout.positions.to(device),
+                               context=batch["context"], pick=pick)
         src, dst = batch["src"].cpu(), batch["dst"].cpu()
         var = self.var_id[dst]
         mean, std = self.mean[var].to(device)[:, None, None, None], self.std[var].to(device)[:, None, None, None]

@@ -16,9 +16,10 @@ as generation with `bounds` predicts), val/recon/<stream>. Where the datamodule 
 own reconstruction: <stage>/{forecast, persistence, tokenizer}/<metric>[/<group>], on the first
 `data_space_batches` validation batches (generation is the expensive part) and on every test batch.
 
-Batches may carry "positions" (position ids), "context" (an aligned context id per position, where the datamodule
-says `has_context`) and "target" (which tokens the loss scores, e.g. only the future frame of a field pair); without
-them positions are 0 … L−1, there is no context and every non-PAD token is scored.
+Batches may carry "positions" (position ids), "context" (aligned context ids per position, where the datamodule
+says `context_slots`), "target" (which tokens the loss scores, e.g. only the future frame of a field pair) and
+"inputs" (what the model reads where that differs from `ids`, the targets: MASK over a field pair's future frame);
+without them positions are 0 … L−1, there is no context, every non-PAD token is scored and the inputs are `ids`.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class TransformerModule(L.LightningModule):
         codes = code_matrix(self.vocab.ranges, datamodule.code_vectors, self.vocab.size)
         config = TransformerConfig(vocab_size=self.vocab.size, n_types=self.vocab.n_types, max_len=datamodule.max_len,
                                    code_dim=codes.shape[1] if self.hparams.code_embedding else 0,
-                                   context=bool(getattr(datamodule, "has_context", False)), **self.hparams.transformer)
+                                   context=int(getattr(datamodule, "context_slots", 0)), **self.hparams.transformer)
         self.net = Transformer(config)
         if config.code_dim:
             self.net.set_codes(codes)
@@ -99,7 +100,8 @@ class TransformerModule(L.LightningModule):
         ids, types, valid = batch["ids"], batch["types"], batch["valid"]
         given = {k: batch[k][:, :-1] for k in ("positions", "context") if k in batch}
         key_valid = None if bool(valid.all()) else valid[:, :-1]  # no padding: SDPA's fused causal kernel
-        hidden = self.net.hidden(ids[:, :-1], types[:, :-1], key_valid, **given).flatten(0, 1)
+        inputs = batch.get("inputs", ids)  # what the model reads, where it differs from the targets (MASK)
+        hidden = self.net.hidden(inputs[:, :-1], types[:, :-1], key_valid, **given).flatten(0, 1)
         targets = ids[:, 1:].flatten()
         keep = (valid & batch.get("target", valid))[:, 1:].flatten()
         weight = self.net.output_weight()

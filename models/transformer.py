@@ -35,7 +35,7 @@ class TransformerConfig:
     norm: str = "layer"  # "layer" or "rms"
     tie_weights: bool = True
     code_dim: int = 0  # > 0: each id also embeds its tokenizer code vector (set_codes), see Transformer
-    context: bool = False  # inputs may carry an aligned context id per position (hidden(context=...))
+    context: int = 0  # aligned context ids per position that inputs may carry (hidden(context=...)); 0: none
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -116,14 +116,15 @@ class Transformer(nn.Module):
             # what each id stands for, [vocab_size, code_dim] (zeros for the specials): set_codes fills it
             self.register_buffer("codes", torch.zeros(config.vocab_size, config.code_dim))
             self.code_proj = nn.Linear(config.code_dim, config.d_model, bias=False)
-        if config.context:
-            self.context_proj = nn.Linear(config.d_model, config.d_model, bias=False)
+        if config.context:  # the slots' embeddings side by side -> d_model
+            self.context_proj = nn.Linear(int(config.context) * config.d_model, config.d_model, bias=False)
         self.apply(self._init)
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
             if name.endswith(("attn.proj.weight", "mlp.2.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layers))
-        if config.context:  # the context id's own embedding at first: with tied weights its logit starts highest
-            nn.init.eye_(self.context_proj.weight)
+        if config.context:  # slot 0's own embedding at first (with tied weights its logit starts highest), the rest 0
+            nn.init.zeros_(self.context_proj.weight)
+            nn.init.eye_(self.context_proj.weight[:, :config.d_model])
 
     def set_codes(self, codes: torch.Tensor) -> None:
         """codes: [vocab_size, code_dim], the code vector of every id (each stream in its own columns, standardized;
@@ -158,7 +159,8 @@ class Transformer(nn.Module):
                 context: torch.Tensor | None = None) -> torch.Tensor:
         """ids, types: [B, T] int64; key_valid: [B, T_past + T] bool (False = PAD) or None; cache: filled in place
         with every layer's keys/values (positions continue after what it holds); positions: [B, T] or [T] ids into
-        the position embedding, default T_past … T_past + T − 1; context: [B, T] ids (config.context).
+        the position embedding, default T_past … T_past + T − 1; context: [B, T, config.context] ids ([B, T] for
+        one slot).
         -> logits [B, T, vocab_size]."""
         return F.linear(self.hidden(ids, types, key_valid, cache, positions, context), self.output_weight())
 
@@ -172,7 +174,10 @@ class Transformer(nn.Module):
         field pairs give both frames the positions of their grid cells). An aligned `context` id adds
         context_proj(embed(id)) to a position's input: the field pairs give the position that predicts a cell of
         the future frame the present token of that cell (PAD elsewhere), so continuing the present is a local
-        function from the first step and attention is left for what moves (datamodules/tokens.py)."""
+        function from the first step and attention is left for what moves (datamodules/tokens.py). With several slots
+        ([B, T, n]) each slot has its own block of context_proj: the field pairs put the present tokens of the cell's
+        neighbours there, so a local stencil, the shape of a PDE's update, is there from the first step instead of
+        being learned from 2-D positions through attention."""
         B, T = ids.shape
         if types.shape != ids.shape:
             raise ValueError(f"types {tuple(types.shape)} must have the shape of ids {tuple(ids.shape)}")
@@ -187,15 +192,30 @@ class Transformer(nn.Module):
         pos = self.pos_emb(positions)
         x = self.embed(ids) + self.type_emb(types) + (pos if pos.ndim == 3 else pos[None])
         if context is not None:
-            if not self.config.context:
-                raise ValueError("context ids given to a Transformer built with context=False")
-            x = x + self.context_proj(self.embed(context))
+            slots = int(self.config.context)
+            context = context[..., None] if context.ndim == 2 else context
+            if not slots or context.shape[:2] != ids.shape or context.shape[2] != slots:
+                raise ValueError(f"context ids must be [B, T, {slots}] (config.context slots) for ids "
+                                 f"{tuple(ids.shape)}, got {tuple(context.shape)}")
+            x = x + self.context_proj(self.embed(context).flatten(-2))
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x, kv = block(x, key_valid, None if cache is None else cache[i])
             if cache is not None:
                 cache[i] = kv
         return self.norm(x)
+
+    def pick(self, logits: torch.Tensor, how: str = "argmax") -> torch.Tensor:
+        """The greedy id of each row of logits [..., V] (−inf where an id is not allowed) -> [...]: the most probable
+        (how="argmax") or the allowed id whose code is nearest the expected code under softmax(logits)
+        (how="expected_code", with set_codes)."""
+        if how == "argmax":
+            return logits.argmax(-1)
+        if how != "expected_code" or not self.config.code_dim:
+            raise ValueError(f"pick must be 'argmax' or 'expected_code' (with code vectors), got {how!r}")
+        expected = F.softmax(logits.float(), -1) @ self.codes  # [..., code_dim]
+        closeness = 2 * expected @ self.codes.T - self.codes.pow(2).sum(-1)  # −|c − ê|² up to a constant
+        return closeness.masked_fill(logits == -math.inf, -math.inf).argmax(-1)
 
     def new_cache(self) -> KVCache:
         return [None] * self.config.n_layers
@@ -241,13 +261,8 @@ class Transformer(nn.Module):
             if temperature > 0:
                 probs = F.softmax(logits.float() / temperature, -1)
                 nxt = torch.multinomial(probs, 1, generator=generator)
-            elif pick == "expected_code":
-                expected = F.softmax(logits.float(), -1) @ self.codes  # [B, code_dim]
-                # −|c − ê|² up to a constant, over the ids the logits allow
-                closeness = 2 * expected @ self.codes.T - self.codes.pow(2).sum(-1)
-                nxt = closeness.masked_fill(logits == -math.inf, -math.inf).argmax(-1, keepdim=True)
             else:
-                nxt = logits.argmax(-1, keepdim=True)
+                nxt = self.pick(logits, pick)[:, None]
             ids = torch.cat([ids, nxt], 1)
             if t + 1 < T0 + n_new:
                 if use_cache:

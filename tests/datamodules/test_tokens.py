@@ -103,6 +103,25 @@ def test_field_pairs_are_present_then_future_frame_cell_by_cell(fields):
         expected = tokenizer.encode(x)
     got = dm.evaluator.to_tokens(ids[:, 1:frame + 1])
     assert torch.equal(got["morph"], expected["morph"]) and torch.equal(got["amp"], expected["amp"])
+    # context: only the inputs that predict a future token carry one; slot 0 is the present token of the predicted
+    # cell and stream, the next slot its upper-left neighbour (PAD for the first row), the last the cell's other
+    # stream
+    # the model reads MASK for the future frame (data.future_inputs=masked), the true tokens elsewhere
+    inputs, MASK = batch["inputs"], SPECIALS.index("MASK")
+    assert (inputs[:, frame + 2:-1] == MASK).all()
+    assert torch.equal(inputs[:, :frame + 2], ids[:, :frame + 2]) and torch.equal(inputs[:, -1], ids[:, -1])
+    context, PAD = batch["context"], SPECIALS.index("PAD")
+    assert context.shape == (3, 2 * frame + 3, dm.context_slots) and dm.context_slots == 9 + 1
+    assert (context[:, :frame + 1] == PAD).all() and (context[:, -1] == PAD).all()
+    predicting = context[:, frame + 1:2 * frame + 1]  # the input before future token j: [3, frame, slots]
+    present = ids[:, 1:frame + 1]
+    assert torch.equal(predicting[..., 0], present)
+    width = got["morph"].shape[-1]
+    assert (predicting[:, :2 * width, 1] == PAD).all()  # the first row has no upper neighbours
+    assert torch.equal(predicting[:, 2 * (width + 1), 1], present[:, 0])  # cell (1, 1) sees (0, 0): morph
+    assert torch.equal(predicting[:, 2 * (width + 1) + 1, 1], present[:, 1])  # … and amp
+    assert torch.equal(predicting[:, 0::2, -1], present[:, 1::2]) and torch.equal(predicting[:, 1::2, -1],
+                                                                                present[:, 0::2])
 
 
 def test_field_pairs_never_share_a_trajectory_across_splits(fields):

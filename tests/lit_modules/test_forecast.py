@@ -5,18 +5,31 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from models.vocab import SPECIALS
 
 from tests.conftest import f32_tolerance, layer_depth
 from tests.datamodules.test_tokens import token_datamodule
 
 
 class FieldOracle:
-    """generate() returns the true sequence of the batch it is given."""
+    """generate() returns the true sequence of the batch it is given; a forward pass gives logits that peak at the
+    true next token, having checked that no future token is read (data.future_inputs=masked)."""
 
-    def __init__(self, batch):
-        self.batch = batch
+    def __init__(self, batch, vocab_size):
+        self.batch, self.vocab_size = batch, vocab_size
         self.config = SimpleNamespace(code_dim=0)
+
+    def __call__(self, ids, types, positions=None, context=None):
+        frame = (self.batch["ids"].shape[1] - 3) // 2
+        assert (ids[:, frame + 2:] == SPECIALS.index("MASK")).all()  # the future frame is never read
+        assert ids.shape == types.shape == positions.shape == context.shape[:2]
+        return 10.0 * F.one_hot(self.batch["ids"][:, 1:ids.shape[1] + 1], self.vocab_size).float()
+
+    def pick(self, logits, how):
+        return logits.argmax(-1)
 
     def generate(self, prompt, layout, n_new, bounds=None, positions=None, context=None, pick="argmax"):
         assert torch.equal(prompt, self.batch["ids"][:, :prompt.shape[1]])  # only the present frame is given
@@ -28,15 +41,18 @@ def rel_l1(pred, target):
     return 100 * (pred.double() - target.double()).abs().sum() / target.double().abs().sum()
 
 
-def test_field_forecast_of_the_true_tokens_is_the_tokenizer_reconstruction(experiment_run, data_dir, tmp_path):
+@pytest.mark.parametrize("future_inputs", ["masked", "tokens"])
+def test_field_forecast_of_the_true_tokens_is_the_tokenizer_reconstruction(future_inputs, experiment_run, data_dir,
+                                                                            tmp_path):
     from tokenizers import load_tokenizer
 
     ckpt = experiment_run("phaedra").last_ckpt
-    dm = token_datamodule("field_transformer", ckpt, data_dir, tmp_path)
+    dm = token_datamodule("field_transformer", ckpt, data_dir, tmp_path, [f"data.future_inputs={future_inputs}"])
     ev = dm.evaluator
     batch = dm.splits["val"].__getitems__(list(range(min(8, len(dm.splits["val"])))))
+    assert ("inputs" in batch) == (future_inputs == "masked")
     metrics = nn.ModuleDict(ev.metrics())
-    ev.update(FieldOracle(batch), batch, metrics)
+    ev.update(FieldOracle(batch, dm.vocab.size), batch, metrics)
     forecast, persistence, floor = (metrics[n].compute() for n in ("forecast", "persistence", "tokenizer"))
     for key in ("rel_l1", "nrmse", "psnr"):
         assert torch.equal(forecast[key], floor[key]), key

@@ -122,11 +122,12 @@ def test_explicit_positions_keep_the_causal_mask_and_the_cache_exact():
     cached = model.generate(prompt, layout, 6, bounds=bounds, positions=positions)
     uncached = model.generate(prompt, layout, 6, bounds=bounds, positions=positions, use_cache=False)
     assert torch.equal(cached, uncached)
-    # with code vectors and an aligned context id per position, as the field pairs are trained
-    model = tiny(vocab_size=40, n_types=3, code_dim=3, context=True)
+    # with code vectors and aligned context ids per position (two slots), as the field pairs are trained
+    model = tiny(vocab_size=40, n_types=3, code_dim=3, context=2)
     model.set_codes(torch.randn(40, 3, generator=g))
-    context = torch.zeros(2, 14, dtype=torch.long)
-    context[:, 7:13] = ids[:, 1:7]  # the input before each future token carries the present token of its cell
+    context = torch.zeros(2, 14, 2, dtype=torch.long)
+    context[:, 7:13, 0] = ids[:, 1:7]  # the input before each future token carries the present token of its cell
+    context[:, 8:13, 1] = ids[:, 1:6]  # … and of the cell before it
     cached = model.generate(prompt, layout, 6, bounds=bounds, positions=positions, context=context)
     uncached = model.generate(prompt, layout, 6, bounds=bounds, positions=positions, context=context,
                               use_cache=False)
@@ -135,6 +136,26 @@ def test_explicit_positions_keep_the_causal_mask_and_the_cache_exact():
         model.set_codes(torch.zeros(40, 2))
     with pytest.raises(ValueError, match=r"positions must lie in \[0, max_len=64\)"):
         model(ids[:, :2], layout[:2].expand(2, -1), positions=torch.tensor([0, 64]))
+
+
+def test_context_slots_start_as_the_first_slot_alone_and_are_checked():
+    """The first context slot's embedding is added as is at initialization, the other slots not at all (their block
+    of context_proj starts at 0), so a field model starts from persistence; a context of the wrong shape is refused."""
+    model = tiny(vocab_size=40, n_types=3, context=3)
+    g = torch.Generator().manual_seed(2)
+    ids, types = torch.randint(40, (2, 9), generator=g), torch.zeros(2, 9, dtype=torch.long)
+    context = torch.randint(40, (2, 9, 3), generator=g)
+    other = context.clone()
+    other[..., 1:] = torch.randint(40, (2, 9, 2), generator=g)
+    with torch.no_grad():
+        a, b = model(ids, types, context=context), model(ids, types, context=other)
+        model.context_proj.weight.data[:, 32:] = torch.randn(32, 64, generator=g)  # d_model 32: slot 1 onwards
+        c = model(ids, types, context=other)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    with pytest.raises(ValueError, match=r"context ids must be \[B, T, 3\]"):
+        model(ids, types, context=context[..., :2])
+    with pytest.raises(ValueError, match=r"context ids must be \[B, T, 0\]"):
+        tiny(vocab_size=40, n_types=3)(ids, types, context=context)
 
 
 def test_sequence_longer_than_max_len_is_refused():
