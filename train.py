@@ -3,12 +3,20 @@
 Prints the resolved config as a rich tree, seeds everything, fits, tests the best checkpoint (with
 its EMA weights), always closes W&B, and returns `optimized_metric` for sweeps. Resume a stopped run
 with `ckpt_path=<run dir>/checkpoints/last.ckpt`.
+
+Every run leaves `<run dir>/run.json` (`RUN_RECORD`): its status (completed / failed, with the error),
+the optimized metric's best value, the best and last checkpoints and the final val/test metrics. Grid
+summaries (`--multirun`, sweep.GridSummary) and sweep.py read it. Under `--multirun` a failing job is
+recorded and reported and the next job runs; the multirun exits non-zero at the end (sweep.py).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import traceback
 import warnings
 from pathlib import Path
 
@@ -63,14 +71,46 @@ def start_loggers(group: DictConfig | None, cfg: DictConfig) -> list:
     return started
 
 
-def train(cfg: DictConfig) -> float | None:
-    """Fit (and test) one run described by a composed config; returns cfg.optimized_metric's best value."""
+RUN_RECORD = "run.json"
+
+
+def write_run_record(run_dir: Path, record: dict) -> None:
+    """<run_dir>/run.json, written to a temporary name and renamed: a reader never sees half a record."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".{RUN_RECORD}.tmp"
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    os.replace(tmp, run_dir / RUN_RECORD)
+
+
+def scalar_metrics(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+
+
+def train(cfg: DictConfig, extra_callbacks: list | None = None) -> float | None:
+    """Fit (and test) one run described by a composed config; returns cfg.optimized_metric's best value
+    (None when it is not finite) and records the run in <run dir>/run.json, also when it fails.
+    extra_callbacks: Lightning callbacks added to the config's (sweep.py's pruning)."""
+    run_dir = Path(cfg.paths.output_dir)
+    record = {"status": "running", "optimized_metric": cfg.optimized_metric, "value": None, "metrics": {}}
+    try:
+        value = _fit_and_test(cfg, record, extra_callbacks or [])
+        record.update(status="completed", value=value)
+        return value
+    except BaseException as e:
+        record.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                      error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        raise
+    finally:
+        write_run_record(run_dir, record)
+
+
+def _fit_and_test(cfg: DictConfig, record: dict, extra_callbacks: list) -> float | None:
     print_config_tree(cfg, Path(cfg.paths.output_dir))
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, _recursive_=False)
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+    callbacks = _instantiate_all(cfg.get("callbacks")) + list(extra_callbacks)
     loggers = start_loggers(cfg.get("logger"), cfg)
     if not loggers:  # LearningRateMonitor refuses to run without a logger; it has nothing to write to anyway
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -79,7 +119,11 @@ def train(cfg: DictConfig) -> float | None:
         if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
             raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist; nothing to resume from")
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        record["metrics"].update(scalar_metrics(trainer.callback_metrics))
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        record.update(best_ckpt=best or None, last_ckpt=str(last) if last.is_file() else None,
+                      step=trainer.global_step)
         value = None
         if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_score is not None:
             value = float(trainer.checkpoint_callback.best_model_score)
@@ -90,6 +134,7 @@ def train(cfg: DictConfig) -> float | None:
                 log.info("Testing the best checkpoint %s", best)
                 module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
             trainer.test(module, datamodule=datamodule)
+            record["metrics"].update(scalar_metrics(trainer.callback_metrics))
         return value if value is None or math.isfinite(value) else None
     finally:
         import wandb
@@ -99,7 +144,16 @@ def train(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return train(cfg)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return train(cfg)
+    try:  # one failing job of a grid must not take the others down: run.json records it, GridSummary reports it
+        return train(cfg)
+    except Exception:
+        log.exception("job %s failed; the multirun goes on (its run.json has the error)", HydraConfig.get().job.num)
+        return None
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 import torch
 from omegaconf import OmegaConf
 
+from lit_modules import loggers  # noqa: F401 - registers ${sweep_group:} and ${run_name:}
+
 
 def auto_precision() -> str:
     """bf16-mixed on a GPU that supports it, fp32 elsewhere (bf16 on CPU is hundreds of times slower).

@@ -3,6 +3,9 @@ the true future data, next to two references on the same samples:
     persistence  the present taken as the prediction (the field at t for t + Δ; the previous patch for the next one)
     tokenizer    the tokenizer's own reconstruction of the true future (decode(encode(future))): no prediction can
                  beat it in data space, whatever the transformer learns
+and, for fields, a second use of the same prediction:
+    increment    present + decode(predicted future tokens) − decode(present tokens): the predicted change added to
+                 the present field, so the tokenizer's error (nearly the same on two close frames) cancels
 
 A token datamodule (datamodules/tokens.py) builds one of these as its `evaluator`; TransformerModule keeps the
 metrics (`metrics()`, torchmetrics, synced across processes) per stage and calls `update(net, batch, metrics)` on
@@ -43,7 +46,7 @@ class FieldForecast:
         self.frame_len = len(streams) * int(torch.tensor(grid).prod())
 
     def metrics(self) -> dict[str, FieldErrors]:
-        return {name: FieldErrors(groups=len(self.groups)) for name in NAMES}
+        return {name: FieldErrors(groups=len(self.groups)) for name in (*NAMES, "increment")}
 
     def to_tokens(self, frame: torch.Tensor) -> dict[str, torch.Tensor]:
         """Global ids of one frame [B, S·K] (cells, streams side by side) -> {stream: tokenizer ids [B, *grid]}."""
@@ -79,7 +82,12 @@ class FieldForecast:
 
         future, present = self.raw[dst].to(device), self.raw[src].to(device)
         sigma, group = std[:, :, 0, 0], var.to(device)
-        metrics["forecast"].update(physical(out[:, prompt_len:]), future, sigma, group)
+        forecast = physical(out[:, prompt_len:])
+        metrics["forecast"].update(forecast, future, sigma, group)
+        # the present plus the decoded predicted change: the tokenizer's error, mostly shared by two close frames,
+        # cancels, and a model that predicts no change gives persistence exactly
+        metrics["increment"].update(present + forecast - physical(batch["ids"][:, 1:prompt_len - 1]), future, sigma,
+                                    group)
         metrics["persistence"].update(present, future, sigma, group)
         metrics["tokenizer"].update(physical(batch["ids"][:, prompt_len:prompt_len + self.frame_len]), future,
                                     sigma, group)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
+from omegaconf import OmegaConf
 
 
 def wandb_is_online() -> bool:
@@ -19,6 +21,37 @@ def wandb_is_online() -> bool:
         return bool(wandb.Api(timeout=5).api_key)
     except Exception:  # no credentials, no network, no server: offline
         return False
+
+
+def _multirun_job():
+    """Hydra's runtime config of this job when it is part of a --multirun, else None (a single run, or a config
+    composed without Hydra's app: tests, sweep.py's trials)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return HydraConfig.get()
+
+
+def sweep_group() -> str | None:
+    """${sweep_group:}: the W&B group of a --multirun's jobs, "<task>-<sweep dir name>", one per multirun (None for a
+    single run)."""
+    job = _multirun_job()
+    if job is None:
+        return None
+    sweep_dir = Path(job.sweep.dir)
+    return f"{sweep_dir.parent.name}-{sweep_dir.name}"
+
+
+def run_name(task_name: str) -> str:
+    """${run_name:${task_name}}: the task name, with the job number under --multirun ("phaedra-3")."""
+    job = _multirun_job()
+    return task_name if job is None else f"{task_name}-{job.job.num}"
+
+
+OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 
 
 def wandb_logger(**kwargs) -> WandbLogger:

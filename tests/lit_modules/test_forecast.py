@@ -68,6 +68,12 @@ def test_field_forecast_of_the_true_tokens_is_the_tokenizer_reconstruction(futur
     assert (tokenizer.decode(ev.to_tokens(batch["ids"][:, -ev.frame_len - 1:-1])) * std + mean
             - recon).abs().max() <= tol
     assert floor["rel_l1"].item() == pytest.approx(rel_l1(recon, future).item(), rel=1e-4)
+    # increment: the present plus the decoded change between the present's tokens and the predicted ones
+    with torch.no_grad():
+        recon_present = tokenizer((present - mean) / std).recon * std + mean
+    increment = metrics["increment"].compute()
+    assert increment["rel_l1"].item() == pytest.approx(rel_l1(present + recon - recon_present, future).item(),
+                                                       rel=1e-4)
 
 
 class NearestCodeOracle(nn.Module):

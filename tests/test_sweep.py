@@ -1,0 +1,249 @@
+"""Sweeps: --multirun grids (one run dir and W&B run per job, one W&B group, summary table and plot, a failing job
+reported while the others run), sweep.py's Optuna backend (failed and pruned trials, resume after a kill, two workers
+on one storage) and its W&B backend against a fake W&B API."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+import sweep
+from tests.conftest import ROOT, SMALL_DATA, compose_cfg
+
+SMALL_FIELDS = SMALL_DATA["datamodules.sources.EmbeddedFields"]
+SPECS = sorted(p.stem for p in (ROOT / "conf" / "sweep").glob("*.yaml"))
+
+
+def spec_file(tmp_path, **fields) -> Path:
+    spec = {"overrides": ["experiment=phaedra"], "metric": "val/nrmse", "direction": "minimize", "trials": 3,
+            "params": {"optimizer.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}}, **fields}
+    path = tmp_path / "spec.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(spec)))
+    return path
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_every_shipped_spec_names_keys_of_its_experiment(name):
+    spec = sweep.load_spec(name)
+    cfg = compose_cfg([*spec.overrides, "debug=fast"], Path("/tmp/unused"), Path("/tmp/unused"))
+    for key, p in spec.params.items():
+        assert OmegaConf.select(cfg, key) is not None, f"{name}: {key} is not a key of {spec.overrides}"
+        if p.type == "choice":  # every value composes as an override
+            for value in p["values"]:
+                compose_cfg([*spec.overrides, *sweep.trial_overrides({key: OmegaConf.to_container(
+                    OmegaConf.create({"v": value}))["v"]})], Path("/tmp/unused"), Path("/tmp/unused"))
+    assert spec.metric.startswith("val/") and spec.direction in ("minimize", "maximize")
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"direction": "down"}, "direction must be minimize or maximize"),
+    ({"params": {"optimizer.lr": {"type": "loguniform", "low": 1, "high": 2}}}, r"params.optimizer.lr.type must be"),
+    ({"params": {"optimizer.lr": {"type": "float", "low": 2, "high": 1}}}, r"needs low < high, got 2, 1"),
+    ({"params": {"model.x": {"type": "choice"}}}, r"params.model.x \(choice\) needs a non-empty `values`"),
+])
+def test_a_bad_spec_is_refused_by_name(tmp_path, fields, message):
+    with pytest.raises(sweep.SpecError, match=message):
+        sweep.load_spec(str(spec_file(tmp_path, **fields)))
+    with pytest.raises(sweep.SpecError, match="no sweep spec .*the shipped ones are"):
+        sweep.load_spec("no_such_spec")
+
+
+def test_trial_values_become_hydra_overrides():
+    assert sweep.trial_overrides({"optimizer.lr": 0.001, "model.tokenizer.levels": [8, 5, 5], "a.b": True,
+                                  "c": "relu", "d": "a b"}) == \
+        ["optimizer.lr=0.001", "model.tokenizer.levels=[8,5,5]", "a.b=true", "c=relu", 'd="a b"']
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --multirun grid
+
+
+def offline_run_info(run_dir: Path) -> dict:
+    """The offline W&B run's group and name, read back with `wandb leet inspect --json`."""
+    wandb_dir = next((run_dir / "wandb").glob("offline-run-*"))
+    out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(wandb_dir)],
+                         capture_output=True, text=True, check=True, timeout=120)
+    for line in out.stdout.splitlines():
+        record = json.loads(line) if line.startswith("{") else {}
+        if record.get("type") == "run":
+            return record["run"]
+    raise AssertionError(f"no run record in {wandb_dir}")
+
+
+def test_a_multirun_grid_runs_every_job_in_one_group_and_writes_a_summary(tmp_path, data_dir):
+    sweep_dir = tmp_path / "grid"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    # the third learning rate is refused by the optimizer: that job fails, the others run
+    proc = subprocess.run([sys.executable, "train.py", "--multirun", "experiment=phaedra", "debug=fast", "test=false",
+                           "optimizer.lr=1e-4,3e-4,-1", f"hydra.sweep.dir={sweep_dir}", f"paths.data_dir={data_dir}",
+                           *SMALL_FIELDS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0, "a multirun with a failed job must exit non-zero"
+    assert "1 of 3 jobs did not complete" in proc.stderr + proc.stdout
+    with (sweep_dir / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["optimizer.lr"] for r in rows] == ["1e-4", "3e-4", "-1"]
+    assert [r["status"] for r in rows] == ["completed", "completed", "failed"]
+    assert all(float(r["val/nrmse"]) > 0 for r in rows[:2]) and rows[2]["val/nrmse"] == ""
+    assert (sweep_dir / "summary.png").stat().st_size > 1000
+    # each job its own run dir and W&B run; one group for the multirun
+    for job in ("0", "1"):
+        record = json.loads((sweep_dir / job / "run.json").read_text())
+        assert record["status"] == "completed" and Path(record["last_ckpt"]).is_file()
+    failed = json.loads((sweep_dir / "2" / "run.json").read_text())
+    assert failed["status"] == "failed" and "learning rate" in failed["error"].lower()
+    runs = [offline_run_info(sweep_dir / job) for job in ("0", "1")]
+    assert runs[0]["run_id"] != runs[1]["run_id"]
+    assert runs[0]["run_group"] == runs[1]["run_group"] == f"{sweep_dir.parent.name}-{sweep_dir.name}"
+    assert [r["display_name"] for r in runs] == ["phaedra-0", "phaedra-1"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optuna
+
+
+class PruneTrial(optuna.pruners.BasePruner):
+    """Prunes one trial number at its first report (the median pruner's decision depends on the losses)."""
+
+    def __init__(self, number: int):
+        self.number = number
+
+    def prune(self, study, trial) -> bool:
+        return trial.number == self.number
+
+
+def test_optuna_records_failed_and_pruned_trials_and_reports_the_best(tmp_path, data_dir, monkeypatch, caplog):
+    spec = sweep.load_spec(str(spec_file(tmp_path)))
+    monkeypatch.setattr(optuna.pruners, "MedianPruner", lambda **kw: PruneTrial(2))
+    base = ["debug=fast", "logger=none", "test=false", f"paths.data_dir={data_dir}", *SMALL_FIELDS]
+
+    def enqueue(study):
+        for lr in (1e-3, -1.0, 1e-3):  # completes; fails (the optimizer refuses it); is pruned
+            study.enqueue_trial({"optimizer.lr": lr})
+
+    with caplog.at_level(logging.INFO, logger="scitok.sweep"):
+        study = sweep.run_optuna(spec, base, trials=3, sweep_dir=tmp_path / "sweep", before=enqueue)
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "FAIL", "PRUNED"]
+    assert "trial 2 pruned at step 3" in caplog.text
+    pruned = json.loads((tmp_path / "sweep" / "trial-2" / "run.json").read_text())
+    assert pruned["step"] == 3  # stopped at its first validation, of debug=fast's 6 steps
+    best = sweep.report_optuna(study, spec, tmp_path / "sweep")
+    assert best["trial"] == 0 and Path(best["checkpoint"]).is_file()
+    assert best["value"] == pytest.approx(study.trials[0].value)
+    with (tmp_path / "sweep" / "trials.csv").open() as f:
+        assert [r["status"] for r in csv.DictReader(f)] == states
+    assert json.loads((tmp_path / "sweep" / "best.json").read_text())["trial"] == 0
+
+
+def sweep_command(spec: Path, sweep_dir: Path, data_dir: Path, trials: int) -> list[str]:
+    return [sys.executable, "sweep.py", str(spec), "--trials", str(trials), "--sweep-dir", str(sweep_dir),
+            "debug=fast", "logger=none", "test=false", f"paths.data_dir={data_dir}", *SMALL_FIELDS]
+
+
+def test_a_killed_sweep_resumes_its_study_and_two_workers_share_one(tmp_path, data_dir):
+    spec, sweep_dir = spec_file(tmp_path, trials=3), tmp_path / "sweep"
+    storage = f"sqlite:///{sweep_dir / 'study.db'}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two workers on two cores
+    first = subprocess.Popen(sweep_command(spec, sweep_dir, data_dir, 3), cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None:
+        time.sleep(1)
+        try:
+            study = optuna.load_study(study_name="spec", storage=storage)
+            if any(t.state.name == "COMPLETE" for t in study.trials):
+                break
+        except KeyError:  # not created yet
+            continue
+    os.killpg(first.pid, signal.SIGKILL)  # killed in the middle of the search
+    first.wait()
+    before = optuna.load_study(study_name="spec", storage=storage).trials
+    done_before = sum(t.state.name == "COMPLETE" for t in before)
+    assert 1 <= done_before < 3
+    # the same command, twice at once: both resume the one study, up to 3 + 2 finished trials
+    second = subprocess.Popen(sweep_command(spec, sweep_dir, data_dir, 5), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT, text=True)
+    third = subprocess.run(sweep_command(spec, sweep_dir, data_dir, 5), cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=600)
+    out, _ = second.communicate(timeout=600)
+    assert second.returncode == 0 and third.returncode == 0, out + third.stderr
+    trials = optuna.load_study(study_name="spec", storage=storage).trials
+    numbers = [t.number for t in trials]
+    assert numbers == list(range(len(numbers)))  # one numbering, no duplicates
+    assert [t.params for t in trials[:len(before)]] == [t.params for t in before]  # the first run's trials kept
+    assert sum(t.state.name in ("COMPLETE", "PRUNED", "FAIL") for t in trials) >= 5
+    assert "best trial" in third.stdout
+    assert {Path(t.user_attrs["run_dir"]).name for t in trials if t.state.name == "COMPLETE"} \
+        <= {p.name for p in sweep_dir.iterdir()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# W&B sweeps, against a fake W&B API
+
+
+class FakeWandb:
+    """What sweep.run_wandb calls: sweep(config) -> id, agent(id, function, count) calls function count times, each
+    with an init() whose run config holds the sampled values."""
+
+    def __init__(self, samples: list[dict]):
+        self.samples, self.configs, self.finished = samples, [], 0
+
+    def sweep(self, config, project=None):
+        self.configs.append(config)
+        return "fake-sweep"
+
+    def agent(self, sweep_id, function, count, project=None):
+        assert sweep_id == "fake-sweep"
+        for self.current in self.samples[:count]:
+            function()
+
+    def init(self, group=None):
+        return SimpleNamespace(config=dict(self.current), id=f"run{len(self.configs)}{self.finished}")
+
+    def finish(self):
+        self.finished += 1
+
+
+def test_the_wandb_backend_builds_the_sweep_and_passes_key_value_overrides(tmp_path, monkeypatch):
+    spec = sweep.load_spec(str(spec_file(tmp_path, params={
+        "optimizer.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+        "model.tokenizer.amp_levels": {"type": "choice", "values": [256, 1024]},
+        "trainer.max_steps": {"type": "int", "low": 100, "high": 400}})))
+    assert sweep.wandb_sweep_config(spec) == {
+        "name": "spec", "method": "bayes", "metric": {"name": "val/nrmse", "goal": "minimize"},
+        "parameters": {"optimizer.lr": {"min": 1e-4, "max": 3e-3, "distribution": "log_uniform_values"},
+                       "model.tokenizer.amp_levels": {"values": [256, 1024]},
+                       "trainer.max_steps": {"min": 100, "max": 400, "distribution": "int_uniform"}}}
+    calls = []
+    monkeypatch.setattr(sweep, "run_trial", lambda spec, base, params, run_dir, group, name, callbacks=None:
+                        calls.append((base, sweep.trial_overrides(params), run_dir, group)))
+    fake = FakeWandb([{"optimizer.lr": 0.001, "model.tokenizer.amp_levels": 256, "trainer.max_steps": 200.0},
+                      {"optimizer.lr": 0.0002, "model.tokenizer.amp_levels": 1024, "trainer.max_steps": 300}])
+    sweep.run_wandb(spec, ["debug=fast"], 2, tmp_path / "sweeps", api=fake)
+    assert [c[1] for c in calls] == [
+        ["optimizer.lr=0.001", "model.tokenizer.amp_levels=256", "trainer.max_steps=200"],
+        ["optimizer.lr=0.0002", "model.tokenizer.amp_levels=1024", "trainer.max_steps=300"]]
+    assert all(c[0] == ["debug=fast"] and c[3] == "sweep-fake-sweep" for c in calls) and fake.finished == 2
+    with pytest.raises(KeyError, match=r"lacks the sweep parameters \['trainer.max_steps'\]"):
+        sweep.wandb_trial_params(spec, {"optimizer.lr": 0.001, "model.tokenizer.amp_levels": 256})
+
+
+def test_the_wandb_backend_without_a_server_fails_fast(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    start = time.time()
+    proc = subprocess.run([sys.executable, "sweep.py", str(spec_file(tmp_path)), "--backend", "wandb"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--backend wandb needs a W&B server" in proc.stderr
+    assert time.time() - start < 60
