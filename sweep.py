@@ -185,7 +185,7 @@ class GridSummary(Callback):
         for job in self.jobs:
             for key, value in map(parse_override, job["overrides"]):
                 values.setdefault(key, set()).add(value)
-        return [k for k, v in values.items() if len(v) > 1 or len(self.jobs) == 1 and k != "experiment"]
+        return [k for k, v in values.items() if len(v) > 1]
 
     def rows(self) -> tuple[list[dict], list[str], list[str], str]:
         params = self.swept()

@@ -254,6 +254,18 @@ def tokenizer_checkpoint(ckpt: str | None, expected: str, train_experiment: str,
     return last.resolve()
 
 
+def parent_debug(overrides: Sequence[str]) -> list[str]:
+    """["debug=<choice>"] when this run was started with a debug preset (`python train.py experiment=field_transformer
+    debug=fast`) and the tokenizer overrides name none: a debug run's tokenizer is a debug run too, not the full
+    recipe (cached under its own key)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or any(o.lstrip("+~").startswith("debug=") for o in overrides):
+        return []
+    choice = HydraConfig.get().runtime.choices.get("debug")
+    return [] if choice in (None, "null") else [f"debug={choice}"]
+
+
 def load_checked(path: Path, expected: str, train_experiment: str) -> torch.nn.Module:
     """load_tokenizer(path), refused unless it is an `expected` with data metadata."""
     from tokenizers import load_tokenizer
@@ -328,9 +340,10 @@ class TokenizerSequences(InMemoryDataModule):
         self.checkpoint: Path | None = None
 
     def _checkpoint(self, train: bool) -> Path:
+        overrides = list(self.train_tokenizer.get("overrides") or [])
         return tokenizer_checkpoint(self.tokenizer_ckpt, self.EXPECTED, self.train_tokenizer["experiment"],
-                                    list(self.train_tokenizer.get("overrides") or []), self.data_dir, self.seed,
-                                    train, self.source_config)
+                                    overrides + parent_debug(overrides), self.data_dir, self.seed, train,
+                                    self.source_config)
 
     def prepare_data(self) -> None:
         self._checkpoint(train=True)

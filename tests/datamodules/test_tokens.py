@@ -184,3 +184,27 @@ def test_eeg_sequences_are_one_channel_in_time_order(experiment_run, data_dir, t
     with torch.no_grad():
         expected = tokenizer.encode(first, sfreq=torch.full((4,), 256.0))["tokens"]
     assert torch.equal(batch["ids"][:4, 1] - dm.vocab.range("eeg").start, expected)
+
+
+def test_a_debug_run_trains_its_tokenizer_with_the_same_debug_preset():
+    """`python train.py experiment=field_transformer debug=fast` with no checkpoint: the tokenizer run it starts gets
+    debug=fast too (not the full recipe), unless the tokenizer overrides choose a debug preset themselves."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from datamodules.tokens import parent_debug
+    from tests.conftest import ROOT
+
+    assert parent_debug([]) == []  # no Hydra app (tests, scripts): nothing to forward
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=field_transformer", "debug=fast"],
+                      return_hydra_config=True)
+        plain = compose(config_name="train", overrides=["experiment=field_transformer"], return_hydra_config=True)
+    try:
+        HydraConfig.instance().set_config(cfg)
+        assert parent_debug([]) == ["debug=fast"]
+        assert parent_debug(["trainer.max_steps=10", "debug=fast"]) == []
+        HydraConfig.instance().set_config(plain)
+        assert parent_debug([]) == []
+    finally:
+        HydraConfig.instance().cfg = None
