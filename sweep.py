@@ -32,6 +32,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -58,12 +59,17 @@ def read_run(run_dir: Path) -> dict:
 
 
 def summary_columns(rows: list[dict], metric: str, limit: int = 8) -> list[str]:
-    """The metric columns of a table: the optimized metric first, then the runs' top-level val/ and test/ metrics
-    (one '/', e.g. test/nrmse; per-variable and per-stream ones stay in run.json), at most `limit`."""
+    """The metric columns of a table: the optimized metric's best value over the run ("best <metric>", what the
+    search optimizes) and its final value, then the runs' other top-level test/ and val/ metrics (one '/', e.g.
+    test/nrmse; per-variable and per-stream ones stay in run.json), at most `limit` in all."""
     names = sorted({k for r in rows for k in r.get("metrics", {}) if k.count("/") == 1
                     and k.split("/")[0] in ("val", "test") and k != metric},
                    key=lambda k: (k.split("/")[0] != "test", k))
-    return [metric, *names[:limit - 1]]
+    return [f"best {metric}", metric, *names][:limit]
+
+
+def with_best(metrics: dict, metric: str, value) -> dict:
+    return {**metrics, f"best {metric}": value}
 
 
 def format_value(value) -> str:
@@ -73,21 +79,24 @@ def format_value(value) -> str:
 
 
 def write_table(path: Path, rows: list[dict], params: list[str], metrics: list[str]) -> None:
-    """rows: {"name", "status", "params": {key: value}, "metrics": {name: float}, "run_dir"} -> CSV, atomically."""
+    """rows: {"name", "status", "params": {key: value}, "metrics": {name: float}, "run_dir", "error"} -> CSV,
+    atomically."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["name", "status", *params, *metrics, "run_dir"])
+        out.writerow(["name", "status", *params, *metrics, "run_dir", "error"])
         for r in rows:
             out.writerow([r["name"], r["status"], *(r["params"].get(p) for p in params),
-                          *(r["metrics"].get(m) for m in metrics), r.get("run_dir")])
+                          *(r["metrics"].get(m) for m in metrics), r.get("run_dir"), r.get("error")])
     tmp.replace(path)
 
 
-def print_table(title: str, rows: list[dict], params: list[str], metrics: list[str]) -> None:
+def print_table(title: str, rows: list[dict], params: list[str], metrics: list[str], width: int = 4) -> None:
+    """The table on the console: name, status, the parameters and the first `width` metric columns."""
     import rich
     from rich.table import Table
 
+    metrics = metrics[:width]
     table = Table(title=title)
     for column in ["name", "status", *params, *metrics]:
         table.add_column(column, justify="right" if column in params or column in metrics else "left")
@@ -96,6 +105,7 @@ def print_table(title: str, rows: list[dict], params: list[str], metrics: list[s
             else "yellow"
         table.add_row(r["name"], r["status"], *(format_value(r["params"].get(p)) for p in params),
                       *(format_value(r["metrics"].get(m)) for m in metrics), style=style)
+
     rich.print(table)
 
 
@@ -175,6 +185,7 @@ class GridSummary(Callback):
                 record["error"] = repr(job_return._return_value)
         self.jobs.append({"name": f"#{config.hydra.job.num}", "status": status,
                           "overrides": list(job_return.overrides or []), "metrics": record.get("metrics", {}),
+                          "value": record.get("value"),
                           "optimized_metric": record.get("optimized_metric") or config.get("optimized_metric"),
                           "run_dir": str(run_dir), "error": record.get("error")})
         self.write(Path(config.hydra.sweep.dir))
@@ -190,14 +201,15 @@ class GridSummary(Callback):
     def rows(self) -> tuple[list[dict], list[str], list[str], str]:
         params = self.swept()
         metric = next((j["optimized_metric"] for j in self.jobs if j["optimized_metric"]), "val/loss")
-        rows = [{**job, "params": dict(map(parse_override, job["overrides"]))} for job in self.jobs]
+        rows = [{**job, "params": dict(map(parse_override, job["overrides"])),
+                 "metrics": with_best(job["metrics"], metric, job["value"])} for job in self.jobs]
         return rows, params, summary_columns(rows, metric), metric
 
     def write(self, sweep_dir: Path) -> None:
         rows, params, metrics, metric = self.rows()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         write_table(sweep_dir / self.table, rows, params, metrics)
-        plot_metric(sweep_dir / self.plot, rows, params, metric)
+        plot_metric(sweep_dir / self.plot, rows, params, f"best {metric}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if not self.jobs:
@@ -345,10 +357,12 @@ def open_study(spec: DictConfig, storage: str, study_name: str):
     (no heartbeat for 2 minutes) are marked failed when the next trial starts."""
     import optuna
 
+    # the heartbeat (stale trials of killed workers marked failed) is "experimental" in optuna 5; we rely on it
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120,
                                      engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite")
                                      else {})
-    pruner = optuna.pruners.MedianPruner(**OmegaConf.to_container(spec.get("pruner") or {}))
+    pruner = optuna.pruners.MedianPruner(**(OmegaConf.to_container(spec.pruner) if spec.get("pruner") else {}))
     sampler = optuna.samplers.TPESampler(seed=None if spec.seed is None else int(spec.seed))
     for attempt in range(5):  # two workers starting at once: one creates, the other loads
         try:
@@ -404,22 +418,23 @@ def run_optuna(spec: DictConfig, base: list[str], trials: int, sweep_dir: Path, 
     return study
 
 
-def trial_rows(study) -> list[dict]:
+def trial_rows(study, study_metric: str) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         run_dir = t.user_attrs.get("run_dir")
-        metrics = read_run(Path(run_dir)).get("metrics", {}) if run_dir else {}
+        record = read_run(Path(run_dir)) if run_dir else {}
         rows.append({"name": f"trial-{t.number}", "status": t.state.name, "params": t.params,
-                     "metrics": {**metrics, "value": t.value}, "run_dir": run_dir})
+                     "metrics": with_best(record.get("metrics", {}), study_metric, t.value), "run_dir": run_dir,
+                     "error": record.get("error")})
     return rows
 
 
 def report_optuna(study, spec: DictConfig, sweep_dir: Path) -> dict | None:
-    rows = trial_rows(study)
+    rows = trial_rows(study, spec.metric)
     params = list(spec.params)
     metrics = summary_columns([{"metrics": r["metrics"]} for r in rows], spec.metric)
     write_table(sweep_dir / "trials.csv", rows, params, metrics)
-    plot_metric(sweep_dir / "trials.png", rows, params, spec.metric)
+    plot_metric(sweep_dir / "trials.png", rows, params, f"best {spec.metric}")
     print_table(f"study {study.study_name}: {len(rows)} trials ({sweep_dir})", rows, params, metrics)
     try:
         best = study.best_trial
@@ -510,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--study-name", default=None, help="Optuna study name (default: the spec's name)")
     parser.add_argument("--sweep-dir", default=None, help="where trials run (default: sweeps/<spec name>)")
     parser.add_argument("--sweep-id", default=None, help="W&B: join this sweep instead of creating one")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before or after the options
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     bad = [o for o in args.overrides if o.startswith("-") or "=" not in o]
     if bad:

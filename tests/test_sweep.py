@@ -93,7 +93,7 @@ def test_a_multirun_grid_runs_every_job_in_one_group_and_writes_a_summary(tmp_pa
     assert "1 of 3 jobs did not complete" in proc.stderr + proc.stdout
     with (sweep_dir / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["optimizer.lr"] for r in rows] == ["1e-4", "3e-4", "-1"]
+    assert [float(r["optimizer.lr"]) for r in rows] == [1e-4, 3e-4, -1]
     assert [r["status"] for r in rows] == ["completed", "completed", "failed"]
     assert all(float(r["val/nrmse"]) > 0 for r in rows[:2]) and rows[2]["val/nrmse"] == ""
     assert (sweep_dir / "summary.png").stat().st_size > 1000
@@ -161,12 +161,14 @@ def test_a_killed_sweep_resumes_its_study_and_two_workers_share_one(tmp_path, da
     deadline = time.time() + 300
     while time.time() < deadline and first.poll() is None:
         time.sleep(1)
+        if not (sweep_dir / "study.db").is_file():
+            continue
         try:
             study = optuna.load_study(study_name="spec", storage=storage)
-            if any(t.state.name == "COMPLETE" for t in study.trials):
-                break
-        except KeyError:  # not created yet
+        except KeyError:  # the file exists, the study not yet
             continue
+        if any(t.state.name == "COMPLETE" for t in study.trials):
+            break
     os.killpg(first.pid, signal.SIGKILL)  # killed in the middle of the search
     first.wait()
     before = optuna.load_study(study_name="spec", storage=storage).trials
