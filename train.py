@@ -28,6 +28,7 @@ import rich.tree
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 import lit_modules  # noqa: F401 - registers the ${auto_precision:} resolver
@@ -101,11 +102,12 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> float | None:
                       error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         raise
     finally:
-        write_run_record(run_dir, record)
+        if rank_zero_only.rank == 0:  # DDP: the other ranks' runs are the same run
+            write_run_record(run_dir, record)
 
 
 def _fit_and_test(cfg: DictConfig, record: dict, extra_callbacks: list) -> float | None:
-    print_config_tree(cfg, Path(cfg.paths.output_dir))
+    print_config_tree(cfg, Path(cfg.paths.output_dir) if rank_zero_only.rank == 0 else None)
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)

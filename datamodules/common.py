@@ -57,11 +57,30 @@ class EpochSampler(Sampler[int]):
 
     `resume(epoch, n_done)` makes the next pass over `epoch` start after its first n_done items, so a run
     resumed mid-epoch sees exactly what an uninterrupted run would.
+
+    `shard(rank, world)` (DDP) keeps this process's share of every epoch: items rank, rank + world, … of the
+    epoch order, cut to the same count on every rank (the ranks step together; at most world − 1 items of an epoch
+    are left out, as DistributedSampler(drop_last=True) does). Together the ranks see every other item of the epoch
+    exactly once, in the order one process would; resume counts items of this rank's share.
     """
 
     def __init__(self, seed: int):
         self.seed, self.epoch = seed, 0
+        self.rank, self.world = 0, 1
         self._resume: tuple[int, int] | None = None
+
+    def shard(self, rank: int, world: int) -> EpochSampler:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in [0, world size {world})")
+        self.rank, self.world = rank, world
+        return self
+
+    def epoch_size(self) -> int:
+        """Items in one epoch over all ranks."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.epoch_size() // self.world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -74,6 +93,8 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         order = self.epoch_order(torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+        if self.world > 1:
+            order = order[self.rank::self.world][:len(self)]
         if self._resume is not None and self._resume[0] == self.epoch:
             order = order[self._resume[1]:]
         self._resume = None
@@ -90,7 +111,7 @@ class EpochShuffleSampler(EpochSampler):
     def epoch_order(self, gen: torch.Generator) -> list[int]:
         return torch.randperm(self.n, generator=gen).tolist()
 
-    def __len__(self) -> int:
+    def epoch_size(self) -> int:
         return self.n
 
 
@@ -146,24 +167,36 @@ class InMemoryDataModule(L.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}.example_batch needs setup() first")
         return self.splits["val"].__getitems__(list(range(min(n, len(self.splits["val"])))))
 
+    def rank_and_world(self) -> tuple[int, int]:
+        """(global rank, world size) of this process in the trainer's run; (0, 1) outside one."""
+        trainer = self.trainer
+        return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
+
     def train_dataloader(self) -> DataLoader:
-        self.train_sampler = self.make_train_sampler()
+        # our samplers shard by rank themselves (trainer.use_distributed_sampler is false): exact resume and
+        # (seed, epoch) order under DDP, and validation without the padding of a DistributedSampler
+        self.train_sampler = self.make_train_sampler().shard(*self.rank_and_world())
         if self._resume_state is not None:
             self.train_sampler.resume(self._resume_state["epoch"], self._resume_state["batches_done"] * self.batch_size)
             self._resume_state = None
         return DataLoader(self.splits["train"], batch_size=self.batch_size, sampler=self.train_sampler,
                           drop_last=True, collate_fn=batch_is_ready, num_workers=self.num_workers)
 
-    def eval_loader(self, split: str, batch_size: int | None = None) -> DataLoader:
-        """The samples of `split` in their fixed order (also "train": stage-2 fits read it without shuffling)."""
-        return DataLoader(self.splits[split], batch_size=batch_size or self.eval_batch_size, shuffle=False,
+    def eval_loader(self, split: str, batch_size: int | None = None, shard: bool = False) -> DataLoader:
+        """The samples of `split` in their fixed order (also "train": stage-2 fits read it without shuffling).
+        shard (DDP): only this process's share, samples rank, rank + world, …: each sample on exactly one rank and
+        none repeated, so the metrics' states summed over ranks are those of the whole split."""
+        dataset = self.splits[split]
+        rank, world = self.rank_and_world() if shard else (0, 1)
+        sampler = range(rank, len(dataset), world) if world > 1 else None
+        return DataLoader(dataset, batch_size=batch_size or self.eval_batch_size, sampler=sampler, shuffle=False,
                           collate_fn=batch_is_ready, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self.eval_loader("val")
+        return self.eval_loader("val", shard=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self.eval_loader("test")
+        return self.eval_loader("test", shard=True)
 
     def state_dict(self) -> dict[str, int]:
         """Where the train pass stands (Lightning's own count of batches done in this epoch), for exact resume."""

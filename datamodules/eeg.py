@@ -115,7 +115,7 @@ class EpochCropSampler(EpochSampler):
         offsets = (torch.rand(len(rows), generator=gen, dtype=torch.float64) * span).long()
         return (rows * self.stride + offsets)[torch.randperm(len(rows), generator=gen)].tolist()
 
-    def __len__(self) -> int:
+    def epoch_size(self) -> int:
         return len(self.lengths) * self.crops_per_row
 
 

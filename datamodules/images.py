@@ -108,7 +108,7 @@ class CropSampler(EpochSampler):
         ids = ((image * self.h_max + top) * self.w_max + left) * 2 + flip
         return ids[torch.randperm(len(ids), generator=gen)].tolist()
 
-    def __len__(self) -> int:
+    def epoch_size(self) -> int:
         return len(self.sizes) * self.crops_per_image
 
 
