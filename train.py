@@ -144,6 +144,19 @@ def _fit_and_test(cfg: DictConfig, record: dict, extra_callbacks: list) -> float
         wandb.finish()
 
 
+def relaunching_ddp(cfg: DictConfig) -> None:
+    """Refuse DDP that Lightning would start by re-running the command line: under --multirun that command is the
+    whole grid. Ranks given by SLURM tasks (hydra/launcher=slurm) or torchrun are fine."""
+    strategy, devices = str(cfg.trainer.get("strategy", "auto")), cfg.trainer.get("devices", 1)
+    if "ddp" not in strategy or "spawn" in strategy or devices in (1, "1", [0]):
+        return
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "LOCAL_RANK" in os.environ:
+        return
+    raise SystemExit(f"trainer.strategy={strategy} with trainer.devices={devices} inside --multirun: Lightning would "
+                     "start the other ranks by running this command line again, which starts the whole grid again. "
+                     "Use hydra/launcher=slurm (one task per GPU), or run the jobs one at a time (README: scaling out)")
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
@@ -151,6 +164,7 @@ def main(cfg: DictConfig) -> float | None:
 
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         return train(cfg)
+    relaunching_ddp(cfg)
     try:  # one failing job of a grid must not take the others down: run.json records it, GridSummary reports it
         return train(cfg)
     except Exception:

@@ -249,3 +249,29 @@ def test_the_wandb_backend_without_a_server_fails_fast(tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "--backend wandb needs a W&B server" in proc.stderr
     assert time.time() - start < 60
+
+
+def test_the_slurm_launcher_config_composes_to_submitit():
+    """hydra/launcher=slurm (jobs as SLURM jobs) resolves to hydra-submitit-launcher's SLURM launcher, its job folder
+    inside the sweep dir; nothing is submitted."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["hydra/launcher=slurm", "experiment=phaedra", "trainer=ddp",
+                                                      "hydra.launcher.tasks_per_node=4", "trainer.devices=4"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.tasks_per_node == cfg.trainer.devices == 4 and cfg.trainer.strategy == "ddp"
+    assert launcher.submitit_folder.startswith(cfg.hydra.sweep.dir)
+
+
+def test_ddp_that_would_relaunch_the_grid_is_refused_inside_a_multirun(tmp_path, data_dir):
+    proc = subprocess.run([sys.executable, "train.py", "--multirun", "experiment=phaedra", "debug=fast",
+                           "trainer=ddp_cpu", "optimizer.lr=1e-4,3e-4", f"hydra.sweep.dir={tmp_path / 'grid'}",
+                           f"paths.data_dir={data_dir}", "logger=none", *SMALL_FIELDS], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "inside --multirun: Lightning would start the other ranks by running this command line again" \
+        in proc.stderr + proc.stdout
+    assert not (tmp_path / "grid" / "0" / "checkpoints").exists()  # refused before training
