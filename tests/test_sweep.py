@@ -147,6 +147,16 @@ def test_optuna_records_failed_and_pruned_trials_and_reports_the_best(tmp_path, 
     assert json.loads((tmp_path / "sweep" / "best.json").read_text())["trial"] == 0
 
 
+def test_a_nan_metric_is_a_failed_trial_and_the_search_goes_on(tmp_path, monkeypatch):
+    """train returns None when the optimized metric is not finite: the trial is recorded as failed, the next runs."""
+    values = iter([None, 0.5, 0.25])
+    monkeypatch.setattr(sweep, "run_trial", lambda *args, **kwargs: (next(values), {}))
+    spec = sweep.load_spec(str(spec_file(tmp_path)))
+    study = sweep.run_optuna(spec, [], trials=3, sweep_dir=tmp_path / "sweep")
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert study.best_trial.number == 2 and study.best_value == 0.25
+
+
 def sweep_command(spec: Path, sweep_dir: Path, data_dir: Path, trials: int) -> list[str]:
     return [sys.executable, "sweep.py", str(spec), "--trials", str(trials), "--sweep-dir", str(sweep_dir),
             "debug=fast", "logger=none", "test=false", f"paths.data_dir={data_dir}", *SMALL_FIELDS]
