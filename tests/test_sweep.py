@@ -82,6 +82,7 @@ def offline_run_info(run_dir: Path) -> dict:
     raise AssertionError(f"no run record in {wandb_dir}")
 
 
+@pytest.mark.slow
 def test_a_multirun_grid_runs_every_job_in_one_group_and_writes_a_summary(tmp_path, data_dir):
     sweep_dir = tmp_path / "grid"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
@@ -162,6 +163,7 @@ def sweep_command(spec: Path, sweep_dir: Path, data_dir: Path, trials: int) -> l
             "debug=fast", "logger=none", "test=false", f"paths.data_dir={data_dir}", *SMALL_FIELDS]
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_its_study_and_two_workers_share_one(tmp_path, data_dir):
     spec, sweep_dir = spec_file(tmp_path, trials=3), tmp_path / "sweep"
     storage = f"sqlite:///{sweep_dir / 'study.db'}"
