@@ -93,7 +93,6 @@ def write_table(path: Path, rows: list[dict], params: list[str], metrics: list[s
 
 def print_table(title: str, rows: list[dict], params: list[str], metrics: list[str], width: int = 4) -> None:
     """The table on the console: name, status, the parameters and the first `width` metric columns."""
-    import rich
     from rich.table import Table
 
     metrics = metrics[:width]
@@ -105,8 +104,14 @@ def print_table(title: str, rows: list[dict], params: list[str], metrics: list[s
             else "yellow"
         table.add_row(r["name"], r["status"], *(format_value(r["params"].get(p)) for p in params),
                       *(format_value(r["metrics"].get(m)) for m in metrics), style=style)
+    console().print(table)
 
-    rich.print(table)
+
+def console():
+    """rich's console; 160 columns when writing to a file or pipe (a log), not rich's default 80."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def numeric(values: Sequence) -> list[float] | None:
@@ -443,9 +448,7 @@ def report_optuna(study, spec: DictConfig, sweep_dir: Path) -> dict | None:
         return None
     result = {"trial": best.number, "value": best.value, "params": best.params,
               "run_dir": best.user_attrs.get("run_dir"), "checkpoint": best.user_attrs.get("best_ckpt")}
-    import rich
-
-    rich.print(f"[bold]best trial {best.number}[/]: {spec.metric} = {best.value:.5g}\n"
+    console().print(f"[bold]best trial {best.number}[/]: {spec.metric} = {best.value:.5g}\n"
                f"  overrides:  {' '.join(trial_overrides(best.params))}\n"
                f"  run dir:    {result['run_dir']}\n  checkpoint: {result['checkpoint']}")
     (sweep_dir / "best.json").write_text(json.dumps(result, indent=1))
