@@ -1,11 +1,14 @@
-"""Callbacks: W&B media (reconstruction panels, codebook histograms) and last.ckpt; `batch_size` for
-Lightning's ThroughputMonitor.
+"""Callbacks: W&B media (reconstruction panels, codebook histograms), last.ckpt, progress lines for logs without a
+terminal; `batch_size` for Lightning's ThroughputMonitor.
 
 Media logging is best effort: a logger failure is reported as a warning and never stops training.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
 import warnings
 
 import lightning as L
@@ -127,3 +130,48 @@ class LatestCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step != self._last_global_step_saved and not self._should_skip_saving_checkpoint(trainer):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+progress = logging.getLogger("scitok.progress")
+
+
+class ProgressLog(L.Callback):
+    """A log line every `every_n_steps` optimizer steps: step / max_steps, loss, samples/s and ETA, e.g.
+        step 500/2000 (25%) · train/loss 0.1021 · 41.3 samples/s · ETA 9m12s
+    The rich progress bar draws nothing where stdout is not a terminal (SLURM, nohup, a pipe), so a long run's log
+    would show no line between the model summary and the test table. `when`: "no_tty" (default: only then),
+    "always" or "never". Rank 0 only; samples/s counts this process's batches over the last interval."""
+
+    def __init__(self, every_n_steps: int = 50, when: str = "no_tty"):
+        if every_n_steps < 1 or when not in ("no_tty", "always", "never"):
+            raise ValueError(f"ProgressLog: every_n_steps must be ≥ 1 and when one of no_tty, always, never; got "
+                             f"{every_n_steps}, {when!r}")
+        self.every, self.when = every_n_steps, when
+        self._mark: tuple[float, int, int] | None = None  # (time, step, samples) at the last line
+        self._samples = 0
+
+    def active(self, trainer: L.Trainer) -> bool:
+        if not trainer.is_global_zero or self.when == "never":
+            return False
+        # the process's own stdout: rich's progress display and pytest replace sys.stdout with proxies
+        return self.when == "always" or sys.__stdout__ is None or not sys.__stdout__.isatty()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._mark, self._samples = (time.perf_counter(), trainer.global_step, 0), 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        self._samples += batch_size(batch) if isinstance(batch, dict) else 0
+        step = trainer.global_step
+        if not self.active(trainer) or step % self.every or self._mark is None or step == self._mark[1]:
+            return
+        now, (t0, step0, samples0) = time.perf_counter(), self._mark
+        rate = (self._samples - samples0) / max(now - t0, 1e-9)
+        eta = ""
+        if trainer.max_steps and trainer.max_steps > 0:
+            left = (trainer.max_steps - step) * (now - t0) / (step - step0)
+            eta = f" · ETA {int(left // 60)}m{int(left % 60):02d}s"
+        total = f"/{trainer.max_steps} ({100 * step / trainer.max_steps:.0f}%)" if trainer.max_steps > 0 else ""
+        loss = trainer.callback_metrics.get("train/loss")
+        loss = f" · train/loss {float(loss):.4g}" if loss is not None else ""
+        progress.info("step %d%s%s · %.1f samples/s%s", step, total, loss, rate, eta)
+        self._mark = (now, step, self._samples)

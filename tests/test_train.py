@@ -5,11 +5,14 @@ bad input. Nothing here names an experiment; the user-data error tests use the r
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -181,6 +184,22 @@ def test_a_logger_that_fails_to_start_does_not_stop_training(make_cfg, tmp_path,
     _, value = run(make_cfg, ["logger=none", broken], tmp_path / "run")
     assert np.isfinite(value) and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     assert "logger 'broken' failed to start" in caplog.text and "unreachable" in caplog.text
+
+
+def test_a_log_without_a_terminal_gets_progress_lines(make_cfg, tmp_path, caplog, monkeypatch):
+    """stdout to a file (SLURM, nohup): the progress bar draws nothing there, so every N steps a line says where the
+    run is. debug=fast logs every 2 of its 6 steps."""
+    monkeypatch.setattr(sys, "__stdout__", SimpleNamespace(isatty=lambda: False))
+    with caplog.at_level(logging.INFO, logger="scitok.progress"):
+        run(make_cfg, ["logger=none", "test=false"], tmp_path / "run")
+    lines = [r.getMessage() for r in caplog.records if r.name == "scitok.progress"]
+    assert [line.split(" · ")[0] for line in lines] == ["step 2/6 (33%)", "step 4/6 (67%)", "step 6/6 (100%)"]
+    assert all(re.search(r" · train/loss [\d.e+-]+ · [\d.]+ samples/s · ETA \d+m\d\ds$", line) for line in lines), lines
+    caplog.clear()
+    monkeypatch.setattr(sys, "__stdout__", SimpleNamespace(isatty=lambda: True))  # a terminal: the bar shows it
+    with caplog.at_level(logging.INFO, logger="scitok.progress"):
+        run(make_cfg, ["logger=none", "test=false"], tmp_path / "tty")
+    assert not [r for r in caplog.records if r.name == "scitok.progress"]
 
 
 def test_missing_resume_checkpoint_is_an_error(make_cfg, tmp_path):
