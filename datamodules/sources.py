@@ -133,6 +133,9 @@ class HDF5Fields:
                     a = h5["t0_fields"][name]
                     if a.ndim != 4:
                         raise ValueError(f"{f}: t0_fields/{name} should be [n_traj, n_t, H, W], got shape {a.shape}")
+                    if a.dtype.kind == "c":
+                        raise ValueError(f"{f}: t0_fields/{name} holds complex values ({a.dtype}); SciTok's fields are "
+                                         f"real: store the real and imaginary parts as two variables")
                     arrays.append(torch.from_numpy(np.asarray(a[()], dtype=np.float32)))
                 if not arrays:
                     raise ValueError(f"{f}: t0_fields holds no variables")
@@ -162,6 +165,12 @@ class NpyFields:
 
     def _to_5d(self, a: np.ndarray, where: str) -> torch.Tensor:
         layout = self.layout
+        if np.iscomplexobj(a):
+            raise ValueError(f"{where}: complex values ({a.dtype}); SciTok's fields are real: pass the real and "
+                             f"imaginary parts (or magnitude and phase) as two variables")
+        if a.ndim not in (3, 4):
+            raise ValueError(f"{where}: expected a 3-D [N, H, W] or 4-D [N, T, H, W] / [N, C, H, W] array, got "
+                             f"shape {a.shape}")
         if layout == "auto":
             if a.ndim != 3:
                 raise ValueError(

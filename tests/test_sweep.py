@@ -103,7 +103,7 @@ def test_a_multirun_grid_runs_every_job_in_one_group_and_writes_a_summary(tmp_pa
         record = json.loads((sweep_dir / job / "run.json").read_text())
         assert record["status"] == "completed" and Path(record["last_ckpt"]).is_file()
     failed = json.loads((sweep_dir / "2" / "run.json").read_text())
-    assert failed["status"] == "failed" and "lr, eps and weight_decay must be >= 0" in failed["error"]
+    assert failed["status"] == "failed" and "lr, eps and weight_decay must be finite and >= 0" in failed["error"]
     runs = [offline_run_info(sweep_dir / job) for job in ("0", "1")]
     assert runs[0]["run_id"] != runs[1]["run_id"]
     assert runs[0]["run_group"] == runs[1]["run_group"] == f"{sweep_dir.parent.name}-{sweep_dir.name}"

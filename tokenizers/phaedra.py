@@ -44,6 +44,9 @@ class PhaedraTokenizer(nn.Module):
         amp_range_weight: float = 0.0,
     ):
         super().__init__()
+        if amp_levels is not None and amp_levels < 2:  # 0 would silently build the FSQ-only baseline
+            raise ValueError(f"amp_levels must be ≥ 2 fine amplitude levels, or null for the FSQ-only baseline; "
+                             f"got {amp_levels}")
         self.in_channels = in_channels
         self.downsample_factor = 2 ** (len(ch_mult) - 1)
         self.morph = FSQ(morph_levels, gain=morph_gain, paper_parity=paper_parity)

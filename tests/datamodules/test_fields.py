@@ -135,3 +135,17 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     np.save(tmp_path / "two.npy", np.zeros((2, 8, 8), np.float32))
     with pytest.raises(ValueError, match="at least 3"):
         FieldDataModule(NpyFields(str(tmp_path / "two.npy")), data_dir=tmp_path).setup()
+    # a 2-D array: no layout would take it, so the message names the shapes that work, not the layout key
+    np.save(tmp_path / "flat.npy", np.zeros((8, 8), np.float32))
+    with pytest.raises(ValueError, match=r"flat.npy: expected a 3-D \[N, H, W\] or 4-D .* got shape \(8, 8\)"):
+        FieldDataModule(NpyFields(str(tmp_path / "flat.npy")), data_dir=tmp_path).setup()
+    # complex values are refused, not silently cut to their real part
+    np.save(tmp_path / "complex.npy", np.ones((4, 8, 8), np.complex64))
+    with pytest.raises(ValueError, match="complex.npy: complex values"):
+        FieldDataModule(NpyFields(str(tmp_path / "complex.npy")), data_dir=tmp_path).setup()
+    import h5py
+
+    with h5py.File(tmp_path / "complex.h5", "w") as f:
+        f["t0_fields/u"] = np.ones((3, 4, 8, 8), np.complex64)
+    with pytest.raises(ValueError, match="complex.h5: t0_fields/u holds complex values"):
+        FieldDataModule(HDF5Fields(str(tmp_path / "complex.h5")), data_dir=tmp_path).setup()

@@ -43,3 +43,9 @@ def test_warmups_reach_their_final_values():
 def test_invalid_betas_raise():
     with pytest.raises(ValueError, match="betas"):
         AdEMAMix([torch.nn.Parameter(torch.zeros(1))], betas=(0.9, 0.999))
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), -1e-3])
+def test_a_learning_rate_that_is_not_finite_and_positive_is_refused(lr):
+    with pytest.raises(ValueError, match=f"lr, eps and weight_decay must be finite and >= 0, got {lr}"):
+        AdEMAMix([torch.nn.Parameter(torch.zeros(1))], lr=lr)
