@@ -175,3 +175,22 @@ class ProgressLog(L.Callback):
         loss = f" · train/loss {float(loss):.4g}" if loss is not None else ""
         progress.info("step %d%s%s · %.1f samples/s%s", step, total, loss, rate, eta)
         self._mark = (now, step, self._samples)
+
+
+class FiniteLoss(L.Callback):
+    """Stops training at the first step whose loss is NaN or infinite, before its backward pass and optimizer step,
+    so the weights (and every checkpoint written so far) stay finite. Raises FloatingPointError naming the step,
+    the loss terms (the module's `loss_terms`) and the learning rate; train.py records the run as failed and exits
+    non-zero. Without it a diverged run trains on NaN to the next validation and checkpoints NaN weights."""
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        terms = {k: float(v) for k, v in (getattr(pl_module, "loss_terms", None) or {}).items()}
+        lrs = sorted({g["lr"] for opt in trainer.optimizers for g in opt.param_groups})
+        last = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None
+        raise FloatingPointError(
+            f"step {trainer.global_step}: the training loss is {float(loss.detach().float().mean())} "
+            f"(terms: {', '.join(f'{k}={v:.4g}' for k, v in terms.items()) or 'n/a'}) at lr {lrs}; stopped before "
+            f"this step's update, so the weights and the checkpoints in {last} are those of earlier steps. "
+            f"Lower optimizer.lr, or clip gradients (trainer.gradient_clip_val)")

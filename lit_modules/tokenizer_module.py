@@ -123,6 +123,7 @@ class TokenizerModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         _, _, losses = self.compute_loss(batch, train=True)
+        self.loss_terms = {"loss": losses.loss.detach(), **{k: v.detach() for k, v in losses.terms.items()}}
         self.log("train/loss", losses.tokenizer_loss, prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in {**losses.terms, **losses.extras}.items()})
         return losses.loss

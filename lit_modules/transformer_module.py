@@ -125,6 +125,7 @@ class TransformerModule(L.LightningModule):
         ce, recon = self.step(batch)
         per_modality = self.recon_by_modality(recon)
         loss = ce + sum((self.weight_of(m) * v for m, v in per_modality.items()), torch.zeros((), device=ce.device))
+        self.loss_terms = {"ce": ce.detach(), **{f"recon/{m}": v.detach() for m, v in per_modality.items()}}
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict({"train/ce": ce, **{f"train/recon/{k}": v for k, v in {**recon, **per_modality}.items()}})
         return loss

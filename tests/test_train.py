@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -200,6 +201,44 @@ def test_a_log_without_a_terminal_gets_progress_lines(make_cfg, tmp_path, caplog
     with caplog.at_level(logging.INFO, logger="scitok.progress"):
         run(make_cfg, ["logger=none", "test=false"], tmp_path / "tty")
     assert not [r for r in caplog.records if r.name == "scitok.progress"]
+
+
+class NanAtStep(L.Callback):
+    """Makes the weights NaN just before optimizer step 4 (after the validation at step 3 wrote last.ckpt)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 4:
+            with torch.no_grad():
+                next(pl_module.parameters()).fill_(float("nan"))
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path):
+    poison = "+callbacks.poison._target_=tests.test_train.NanAtStep"
+    with pytest.raises(FloatingPointError, match=r"step 4: the training loss is nan \(terms: loss=nan, l1=nan, "
+                                                 r"mse=nan\) at lr \[.*\]; stopped before this step's update"):
+        run(make_cfg, ["logger=none", "test=false", poison], tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "failed" and "FloatingPointError" in record["error"]
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    tokenizer = load_tokenizer(last)  # finite: it loads
+    # the same weights made NaN: load_tokenizer refuses them by name
+    state = torch.load(last, weights_only=True)
+    name = next(k for k in state["state_dict"] if k.startswith("tokenizer."))
+    state["state_dict"][name] = torch.full_like(state["state_dict"][name], float("nan"))
+    torch.save(state, tmp_path / "nan.ckpt")
+    with pytest.raises(ValueError, match=r"nan.ckpt: 1 weight tensors are not finite .* the run diverged"):
+        load_tokenizer(tmp_path / "nan.ckpt")
+    assert tokenizer is not None
+
+
+def test_a_diverging_learning_rate_fails_and_writes_no_nan_checkpoint(make_cfg, tmp_path):
+    with pytest.raises(FloatingPointError, match=r"the training loss is (nan|inf)"):
+        run(make_cfg, ["logger=none", "test=false", "optimizer.lr=1e6", "trainer.gradient_clip_val=null"],
+            tmp_path / "run")
+    for ckpt in (tmp_path / "run" / "checkpoints").glob("*.ckpt") if (tmp_path / "run" / "checkpoints").exists() \
+            else []:
+        load_tokenizer(ckpt)  # every checkpoint written holds finite weights
 
 
 def test_missing_resume_checkpoint_is_an_error(make_cfg, tmp_path):

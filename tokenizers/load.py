@@ -45,6 +45,10 @@ def load_tokenizer(ckpt_path: str | Path, map_location: str | torch.device = "cp
     check_tokenizer(tokenizer)
     prefix = "tokenizer."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # a diverged run's weights would encode everything to one token
+        raise ValueError(f"{path}: {len(bad)} weight tensors are not finite (NaN/inf), e.g. {bad[:3]}: the run "
+                         f"diverged before this checkpoint; use an earlier one, or retrain with a lower optimizer.lr")
     tokenizer.load_state_dict(state)
     tokenizer.metadata = DataMetadata.from_dict(ckpt["data"]) if "data" in ckpt else None
     return tokenizer.eval()
