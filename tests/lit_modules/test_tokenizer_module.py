@@ -43,3 +43,32 @@ def test_the_field_adapter_targets_the_normalized_field():
     example = FieldAdapter().unpack(batch)
     assert example.cond == {} and example.x is batch["field_variables_in"]
     assert torch.allclose(example.target, example.x)
+
+
+def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_one_intact(tmp_path, monkeypatch, make_cfg):
+    """A full disk (ENOSPC) while writing last.ckpt: the previous last.ckpt still loads, no partial file is left,
+    and the error names the checkpoint. Every trainer built from the config writes this way."""
+    import errno
+
+    from hydra.utils import instantiate
+
+    import lit_modules.checkpoint_io as checkpoint_io
+
+    io = checkpoint_io.AtomicCheckpointIO()
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": 1}, target)
+
+    def disk_full(obj, f):
+        f.write(b"\x80\x02partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", disk_full)
+    with pytest.raises(OSError, match=r"writing checkpoint .*last.ckpt failed \(No space left on device\); the "
+                                      r"previous last.ckpt, if any, is unchanged"):
+        io.save_checkpoint({"step": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True) == {"step": 1}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+    cfg = make_cfg(["debug=fast", "logger=none"])
+    trainer = instantiate(cfg.trainer)
+    assert isinstance(trainer.strategy.checkpoint_io, checkpoint_io.AtomicCheckpointIO)
