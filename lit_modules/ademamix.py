@@ -35,8 +35,9 @@ class AdEMAMix(Optimizer):
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
                  alpha: float = 5.0, t_alpha: int = 0, t_beta3: int = 0, eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        if not all(v >= 0 and math.isfinite(v) for v in (lr, eps, weight_decay)):  # nan fails `>= 0` too
-            raise ValueError(f"AdEMAMix: lr, eps and weight_decay must be finite and >= 0, got {lr}, {eps}, {weight_decay}")
+        if not all(v >= 0 and math.isfinite(v) for v in (lr, eps, weight_decay)):  # nan fails `>= 0`
+            raise ValueError(f"AdEMAMix: lr, eps and weight_decay must be finite and >= 0, got {lr}, {eps}, "
+                             f"{weight_decay}")
         if len(betas) != 3 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"AdEMAMix: betas must be three values in [0, 1), got {betas}")
         defaults = dict(lr=lr, betas=tuple(betas), alpha=alpha, t_alpha=t_alpha, t_beta3=t_beta3, eps=eps,

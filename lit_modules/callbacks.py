@@ -166,11 +166,11 @@ class ProgressLog(L.Callback):
             return
         now, (t0, step0, samples0) = time.perf_counter(), self._mark
         rate = (self._samples - samples0) / max(now - t0, 1e-9)
-        eta = ""
-        if trainer.max_steps and trainer.max_steps > 0:
+        total = eta = ""
+        if trainer.max_steps > 0:  # -1: no step limit, so no total and no ETA
             left = (trainer.max_steps - step) * (now - t0) / (step - step0)
+            total = f"/{trainer.max_steps} ({100 * step / trainer.max_steps:.0f}%)"
             eta = f" · ETA {int(left // 60)}m{int(left % 60):02d}s"
-        total = f"/{trainer.max_steps} ({100 * step / trainer.max_steps:.0f}%)" if trainer.max_steps > 0 else ""
         loss = trainer.callback_metrics.get("train/loss")
         loss = f" · train/loss {float(loss):.4g}" if loss is not None else ""
         progress.info("step %d%s%s · %.1f samples/s%s", step, total, loss, rate, eta)

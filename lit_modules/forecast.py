@@ -26,8 +26,9 @@ NAMES = ("forecast", "persistence", "tokenizer")
 class FieldForecast:
     """The future frame predicted from [BOS] present frame [SEP], with the layout's types, positions and context and
     each token restricted to its stream's ids — in one pass where the batch reads MASK for the future frame
-    ("inputs", data.future_inputs=masked), else generated greedily token by token (KV cache); decoded and de-normalized with the
-    tokenizer's statistics; errors in physical units per variable (FieldErrors: rel_l1, nrmse, psnr …).
+    ("inputs", data.future_inputs=masked), else generated greedily token by token (KV cache); decoded and
+    de-normalized with the tokenizer's statistics; errors in physical units per variable (FieldErrors: rel_l1,
+    nrmse, psnr …).
 
     pick: how a greedy step picks an id (Transformer.generate): "expected_code" (default; the id nearest the expected
     code vector — a field value is a quantity, and the mode of a broad distribution over 1024 amplitude levels is a
@@ -61,9 +62,9 @@ class FieldForecast:
         pick = self.pick if net.config.code_dim else "argmax"
         if "inputs" in batch:  # masked future frame: every future token from one pass over the present
             span = slice(prompt_len - 1, prompt_len - 1 + self.frame_len)  # the inputs that predict them
-            logits = net(batch["inputs"][:, :span.stop], batch["types"][:, :span.stop],
-                         positions=batch["positions"][:, :span.stop], context=batch["context"][:, :span.stop])
-            logits = logits[:, span]
+            hidden = net.hidden(batch["inputs"][:, :span.stop], batch["types"][:, :span.stop],
+                                positions=batch["positions"][:, :span.stop], context=batch["context"][:, :span.stop])
+            logits = hidden[:, span] @ net.output_weight().T  # the LM head on those positions only
             bounds = self.bounds.to(device)[self.layout.types.to(device)[prompt_len:prompt_len + self.frame_len]]
             vocab = torch.arange(logits.shape[-1], device=device)
             allowed = (vocab >= bounds[:, :1]) & (vocab < bounds[:, 1:])  # [frame_len, V]: each token's stream
@@ -95,7 +96,8 @@ class FieldForecast:
 
 class NextPatch:
     """Every patch with a previous one in its sequence: the next token given the true past (within the EEG ids; the
-    id nearest the expected code where the model has code vectors, else the argmax), decoded; errors on the normalized signal (SignalErrors: mse, snr_db, pearson …).
+    id nearest the expected code where the model has code vectors, else the argmax), decoded; errors on the
+    normalized signal (SignalErrors: mse, snr_db, pearson …).
 
     patches: [N, P] every patch of the data (normalized as the tokenizer saw them), at sampling rate `rate`."""
 
@@ -120,16 +122,14 @@ class NextPatch:
             return
         logits = hidden[where] @ net.output_weight(self.lo, self.hi).T
         truth = batch["ids"][:, 1:][where] - self.lo
-        if net.config.code_dim:  # the id nearest the expected code (as FieldForecast's default pick), else argmax
-            codes = net.codes[self.lo:self.hi]
-            expected = logits.float().softmax(-1) @ codes
-            logits = 2 * expected @ codes.T - codes.pow(2).sum(-1)
+        # the id nearest the expected code (as FieldForecast's default pick), else the argmax
+        predicted = net.pick(logits, "expected_code", lo=self.lo) if net.config.code_dim else logits.argmax(-1)
         sfreq = torch.full((int(where.sum()),), self.rate, device=device)
 
         def decoded(ids: torch.Tensor) -> torch.Tensor:
             return tokenizer.decode({self.stream: ids}, sfreq=sfreq).float()
 
         target = self.patches[nxt[where].cpu()].to(device)
-        metrics["forecast"].update(decoded(logits.argmax(-1)), target, sfreq)
+        metrics["forecast"].update(decoded(predicted), target, sfreq)
         metrics["persistence"].update(self.patches[prev[where].cpu()].to(device), target, sfreq)
         metrics["tokenizer"].update(decoded(truth), target, sfreq)

@@ -134,7 +134,8 @@ class Transformer(nn.Module):
         whose codes are close start close, in and out, so a model that has seen a code learns about its neighbours
         (a 8640-id FSQ grid is 8 small integer coordinates, not 8640 unrelated symbols)."""
         if tuple(codes.shape) != tuple(self.codes.shape):
-            raise ValueError(f"codes must be [{self.config.vocab_size}, {self.config.code_dim}], got {tuple(codes.shape)}")
+            raise ValueError(f"codes must be [{self.config.vocab_size}, {self.config.code_dim}], got "
+                             f"{tuple(codes.shape)}")
         self.codes.copy_(codes)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -205,16 +206,17 @@ class Transformer(nn.Module):
                 cache[i] = kv
         return self.norm(x)
 
-    def pick(self, logits: torch.Tensor, how: str = "argmax") -> torch.Tensor:
-        """The greedy id of each row of logits [..., V] (−inf where an id is not allowed) -> [...]: the most probable
-        (how="argmax") or the allowed id whose code is nearest the expected code under softmax(logits)
-        (how="expected_code", with set_codes)."""
+    def pick(self, logits: torch.Tensor, how: str = "argmax", lo: int = 0) -> torch.Tensor:
+        """The greedy choice in each row of logits [..., V] over ids lo … lo + V − 1 (−inf where an id is not
+        allowed) -> [...] indices into those V: the most probable (how="argmax") or the allowed id whose code is
+        nearest the expected code under softmax(logits) (how="expected_code", with set_codes)."""
         if how == "argmax":
             return logits.argmax(-1)
         if how != "expected_code" or not self.config.code_dim:
             raise ValueError(f"pick must be 'argmax' or 'expected_code' (with code vectors), got {how!r}")
-        expected = F.softmax(logits.float(), -1) @ self.codes  # [..., code_dim]
-        closeness = 2 * expected @ self.codes.T - self.codes.pow(2).sum(-1)  # −|c − ê|² up to a constant
+        codes = self.codes[lo:lo + logits.shape[-1]]
+        expected = F.softmax(logits.float(), -1) @ codes  # [..., code_dim]
+        closeness = 2 * expected @ codes.T - codes.pow(2).sum(-1)  # −|c − ê|² up to a constant
         return closeness.masked_fill(logits == -math.inf, -math.inf).argmax(-1)
 
     def new_cache(self) -> KVCache:

@@ -220,7 +220,8 @@ class FakeWandb:
 
     def agent(self, sweep_id, function, count, project=None):
         assert sweep_id == "fake-sweep"
-        for self.current in self.samples[:count]:
+        for sample in self.samples[:count]:
+            self.current = sample
             function()
 
     def init(self, group=None):

@@ -9,24 +9,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.vocab import SPECIALS
-
 from tests.conftest import f32_tolerance, layer_depth
 from tests.datamodules.test_tokens import token_datamodule
 
 
 class FieldOracle:
-    """generate() returns the true sequence of the batch it is given; a forward pass gives logits that peak at the
-    true next token, having checked that no future token is read (data.future_inputs=masked)."""
+    """generate() returns the true sequence of the batch it is given; hidden() gives states whose logits (an identity
+    head) peak at the true next token, having checked that no future token is read (data.future_inputs=masked)."""
 
     def __init__(self, batch, vocab_size):
         self.batch, self.vocab_size = batch, vocab_size
         self.config = SimpleNamespace(code_dim=0)
 
-    def __call__(self, ids, types, positions=None, context=None):
+    def hidden(self, ids, types, positions=None, context=None):
         frame = (self.batch["ids"].shape[1] - 3) // 2
         assert (ids[:, frame + 2:] == SPECIALS.index("MASK")).all()  # the future frame is never read
         assert ids.shape == types.shape == positions.shape == context.shape[:2]
         return 10.0 * F.one_hot(self.batch["ids"][:, 1:ids.shape[1] + 1], self.vocab_size).float()
+
+    def output_weight(self):
+        return torch.eye(self.vocab_size)
 
     def pick(self, logits, how):
         return logits.argmax(-1)

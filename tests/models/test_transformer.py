@@ -162,3 +162,16 @@ def test_sequence_longer_than_max_len_is_refused():
     model = tiny()
     with pytest.raises(ValueError, match="longer than max_len 64"):
         model(torch.zeros(1, 65, dtype=torch.long), torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_expected_code_pick_over_an_id_range_equals_the_pick_over_the_masked_vocabulary():
+    """pick(logits of ids lo … hi − 1, lo=lo) (NextPatch: the EEG ids only) is the full-vocabulary pick with every
+    other id masked, shifted by lo."""
+    model = tiny(vocab_size=40, n_types=3, code_dim=3)
+    g = torch.Generator().manual_seed(3)
+    model.set_codes(torch.randn(40, 3, generator=g))
+    logits = torch.randn(5, 40, generator=g)
+    lo, hi = 12, 31
+    masked = torch.full_like(logits, float("-inf"))
+    masked[:, lo:hi] = logits[:, lo:hi]
+    assert torch.equal(model.pick(logits[:, lo:hi], "expected_code", lo=lo) + lo, model.pick(masked, "expected_code"))
