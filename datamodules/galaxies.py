@@ -31,6 +31,7 @@ from datamodules.galaxy_sim import CATALOG_COLUMNS, LSST_BANDS, default_workers,
 from lit_modules.adapters import BatchAdapter, GalaxyImageAdapter
 from tokenizers.astro import ellipse_weights, robust_arcsinh
 from tokenizers.base import DataMetadata
+from tokenizers.load import UNREADABLE
 
 log = logging.getLogger(__name__)
 ELLIPSE = ("x0", "y0", "a", "b", "theta")
@@ -122,7 +123,15 @@ class EmbeddedGalaxies:
     def prepare(self, data_dir: str | Path) -> Path:
         path = self.cache_dir(data_dir)
         if (path / "meta.json").is_file():
-            return path
+            try:  # headers only (memory-mapped): a truncated or corrupt array fails here, not mid-training
+                json.loads((path / "meta.json").read_text())
+                for f in path.glob("*.npy"):
+                    np.load(f, mmap_mode="r")
+                return path
+            except UNREADABLE as e:
+                log.warning("the cached galaxy set %s cannot be read (%s: %s); regenerating it", path,
+                            type(e).__name__, e)
+                shutil.rmtree(path)
         start = time.perf_counter()
         p = {k: v for k, v in self.params.items() if k != "version"}
         arrays = simulate(p["n_objects"], p["size"], tuple(p["bands"]), p["pixel_scale"], p["spectrum_pixels"],

@@ -18,6 +18,7 @@ import torch
 
 from datamodules import pde
 from datamodules.common import find_files
+from tokenizers.load import UNREADABLE
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,12 @@ class EmbeddedFields:
     def prepare(self, data_dir: str | Path) -> None:
         path = self.cache_path(data_dir)
         if path.exists():
-            return
+            try:  # mmap: checks the file's structure without reading the arrays
+                torch.load(path, weights_only=True, mmap=True)
+                return
+            except UNREADABLE as e:
+                log.warning("the cached embedded fields %s cannot be read (%s: %s); regenerating them", path,
+                            type(e).__name__, e)
         log.info("Generating the embedded field data set %s -> %s", self.params, path)
         atomic_torch_save({"params": self.params, "fields": self.generate()}, path)
 
@@ -96,7 +102,11 @@ class EmbeddedFields:
         path = self.cache_path(data_dir)
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist: call prepare_data() first")
-        blob = torch.load(path, weights_only=True)
+        try:
+            blob = torch.load(path, weights_only=True)
+        except UNREADABLE as e:
+            raise ValueError(f"{path}: the cached embedded fields cannot be read ({type(e).__name__}: {e}); delete "
+                             f"it to regenerate") from e
         if blob.get("params") != self.params or set(blob["fields"]) != set(self.families):
             raise ValueError(f"{path}: cache does not match {self.params}; delete it to regenerate")
         names = {"navier_stokes": ["vorticity"], "gray_scott": ["u", "v"], "acoustic_wave": ["pressure"]}

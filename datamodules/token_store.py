@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenizers.load import UNREADABLE
+
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -83,10 +85,14 @@ class TokenStore:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"token store {path} does not exist (python encode.py writes it)")
-        with np.load(path, allow_pickle=False) as f:
-            names = set(f.files)
-            if "object_id" not in names or "meta" not in names:
-                raise ValueError(f"{path} is not a SciTok token store (no object_id/meta)")
-            tokens = {n.split("/", 1)[1]: f[n] for n in names if n.startswith("tokens/")}
-            present = {n.split("/", 1)[1]: f[n] for n in names if n.startswith("present/")}
-            return cls(f["object_id"], tokens, present, json.loads(str(f["meta"])))
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {n: f[n] for n in f.files}
+        except UNREADABLE as e:
+            raise ValueError(f"token store {path} cannot be read ({type(e).__name__}: {e}): it is truncated or "
+                             f"corrupt; write it again (python encode.py)") from e
+        if "object_id" not in arrays or "meta" not in arrays:
+            raise ValueError(f"{path} is not a SciTok token store (no object_id/meta)")
+        tokens = {n.split("/", 1)[1]: v for n, v in arrays.items() if n.startswith("tokens/")}
+        present = {n.split("/", 1)[1]: v for n, v in arrays.items() if n.startswith("present/")}
+        return cls(arrays["object_id"], tokens, present, json.loads(str(arrays["meta"])))

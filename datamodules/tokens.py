@@ -36,6 +36,7 @@ import torch
 from datamodules.common import EpochShuffleSampler, InMemoryDataModule, TensorBatches, split_indices
 from datamodules.token_store import TokenStore, arrays_fingerprint, file_sha256
 from models.vocab import SPECIAL_TYPE, SPECIALS, Vocabulary
+from tokenizers.load import UNREADABLE
 
 log = logging.getLogger("scitok")
 ROOT = Path(__file__).resolve().parents[1]
@@ -291,7 +292,10 @@ def cached_tokens(kind: str, checkpoint: Path, inputs: np.ndarray, cache_dir: Pa
     key = TokenStore.key(kind, {"tokenizer": file_sha256(checkpoint)}, arrays_fingerprint(inputs))
     path = TokenStore.path(cache_dir, kind, key)
     if path.is_file():
-        return TokenStore.load(path).tokens
+        try:
+            return TokenStore.load(path).tokens
+        except UNREADABLE as e:  # a cache: encoding again is the fix
+            log.warning("token cache %s cannot be read (%s); encoding again", path, e)
     tokens = encode()
     TokenStore(np.arange(len(inputs)), tokens, {}, {"kind": kind, "checkpoint": str(checkpoint)}).save(path)
     log.info("encoded %d %s samples through %s -> %s", len(inputs), kind, checkpoint, path)

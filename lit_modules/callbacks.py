@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 def _wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
@@ -116,7 +117,8 @@ class MediaLogger(L.Callback):
 
 
 class LatestCheckpoint(ModelCheckpoint):
-    """`<dirpath>/last.ckpt`: the latest training state, written at every validation and when fit ends.
+    """`<dirpath>/last.ckpt`: the latest training state, written at every validation, when fit ends, and when a
+    SIGTERM stops fit (Lightning raises SIGTERMException at the end of a batch, a consistent state to resume from).
 
     Lightning 2.6's `ModelCheckpoint(save_last=True)` rewrites last.ckpt only when its monitored metric
     improves, so after a worse validation "last" is an older state and resuming from it repeats steps.
@@ -130,6 +132,11 @@ class LatestCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step != self._last_global_step_saved and not self._should_skip_saving_checkpoint(trainer):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # Other exceptions (a NaN loss, a crash mid-step) may leave a half-updated state: keep the previous file.
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            self.on_train_end(trainer, pl_module)
 
 
 progress = logging.getLogger("scitok.progress")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,31 @@ def build(spec: Any) -> Any:
     return getattr(importlib.import_module(module_name), attr)(**kwargs)
 
 
+# what torch.load / np.load raise on a truncated, corrupt or foreign file (the unpickler fails in many ways)
+UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, IndexError, KeyError, TypeError, pickle.UnpicklingError,
+              zipfile.BadZipFile)
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
+    """A SciTok (Lightning) checkpoint as a dict, or an error naming the file and what is wrong with it: missing,
+    empty, truncated or not a checkpoint at all. mmap=True only maps the tensors (a cheap check of a big file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): a write that never finished; use another one")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except UNREADABLE as e:
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
+                         f"it is truncated, corrupt or not a torch checkpoint; use another one (the run's "
+                         f"checkpoints/ folder keeps the best and the last)") from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} is not a Lightning checkpoint of a SciTok run (no 'state_dict'; found {found})")
+    return ckpt
+
+
 def load_tokenizer(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """The tokenizer of a TokenizerModule checkpoint, in eval mode, with EMA weights where trained with EMA.
 
@@ -34,12 +61,10 @@ def load_tokenizer(ckpt_path: str | Path, map_location: str | torch.device = "cp
     checkpoint written without a datamodule. For fields, normalize as in training: x' = (x − mean[v]) / std[v].
     """
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    ckpt = read_checkpoint(path, map_location)
     try:
         spec = ckpt["hyper_parameters"]["tokenizer"]
-    except KeyError as e:
+    except (KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a SciTok TokenizerModule checkpoint (no hyper_parameters.tokenizer)") from e
     tokenizer = build(spec)
     check_tokenizer(tokenizer)
