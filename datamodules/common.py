@@ -180,7 +180,7 @@ class InMemoryDataModule(L.LightningDataModule):
             self.train_sampler.resume(self._resume_state["epoch"], self._resume_state["batches_done"] * self.batch_size)
             self._resume_state = None
         return DataLoader(self.splits["train"], batch_size=self.batch_size, sampler=self.train_sampler,
-                          drop_last=True, collate_fn=batch_is_ready, num_workers=self.num_workers)
+                          drop_last=True, collate_fn=batch_is_ready, **self.worker_options())
 
     def eval_loader(self, split: str, batch_size: int | None = None, shard: bool = False) -> DataLoader:
         """The samples of `split` in their fixed order (also "train": stage-2 fits read it without shuffling).
@@ -190,7 +190,14 @@ class InMemoryDataModule(L.LightningDataModule):
         rank, world = self.rank_and_world() if shard else (0, 1)
         sampler = range(rank, len(dataset), world) if world > 1 else None
         return DataLoader(dataset, batch_size=batch_size or self.eval_batch_size, sampler=sampler, shuffle=False,
-                          collate_fn=batch_is_ready, num_workers=self.num_workers)
+                          collate_fn=batch_is_ready, **self.worker_options())
+
+    def worker_options(self) -> dict:
+        """num_workers processes read batches ahead; they live as long as the loader (persistent: no restart at
+        every epoch or validation), and pin memory when training on a GPU. The order comes from the sampler, in
+        this process, so it does not depend on the number of workers, and neither does resume."""
+        on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0, "pin_memory": on_gpu}
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_loader("val", shard=True)

@@ -8,44 +8,104 @@ Batch (B samples, each one variable of one snapshot):
     variable_id              [B]           index into `variable_names`
 Splits are by trajectory (no snapshot of a validation trajectory is ever trained on), deterministic
 from `seed`; train order depends on (seed, epoch) only, so a resumed run sees the same batches.
+
+Samples are read when a batch asks for them (datamodules/sources.py FieldArrays): a user's 100 GB of HDF5 costs
+the memory of a few batches. The statistics come from one streaming pass over the train split (or a seeded sample
+of `stats_frames` snapshots per variable), cached under `<data_dir>/stats/` keyed by the files, their sizes and
+modification times, the split and the sample: a second run starts at once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch.utils.data import Dataset
 
-from datamodules.common import EpochShuffleSampler, InMemoryDataModule, TensorBatches, split_indices
+from datamodules.common import EpochShuffleSampler, InMemoryDataModule, split_indices
+from datamodules.sources import FieldArrays, same_frames
 from lit_modules.adapters import BatchAdapter, FieldAdapter
 from tokenizers.base import DataMetadata
 
+log = logging.getLogger(__name__)
 
-class FieldSamples(TensorBatches):
-    """In-memory samples (raw fields, μ, σ, variable id); batches are normalized on the fly."""
 
-    def __init__(self, fields: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, variable_id: torch.Tensor):
-        super().__init__(fields=fields, mean=mean, std=std, variable_id=variable_id)
+class FieldSamples(Dataset):
+    """Samples (dataset, trajectory, time, variable) of `arrays`, read and normalized a batch at a time.
+
+    rows: int64 [n, 4] (array index, trajectory, time, variable within the array); mean/std: float64 per global
+    variable id; var_offset[k]: global id of array k's first variable."""
+
+    def __init__(self, arrays: list[FieldArrays], rows: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                 var_offset: list[int]):
+        self.arrays, self.rows, self.mean, self.std = arrays, rows, mean.float(), std.float()
+        self.var_offset = torch.tensor(var_offset)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def variable_id(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.var_offset[rows[:, 0]] + rows[:, 3]
 
     def __getitems__(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
-        t = super().__getitems__(idx)
-        raw, mean, std = t["fields"], t["mean"], t["std"]
+        rows = self.rows[torch.as_tensor(idx, dtype=torch.long)]
+        h, w = self.arrays[0].hw
+        raw = np.empty((len(rows), h, w), np.float32)
+        for k in rows[:, 0].unique().tolist():
+            pick = (rows[:, 0] == k).numpy()
+            raw[pick] = self.arrays[k].read(*rows[pick, 1:].numpy().T)
+        raw = torch.from_numpy(raw).unsqueeze(1)
+        var_id = self.variable_id(rows)
+        mean, std = self.mean[var_id][:, None], self.std[var_id][:, None]
         return {
             "field_variables_in": (raw - mean[..., None, None]) / std[..., None, None],
             "field_variables_out": raw,
             "field_variables_in_mean": mean,
             "field_variables_in_std": std,
-            "variable_id": t["variable_id"],
+            "variable_id": var_id,
         }
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([idx]).items()}
+
+
+def welford_merge(a: tuple[int, float, float], b: tuple[int, float, float]) -> tuple[int, float, float]:
+    """Chan et al.'s parallel update of (count, mean, M2) — M2 the sum of squared deviations — for two parts."""
+    (na, ma, m2a), (nb, mb, m2b) = a, b
+    n = na + nb
+    if n == 0:
+        return a
+    delta = mb - ma
+    return n, ma + delta * nb / n, m2a + m2b + delta * delta * na * nb / n
+
+
+def frame_statistics(array: FieldArrays, var: int, frames: np.ndarray, chunk: int = 64) -> tuple[float, float]:
+    """(mean, std) over every value of the snapshots `frames` ([n, 2]: trajectory, time) of one variable, streamed
+    `chunk` snapshots at a time in float64 and merged with Welford/Chan: memory of one chunk, any file size."""
+    acc = (0, 0.0, 0.0)
+    for start in range(0, len(frames), chunk):
+        part = frames[start:start + chunk]
+        x = array.read(part[:, 0], part[:, 1], np.full(len(part), var)).astype(np.float64)
+        acc = welford_merge(acc, (x.size, float(x.mean()), float(((x - x.mean()) ** 2).sum())))
+    n, mean, m2 = acc
+    return mean, (m2 / max(n - 1, 1)) ** 0.5  # unbiased, as torch.std
 
 
 class FieldDataModule(InMemoryDataModule):
     def __init__(self, source, adapter: BatchAdapter | None = None, data_dir: str = "data", batch_size: int = 16,
                  eval_batch_size: int | None = None, split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
-                 num_workers: int = 0):
+                 num_workers: int = 0, stats_frames: int | None = 4096):
         super().__init__(adapter or FieldAdapter(), batch_size, eval_batch_size, split, seed, num_workers)
-        self.source, self.data_dir = source, Path(data_dir)
+        if stats_frames is not None and stats_frames < 1:
+            raise ValueError(f"data.stats_frames must be ≥ 1 or null (every train snapshot), got {stats_frames}")
+        self.source, self.data_dir, self.stats_frames = source, Path(data_dir), stats_frames
         self.variable_names: list[str] = []
         self._stats: tuple[list[float], list[float]] = ([], [])
 
@@ -55,40 +115,71 @@ class FieldDataModule(InMemoryDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        fieldsets = self.source.load(self.data_dir)
-        sizes = {tuple(fs.data.shape[-2:]) for fs in fieldsets}
-        if len(sizes) > 1:
-            raise ValueError(f"all data sets of one run need the same H×W, got {sorted(sizes)}")
-        parts: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]] = {
-            "train": [], "val": [], "test": []}
-        means, stds = [], []
-        for fs in fieldsets:
-            n_traj = fs.data.shape[0]
+        arrays = self.source.open(self.data_dir)
+        same_frames(arrays)
+        rows: dict[str, list[torch.Tensor]] = {"train": [], "val": [], "test": []}
+        split_trajs, var_offset = [], []
+        for k, a in enumerate(arrays):
+            n_traj, n_t = a.shape[:2]
             if n_traj < 3:
-                raise ValueError(
-                    f"{fs.origin}: {n_traj} trajectories cannot be split by trajectory into train/val/test; "
-                    "need at least 3 (for independent snapshots use layout NHW)"
-                )
+                raise ValueError(f"{a.origin}: {n_traj} trajectories cannot be split by trajectory into "
+                                 "train/val/test; need at least 3 (for independent snapshots use layout NHW)")
             idx = split_indices(n_traj, self.split, self.seed)
-            train = fs.data[idx["train"]].double()
-            for v, var in enumerate(fs.variables):
-                var_id = len(self.variable_names)
-                self.variable_names.append(f"{fs.name}/{var}")
-                mu = train[:, :, v].mean()
-                sigma = train[:, :, v].std().clamp_min(1e-12)
-                means.append(float(mu))
-                stds.append(float(sigma))
+            split_trajs.append(idx)
+            var_offset.append(len(self.variable_names))
+            self.variable_names += [f"{a.name}/{v}" for v in a.variables]
+            for v in range(len(a.variables)):  # order: variable, trajectory, time (as the in-memory layout)
                 for split, traj in idx.items():
-                    x = fs.data[traj][:, :, v].flatten(0, 1).unsqueeze(1)  # [n, 1, H, W]
-                    n = x.shape[0]
-                    parts[split].append((x, torch.full((n, 1), float(mu)), torch.full((n, 1), float(sigma)),
-                                         torch.full((n,), var_id)))
-        self._stats = (means, stds)
-        for split, chunks in parts.items():
-            self.splits[split] = FieldSamples(*(torch.cat(c) for c in zip(*chunks, strict=False)))
+                    tt = torch.cartesian_prod(traj, torch.arange(n_t)).reshape(-1, 2)
+                    rows[split].append(torch.cat([torch.full((len(tt), 1), k), tt, torch.full((len(tt), 1), v)], 1))
+        mean, std = self.statistics(arrays, split_trajs)
+        self._stats = (mean, std)
+        for split, parts in rows.items():
+            self.splits[split] = FieldSamples(arrays, torch.cat(parts), torch.tensor(mean, dtype=torch.float64),
+                                              torch.tensor(std, dtype=torch.float64), var_offset)
         if len(self.splits["train"]) < self.batch_size:
             raise ValueError(f"the train split has {len(self.splits['train'])} samples, fewer than "
                              f"data.batch_size={self.batch_size}")
+
+    def statistics(self, arrays: list[FieldArrays], splits: list[dict[str, torch.Tensor]]
+                   ) -> tuple[list[float], list[float]]:
+        """Per (dataset, variable): mean and std over the train split's snapshots, or over a seeded sample of
+        `stats_frames` of them. The same pass reads the val and test snapshots (all, or a seeded sample of
+        `stats_frames` per split and variable) to find NaN/Inf before training; whatever it skipped is checked when
+        read. Cached under <data_dir>/stats/ by a key of everything the result depends on."""
+        files = [{"path": str(f.resolve()), "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns}
+                 for a in arrays for f in a.files]
+        key = {"files": files, "datasets": [[a.name, a.variables, list(a.shape)] for a in arrays],
+               "splits": [{k: t.tolist() for k, t in idx.items()} for idx in splits],
+               "stats_frames": self.stats_frames, "seed": self.seed, "version": 1}
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        path = self.data_dir / "stats" / f"fields-{digest}.json"
+        if path.is_file():
+            try:
+                cached = json.loads(path.read_text())
+                return cached["mean"], cached["std"]
+            except (ValueError, KeyError) as e:  # a cache: compute again
+                log.warning("statistics cache %s cannot be read (%s); computing again", path, e)
+        start = time.perf_counter()
+        mean, std = [], []
+        gen = np.random.default_rng(self.seed)
+        for a, idx in zip(arrays, splits, strict=True):
+            for split in ("train", "val", "test"):
+                frames = np.stack(np.meshgrid(idx[split].numpy(), np.arange(a.shape[1]), indexing="ij"),
+                                  -1).reshape(-1, 2)
+                if self.stats_frames is not None and len(frames) > self.stats_frames:  # a seeded sample, file order
+                    frames = frames[np.sort(gen.choice(len(frames), self.stats_frames, replace=False))]
+                for v in range(len(a.variables)):
+                    m, sd = frame_statistics(a, v, frames)
+                    if split == "train":
+                        mean.append(m)
+                        std.append(max(sd, 1e-12))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"mean": mean, "std": std, "key": key}))
+        os.replace(tmp, path)
+        log.info("field statistics in %.1f s, cached in %s", time.perf_counter() - start, path)
+        return mean, std
 
     def make_train_sampler(self) -> EpochShuffleSampler:
         return EpochShuffleSampler(len(self.splits["train"]), self.seed)

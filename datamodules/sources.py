@@ -1,7 +1,10 @@
 """Where field data comes from: the embedded PDE set, The Well-style HDF5 files, or .npy/.npz arrays.
 
-Every source yields `FieldSet`s: data [n_traj, n_t, n_vars, H, W] float32 plus names, validated so
-bad data fails before training with the file, key and sample named.
+`source.open(data_dir)` gives `FieldArrays`: one dataset [n_traj, n_t, n_vars, H, W] each, read a few snapshots
+at a time when a batch asks for them, so users' files of any size never have to fit in memory. Opening checks
+what can be checked without reading the data (layout, variables, dtype, shapes, truncation), with the file named;
+NaN/Inf are found when a snapshot is read (statistics pass, batches), with file, variable and sample named.
+`source.load(data_dir)` reads everything into `FieldSet`s, for the token pipelines that encode a whole set.
 """
 
 from __future__ import annotations
@@ -112,9 +115,152 @@ class EmbeddedFields:
         names = {"navier_stokes": ["vorticity"], "gray_scott": ["u", "v"], "acoustic_wave": ["pressure"]}
         return [validate(FieldSet(f, names[f], blob["fields"][f], str(path))) for f in self.families]
 
+    def open(self, data_dir: str | Path) -> list[FieldArrays]:
+        """The embedded set is small: it lives in memory."""
+        return [TensorArrays(fs.name, fs.variables, fs.data, fs.origin) for fs in self.load(data_dir)]
+
+
+class FieldArrays:
+    """One dataset of 2-D fields, [n_traj, n_t, n_vars, H, W], read a few snapshots at a time.
+
+    Picklable for DataLoader workers: subclasses open their files on first read in each process and drop the
+    handles when pickled. `files` lists the files it reads (fingerprints for the statistics cache)."""
+
+    def __init__(self, name: str, variables: list[str], shape: tuple[int, int, int, int], origin: str,
+                 files: list[Path]):
+        self.name, self.variables, self.shape, self.origin, self.files = name, list(variables), shape, origin, files
+        n_traj, n_t, h, w = shape
+        if min(shape) == 0:
+            raise ValueError(f"{origin}: dataset {name!r} is empty (shape {(n_traj, n_t, len(variables), h, w)})")
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return self.shape[2], self.shape[3]
+
+    def read(self, traj: np.ndarray, t: np.ndarray, var: np.ndarray) -> np.ndarray:
+        """Snapshots (traj[i], t[i], var[i]) as float32 [n, H, W]; NaN/Inf raise ValueError naming the sample."""
+        out = np.asarray(self._read(np.asarray(traj), np.asarray(t), np.asarray(var)), dtype=np.float32)
+        finite = np.isfinite(out).reshape(len(out), -1).all(1)
+        if not finite.all():
+            i = int(np.argmin(finite))
+            raise ValueError(f"{self.where(int(traj[i]))}: variable {self.variables[int(var[i])]!r} holds NaN/Inf "
+                             f"values at trajectory {self.local_traj(int(traj[i]))}, time {int(t[i])}")
+        return out
+
+    def where(self, traj: int) -> str:
+        return self.origin
+
+    def local_traj(self, traj: int) -> int:
+        return traj
+
+    def _read(self, traj: np.ndarray, t: np.ndarray, var: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def all(self) -> torch.Tensor:
+        """Everything, [n_traj, n_t, n_vars, H, W] float32 (for the token pipelines, which encode whole sets)."""
+        n_traj, n_t, h, w = self.shape
+        grid = np.stack(np.meshgrid(np.arange(n_traj), np.arange(n_t), np.arange(len(self.variables)),
+                                    indexing="ij"), -1).reshape(-1, 3)
+        return torch.from_numpy(self.read(*grid.T)).reshape(n_traj, n_t, len(self.variables), h, w)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_open")}
+
+
+class TensorArrays(FieldArrays):
+    """A dataset held in memory (the embedded fields, .npz members)."""
+
+    def __init__(self, name: str, variables: list[str], data: torch.Tensor, origin: str):
+        if data.ndim != 5:
+            raise ValueError(f"{origin}: expected [n_traj, n_t, n_vars, H, W], got shape {tuple(data.shape)}")
+        n_traj, n_t, _, h, w = data.shape
+        super().__init__(name, variables, (n_traj, n_t, h, w), origin, [Path(origin.split("[")[0])])
+        self.data = data
+
+    def _read(self, traj, t, var):
+        return self.data[torch.as_tensor(traj), torch.as_tensor(t), torch.as_tensor(var)].numpy()
+
+    def all(self) -> torch.Tensor:
+        validate(FieldSet(self.name, self.variables, self.data, self.origin))
+        return self.data
+
+
+class HDF5Arrays(FieldArrays):
+    """`t0_fields/<variable>` [n_traj, n_t, H, W] of one HDF5 file, or of several with the same variables and
+    [n_t, H, W] (a folder of The Well's files: one dataset, the files' trajectories one after the other). One
+    snapshot is one read of one chunk-aligned slice; each worker process opens its own handles."""
+
+    def __init__(self, name: str, variables: list[str], files: list[Path], n_trajs: list[int],
+                 frame_shape: tuple[int, int, int]):
+        self.first_traj = np.cumsum([0, *n_trajs])  # file k holds trajectories first_traj[k] … first_traj[k+1] − 1
+        super().__init__(name, variables, (int(self.first_traj[-1]), *frame_shape),
+                         str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} files)", files)
+
+    def _file_of(self, traj: int) -> int:
+        return int(np.searchsorted(self.first_traj, traj, side="right") - 1)
+
+    def where(self, traj: int) -> str:
+        return str(self.files[self._file_of(traj)])
+
+    def local_traj(self, traj: int) -> int:
+        return traj - int(self.first_traj[self._file_of(traj)])
+
+    def _handle(self, k: int):
+        import h5py
+
+        if self.__dict__.get("_open_pid") != os.getpid():  # a forked worker: HDF5 handles must not cross a fork
+            self._open_handles, self._open_pid = {}, os.getpid()
+        handles = self._open_handles
+        if k not in handles:
+            handles[k] = h5py.File(self.files[k], "r")
+        return handles[k]
+
+    def _read(self, traj, t, var):
+        out = np.empty((len(traj), *self.hw), np.float32)
+        for i, (g, ti, v) in enumerate(zip(traj.tolist(), t.tolist(), var.tolist(), strict=True)):
+            k = self._file_of(g)
+            try:
+                self._handle(k)["t0_fields"][self.variables[v]].read_direct(
+                    out, np.s_[g - int(self.first_traj[k]), ti], np.s_[i])
+            except (OSError, KeyError) as e:
+                raise ValueError(f"{self.files[k]}: reading t0_fields/{self.variables[v]} at trajectory "
+                                 f"{g - int(self.first_traj[k])}, time {ti} failed ({e}): the file is truncated or "
+                                 f"corrupt") from e
+        return out
+
+
+class MmapArrays(FieldArrays):
+    """A .npy array, memory-mapped: reading a batch touches only its snapshots' pages."""
+
+    def __init__(self, path: Path, layout: str, shape: tuple[int, ...], variables: list[str]):
+        self.path, self.layout = path, layout
+        n, h, w = shape[0], shape[-2], shape[-1]
+        n_t = shape[1] if layout == "NTHW" else 1
+        super().__init__(path.stem, variables, (n, n_t, h, w), str(path), [path])
+
+    def _array(self) -> np.ndarray:
+        if "_open_array" not in self.__dict__:
+            self._open_array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        return self._open_array
+
+    def _read(self, traj, t, var):
+        a = self._array()
+        return {"NHW": lambda: a[traj], "NTHW": lambda: a[traj, t], "NCHW": lambda: a[traj, var]}[self.layout]()
+
+
+def same_frames(arrays: list[FieldArrays]) -> None:
+    """All datasets of one run share H×W: the first one that differs is named, with the first dataset."""
+    first = arrays[0]
+    for a in arrays[1:]:
+        if a.hw != first.hw:
+            raise ValueError(f"{a.origin}: snapshots are {a.hw[0]}×{a.hw[1]}, but {first.origin} has "
+                             f"{first.hw[0]}×{first.hw[1]}; all data of one run need the same H×W")
+
 
 class HDF5Fields:
-    """The Well layout: `t0_fields/<variable>` arrays [n_traj, n_t, H, W] in one .hdf5/.h5 file or a folder of them."""
+    """The Well layout: `t0_fields/<variable>` arrays [n_traj, n_t, H, W] in one .hdf5/.h5 file, or a folder of
+    such files with the same variables and [n_t, H, W] (one dataset named after the folder; The Well's
+    `data/train/*.hdf5`). Read lazily (HDF5Arrays)."""
 
     def __init__(self, path: str | None = None, variables: list[str] | None = None):
         self.path, self.variables = path, variables
@@ -122,42 +268,65 @@ class HDF5Fields:
     def prepare(self, data_dir: str | Path) -> None:
         find_files(self.path, (".hdf5", ".h5"), "HDF5Fields")
 
-    def load(self, data_dir: str | Path) -> list[FieldSet]:
+    def _inspect(self, f: Path) -> tuple[list[str], int, tuple[int, int, int]]:
+        """(variables, n_traj, (n_t, H, W)) of one file, checked; its last snapshots are read to catch truncation."""
         import h5py
 
-        out = []
-        for f in find_files(self.path, (".hdf5", ".h5"), "HDF5Fields"):
-            try:
-                h5 = h5py.File(f, "r")
-            except OSError as e:
-                raise ValueError(f"{f}: not a readable HDF5 file ({e})") from e
-            with h5:
-                if "t0_fields" not in h5:
-                    raise ValueError(
-                        f"{f}: no group 't0_fields' (The Well layout: t0_fields/<name> [n_traj, n_t, H, W])")
-                names = self.variables or sorted(h5["t0_fields"].keys())
-                arrays = []
-                for name in names:
-                    if name not in h5["t0_fields"]:
-                        raise ValueError(f"{f}: no dataset 't0_fields/{name}' (has {sorted(h5['t0_fields'])})")
-                    a = h5["t0_fields"][name]
-                    if a.ndim != 4:
-                        raise ValueError(f"{f}: t0_fields/{name} should be [n_traj, n_t, H, W], got shape {a.shape}")
-                    if a.dtype.kind == "c":
-                        raise ValueError(f"{f}: t0_fields/{name} holds complex values ({a.dtype}); SciTok's fields are "
-                                         f"real: store the real and imaginary parts as two variables")
-                    arrays.append(torch.from_numpy(np.asarray(a[()], dtype=np.float32)))
-                if not arrays:
-                    raise ValueError(f"{f}: t0_fields holds no variables")
-                shapes = {tuple(a.shape) for a in arrays}
-                if len(shapes) > 1:
-                    raise ValueError(f"{f}: t0_fields variables differ in shape: {sorted(shapes)}")
-                out.append(validate(FieldSet(f.stem, list(names), torch.stack(arrays, dim=2), str(f))))
-        return out
+        try:
+            h5 = h5py.File(f, "r")
+        except OSError as e:
+            raise ValueError(f"{f}: not a readable HDF5 file ({e})") from e
+        with h5:
+            if "t0_fields" not in h5:
+                raise ValueError(f"{f}: no group 't0_fields' (The Well layout: t0_fields/<name> [n_traj, n_t, H, W])")
+            names = list(self.variables or sorted(h5["t0_fields"].keys()))
+            if not names:
+                raise ValueError(f"{f}: t0_fields holds no variables")
+            shapes = {}
+            for name in names:
+                if name not in h5["t0_fields"]:
+                    raise ValueError(f"{f}: no dataset 't0_fields/{name}' (has {sorted(h5['t0_fields'])})")
+                a = h5["t0_fields"][name]
+                if a.ndim != 4:
+                    raise ValueError(f"{f}: t0_fields/{name} should be [n_traj, n_t, H, W], got shape {a.shape}")
+                if a.dtype.kind == "c":
+                    raise ValueError(f"{f}: t0_fields/{name} holds complex values ({a.dtype}); SciTok's fields are "
+                                     f"real: store the real and imaginary parts as two variables")
+                if a.dtype.kind not in "fiu":
+                    raise ValueError(f"{f}: t0_fields/{name} holds {a.dtype} values, not numbers")
+                shapes[name] = a.shape
+                if a.size:
+                    try:
+                        a[-1, -1]
+                    except OSError as e:
+                        raise ValueError(f"{f}: t0_fields/{name} cannot be read to its end ({e}): the file is "
+                                         f"truncated or corrupt") from e
+            if len(set(shapes.values())) > 1:
+                raise ValueError(f"{f}: t0_fields variables differ in shape: {shapes}")
+            shape = next(iter(shapes.values()))
+            return names, shape[0], tuple(shape[1:])
+
+    def open(self, data_dir: str | Path) -> list[FieldArrays]:
+        files = find_files(self.path, (".hdf5", ".h5"), "HDF5Fields")
+        names, n_traj, frame = self._inspect(files[0])
+        n_trajs = [n_traj]
+        for f in files[1:]:
+            names_f, n_traj_f, frame_f = self._inspect(f)
+            if names_f != names or frame_f != frame:
+                raise ValueError(f"{f}: variables {names_f} of [n_t, H, W] {list(frame_f)}, but {files[0]} (the first "
+                                 f"file of the folder) has {names} of {list(frame)}; the files of one folder form "
+                                 f"one dataset and must agree")
+            n_trajs.append(n_traj_f)
+        name = files[0].stem if len(files) == 1 else Path(self.path).expanduser().name
+        return [HDF5Arrays(name, names, files, n_trajs, frame)]
+
+    def load(self, data_dir: str | Path) -> list[FieldSet]:
+        return [FieldSet(a.name, a.variables, a.all(), a.origin) for a in self.open(data_dir)]
 
 
 class NpyFields:
-    """A .npy array or the arrays of a .npz file (one variable per array).
+    """A .npy array (memory-mapped: any size) or the arrays of a .npz file (one variable per array; read into
+    memory, since zip members cannot be mapped).
 
     layout: NHW (independent snapshots), NTHW (trajectories), NCHW (N samples of C variables);
     "auto" accepts 3-D arrays only, since a 4-D array is ambiguous.
@@ -173,45 +342,58 @@ class NpyFields:
     def prepare(self, data_dir: str | Path) -> None:
         find_files(self.path, (".npy", ".npz"), "NpyFields")
 
-    def _to_5d(self, a: np.ndarray, where: str) -> torch.Tensor:
-        layout = self.layout
+    def _layout(self, a: np.ndarray, where: str) -> str:
+        """The checked layout of an array (only its header is looked at)."""
         if np.iscomplexobj(a):
             raise ValueError(f"{where}: complex values ({a.dtype}); SciTok's fields are real: pass the real and "
                              f"imaginary parts (or magnitude and phase) as two variables")
+        if a.dtype.kind not in "fiu":
+            raise ValueError(f"{where}: {a.dtype} values, not numbers")
         if a.ndim not in (3, 4):
             raise ValueError(f"{where}: expected a 3-D [N, H, W] or 4-D [N, T, H, W] / [N, C, H, W] array, got "
                              f"shape {a.shape}")
-        if layout == "auto":
+        if self.layout == "auto":
             if a.ndim != 3:
-                raise ValueError(
-                    f"{where}: a {a.ndim}-D array of shape {a.shape} is ambiguous; "
-                    "set data.source.layout to NHW, NTHW or NCHW"
-                )
-            layout = "NHW"
-        if a.ndim != len(layout):
-            raise ValueError(f"{where}: layout {layout} needs a {len(layout)}-D array, got shape {a.shape}")
+                raise ValueError(f"{where}: a {a.ndim}-D array of shape {a.shape} is ambiguous; "
+                                 "set data.source.layout to NHW, NTHW or NCHW")
+            return "NHW"
+        if a.ndim != len(self.layout):
+            raise ValueError(f"{where}: layout {self.layout} needs a {len(self.layout)}-D array, got shape {a.shape}")
+        return self.layout
+
+    def _to_5d(self, a: np.ndarray, layout: str) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
         return {"NHW": lambda: t[:, None, None], "NTHW": lambda: t[:, :, None], "NCHW": lambda: t[:, None]}[layout]()
 
-    def load(self, data_dir: str | Path) -> list[FieldSet]:
+    def open(self, data_dir: str | Path) -> list[FieldArrays]:
         path = find_files(self.path, (".npy", ".npz"), "NpyFields")[0]
         if Path(self.path).expanduser().is_dir():
             raise ValueError(f"NpyFields: data.source.path must be one .npy or .npz file, got the folder {self.path}")
         try:
-            loaded = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise ValueError(f"{path}: not a readable .npy/.npz file ({e})") from e
+            loaded = np.load(path, mmap_mode="r" if path.suffix.lower() == ".npy" else None, allow_pickle=False)
+        except UNREADABLE as e:
+            raise ValueError(f"{path}: not a readable .npy/.npz file ({e}); a .npy shorter than its header says "
+                             f"is truncated") from e
         if isinstance(loaded, np.ndarray):
-            data = self._to_5d(loaded, str(path))
-            n_vars = data.shape[2]
+            layout = self._layout(loaded, str(path))
+            n_vars = loaded.shape[1] if layout == "NCHW" else 1
             names = [f"var{i}" for i in range(n_vars)] if n_vars > 1 else [path.stem]
-            return [validate(FieldSet(path.stem, names, data, str(path)))]
+            return [MmapArrays(path, layout, loaded.shape, names)]
         with loaded:
             keys = list(loaded.keys())
             if not keys:
                 raise ValueError(f"{path}: the .npz file holds no arrays")
-            arrays = [self._to_5d(loaded[k], f"{path}[{k}]") for k in keys]
+            arrays = []
+            for k in keys:
+                try:
+                    a = loaded[k]
+                except UNREADABLE as e:
+                    raise ValueError(f"{path}[{k}]: cannot be read ({e}): the file is truncated or corrupt") from e
+                arrays.append(self._to_5d(a, self._layout(a, f"{path}[{k}]")))
         shapes = {tuple(a.shape) for a in arrays}
         if len(shapes) > 1:
             raise ValueError(f"{path}: arrays {keys} differ in shape: {sorted(shapes)}")
-        return [validate(FieldSet(path.stem, keys, torch.cat(arrays, dim=2), str(path)))]
+        return [TensorArrays(path.stem, keys, torch.cat(arrays, dim=2), str(path))]
+
+    def load(self, data_dir: str | Path) -> list[FieldSet]:
+        return [FieldSet(a.name, a.variables, a.all(), a.origin) for a in self.open(data_dir)]

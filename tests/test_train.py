@@ -290,3 +290,27 @@ def test_a_large_image_is_tokenized_and_reconstructed_by_encode_image(experiment
     meta = json.loads((out / "meta.json").read_text())
     assert set(meta["scales"]) == {"0.25", "0.5", "1"}
     assert (meta["tile"], meta["overlap"]) == (8 * f, 2 * f)
+
+
+def test_resume_with_two_workers_on_a_users_hdf5_file_is_exact(make_cfg, tmp_path):
+    """Lazy reads in 2 worker processes: resuming from a mid-epoch last.ckpt ends with the weights of an
+    uninterrupted run (the order comes from the sampler in the main process, whatever the workers)."""
+    import h5py
+
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "fields.hdf5", "w") as f:
+        f.create_dataset("t0_fields/u", data=rng.normal(size=(5, 6, 16, 16)).astype(np.float32))
+        f.create_dataset("t0_fields/v", data=rng.normal(size=(5, 6, 16, 16)).astype(np.float32))
+    common = ["experiment=phaedra", "logger=none", "test=false", "data=fields_hdf5", "data.num_workers=2",
+              f"data.source.path={tmp_path / 'fields.hdf5'}", "trainer.val_check_interval=4", "scheduler.total_steps=8",
+              "callbacks.ema.decay=0.9"]
+    run(make_cfg, [*common, "trainer.max_steps=8"], tmp_path / "full")
+    run(make_cfg, [*common, "trainer.max_steps=4"], tmp_path / "half")  # 4 of the epoch's 9 batches of 4
+    run(make_cfg, [*common, "trainer.max_steps=8", f"ckpt_path={tmp_path / 'half' / 'checkpoints' / 'last.ckpt'}"],
+        tmp_path / "resumed")
+    full = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert full["global_step"] == resumed["global_step"] == 8
+    for key in ("state_dict", "current_model_state"):
+        for name, value in full[key].items():
+            assert torch.equal(value, resumed[key][name]), (key, name)

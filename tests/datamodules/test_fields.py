@@ -1,9 +1,11 @@
+import re
+
 import h5py
 import numpy as np
 import pytest
 import torch
 
-from datamodules.common import EpochShuffleSampler
+from datamodules.common import EpochShuffleSampler, split_indices
 from datamodules.fields import FieldDataModule
 from datamodules.sources import EmbeddedFields, HDF5Fields, NpyFields
 
@@ -18,7 +20,7 @@ def embedded(tmp_path_factory):
 
 
 def test_embedded_cache_is_written_atomically_and_reused(embedded):
-    files = sorted(p.name for p in embedded.data_dir.iterdir())
+    files = sorted(p.name for p in embedded.data_dir.iterdir() if p.is_file())
     assert len(files) == 1 and files[0].startswith("embedded_fields_") and files[0].endswith(".pt")
     stamp = (embedded.data_dir / files[0]).stat().st_mtime_ns
     embedded.source.prepare(embedded.data_dir)
@@ -41,8 +43,8 @@ def test_split_is_by_trajectory_and_statistics_come_from_train_only(embedded):
     ns = fs["navier_stokes"].data[:, :, 0]  # [5, 3, 32, 32]
     frames = {}
     for split, ds in embedded.splits.items():
-        mask = ds.tensors["variable_id"] == 0
-        frames[split] = ds.tensors["fields"][mask][:, 0]
+        batch = ds.__getitems__(list(range(len(ds))))
+        frames[split] = batch["field_variables_out"][batch["variable_id"] == 0][:, 0]
     found = {}
     for split, x in frames.items():
         trajs = {int(((ns - f).abs().flatten(-2).amax(-1) == 0).nonzero()[0, 0]) for f in x}
@@ -106,13 +108,35 @@ def test_npz_arrays_are_variables(tmp_path):
 
 
 def test_nan_in_a_data_file_names_file_variable_and_sample(tmp_path):
-    x = np.zeros((4, 3, 8, 8), np.float32)
-    x[2, 1, 3, 3] = np.nan
-    path = tmp_path / "bad.hdf5"
-    with h5py.File(path, "w") as f:
-        f.create_dataset("t0_fields/vorticity", data=x)
-    with pytest.raises(ValueError, match=r"bad\.hdf5.*'vorticity'.*NaN/Inf.*trajectory 2, time 1"):
-        FieldDataModule(HDF5Fields(str(path)), data_dir=tmp_path).setup()
+    split = split_indices(4, (0.8, 0.1, 0.1), seed=0)
+    for name, traj in (("train", int(split["train"][1])), ("val", int(split["val"][0]))):
+        x = np.zeros((4, 3, 8, 8), np.float32)
+        x[traj, 1, 3, 3] = np.nan
+        path = tmp_path / f"bad_{name}.hdf5"
+        with h5py.File(path, "w") as f:
+            f.create_dataset("t0_fields/vorticity", data=x)
+        message = rf"bad_{name}\.hdf5: variable 'vorticity' holds NaN/Inf values at trajectory {traj}, time 1"
+        with pytest.raises(ValueError, match=message):  # every split is read at setup when it is this small
+            FieldDataModule(HDF5Fields(str(path)), data_dir=tmp_path, batch_size=2).setup()
+    # beyond stats_frames snapshots per split, what the setup pass skipped is checked when a batch reads it
+    val_traj, skipped = int(split["val"][0]), 0
+    for t in range(8):  # a NaN at each time in turn: where the one sampled snapshot misses it, reading finds it
+        x = np.zeros((4, 8, 8, 8), np.float32)
+        x[val_traj, t, 3, 3] = np.nan
+        with h5py.File(tmp_path / f"late{t}.hdf5", "w") as f:
+            f.create_dataset("t0_fields/vorticity", data=x)
+        dm = FieldDataModule(HDF5Fields(str(tmp_path / f"late{t}.hdf5")), data_dir=tmp_path / f"s{t}", batch_size=2,
+                             stats_frames=1)
+        message = rf"late{t}\.hdf5: variable 'vorticity' holds NaN/Inf values at trajectory {val_traj}, time {t}"
+        try:
+            dm.setup()
+        except ValueError as e:
+            assert re.search(message, str(e))
+            continue
+        skipped += 1
+        with pytest.raises(ValueError, match=message):
+            list(dm.val_dataloader())
+    assert skipped >= 6
 
 
 def test_bad_inputs_raise_clear_errors(tmp_path):
