@@ -86,7 +86,7 @@ def measure_loader(fmt: str, path: str, workers: int, batches: int, data_dir: st
     dm = FieldDataModule(source_args(fmt, Path(path)), data_dir=data_dir, batch_size=16, num_workers=workers)
     dm.setup()
     t_setup = time.perf_counter() - t0
-    it = iter(dm.train_dataloader())
+    it = iter(dm.train_dataloader())  # persistent workers: they live as long as this iterator
     next(it)
     t_first = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -94,10 +94,15 @@ def measure_loader(fmt: str, path: str, workers: int, batches: int, data_dir: st
     for _ in range(batches):
         n += len(next(it)["field_variables_in"])
     rate = n / (time.perf_counter() - t1)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    del it  # ends the workers, so that their peak is counted below
+    dm.splits.clear()
+    import gc
+
+    gc.collect()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest worker (shared pages included)
     return {"setup_s": t_setup, "first_batch_s": t_first, "samples_per_s": rate,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "worker_peak_rss_mb": children / 1024}
+            "worker_peak_rss_mb": children / 1024 if workers else float("nan")}
 
 
 def run_child(args: list[str]) -> dict:

@@ -4,18 +4,24 @@ Batch: {"image": float32 [B, 3, crop, crop] in [0, 1]}.
 Each image is split by columns: crops for training come from its left part, validation and test crops
 from the right `holdout` fraction (at least one crop wide; alternating, on a fixed grid), so no
 evaluation pixel is trained on.
+
+Users' images are read lazily: setup reads each file's header (its size), and a batch decodes the images its crops
+come from (the last few decoded ones are kept per process), so a folder of any size costs the memory of a few
+images. The bundled images are small and live in memory.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
-from datamodules.common import EpochSampler, InMemoryDataModule, TensorBatches, find_files
+from datamodules.common import EpochSampler, InMemoryDataModule, find_files
 from lit_modules.adapters import BatchAdapter, ImageAdapter
 from tokenizers.base import DataMetadata
 
@@ -58,6 +64,10 @@ class BundledImages:
             out.append((to_chw01(getattr(skimage.data, name)(), f"skimage.data.{name}"), name))
         return out
 
+    def open(self) -> list[ImageRef]:
+        """Nine small images: in memory."""
+        return [ImageRef(origin, tuple(image.shape[1:]), image) for image, origin in self.load()]
+
 
 class ImageFolder:
     """Your images: PNG, JPEG, TIFF (and FITS when astropy is installed), one file or a folder (recursive)."""
@@ -68,8 +78,49 @@ class ImageFolder:
         self.path = path
 
     def load(self) -> list[tuple[torch.Tensor, str]]:
-        files = find_files(self.path, self.extensions, "ImageFolder")
-        return [(to_chw01(read_image(f), str(f)), str(f)) for f in files]
+        return [(ref.read(), ref.origin) for ref in self.open()]
+
+    def open(self) -> list[ImageRef]:
+        """Every image's size from its header; the pixels are decoded when a crop needs them."""
+        return [ImageRef(str(f), image_size(f)) for f in find_files(self.path, self.extensions, "ImageFolder")]
+
+
+class ImageRef:
+    """One image: where it comes from, its (H, W), and its pixels (given, or decoded from the file on read)."""
+
+    def __init__(self, origin: str, size: tuple[int, int], image: torch.Tensor | None = None):
+        self.origin, self.size, self.image = origin, (int(size[0]), int(size[1])), image
+
+    def read(self) -> torch.Tensor:
+        """float32 [3, H, W] in [0, 1]."""
+        if self.image is not None:
+            return self.image
+        image = to_chw01(read_image(Path(self.origin)), self.origin)
+        if tuple(image.shape[1:]) != self.size:
+            raise ValueError(f"{self.origin}: decoded {tuple(image.shape[1:])}, but its header said {self.size}: "
+                             f"the file changed while the run was reading it")
+        return image
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) from the file's header, without decoding the pixels."""
+    if path.suffix.lower() in (".fits", ".fit"):
+        try:
+            from astropy.io import fits
+        except ImportError:
+            raise ModuleNotFoundError(f"{path}: reading FITS needs astropy: pip install astropy") from None
+        try:
+            header = fits.getheader(path)
+            return int(header["NAXIS2"]), int(header["NAXIS1"])
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable FITS image ({e})") from None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -88,7 +139,7 @@ def read_image(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im)
     except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from None
+        raise ValueError(f"{path}: not a readable image ({e}); truncated or corrupt") from None
 
 
 class CropSampler(EpochSampler):
@@ -112,34 +163,76 @@ class CropSampler(EpochSampler):
         return len(self.sizes) * self.crops_per_image
 
 
-class RandomCrops(TensorBatches):
-    """Training regions zero-padded into one tensor [N, 3, H_max, W_max]; crop ids from CropSampler."""
+class ImageCrops(Dataset):
+    """Crops of images read when a batch asks for them: the last `cache_images` decoded images are kept per
+    process (evaluation crops come image by image, training crops of one image often share a batch)."""
 
-    def __init__(self, regions: list[torch.Tensor], crop: int):
-        sizes = torch.tensor([r.shape[-2:] for r in regions])
-        padded = torch.zeros(len(regions), 3, int(sizes[:, 0].max()), int(sizes[:, 1].max()))
-        for i, r in enumerate(regions):
-            padded[i, :, : r.shape[1], : r.shape[2]] = r
-        super().__init__(images=padded, sizes=sizes)
-        self.images, self.sizes, self.crop = padded, sizes, crop
+    def __init__(self, refs: list[ImageRef], crop: int, cache_images: int = 8):
+        self.refs, self.crop, self.cache_images = refs, crop, cache_images
+
+    def image(self, i: int) -> torch.Tensor:
+        cache = self.__dict__.setdefault("_open_cache", OrderedDict())
+        if i in cache:
+            cache.move_to_end(i)
+        else:
+            cache[i] = self.refs[i].read()
+            while len(cache) > self.cache_images:
+                cache.popitem(last=False)
+        return cache[i]
+
+    def crops(self, image: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+        """[n, 3, crop, crop] (top[k], left[k]) crops of images image[k], read in image order."""
+        out = torch.empty(len(image), 3, self.crop, self.crop)
+        for k in torch.argsort(image, stable=True).tolist():
+            t, l = int(top[k]), int(left[k])  # noqa: E741
+            out[k] = self.image(int(image[k]))[:, t:t + self.crop, l:l + self.crop]
+        return out
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_open_cache"}
+
+
+class RandomCrops(ImageCrops):
+    """Training crops: ids from CropSampler address (region, top, left, flip); region i is image i's columns
+    [0, sizes[i, 1]), so a crop's coordinates are those of its image."""
+
+    def __init__(self, refs: list[ImageRef], sizes: torch.Tensor, crop: int, cache_images: int = 8):
+        super().__init__(refs, crop, cache_images)
+        self.sizes = sizes  # [N, 2] (h, w) of each training region
+        self.h_max, self.w_max = int(sizes[:, 0].max()), int(sizes[:, 1].max())
+
+    def __len__(self) -> int:
+        return len(self.refs)
 
     def __getitems__(self, crop_ids: Sequence[int]) -> dict[str, torch.Tensor]:
         ids = torch.as_tensor(crop_ids, dtype=torch.long)
-        h_max, w_max = self.images.shape[-2:]
         flip, rest = ids % 2, ids // 2
-        left, rest = rest % w_max, rest // w_max
-        top, image = rest % h_max, rest // h_max
-        rows = (top[:, None] + torch.arange(self.crop))[:, None, :, None]
-        cols = (left[:, None] + torch.arange(self.crop))[:, None, None, :]
-        cols = torch.where(flip.bool()[:, None, None, None], cols.flip(-1), cols)
-        channels = torch.arange(3)[None, :, None, None]
-        return {"image": self.images[image[:, None, None, None], channels, rows, cols]}
+        left, rest = rest % self.w_max, rest // self.w_max
+        top, image = rest % self.h_max, rest // self.h_max
+        crops = self.crops(image, top, left)
+        return {"image": torch.where(flip.bool()[:, None, None, None], crops.flip(-1), crops)}
 
 
-def grid_crops(image: torch.Tensor, crop: int) -> list[torch.Tensor]:
-    """Non-overlapping crops on a fixed grid (top-left aligned) that fit inside [3, H, W]."""
-    return [image[:, t:t + crop, l:l + crop] for t in range(0, image.shape[1] - crop + 1, crop)
-            for l in range(0, image.shape[2] - crop + 1, crop)]  # noqa: E741
+class GridCrops(ImageCrops):
+    """Evaluation crops at fixed places: rows of `places` are (image, top, left)."""
+
+    def __init__(self, refs: list[ImageRef], places: torch.Tensor, crop: int, cache_images: int = 8):
+        super().__init__(refs, crop, cache_images)
+        self.places = places
+
+    def __len__(self) -> int:
+        return len(self.places)
+
+    def __getitems__(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        p = self.places[torch.as_tensor(idx, dtype=torch.long)]
+        return {"image": self.crops(p[:, 0], p[:, 1], p[:, 2])}
+
+
+def grid_places(size: tuple[int, int], first_col: int, crop: int) -> list[tuple[int, int]]:
+    """(top, left) of the non-overlapping crops on a fixed grid that fit in columns [first_col, W) of an image."""
+    h, w = size
+    return [(t, first_col + l) for t in range(0, h - crop + 1, crop)
+            for l in range(0, w - first_col - crop + 1, crop)]  # noqa: E741
 
 
 class ImageDataModule(InMemoryDataModule):
@@ -154,24 +247,26 @@ class ImageDataModule(InMemoryDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        regions, evaluation = [], []
-        for image, origin in self.source.load():
+        refs, sizes, evaluation = [], [], []
+        for ref in self.source.open():
+            h, w = ref.size
             # columns from `cut` on are held out: the holdout fraction, and at least one crop wide
-            cut = min(int(round(image.shape[2] * (1 - self.holdout))), image.shape[2] - self.crop)
-            train, held = image[:, :, :cut], image[:, :, cut:]
-            if min(train.shape[1:]) < self.crop or min(held.shape[1:]) < self.crop:
+            cut = min(int(round(w * (1 - self.holdout))), w - self.crop)
+            if min(h, cut) < self.crop or min(h, w - cut) < self.crop:
                 log.warning("%s: %s is too small for %d-pixel training and held-out crops; skipped",
-                            origin, tuple(image.shape[1:]), self.crop)
+                            ref.origin, (h, w), self.crop)
                 continue
-            regions.append(train)
-            evaluation += grid_crops(held, self.crop)
-        if not regions:
+            evaluation += [(len(refs), t, l) for t, l in grid_places(ref.size, cut, self.crop)]  # noqa: E741
+            refs.append(ref)
+            sizes.append((h, cut))
+        if not refs:
             raise ValueError(f"no image is large enough for {self.crop}-pixel crops (a training part and a held-out "
                              f"part of at least one crop each); lower data.crop")
+        places = torch.tensor(evaluation)
         self.splits = {
-            "train": RandomCrops(regions, self.crop),
-            "val": TensorBatches(image=torch.stack(evaluation[0::2])),
-            "test": TensorBatches(image=torch.stack(evaluation[1::2] or evaluation[0::2])),
+            "train": RandomCrops(refs, torch.tensor(sizes), self.crop),
+            "val": GridCrops(refs, places[0::2], self.crop),
+            "test": GridCrops(refs, places[1::2] if len(places) > 1 else places[0::2], self.crop),
         }
 
     @property
