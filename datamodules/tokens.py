@@ -590,7 +590,8 @@ class EEGTokenDataModule(TokenizerSequences):
         patches, rows = [], {"train": [], "val": [], "test": []}
         for split, idx in split_indices(len(recordings), self.split, self.seed).items():
             for i in idx.tolist():
-                x = resample(normalize(recordings[i], meta.normalization, self.ems_factor), recordings[i].sfreq, rate)
+                x = resample(normalize(recordings[i].data, meta.normalization, self.ems_factor, recordings[i].origin),
+                             recordings[i].sfreq, rate)
                 for channel in x:
                     p = cut_patches(channel[None], patch_offsets(len(channel), P, P), P)  # [n, P]
                     for start in range(0, len(p), self.max_patches):

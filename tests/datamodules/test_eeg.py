@@ -11,10 +11,10 @@ class ListSource:
     """Recordings given in memory (what AeonNeuroEEG / EEGFiles produce)."""
 
     def __init__(self, recordings):
-        self.recordings = recordings
+        self.given = recordings
 
     def load(self):
-        return self.recordings
+        return self.given
 
 
 def recordings(n: int = 10, channels: int = 3, seconds: float = 2.0, sfreq: float = 256.0):
@@ -28,14 +28,14 @@ def test_split_by_recording_fixed_eval_patches_and_batches():
     dm = EEGDataModule(ListSource(recordings()), patch_len=64, batch_size=8, eval_batch_size=16)
     dm.setup()
     train, val = dm.splits["train"], dm.splits["val"]
-    assert len(train.rows) == 8 * 3  # 8 train recordings × 3 channels, one row each at one rate
+    assert len(train.starts) == 8 * 3  # 8 train recordings × 3 channels, one row each at one rate
     assert len(val) == 1 * 3 * (512 // 64)  # one val recording, consecutive non-overlapping patches
     batch = next(iter(dm.train_dataloader()))
     assert batch["x"].shape == (8, 64) and batch["sfreq"].tolist() == [256.0] * 8
     first = next(iter(dm.val_dataloader()))["x"]
     assert torch.equal(first, next(iter(dm.val_dataloader()))["x"])  # validation order is fixed
     # robust z-score per channel: median 0, MAD·1.4826 = 1 on each val row
-    row = val.tensors["x"][:8].flatten()
+    row = val.__getitems__(range(8))["x"].flatten()
     assert float(row.median()) == pytest.approx(0.0, abs=0.1)
 
 
@@ -43,12 +43,12 @@ def test_every_rate_gets_its_rows_and_patches_carry_their_rate():
     dm = EEGDataModule(ListSource(recordings()), patch_len=64, rates=[128.0, 256.0, 512.0], batch_size=8)
     dm.setup()
     train = dm.splits["train"]
-    assert sorted(set(train.tensors["sfreq"].tolist())) == [128.0, 256.0, 512.0]
-    lengths = {float(f): int(n) for f, n in zip(train.tensors["sfreq"], train.lengths, strict=True)}
+    assert sorted(set(train.sfreq.tolist())) == [128.0, 256.0, 512.0]
+    lengths = {float(f): int(n) for f, n in zip(train.sfreq, train.lengths, strict=True)}
     assert lengths == {128.0: 256, 256.0: 512, 512.0: 1024}  # 2 s at each rate
     val = dm.splits["val"]
-    rate_ids = [[128.0, 256.0, 512.0].index(f) for f in val.tensors["sfreq"].tolist()]
-    assert torch.equal(val.tensors["rate_id"], torch.tensor(rate_ids))
+    rate_ids = [[128.0, 256.0, 512.0].index(f) for f in val.sfreq.tolist()]
+    assert torch.equal(val.rate_id, torch.tensor(rate_ids))
 
 
 def test_train_crops_depend_on_seed_and_epoch_and_resume_mid_epoch():
@@ -69,7 +69,7 @@ def test_mostly_zero_rows_are_dropped_and_bad_data_is_named():
     recs[0].data[1] = 0.0  # a flat (disconnected) channel
     dm = EEGDataModule(ListSource(recs), patch_len=64, batch_size=8, seed=0)
     dm.setup()
-    total_rows = len(dm.splits["train"].rows) + len(dm.splits["val"]) // 8 + len(dm.splits["test"]) // 8
+    total_rows = len(dm.splits["train"].starts) + len(dm.splits["val"]) // 8 + len(dm.splits["test"]) // 8
     assert total_rows == 10 * 3 - 1
     recs[3].data[0, 5] = np.nan
     with pytest.raises(ValueError, match=r"rec3: recording holds NaN/Inf"):
@@ -83,7 +83,8 @@ def test_mostly_zero_rows_are_dropped_and_bad_data_is_named():
 def test_ems_normalization_is_selectable():
     dm = EEGDataModule(ListSource(recordings(seconds=20.0)), patch_len=64, normalization="ems", ems_factor=1e-2)
     dm.setup()
-    assert abs(float(dm.splits["val"].tensors["x"].mean())) < 0.2
+    val = dm.splits["val"]
+    assert abs(float(val.__getitems__(range(len(val)))["x"].mean())) < 0.2
 
 
 def write_edf(path: Path, data: np.ndarray, sfreq: int, labels: list[str]) -> None:
@@ -117,6 +118,40 @@ def test_users_edf_recordings_through_mne(tmp_path):
     (tmp_path / "broken.edf").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"broken\.edf: not a readable EEG recording"):
         EEGFiles(str(tmp_path)).load()
+
+
+def test_recording_files_are_preprocessed_once_to_a_mapped_cache_equal_to_the_in_memory_path(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "edf"
+    folder.mkdir()
+    for i in range(4):
+        write_edf(folder / f"sub{i}.edf", rng.normal(size=(2, 6 * 128)) * 20e-6, 128, ["Cz", "Pz"])
+    kw = dict(patch_len=64, rates=[128.0, 256.0], batch_size=4, eval_batch_size=8)
+    lazy = EEGDataModule(EEGFiles(str(folder)), data_dir=str(tmp_path / "data"), **kw)
+    lazy.setup()
+    (rows,) = (tmp_path / "data" / "eeg").glob("rows-*.f32")
+    assert isinstance(lazy.splits["train"].store.data(), np.memmap)
+    in_memory = EEGDataModule(ListSource(EEGFiles(str(folder)).load()), **kw)  # recordings preloaded, no cache
+    in_memory.setup()
+    for split in ("train", "val"):
+        loaders = [dm.train_dataloader() if split == "train" else dm.val_dataloader() for dm in (lazy, in_memory)]
+        for a, b in zip(*loaders, strict=True):
+            assert torch.equal(a["x"], b["x"]) and torch.equal(a["sfreq"], b["sfreq"])
+    # a second run reads the cache: no recording is opened
+    import datamodules.eeg as eeg_module
+
+    def unopened(*args, **kwargs):
+        raise AssertionError("a recording was read again")
+
+    monkeypatch.setattr(eeg_module, "MNERecording", unopened)
+    again = EEGDataModule(EEGFiles(str(folder)), data_dir=str(tmp_path / "data"), **kw)
+    again.setup()
+    assert again.splits["val"].__getitems__([0, 1])["x"].shape == (2, 64)
+    assert rows.stat().st_size == 4 * 2 * (6 * 128 + 6 * 256) * 4  # float32 rows at both rates
+    monkeypatch.undo()
+    (folder / "sub2.edf").write_bytes((folder / "sub2.edf").read_bytes()[:400])  # cut short
+    with pytest.raises(ValueError, match=r"sub2\.edf: (not a readable EEG recording|channel 'Cz' cannot be read)"):
+        EEGDataModule(EEGFiles(str(folder)), data_dir=str(tmp_path / "data"), **kw).setup()
 
 
 def test_missing_mne_says_how_to_install(monkeypatch):
