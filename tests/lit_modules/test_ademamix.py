@@ -49,3 +49,29 @@ def test_invalid_betas_raise():
 def test_a_learning_rate_that_is_not_finite_and_positive_is_refused(lr):
     with pytest.raises(ValueError, match=f"lr, eps and weight_decay must be finite and >= 0, got {lr}"):
         AdEMAMix([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def test_the_multi_tensor_update_equals_the_per_tensor_one():
+    """Several steps, weight decay, two parameter groups, warm-ups, and a parameter that skips a step (its own
+    step count): foreach=True and foreach=False give the same weights and state to float32 rounding."""
+    torch.manual_seed(0)
+    shapes = [(16, 8), (8,), (3, 4, 5), (7,)]
+    start = [torch.randn(s) for s in shapes]
+    runs = {}
+    for foreach in (True, False):
+        params = [torch.nn.Parameter(w.clone()) for w in start]
+        opt = AdEMAMix([{"params": params[:2]}, {"params": params[2:], "lr": 3e-3, "weight_decay": 0.0}], lr=1e-2,
+                       alpha=4.0, t_alpha=5, t_beta3=5, weight_decay=0.1, foreach=foreach)
+        gen = torch.Generator().manual_seed(1)
+        for step in range(8):
+            for i, p in enumerate(params):
+                p.grad = None if (i == 3 and step == 2) else torch.randn(p.shape, generator=gen)
+            opt.step()
+        runs[foreach] = (params, opt)
+    (fast, opt_fast), (slow, opt_slow) = runs[True], runs[False]
+    for a, b in zip(fast, slow, strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=64 * torch.finfo(torch.float32).eps * float(b.abs().max()))
+        for key in ("m1", "m2", "nu"):
+            assert torch.allclose(opt_fast.state[a][key], opt_slow.state[b][key], rtol=1e-6, atol=1e-12)
+    assert opt_fast.state[fast[3]]["step"] == 7 and opt_fast.state[fast[0]]["step"] == 8
+    assert not torch.equal(fast[0], start[0])
