@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--tile-batches", type=int, nargs="+", default=[1, 2, 4, 8],
+                        help="tiles per encoder/decoder call to compare (model.tokenizer.tile_batch)")
     parser.add_argument("--ckpt", default=None, help="a trained SVQVAE checkpoint: also measure tiling quality")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "tiled.json"))
     args = parser.parse_args()
@@ -49,24 +51,29 @@ def main() -> None:
     x = torch.rand(1, 3, args.height, args.width, device=device)
     megapixels = args.height * args.width / 1e6
     rows = []
-    for name, fn in (("encode_tiled", lambda: model.encode_tiled(x, args.tile, args.overlap)),
-                     ("reconstruct_tiled", lambda: model.reconstruct_tiled(x, args.tile, args.overlap))):
-        with torch.no_grad():
-            fn()  # warm-up
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(args.repeats):
-                fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-        seconds = (time.perf_counter() - start) / args.repeats
-        rows.append({"op": name, "model": args.model, "image": f"{args.height}x{args.width}", "tile": args.tile,
-                     "overlap": args.overlap, "seconds": seconds, "megapixels_per_s": megapixels / seconds,
-                     "device": device, "threads": torch.get_num_threads()})
+    for tile_batch in args.tile_batches:
+        model.tile_batch = tile_batch
+        for name, fn in (("encode_tiled", lambda: model.encode_tiled(x, args.tile, args.overlap)),
+                         ("reconstruct_tiled", lambda: model.reconstruct_tiled(x, args.tile, args.overlap))):
+            with torch.no_grad():
+                fn()  # warm-up
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                for _ in range(args.repeats):
+                    fn()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+            seconds = (time.perf_counter() - start) / args.repeats
+            rows.append({"op": name, "tile_batch": tile_batch, "model": args.model,
+                         "image": f"{args.height}x{args.width}", "tile": args.tile, "overlap": args.overlap,
+                         "seconds": seconds, "megapixels_per_s": megapixels / seconds, "device": device,
+                         "threads": torch.get_num_threads()})
+            print(rows[-1], flush=True)
     report(f"SVQVAE tiled throughput ({args.model}, {args.height}×{args.width}, tile {args.tile}, "
            f"overlap {args.overlap})",
-           {"op": "{op}", "seconds": "{seconds:.2f}", "MP/s": "{megapixels_per_s:.3f}", "device": "{device}"},
+           {"op": "{op}", "tile batch": "{tile_batch}", "seconds": "{seconds:.2f}", "MP/s": "{megapixels_per_s:.3f}",
+            "device": "{device}"},
            rows, args.out)
 
 

@@ -1,16 +1,23 @@
-"""Training throughput per experiment: samples/s, step time and peak memory at the default sizes.
+"""Training throughput per experiment: samples/s, step time, peak memory, model FLOPs per sample and the fraction
+of the machine's measured peak at the default sizes.
 
-    python bench/bench_train.py                      # phaedra, fsq and the EEG experiments
+    python bench/bench_train.py                      # phaedra, fsq, the EEG experiments and svqvae
+    python bench/bench_train.py --paper              # + phaedra_paper and svqvae_paper at batch 2 (128², 256²)
     python bench/bench_train.py --experiments phaedra --steps 50
 
 Runs the real Trainer (no validation, no logger) on each experiment's own data and batch size, times
 the steps after a warm-up, prints one table and writes bench/results/train.json.
+
+FLOPs per sample: TokenizerModule.flops_per_batch (torch's FlopCounterMode over forward + loss + backward of one
+sample, at setup) / batch. Peak: the best of a few fp32 matmuls of 2048² on this CPU with all its threads (bf16 at
+8192² on a GPU), measured in the same run. Fraction of peak = FLOPs per sample × samples/s / peak.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import platform
 import resource
 import sys
@@ -47,6 +54,27 @@ class StepTimer(L.Callback):
             self.times.append(time.perf_counter() - self._t0)
 
 
+def measure_peak() -> tuple[float, str]:
+    """(FLOP/s, what) of the best of 10 dense matmuls: fp32 2048² on CPU, bf16 8192² on a GPU."""
+    cuda = torch.cuda.is_available()
+    n, dtype = (8192, torch.bfloat16) if cuda else (2048, torch.float32)
+    a, b = (torch.randn(n, n, dtype=dtype, device="cuda" if cuda else "cpu") for _ in range(2))
+    best = float("inf")
+    for _ in range(12):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if cuda:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best, f"{'bf16' if cuda else 'fp32'} matmul {n}², {torch.get_num_threads()} threads"
+
+
+PAPER = {"phaedra_paper": ["data.batch_size=2", "data.source.n_traj=6", "data.source.n_frames=4"],
+         "svqvae_paper": ["data.batch_size=2"]}
+
+
 def bench(experiment: str, steps: int, warmup: int, data_dir: str, extra: list[str]) -> dict:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}", f"paths.data_dir={data_dir}",
@@ -65,8 +93,10 @@ def bench(experiment: str, steps: int, warmup: int, data_dir: str, extra: list[s
     step = sum(timer.times) / len(timer.times)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # this process runs one experiment
+    flops = getattr(module, "flops_per_batch", None)
     return {
         "experiment": experiment,
+        "flops_per_sample": flops / cfg.data.batch_size if flops else float("nan"),
         "batch_size": cfg.data.batch_size,
         "params_M": sum(p.numel() for p in module.parameters()) / 1e6,
         "step_ms": 1000 * step,
@@ -83,19 +113,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiments", nargs="+",
                         default=["phaedra", "fsq", "eeg", "eeg_snake", "eeg_film", "svqvae"])
+    parser.add_argument("--paper", action="store_true", help="also the paper configs, at batch 2")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "train.json"))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every experiment")
     args = parser.parse_args()
+    peak, peak_what = measure_peak()
+    runs = [(e, []) for e in args.experiments] + ([(e, o) for e, o in PAPER.items()] if args.paper else [])
     rows = []
-    for e in args.experiments:  # a fresh process per experiment: its own peak memory, no shared caches
+    for e, own in runs:  # a fresh process per experiment: its own peak memory, no shared caches
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows.append(pool.submit(bench, e, args.steps, args.warmup, args.data_dir, args.overrides).result())
-    report(f"training throughput ({args.steps} timed steps after {args.warmup} warm-up)",
+            row = pool.submit(bench, e, args.steps, args.warmup, args.data_dir, [*own, *args.overrides]).result()
+        row["gflop_per_sample"] = row["flops_per_sample"] / 1e9
+        row["achieved_gflops"] = row["flops_per_sample"] * row["samples_per_s"] / 1e9
+        row["peak_fraction_pct"] = 100 * row["achieved_gflops"] * 1e9 / peak
+        row["peak_gflops"], row["peak_kind"] = peak / 1e9, peak_what
+        rows.append(row)
+        print(row, flush=True)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    report(f"training throughput ({args.steps} timed steps after {args.warmup} warm-up) · {machine} · "
+           f"measured peak {peak / 1e9:.0f} GFLOP/s ({peak_what})",
            {"experiment": "{experiment}", "batch": "{batch_size}", "params (M)": "{params_M:.2f}",
-            "step (ms)": "{step_ms:.0f}", "samples/s": "{samples_per_s:.1f}", "peak mem (MiB)": "{peak_mem_MiB:.0f}",
+            "step (ms)": "{step_ms:.0f}", "samples/s": "{samples_per_s:.1f}",
+            "GFLOP/sample": "{gflop_per_sample:.3f}", "GFLOP/s": "{achieved_gflops:.1f}",
+            "% of peak": "{peak_fraction_pct:.0f}", "peak mem (MiB)": "{peak_mem_MiB:.0f}",
             "precision": "{precision}", "device": "{device}"}, rows, args.out)
 
 

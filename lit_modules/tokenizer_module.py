@@ -8,6 +8,7 @@ containers only, so checkpoints load with torch's `weights_only=True`.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import lightning as L
@@ -69,7 +70,8 @@ class TokenizerModule(L.LightningModule):
         self.usage = nn.ModuleDict()
         self.groups: list[str] = []
         self.codebook_counts: dict[str, torch.Tensor] = {}  # the last evaluation's histogram per stream (MediaLogger)
-        # ThroughputMonitor reads this; a FLOP count (for MFU) is not measured yet.
+        # model FLOPs of one training batch (forward + backward, counted at setup): ThroughputMonitor logs
+        # train/device/flops_per_sec from it (and MFU on GPUs whose peak Lightning knows)
         self.flops_per_batch: int | None = None
         if compile:
             self.tokenizer.compile()
@@ -86,6 +88,11 @@ class TokenizerModule(L.LightningModule):
                             f"(lit_modules/adapters.py); got {describe(datamodule)}")
         self.adapter, self.metadata = datamodule.adapter, datamodule.metadata
         self.check_data(datamodule)
+        example = self.adapter.unpack(datamodule.example_batch(1))
+        self.example_input_array = {"x": example.x, **example.cond}  # the model summary's FLOPs and shapes
+        batch_size = getattr(datamodule, "batch_size", None)
+        if stage == "fit" and batch_size:
+            self.flops_per_batch = self.training_flops(example) * batch_size
         self.groups = self.adapter.groups(self.metadata)
         n = max(1, len(self.groups))
         self.metrics = nn.ModuleDict({s: self.adapter.metric(len(self.groups)) for s in STAGES})
@@ -110,6 +117,25 @@ class TokenizerModule(L.LightningModule):
                              f"with batch adapter {self.adapter!r}: {e}") from e
         finally:
             self.tokenizer.train(was_training)
+
+    def training_flops(self, example: ModelInput) -> int:
+        """Model FLOPs (torch's FlopCounterMode: matmuls, convolutions, attention) of forward + loss + backward for
+        one sample, counted on a copy, with the RNG state restored: training itself is left exactly as it was."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        tokenizer, loss = copy.deepcopy(self.tokenizer).train(), copy.deepcopy(self.loss)
+        devices = [example.x.device] if example.x.is_cuda else []
+        with torch.random.fork_rng(devices=devices), FlopCounterMode(display=False) as counter:
+            out = tokenizer(example.x, **example.cond)
+            last_layer = tokenizer.last_layer if loss.needs_last_layer else None
+            losses = loss(out.recon, example.target, out.aux_losses, step=0, train=True, last_layer=last_layer,
+                          weight=example.weight)
+            losses.loss.backward()
+        return int(counter.get_total_flops())
+
+    def forward(self, x: torch.Tensor, **cond: torch.Tensor) -> TokenizerOutput:
+        """The tokenizer (the model summary calls this with example_input_array)."""
+        return self.tokenizer(x, **cond)
 
     # ---- one batch ------------------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, torch.Tensor],

@@ -43,9 +43,10 @@ class SVQVAE(nn.Module):
         dead_code_interval: int = 0,
         dropout: float = 0.0,
         norm_groups: int = 32,
+        tile_batch: int = 4,
     ):
         super().__init__()
-        self.in_channels = in_channels
+        self.in_channels, self.tile_batch = in_channels, tile_batch  # tiles per encoder/decoder call when tiling
         self.downsample_factor = 2 ** (len(ch_mult) - 1)
         # attention only in the mid blocks, i.e. at the lowest resolution
         arch = dict(ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks, attn_resolutions=(), resolution=0,
@@ -114,7 +115,7 @@ class SVQVAE(nn.Module):
         H, W = x.shape[-2:]
         h, w = math.ceil(H / f), math.ceil(W / f)
         padded = pad_to(x, max(tile_size, h * f), max(tile_size, w * f))
-        return overlap_add(self.latent, padded, tile_size, overlap, 1 / f)[..., :h, :w]
+        return overlap_add(self.latent, padded, tile_size, overlap, 1 / f, self.tile_batch)[..., :h, :w]
 
     def decode_codes_tiled(self, z_q: torch.Tensor, tile_size: int, overlap: int) -> torch.Tensor:
         """[B, D, h, w] codes -> [B, C, h·f, w·f], decoded tile by tile (tile_size and overlap in pixels;
@@ -125,7 +126,8 @@ class SVQVAE(nn.Module):
         tile_cells = max(tile_size // f, 4 * overlap_cells)  # small tiles: fewer, larger decode tiles ...
         tile_cells = min(tile_cells, max(tile_size // f, h, w))  # ... but no larger than the image needs
         padded = pad_to(z_q, max(tile_cells, h), max(tile_cells, w))
-        return overlap_add(self.decode_codes, padded, tile_cells, overlap_cells, f)[..., : h * f, : w * f]
+        return overlap_add(self.decode_codes, padded, tile_cells, overlap_cells, f,
+                           self.tile_batch)[..., : h * f, : w * f]
 
     def encode_tiled(self, x: torch.Tensor, tile_size: int = 256, overlap: int = 64) -> dict[str, torch.Tensor]:
         return {"tokens": self.quantize(self.latent_tiled(x, tile_size, overlap))[1]}

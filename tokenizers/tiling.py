@@ -61,18 +61,25 @@ def pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def overlap_add(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int,
-                scale: float) -> torch.Tensor:
+                scale: float, tile_batch: int = 1) -> torch.Tensor:
     """Apply `fn` to every tile of x [B, C, H, W] (H, W >= tile) and blend the outputs.
 
     fn maps a tile of `tile` pixels to one of `tile·scale` (scale = 1/f for an encoder, f for a decoder);
-    returns [B, C', H·scale, W·scale].
+    returns [B, C', H·scale, W·scale]. `tile_batch` tiles go through fn together (as one batch of
+    tile_batch·B): fewer, larger calls, which a GPU needs to be busy. fn must treat the samples of a batch
+    independently (per-sample normalization, eval mode), so the result equals tile-by-tile up to float rounding.
     """
+    if tile_batch < 1:
+        raise ValueError(f"tile_batch must be ≥ 1, got {tile_batch}")
     H, W = x.shape[-2:]
+    B = x.shape[0]
     out_tile, ramp = round(tile * scale), round(overlap * scale)
+    places = [(top, left) for top in tile_starts(H, tile, overlap) for left in tile_starts(W, tile, overlap)]
     acc = weight = None
-    for top in tile_starts(H, tile, overlap):
-        for left in tile_starts(W, tile, overlap):
-            y = fn(x[..., top:top + tile, left:left + tile])
+    for first in range(0, len(places), tile_batch):
+        chunk = places[first:first + tile_batch]
+        ys = fn(torch.cat([x[..., top:top + tile, left:left + tile] for top, left in chunk])).split(B)
+        for (top, left), y in zip(chunk, ys, strict=True):
             if acc is None:
                 acc = y.new_zeros(*y.shape[:2], round(H * scale), round(W * scale))
                 weight = y.new_zeros(1, 1, *acc.shape[-2:])

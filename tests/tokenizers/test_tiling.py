@@ -103,3 +103,21 @@ def test_seam_ratio_compares_tile_borders_with_interior_cell_boundaries():
     assert seam_ratio(seamed, 64, 0, cell=8) == pytest.approx(2.0)  # border jumps |3 − 1| vs cell steps of 1
     with pytest.raises(ValueError, match="no tile borders"):
         seam_ratio(cells[..., :64], 64, 16)
+
+
+def test_batched_tiles_equal_tile_by_tile():
+    """tile_batch tiles through the model at once give today's tile-by-tile result (float32 rounding only): a conv
+    net with per-sample GroupNorm, as encoder (scale 1/4) and as decoder-like map (scale 1), 2 images at once."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GroupNorm(4, 8), torch.nn.SiLU(),
+                              torch.nn.Conv2d(8, 4, 3, padding=1)).eval()
+    down = torch.nn.Sequential(net, torch.nn.AvgPool2d(4))
+    x = torch.rand(2, 3, 72, 136)
+    with torch.no_grad():
+        for fn, scale in ((net, 1.0), (down, 0.25)):
+            one = overlap_add(fn, x, 32, 8, scale)
+            for tile_batch in (2, 5, 64):
+                many = overlap_add(fn, x, 32, 8, scale, tile_batch=tile_batch)
+                assert torch.allclose(many, one, rtol=0, atol=f32_tolerance(one, 4))
+    with pytest.raises(ValueError, match="tile_batch"):
+        overlap_add(net, x, 32, 8, 1.0, tile_batch=0)
