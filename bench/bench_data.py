@@ -105,7 +105,19 @@ def measure_loader(fmt: str, path: str, workers: int, batches: int, data_dir: st
             "worker_peak_rss_mb": children / 1024 if workers else float("nan")}
 
 
-def run_child(args: list[str]) -> dict:
+def drop_page_cache() -> bool:
+    """Empty the kernel's page cache (root only), so the next reads come from the disk: cold-start figures."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        return True
+    except OSError:
+        return False
+
+
+def run_child(args: list[str], cold: bool = False) -> dict:
+    if cold and not drop_page_cache():
+        print("cannot drop the page cache (not root): figures with the file cached", flush=True)
     out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
@@ -137,10 +149,16 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--dir", default="/tmp/scitok_bench_data")
     parser.add_argument("--no-train", action="store_true", help="skip the debug=fast training runs")
+    parser.add_argument("--cold", action="store_true",
+                        help="empty the page cache before each measurement (root): reads come from the disk")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "data.json"))
     parser.add_argument("--child", nargs=5, metavar=("FMT", "PATH", "WORKERS", "BATCHES", "DATA_DIR"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--make", nargs=3, metavar=("FMT", "GB", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.make:
+        print(make_file(args.make[0], float(args.make[1]), Path(args.make[2])))
+        return
     if args.child:
         fmt, path, workers, batches, data_dir = args.child
         print(json.dumps(measure_loader(fmt, path, int(workers), int(batches), data_dir)))
@@ -153,21 +171,25 @@ def main() -> None:
     for fmt in args.formats:
         for gb in args.sizes:
             t0 = time.perf_counter()
-            path = make_file(fmt, gb, folder)
+            # in a process of its own: writing through a memory map makes a process's peak RSS the file's size,
+            # and Linux passes a parent's peak on to the children it forks (ru_maxrss survives fork and exec)
+            made = subprocess.run([sys.executable, __file__, "--make", fmt, str(gb), str(folder)], check=True,
+                                  capture_output=True, text=True, cwd=ROOT)
+            path = Path(made.stdout.strip().splitlines()[-1])
             print(f"{path} ({path.stat().st_size / 2**30:.2f} GB) ready in {time.perf_counter() - t0:.0f} s",
                   flush=True)
             data_dir = folder / f"cache-{path.stem}-{fmt}"
             for f in data_dir.glob("stats/*.json"):
                 f.unlink()  # the first run computes the statistics: measured
-            cold = run_child([fmt, str(path), "0", "1", str(data_dir)])
+            cold = run_child([fmt, str(path), "0", "1", str(data_dir)], args.cold)
             train = {} if args.no_train else train_peak_rss(fmt, path, data_dir)
             for workers in args.workers:
-                row = run_child([fmt, str(path), str(workers), str(args.batches), str(data_dir)])
-                rows.append({"format": fmt, "gb": gb, "workers": workers, "stats_s": cold["setup_s"],
+                row = run_child([fmt, str(path), str(workers), str(args.batches), str(data_dir)], args.cold)
+                rows.append({"format": fmt, "gb": gb, "workers": workers, "cold": args.cold, "stats_s": cold["setup_s"],
                              **row, **{k: train.get(k, float("nan")) for k in ("train_peak_rss_mb", "train_wall_s")}})
                 print(rows[-1], flush=True)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    report(f"Field data loading (batch 16 of 128×128, {machine})",
+    report(f"Field data loading (batch 16 of 128×128, {machine}, {'cold' if args.cold else 'warm'} page cache)",
            {"format": "{format}", "GB": "{gb:g}", "workers": "{workers}", "stats pass s": "{stats_s:.1f}",
             "first batch s": "{first_batch_s:.2f}", "samples/s": "{samples_per_s:.0f}",
             "loader peak RSS MB": "{peak_rss_mb:.0f}", "workers' peak RSS MB": "{worker_peak_rss_mb:.0f}",

@@ -67,7 +67,8 @@ def test_every_experiment_trains_checkpoints_and_logs_its_metrics(experiment, ex
     datamodule = run_.datamodule
     adapter, tokenizer = datamodule.adapter, instantiate(run_.cfg.model.tokenizer)
     last, _ = wandb_history(run_.dir)
-    expected = {"train/loss", "train/device/samples_per_sec", "val/loss", "trainer/global_step"}
+    expected = {"train/loss", "train/device/samples_per_sec", "train/device/flops_per_sec", "val/loss",
+                "trainer/global_step"}
     expected |= {f"{stage}/{name}" for stage in ("val", "test") for name in metric_names(adapter)}
     for stream in tokenizer.streams:
         expected |= {f"val/{stat}/{stream}" for stat in ("usage", "perplexity", "entropy_bits")}

@@ -72,3 +72,22 @@ def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_one_intact(tmp
     cfg = make_cfg(["debug=fast", "logger=none"])
     trainer = instantiate(cfg.trainer)
     assert isinstance(trainer.strategy.checkpoint_io, checkpoint_io.AtomicCheckpointIO)
+
+
+def test_counting_training_flops_changes_nothing_and_counts_the_convolutions():
+    """The FLOP count runs on a copy with the RNG state restored (a resumed run must see the state an uninterrupted
+    one does). Its count: 2·(multiply-adds) of every conv/matmul forward, about twice that backward."""
+    from lit_modules.adapters import ModelInput
+
+    torch.manual_seed(0)
+    module = TokenizerModule(TOKENIZER, OPTIM, SCHED)
+    x = torch.randn(1, 1, 16, 16)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    rng = torch.get_rng_state()
+    flops = module.training_flops(ModelInput(x=x, cond={}, target=x))
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, module.state_dict()[k]) for k, v in before.items())
+    assert all(p.grad is None for p in module.parameters())
+    first = module.tokenizer.encoder.conv_in  # 3×3, 1 → 16 channels at 16×16: forward 2·16·16·16·9 FLOPs
+    forward_first = 2 * 16 * 16 * first.out_channels * first.in_channels * 9
+    assert flops > 3 * forward_first  # every layer forward and backward, this one among them
