@@ -1,6 +1,6 @@
 """AdEMAMix's share of a training step: the paper-size Phaedra tokenizer (≈98M parameters), fp32, batch 2 of 128²
-on CPU (bf16 autocast and a larger batch on a GPU), one tensor at a time (foreach=False) against the multi-tensor
-update (foreach=True, the default).
+on CPU (bf16 autocast on a GPU), one tensor at a time (foreach=False, the CPU default) against the multi-tensor
+update (foreach=True, the GPU default).
 
     python bench/bench_optimizer.py
     python bench/bench_optimizer.py --model phaedra --batch 16 --resolution 64

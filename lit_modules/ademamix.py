@@ -10,9 +10,10 @@ Warm-ups (both reach their final value at T and stay there):
     β3(t) = min(exp(ln β1·ln β3 / ((1−t/T_β3)·ln β3 + (t/T_β3)·ln β1)), β3)
             (the half-life of β3(t) grows linearly from β1's to β3's)
 
-The update runs on all tensors of a group at once (torch._foreach_*: one kernel launch per operation for the
-whole list instead of one per parameter; a GPU step of the paper model has hundreds of tensors). foreach=False is
-the same update one tensor at a time, kept as the readable reference it is tested against.
+On a GPU the update runs on all tensors of a group at once (torch._foreach_*: one kernel launch per operation for
+the whole list instead of one per parameter; the paper model has 344 tensors). On the CPU there are no launches to
+save and the per-tensor loop is faster (its temporaries stay small): foreach=None picks by device, as torch's own
+optimizers do; bench/bench_optimizer.py has the figures. Both paths are tested equal.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def beta3_at(step: int, beta1: float, beta3: float, t_beta3: int) -> float:
 class AdEMAMix(Optimizer):
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
                  alpha: float = 5.0, t_alpha: int = 0, t_beta3: int = 0, eps: float = 1e-8,
-                 weight_decay: float = 0.0, foreach: bool = True):
+                 weight_decay: float = 0.0, foreach: bool | None = None):
         if not all(v >= 0 and math.isfinite(v) for v in (lr, eps, weight_decay)):  # nan fails `>= 0`
             raise ValueError(f"AdEMAMix: lr, eps and weight_decay must be finite and >= 0, got {lr}, {eps}, "
                              f"{weight_decay}")
@@ -70,8 +71,9 @@ class AdEMAMix(Optimizer):
                     state["nu"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
                 by_step.setdefault((state["step"], p.device, p.dtype), []).append(p)
-            for (t, _, _), params in by_step.items():
-                (self._update_foreach if self.foreach else self._update_each)(group, params, t)
+            for (t, device, _), params in by_step.items():
+                foreach = self.foreach if self.foreach is not None else device.type == "cuda"
+                (self._update_foreach if foreach else self._update_each)(group, params, t)
         return loss
 
     def _coefficients(self, group: dict, t: int) -> tuple[float, ...]:
