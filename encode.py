@@ -85,12 +85,12 @@ def encode_split(data: GalaxyDataModule, split: str, models: dict[str, torch.nn.
                  device: str) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Tokens per stream [N, T] of one split's objects (rows in the split's order) and each stream's vocabulary;
     models: the loaded tokenizers ("image", and "scalars" / "spectra" where the data has them) on `device`."""
-    table, rows = data.table, data.rows[split].numpy()
-    images = data.splits[split].tensors["image"]
+    table, rows, objects = data.table, data.rows[split].numpy(), data.splits[split]
     out: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(rows), batch_size):
         part = rows[start:start + batch_size]
-        tokens = dict(models["image"].encode(images[start:start + batch_size].to(device)))
+        images = objects.__getitems__(range(start, start + len(part)))["image"]
+        tokens = dict(models["image"].encode(images.to(device)))
         if "scalars" in models:
             scalars = models["scalars"].encode(torch.from_numpy(np.asarray(table.catalog)[part]).to(device))
             tokens["catalog"] = torch.cat([scalars[c] for c in table.catalog_columns], 1)

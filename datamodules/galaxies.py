@@ -19,14 +19,15 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
-from datamodules.common import EpochShuffleSampler, InMemoryDataModule, TensorBatches, find_files, split_indices
+from datamodules.common import EpochShuffleSampler, InMemoryDataModule, find_files, split_indices
 from datamodules.galaxy_sim import CATALOG_COLUMNS, LSST_BANDS, default_workers, simulate
 from lit_modules.adapters import BatchAdapter, GalaxyImageAdapter
 from tokenizers.astro import ellipse_weights, robust_arcsinh
@@ -167,6 +168,61 @@ class EmbeddedGalaxies:
                            origin=f"embedded galaxies {path}")
 
 
+def file_stamps(files: Sequence[Path]) -> list[dict]:
+    return [{"path": str(f.resolve()), "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in files]
+
+
+def cached_galaxies(data_dir: str | Path, kind: str, key: dict, n: int,
+                    parts: Callable[[], Iterator[tuple[Path, dict[str, np.ndarray | None]]]]) -> dict[str, np.ndarray]:
+    """Users' galaxies converted once into <data_dir>/galaxies_user/<kind>-<hash>/: the images as one .npy that is
+    memory-mapped when read (any number of objects), the other columns (one row per object) in columns.npz. `parts`
+    yields (file, columns) a few objects at a time; the images of every part must have the first part's shape.
+    The folder is keyed by the files (paths, sizes, modification times) and the settings, and written under a
+    temporary name, then renamed."""
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(data_dir) / "galaxies_user" / f"{kind}-{digest}"
+    if (path / "columns.npz").is_file():
+        try:
+            with np.load(path / "columns.npz", allow_pickle=False) as f:
+                columns = {k: f[k] for k in f.files}
+            return {**columns, "image": np.load(path / "image.npy", mmap_mode="r")}
+        except UNREADABLE as e:  # a cache: convert again
+            log.warning("galaxy cache %s cannot be read (%s); converting the files again", path, e)
+            shutil.rmtree(path, ignore_errors=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        image, done, columns, first = None, 0, {}, None
+        for f, part in parts():
+            if image is None:
+                first = (f, part["image"].shape[1:])
+                image = np.lib.format.open_memmap(tmp / "image.npy", mode="w+", dtype=np.float32,
+                                                  shape=(n, *part["image"].shape[1:]))
+            if part["image"].shape[1:] != first[1]:
+                raise ValueError(f"{f}: images of shape {part['image'].shape[1:]}, but {first[0]} has {first[1]}: "
+                                 f"every object of one data set needs the same [bands, S, S]")
+            image[done:done + len(part["image"])] = part["image"]
+            done += len(part["image"])
+            for k, v in part.items():
+                if k != "image" and v is not None:
+                    columns.setdefault(k, []).append(v)
+        if image is None or done != n:
+            raise ValueError(f"{kind} galaxies: read {done} objects where the files' metadata promised {n}")
+        image.flush()
+        del image
+        np.savez(tmp / "columns.npz", **{k: np.concatenate(v) for k, v in columns.items()})
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another process finished first: theirs is identical
+            if not (path / "columns.npz").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("converted %d %s galaxies into %s (images memory-mapped from there)", n, kind, path)
+    return cached_galaxies(data_dir, kind, key, n, parts)
+
+
 class GalaxyParquet:
     """Your galaxies as parquet (one file or a folder of them, read with pyarrow), one row per object:
         id_column          int64 object id
@@ -185,25 +241,40 @@ class GalaxyParquet:
         self.spectrum_column, self.ivar_column, self.wave = spectrum_column, ivar_column, wave
 
     def load(self, data_dir: str | Path) -> GalaxyTable:
+        """Converted once (a record batch at a time) into a cache under data_dir whose images are memory-mapped."""
         import pyarrow.parquet as pq
 
         files = find_files(self.path, (".parquet", ".pq"), "GalaxyParquet")
-        tables = []
+        needed = [self.id_column, self.image_column, "a", "b", "theta", *self.catalog_columns,
+                  *(c for c in (self.spectrum_column, self.ivar_column) if c)]
+        n = 0
         for f in files:
             try:
-                table = pq.read_table(f)
+                meta = pq.ParquetFile(f)
             except Exception as e:  # pyarrow raises several types for unreadable files
                 raise ValueError(f"{f}: not a readable parquet file ({e})") from None
-            needed = [self.id_column, self.image_column, "a", "b", "theta", *self.catalog_columns,
-                      *(c for c in (self.spectrum_column, self.ivar_column) if c)]
-            missing = [c for c in needed if c not in table.column_names]
+            missing = [c for c in needed if c not in meta.schema_arrow.names]
             if missing:
-                raise ValueError(f"{f}: missing required column(s) {missing}; it has {table.column_names}")
-            tables.append((f, table))
-        parts = [self._convert(f, t) for f, t in tables]
-        joined = {k: np.concatenate([p[k] for p in parts]) if parts[0][k] is not None else None for k in parts[0]}
+                raise ValueError(f"{f}: missing required column(s) {missing}; it has {meta.schema_arrow.names}")
+            n += meta.metadata.num_rows
+
+        def parts():
+            import pyarrow as pa
+
+            for f in files:
+                try:
+                    for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
+                        yield f, self._convert(f, pa.Table.from_batches([batch]))
+                except OSError as e:
+                    raise ValueError(f"{f}: cannot be read to its end ({e}): truncated or corrupt") from None
+
+        key = {"files": file_stamps(files), "source": {k: v for k, v in vars(self).items() if k != "path"},
+               "version": 1}
+        columns = cached_galaxies(data_dir, "parquet", key, n, parts)
         wave = np.asarray(self.wave, np.float32) if self.wave is not None else None
-        return GalaxyTable(**joined, catalog_columns=self.catalog_columns, bands=self.bands, wave=wave,
+        return GalaxyTable(**{k: columns.get(k) for k in ("object_id", "image", *ELLIPSE, "catalog", "spectrum",
+                                                           "spectrum_ivar")},
+                           catalog_columns=self.catalog_columns, bands=self.bands, wave=wave,
                            origin=", ".join(str(f) for f in files))
 
     def _convert(self, f: Path, table) -> dict[str, np.ndarray | None]:
@@ -249,34 +320,60 @@ class GalaxyFits:
         self.path, self.bands = path, list(bands)
 
     def load(self, data_dir: str | Path) -> GalaxyTable:
-        from astropy.io import fits
-
+        """Converted once into a cache under data_dir whose images are memory-mapped (any number of cutouts)."""
         files = find_files(self.path, (".fits", ".fit", ".fits.gz"), "GalaxyFits")
-        rows: dict[str, list] = {k: [] for k in ("object_id", "image", *ELLIPSE)}
-        for i, f in enumerate(files):
-            try:
-                with fits.open(f) as hdul:
-                    data, header = hdul[0].data, hdul[0].header
-            except OSError as e:
-                raise ValueError(f"{f}: not a readable FITS file ({e})") from None
-            if data is None or data.ndim != 3 or data.shape[0] != len(self.bands):
-                raise ValueError(f"{f}: expected a [{len(self.bands)}, S, S] cutout (data.source.bands), got "
-                                 f"{None if data is None else data.shape}")
-            size = data.shape[-1]
-            rows["object_id"].append(int(header.get("OBJID", i)))
-            rows["image"].append(np.asarray(data, np.float32))
-            for key, default in zip(ELLIPSE, (size / 2 - 0.5, size / 2 - 0.5, size / 8, size / 8, 0.0), strict=True):
-                rows[key].append(float(header.get(key.upper(), default)))
-        if len({im.shape for im in rows["image"]}) != 1:
-            raise ValueError(f"{self.path}: cutouts of different shapes {sorted({im.shape for im in rows['image']})}")
-        arrays = {k: np.asarray(v, np.float32 if k != "object_id" else np.int64) for k, v in rows.items()}
-        arrays["image"] = np.stack(rows["image"])
-        return GalaxyTable(**arrays, catalog=np.zeros((len(files), 0), np.float32), catalog_columns=[],
-                           bands=self.bands, origin=str(self.path))
+
+        def parts():
+            from astropy.io import fits
+
+            for i, f in enumerate(files):
+                try:
+                    with fits.open(f) as hdul:
+                        data, header = hdul[0].data, hdul[0].header
+                except OSError as e:
+                    raise ValueError(f"{f}: not a readable FITS file ({e})") from None
+                if data is None or data.ndim != 3 or data.shape[0] != len(self.bands):
+                    raise ValueError(f"{f}: expected a [{len(self.bands)}, S, S] cutout (data.source.bands), got "
+                                     f"{None if data is None else data.shape}")
+                size = data.shape[-1]
+                defaults = (size / 2 - 0.5, size / 2 - 0.5, size / 8, size / 8, 0.0)
+                yield f, {"object_id": np.array([int(header.get("OBJID", i))], np.int64),
+                          "image": np.asarray(data, np.float32)[None],
+                          **{k: np.array([float(header.get(k.upper(), d))], np.float32)
+                             for k, d in zip(ELLIPSE, defaults, strict=True)}}
+
+        key = {"files": file_stamps(files), "bands": self.bands, "version": 1}
+        columns = cached_galaxies(data_dir, "fits", key, len(files), parts)
+        return GalaxyTable(**{k: columns[k] for k in ("object_id", "image", *ELLIPSE)},
+                           catalog=np.zeros((len(files), 0), np.float32), catalog_columns=[], bands=self.bands,
+                           origin=str(self.path))
+
+
+class GalaxyImages(Dataset):
+    """The objects `rows` of a table, read and normalized a batch at a time (the table's images may be a memory map
+    larger than RAM): {"image": robust arcsinh [B, bands, S, S], "weight": ellipse loss weights [B, 1, S, S],
+    "row": the objects' rows in the table}."""
+
+    def __init__(self, table: GalaxyTable, rows: torch.Tensor, mask_scale: float, outside_weight: float):
+        self.table, self.rows, self.mask_scale, self.outside_weight = table, rows, mask_scale, outside_weight
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        rows = self.rows[torch.as_tensor(idx, dtype=torch.long)]
+        order = rows.argsort()  # read a memory map in file order, then put the batch back in its own
+        picked = rows[order].numpy()
+        image = torch.empty(len(rows), *self.table.image.shape[1:])
+        image[order] = robust_arcsinh(torch.from_numpy(np.asarray(self.table.image[picked], dtype=np.float32)))
+        ellipse = (torch.from_numpy(np.asarray(getattr(self.table, k))[rows.numpy()]) for k in ELLIPSE)
+        weight = ellipse_weights(image.shape[-1], *ellipse, scale=self.mask_scale, outside=self.outside_weight)
+        return {"image": image, "weight": weight, "row": rows}
 
 
 class GalaxyDataModule(InMemoryDataModule):
-    """Objects split train/val/test by a seeded permutation; images normalized once at setup (in memory)."""
+    """Objects split train/val/test by a seeded permutation; images normalized a batch at a time (GalaxyImages), so
+    a memory-mapped image array of any size is never read whole."""
 
     def __init__(self, source, adapter: BatchAdapter | None = None, data_dir: str = "data", bands: int | None = None,
                  mask_scale: float = 4.0, outside_weight: float = 0.3, batch_size: int = 32,
@@ -299,13 +396,8 @@ class GalaxyDataModule(InMemoryDataModule):
         if len(table) < 3:
             raise ValueError(f"{table.origin}: {len(table)} objects cannot be split into train/val/test")
         self.table = table
-        image = torch.cat([robust_arcsinh(torch.from_numpy(np.array(table.image[i:i + 1024])))
-                           for i in range(0, len(table), 1024)])  # in chunks: the raw images may be a memory map
-        size = image.shape[-1]
-        weight = ellipse_weights(size, *(torch.from_numpy(np.asarray(getattr(table, k))) for k in ELLIPSE),
-                                 scale=self.mask_scale, outside=self.outside_weight)
         self.rows = split_indices(len(table), self.split, self.seed)
-        self.splits = {name: TensorBatches(image=image[rows], weight=weight[rows], row=rows)
+        self.splits = {name: GalaxyImages(table, rows, self.mask_scale, self.outside_weight)
                        for name, rows in self.rows.items()}
 
     @property

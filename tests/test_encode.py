@@ -34,7 +34,8 @@ def test_export_writes_every_split_and_reuses_it(experiment_run, tmp_path, data_
         rows = datamodule.rows[split].numpy()
         assert np.array_equal(store.object_id, datamodule.table.object_id[rows])
         with torch.no_grad():
-            expected = image_tokenizer.encode(datamodule.splits[split].tensors["image"])["image"].numpy()
+            objects = datamodule.splits[split]
+            expected = image_tokenizer.encode(objects.__getitems__(range(len(objects)))["image"])["image"].numpy()
         assert np.array_equal(store.tokens["image"], expected)
         assert store.tokens["catalog"].shape == (len(rows), len(datamodule.table.catalog_columns))
         assert store.tokens["spectrum"].shape == (len(rows), 128 // cfg.spectra.patch)

@@ -7,6 +7,7 @@ import torch
 
 from datamodules.galaxies import EmbeddedGalaxies, GalaxyDataModule, GalaxyFits, GalaxyParquet
 from datamodules.galaxy_sim import CATALOG_COLUMNS, read_sdss_catalog
+from tokenizers.astro import robust_arcsinh
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +117,28 @@ def test_fits_cutouts_load_with_their_header_ellipse(tmp_path):
     assert table.a.tolist() == [3.0] * 4 and table.b.tolist() == [1.5] * 4 and table.x0[0] == 5.5
     with pytest.raises(ValueError, match=r"expected a \[3, S, S\] cutout"):
         GalaxyFits(str(tmp_path), bands=["g", "r", "i"]).load(tmp_path)
+
+
+def test_users_cutouts_are_converted_once_and_read_memory_mapped(tmp_path, monkeypatch):
+    from astropy.io import fits
+
+    folder = tmp_path / "cutouts"
+    folder.mkdir()
+    g = np.random.default_rng(0)
+    pixels = [g.normal(size=(2, 12, 12)).astype(np.float32) + 3 for _ in range(5)]
+    for i, p in enumerate(pixels):
+        fits.PrimaryHDU(p).writeto(folder / f"c{i}.fits")
+    table = GalaxyFits(str(folder), bands=["g", "r"]).load(tmp_path / "data")
+    assert isinstance(table.image, np.memmap) and np.array_equal(np.asarray(table.image), np.stack(pixels))
+    dm = GalaxyDataModule(GalaxyFits(str(folder), bands=["g", "r"]), data_dir=str(tmp_path / "data"), batch_size=2)
+    dm.setup("fit")
+    batch = dm.splits["train"].__getitems__([1, 0])  # a batch normalizes its own objects, in its order
+    rows = dm.rows["train"][[1, 0]]
+    expected = robust_arcsinh(torch.from_numpy(np.stack([pixels[int(r)] for r in rows])))
+    assert torch.equal(batch["image"], expected) and torch.equal(batch["row"], rows)
+    monkeypatch.setattr("astropy.io.fits.open", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read again")))
+    assert GalaxyFits(str(folder), bands=["g", "r"]).load(tmp_path / "data").image.shape == (5, 2, 12, 12)
+    monkeypatch.undo()
+    fits.PrimaryHDU(g.normal(size=(2, 16, 16)).astype(np.float32)).writeto(folder / "c5.fits")  # another size
+    with pytest.raises(ValueError, match=r"c5.fits: images of shape \(2, 16, 16\), but .*c0.fits has \(2, 12, 12\)"):
+        GalaxyFits(str(folder), bands=["g", "r"]).load(tmp_path / "data")
