@@ -26,13 +26,20 @@ from tokenizers import load_tokenizer
 
 
 def encode_image(ckpt: str | Path, image: str | Path, tile: int = 256, overlap: int = 64,
-                 scales: tuple[float, ...] = (1.0,), out: str | Path | None = None) -> Path:
+                 scales: tuple[float, ...] = (1.0,), out: str | Path | None = None,
+                 tile_batch: int | None = None) -> Path:
+    """tile_batch: tiles per encoder/decoder call (default: the checkpoint's model.tokenizer.tile_batch; 1 is
+    fastest on a CPU, several tiles at once keep a GPU busy)."""
     image = Path(image)
     out = Path(out) if out is not None else image.with_name(f"{image.stem}_tokens")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_tokenizer(ckpt, map_location=device)
     if not hasattr(model, "reconstruct_tiled"):
         raise ValueError(f"{ckpt} holds a {type(model).__name__}, which cannot tile images; use an SVQVAE checkpoint")
+    if tile_batch is not None:
+        if tile_batch < 1:
+            raise ValueError(f"--tile-batch must be ≥ 1, got {tile_batch}")
+        model.tile_batch = tile_batch
     x = to_chw01(read_image(image), str(image))[None].to(device)
     with torch.no_grad():
         results = model.reconstruct_tiled(x, tile_size=tile, overlap=overlap, scales=scales)
@@ -56,8 +63,10 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels")
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0])
     parser.add_argument("--out", default=None)
+    parser.add_argument("--tile-batch", type=int, default=None,
+                        help="tiles per encoder/decoder call (default: the checkpoint's; try 8 on a GPU)")
     args = parser.parse_args()
-    out = encode_image(args.ckpt, args.image, args.tile, args.overlap, tuple(args.scales), args.out)
+    out = encode_image(args.ckpt, args.image, args.tile, args.overlap, tuple(args.scales), args.out, args.tile_batch)
     print(f"wrote {out}")
 
 
