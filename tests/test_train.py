@@ -293,6 +293,7 @@ def test_a_large_image_is_tokenized_and_reconstructed_by_encode_image(experiment
     assert (meta["tile"], meta["overlap"]) == (8 * f, 2 * f)
 
 
+@pytest.mark.slow
 def test_resume_with_two_workers_on_a_users_hdf5_file_is_exact(make_cfg, tmp_path):
     """Lazy reads in 2 worker processes: resuming from a mid-epoch last.ckpt ends with the weights of an
     uninterrupted run (the order comes from the sampler in the main process, whatever the workers)."""

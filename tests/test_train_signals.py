@@ -53,6 +53,7 @@ def assert_resumable_last(run_dir: Path, min_step: int) -> int:
     return ckpt["global_step"]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_last_ckpt_at_a_batch_boundary_and_exits_143(tmp_path, data_dir):
     code, out = train_until_signal(tmp_path / "run", data_dir, signal.SIGTERM)
     assert code == 143, out[-3000:]
@@ -67,6 +68,7 @@ def test_sigterm_saves_last_ckpt_at_a_batch_boundary_and_exits_143(tmp_path, dat
     assert info["exit_code"] == 143 and info["state"] == "failed"
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_after_the_batch_saves_last_ckpt_and_exits_130(tmp_path, data_dir):
     code, out = train_until_signal(tmp_path / "run", data_dir, signal.SIGINT, "logger=none")
     assert code == 130, out[-3000:]
@@ -75,6 +77,7 @@ def test_ctrl_c_stops_after_the_batch_saves_last_ckpt_and_exits_130(tmp_path, da
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_a_slurm_time_limit_signal_saves_requeues_and_the_restart_resumes(tmp_path, data_dir):
     bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol.log"
     bin_dir.mkdir()
