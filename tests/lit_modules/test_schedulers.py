@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lit_modules.schedulers import constant, warmup_cosine
+from lit_modules.schedulers import WarmupCosine, constant, warmup_cosine
 
 
 def lrs(scheduler_fn, n: int, **kw) -> list[float]:
@@ -33,3 +33,9 @@ def test_constant_with_warmup():
 def test_bad_schedule_arguments_raise():
     with pytest.raises(ValueError, match="warmup_steps"):
         lrs(warmup_cosine, 1, warmup_steps=20, total_steps=10)
+
+
+def test_a_warmup_longer_than_the_run_names_the_keys_to_change():
+    with pytest.raises(ValueError, match=r"scheduler.warmup_steps=100, scheduler.total_steps=40 \(which follows "
+                                         r"trainer.max_steps\)"):
+        WarmupCosine(100, 40)
