@@ -19,21 +19,12 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.report import report  # noqa: E402
+from bench.report import report, tokenizer_spec  # noqa: E402
 from lit_modules.ademamix import AdEMAMix  # noqa: E402
-
-
-def tokenizer_spec(model: str):
-    spec = OmegaConf.load(ROOT / "conf" / "model" / f"{model}.yaml")
-    if "defaults" in spec:  # a preset that extends another model config
-        base = OmegaConf.load(ROOT / "conf" / "model" / f"{spec.defaults[0]}.yaml")
-        spec = OmegaConf.merge(base, {k: v for k, v in spec.items() if k != "defaults"})
-    return spec.tokenizer
 
 
 def sync(device: str) -> None:

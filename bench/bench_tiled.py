@@ -19,12 +19,11 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.report import report  # noqa: E402
+from bench.report import report, tokenizer_spec  # noqa: E402
 
 
 def main() -> None:
@@ -42,12 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.ckpt:
         quality(args)
-    spec = OmegaConf.load(ROOT / "conf" / "model" / f"{args.model}.yaml")
-    if "defaults" in spec:  # a preset that extends another model config
-        base = OmegaConf.load(ROOT / "conf" / "model" / f"{spec.defaults[0]}.yaml")
-        spec = OmegaConf.merge(base, {k: v for k, v in spec.items() if k != "defaults"})
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = instantiate(spec.tokenizer).to(device).eval()
+    model = instantiate(tokenizer_spec(args.model)).to(device).eval()
     x = torch.rand(1, 3, args.height, args.width, device=device)
     megapixels = args.height * args.width / 1e6
     rows = []

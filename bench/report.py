@@ -1,10 +1,11 @@
-"""Shared output of the benchmarks: one rich table on the terminal and the raw rows as JSON."""
+"""What the benchmarks share: one rich table on the terminal and the raw rows as JSON; a model config's tokenizer."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -20,3 +21,13 @@ def report(title: str, columns: dict[str, str], rows: list[dict], out: str | Pat
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(rows, indent=2))
     print(f"wrote {out}")
+
+
+def tokenizer_spec(model: str) -> DictConfig:
+    """conf/model/<model>.yaml's tokenizer config, merged over the model config it extends (its `defaults`)."""
+    conf = Path(__file__).resolve().parents[1] / "conf" / "model"
+    spec = OmegaConf.load(conf / f"{model}.yaml")
+    if "defaults" in spec:  # a preset that extends another model config
+        base = OmegaConf.load(conf / f"{spec.defaults[0]}.yaml")
+        spec = OmegaConf.merge(base, {k: v for k, v in spec.items() if k != "defaults"})
+    return spec.tokenizer

@@ -105,6 +105,16 @@ class GalaxyTable:
         return self
 
 
+def rename_into_place(tmp: Path, path: Path, last_written: str) -> None:
+    """Publish the finished folder `tmp` as `path` in one rename. If another process got there first (the rename
+    fails on a non-empty target) and its folder is complete (has `last_written`), theirs is identical: keep it."""
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        if not (path / last_written).is_file():
+            raise
+
+
 class EmbeddedGalaxies:
     """kcorrect's SDSS galaxies with GalSim images and template spectra (datamodules/galaxy_sim.py), generated on
     first use and cached under data_dir in a folder named after the parameters (written under a temporary name and
@@ -144,11 +154,7 @@ class EmbeddedGalaxies:
             for key, value in arrays.items():
                 np.save(tmp / f"{key}.npy", value)
             (tmp / "meta.json").write_text(json.dumps({**self.params, "catalog_columns": list(CATALOG_COLUMNS)}))
-            try:
-                os.rename(tmp, path)
-            except OSError:  # another process finished first: theirs is identical
-                if not (path / "meta.json").is_file():
-                    raise
+            rename_into_place(tmp, path, "meta.json")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("built the embedded galaxy set (%d objects) in %.0f s: %s", len(arrays["object_id"]),
@@ -212,11 +218,7 @@ def cached_galaxies(data_dir: str | Path, kind: str, key: dict, n: int,
         image.flush()
         del image
         np.savez(tmp / "columns.npz", **{k: np.concatenate(v) for k, v in columns.items()})
-        try:
-            os.rename(tmp, path)
-        except OSError:  # another process finished first: theirs is identical
-            if not (path / "columns.npz").is_file():
-                raise
+        rename_into_place(tmp, path, "columns.npz")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("converted %d %s galaxies into %s (images memory-mapped from there)", n, kind, path)

@@ -87,8 +87,7 @@ class TokenizerModule(L.LightningModule):
             raise TypeError(f"TokenizerModule trains from a datamodule with a batch `adapter` "
                             f"(lit_modules/adapters.py); got {describe(datamodule)}")
         self.adapter, self.metadata = datamodule.adapter, datamodule.metadata
-        self.check_data(datamodule)
-        example = self.adapter.unpack(datamodule.example_batch(1))
+        example = self.check_data(datamodule)
         self.example_input_array = {"x": example.x, **example.cond}  # the model summary's FLOPs and shapes
         batch_size = getattr(datamodule, "batch_size", None)
         if stage == "fit" and batch_size:
@@ -102,9 +101,10 @@ class TokenizerModule(L.LightningModule):
         })
 
     @torch.no_grad()
-    def check_data(self, datamodule: L.LightningDataModule) -> None:
+    def check_data(self, datamodule: L.LightningDataModule) -> ModelInput:
         """One validation sample through the tokenizer (eval mode): fail now, naming model and data, if the
-        batch cannot be unpacked, the tokenizer refuses it, or the reconstruction does not match the target."""
+        batch cannot be unpacked, the tokenizer refuses it, or the reconstruction does not match the target.
+        Returns the checked sample (setup's example input)."""
         was_training = self.tokenizer.training
         self.tokenizer.eval()
         try:
@@ -112,6 +112,7 @@ class TokenizerModule(L.LightningModule):
             out = self.tokenizer.forward(example.x, **example.cond)  # not __call__: no compile, no hooks
             if out.recon.shape != example.target.shape:
                 raise ValueError(f"reconstruction {tuple(out.recon.shape)} != target {tuple(example.target.shape)}")
+            return example
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
             raise ValueError(f"model {describe(self.tokenizer)} cannot train on data {describe(datamodule)} "
                              f"with batch adapter {self.adapter!r}: {e}") from e
