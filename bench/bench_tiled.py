@@ -42,7 +42,8 @@ def main() -> None:
     if args.ckpt:
         quality(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = instantiate(tokenizer_spec(args.model)).to(device).eval()
+    # weights in channels_last, as encode_image.py puts them
+    model = instantiate(tokenizer_spec(args.model)).to(device, memory_format=torch.channels_last).eval()
     x = torch.rand(1, 3, args.height, args.width, device=device)
     megapixels = args.height * args.width / 1e6
     rows = []

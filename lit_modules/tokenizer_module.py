@@ -16,6 +16,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.utils import flop_counter as flop_counter_formulas
+from torch.utils.flop_counter import FlopCounterMode
 
 from lit_modules.adapters import BatchAdapter, ModelInput
 from lit_modules.losses import LossOutput
@@ -32,6 +34,18 @@ def plain(cfg: Any) -> Any:
 
 def describe(obj: Any) -> str:
     return f"{type(obj).__name__} ({type(obj).__module__}.{type(obj).__qualname__})"
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FlopCounterMode, also counting the CPU flash-attention kernels it has no formula for (SDPA takes
+    them for contiguous q/k/v, e.g. from channels_last activations), with the formulas of the GPU kernels."""
+    aten = torch.ops.aten
+    return FlopCounterMode(display=False, custom_mapping={  # called with the shapes of the arguments
+        aten._scaled_dot_product_flash_attention_for_cpu:
+            lambda q, k, v, *_, **__: flop_counter_formulas.sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda grad, q, k, v, *_, **__: flop_counter_formulas.sdpa_backward_flop_count(grad, q, k, v),
+    })
 
 
 class TokenizerModule(L.LightningModule):
@@ -52,12 +66,12 @@ class TokenizerModule(L.LightningModule):
     """
 
     def __init__(self, tokenizer: dict | DictConfig, optimizer: dict | DictConfig, scheduler: dict | DictConfig,
-                 loss: dict | DictConfig | None = None, compile: bool = False):
+                 loss: dict | DictConfig | None = None, compile: bool = False, channels_last: bool = False):
         super().__init__()
         tokenizer, optimizer, scheduler = plain(tokenizer), plain(optimizer), plain(scheduler)
         loss = plain(loss) or {"_target_": "lit_modules.losses.ReconstructionLoss"}
         self.save_hyperparameters(dict(tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, loss=loss,
-                                       compile=compile))
+                                       compile=compile, channels_last=channels_last))
         self.tokenizer = instantiate(tokenizer)
         check_tokenizer(self.tokenizer)
         self.loss = instantiate(loss, _recursive_=False)  # the loss builds its discriminator only when it is on
@@ -73,6 +87,10 @@ class TokenizerModule(L.LightningModule):
         # model FLOPs of one training batch (forward + backward, counted at setup): ThroughputMonitor logs
         # train/device/flops_per_sec from it (and MFU on GPUs whose peak Lightning knows)
         self.flops_per_batch: int | None = None
+        # NHWC weights and image batches: convolutions run without layout reorders (GPU tensor cores want it)
+        self.channels_last = channels_last
+        if channels_last:
+            self.tokenizer.to(memory_format=torch.channels_last)
         if compile:
             self.tokenizer.compile()
 
@@ -122,17 +140,19 @@ class TokenizerModule(L.LightningModule):
     def training_flops(self, example: ModelInput) -> int:
         """Model FLOPs (torch's FlopCounterMode: matmuls, convolutions, attention) of forward + loss + backward for
         one sample, counted on a copy, with the RNG state restored: training itself is left exactly as it was."""
-        from torch.utils.flop_counter import FlopCounterMode
-
         tokenizer, loss = copy.deepcopy(self.tokenizer).train(), copy.deepcopy(self.loss)
         devices = [example.x.device] if example.x.is_cuda else []
-        with torch.random.fork_rng(devices=devices), FlopCounterMode(display=False) as counter:
-            out = tokenizer(example.x, **example.cond)
+        with torch.random.fork_rng(devices=devices), flop_counter() as counter:
+            out = tokenizer(self.model_input(example.x), **example.cond)
             last_layer = tokenizer.last_layer if loss.needs_last_layer else None
             losses = loss(out.recon, example.target, out.aux_losses, step=0, train=True, last_layer=last_layer,
                           weight=example.weight)
             losses.loss.backward()
         return int(counter.get_total_flops())
+
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x in the tokenizer's memory format: NHWC for image batches when model.channels_last is set."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 
     def forward(self, x: torch.Tensor, **cond: torch.Tensor) -> TokenizerOutput:
         """The tokenizer (the model summary calls this with example_input_array)."""
@@ -142,7 +162,7 @@ class TokenizerModule(L.LightningModule):
     def compute_loss(self, batch: dict[str, torch.Tensor],
                      train: bool) -> tuple[ModelInput, TokenizerOutput, LossOutput]:
         example = self.adapter.unpack(batch)
-        out = self.tokenizer(example.x, **example.cond)
+        out = self.tokenizer(self.model_input(example.x), **example.cond)
         last_layer = self.tokenizer.last_layer if self.loss.needs_last_layer else None
         losses = self.loss(out.recon, example.target, out.aux_losses, step=self.global_step, train=train,
                            last_layer=last_layer, weight=example.weight)

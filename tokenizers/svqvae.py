@@ -43,7 +43,7 @@ class SVQVAE(nn.Module):
         dead_code_interval: int = 0,
         dropout: float = 0.0,
         norm_groups: int = 32,
-        tile_batch: int = 1,
+        tile_batch: int = 2,
     ):
         super().__init__()
         self.in_channels, self.tile_batch = in_channels, tile_batch  # tiles per encoder/decoder call when tiling

@@ -68,6 +68,8 @@ def overlap_add(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
     returns [B, C', H·scale, W·scale]. `tile_batch` tiles go through fn together (as one batch of
     tile_batch·B): fewer, larger calls, which a GPU needs to be busy. fn must treat the samples of a batch
     independently (per-sample normalization, eval mode), so the result equals tile-by-tile up to float rounding.
+    Tiles go to fn in channels_last memory format: convolutions (oneDNN, cuDNN) then run without layout reorders,
+    which makes tiled encoding much faster on CPU (bench/bench_tiled.py); the values are the same.
     """
     if tile_batch < 1:
         raise ValueError(f"tile_batch must be ≥ 1, got {tile_batch}")
@@ -78,7 +80,8 @@ def overlap_add(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
     acc = weight = None
     for first in range(0, len(places), tile_batch):
         chunk = places[first:first + tile_batch]
-        ys = fn(torch.cat([x[..., top:top + tile, left:left + tile] for top, left in chunk])).split(B)
+        tiles = torch.cat([x[..., top:top + tile, left:left + tile] for top, left in chunk])
+        ys = fn(tiles.contiguous(memory_format=torch.channels_last)).split(B)
         for (top, left), y in zip(chunk, ys, strict=True):
             if acc is None:
                 acc = y.new_zeros(*y.shape[:2], round(H * scale), round(W * scale))

@@ -91,3 +91,50 @@ def test_counting_training_flops_changes_nothing_and_counts_the_convolutions():
     first = module.tokenizer.encoder.conv_in  # 3×3, 1 → 16 channels at 16×16: forward 2·16·16·16·9 FLOPs
     forward_first = 2 * 16 * 16 * first.out_channels * first.in_channels * 9
     assert flops > 3 * forward_first  # every layer forward and backward, this one among them
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_flop_count_includes_attention_in_either_memory_format(channels_last):
+    """SDPA takes the math path (bmm) for strided q/k/v and the CPU flash kernel for contiguous ones (as channels_last
+    activations give); torch's counter knows only the first, flop_counter() both: forward = the 1×1 convs +
+    2·HW·HW·C for the scores and again for the weighted sum, either way."""
+    from lit_modules.tokenizer_module import flop_counter
+    from tokenizers.blocks import AttnBlock
+
+    C, H, W = 32, 8, 4
+    block = AttnBlock(C)
+    x = torch.randn(1, C, H, W)
+    if channels_last:
+        block, x = block.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    with flop_counter() as counter:
+        block(x)
+    convs = 2 * H * W * C * (3 * C) + 2 * H * W * C * C
+    assert counter.get_total_flops() == convs + 2 * (2 * (H * W) ** 2 * C)
+    with flop_counter() as counter:
+        block(x.requires_grad_()).sum().backward()
+    # backward: the gradients of both operands of every product (the flash kernel also recomputes the scores)
+    assert counter.get_total_flops() >= 3 * (convs + 2 * (2 * (H * W) ** 2 * C))
+
+
+def test_channels_last_puts_weights_and_image_batches_in_nhwc_with_the_same_values():
+    """model.channels_last=true: NHWC weights and inputs; the encoder and decoder compute the same values (float32
+    rounding: other kernels). Inputs that are not images (EEG rows) pass unchanged."""
+    from tests.conftest import f32_tolerance, layer_depth
+
+    torch.manual_seed(0)
+    plain_module = TokenizerModule(TOKENIZER, OPTIM, SCHED)
+    nhwc = TokenizerModule(TOKENIZER, OPTIM, SCHED, channels_last=True)
+    nhwc.load_state_dict(plain_module.state_dict())
+    assert dict(nhwc.hparams)["channels_last"] is True
+    assert nhwc.tokenizer.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 1, 16, 16)
+    assert plain_module.model_input(x) is x
+    assert nhwc.model_input(x).is_contiguous(memory_format=torch.channels_last)
+    rows = torch.randn(2, 3, 5)
+    assert nhwc.model_input(rows) is rows
+    with torch.no_grad():
+        z = torch.randn(2, plain_module.tokenizer.decoder.conv_in.in_channels, 8, 8)
+        for part, inp in (("encoder", x), ("decoder", z)):
+            ref = getattr(plain_module.tokenizer, part)(inp)
+            got = getattr(nhwc.tokenizer, part)(nhwc.model_input(inp))
+            assert torch.allclose(got, ref, rtol=0, atol=f32_tolerance(ref, layer_depth(getattr(nhwc.tokenizer, part))))

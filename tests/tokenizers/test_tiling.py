@@ -105,18 +105,22 @@ def test_seam_ratio_compares_tile_borders_with_interior_cell_boundaries():
         seam_ratio(cells[..., :64], 64, 16)
 
 
-def test_batched_tiles_equal_tile_by_tile():
-    """tile_batch tiles through the model at once give today's tile-by-tile result (float32 rounding only): a conv
-    net with per-sample GroupNorm, as encoder (scale 1/4) and as decoder-like map (scale 1), 2 images at once."""
+def test_batched_channels_last_tiles_equal_tile_by_tile():
+    """tile_batch tiles through the model at once, in channels_last, give the plain tile-by-tile result of the model
+    on contiguous (NCHW) tiles (float32 rounding only): a conv net with per-sample GroupNorm, as encoder (scale 1/4)
+    and as decoder-like map (scale 1), 2 images at once."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GroupNorm(4, 8), torch.nn.SiLU(),
                               torch.nn.Conv2d(8, 4, 3, padding=1)).eval()
     down = torch.nn.Sequential(net, torch.nn.AvgPool2d(4))
     x = torch.rand(2, 3, 72, 136)
+    seen = []
+    overlap_add(lambda t: seen.append(t.is_contiguous(memory_format=torch.channels_last)) or t, x, 32, 8, 1.0)
+    assert seen and all(seen)
     with torch.no_grad():
         for fn, scale in ((net, 1.0), (down, 0.25)):
-            one = overlap_add(fn, x, 32, 8, scale)
-            for tile_batch in (2, 5, 64):
+            one = overlap_add(lambda t, fn=fn: fn(t.contiguous()), x, 32, 8, scale)  # NCHW, one tile at a time
+            for tile_batch in (1, 2, 5, 64):
                 many = overlap_add(fn, x, 32, 8, scale, tile_batch=tile_batch)
                 assert torch.allclose(many, one, rtol=0, atol=f32_tolerance(one, 4))
     with pytest.raises(ValueError, match="tile_batch"):
