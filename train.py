@@ -201,8 +201,27 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> float | None:
             write_run_record(run_dir, record)
 
 
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse, as the CUDA caching allocator does: no block is mmapped
+    (M_MMAP_MAX 0) and the heap is never trimmed (M_TRIM_THRESHOLD −1). By default blocks over 32 MB (a
+    [2, 256, 128, 128] fp32 activation) are mmapped and unmapped when freed, so every CPU training step page-faults
+    and zeroes its large activations again (README, Benchmarks). The price: the process keeps its peak heap.
+    Returns False where there is no glibc (macOS, musl)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, -1))
+
+
 def _fit_and_test(cfg: DictConfig, record: dict, extra_callbacks: list) -> float | None:
     print_config_tree(cfg, Path(cfg.paths.output_dir) if rank_zero_only.rank == 0 else None)
+    if cfg.keep_freed_memory and not keep_freed_memory():
+        log.info("keep_freed_memory: this C library has no glibc mallopt; its allocator is left as it is")
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import report, tokenizer_spec  # noqa: E402
 from lit_modules.ademamix import AdEMAMix  # noqa: E402
+from train import keep_freed_memory  # noqa: E402
 
 
 def sync(device: str) -> None:
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "optimizer.json"))
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    keep_freed_memory()  # as train.py does
     torch.manual_seed(0)
     model = instantiate(tokenizer_spec(args.model)).to(device).train()
     n_params = sum(p.numel() for p in model.parameters())

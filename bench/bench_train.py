@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import lit_modules  # noqa: E402,F401 - resolvers
 from bench.report import report  # noqa: E402
+from train import keep_freed_memory  # noqa: E402
 
 
 class StepTimer(L.Callback):
@@ -81,6 +82,8 @@ def bench(experiment: str, steps: int, warmup: int, data_dir: str, extra: list[s
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}", f"paths.data_dir={data_dir}",
                                           f"paths.output_dir={tempfile.mkdtemp()}", *extra])
+    if cfg.keep_freed_memory:  # as train.py does
+        keep_freed_memory()
     L.seed_everything(0, verbose=False)
     dm = instantiate(cfg.data)
     module = instantiate(cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, _recursive_=False)
@@ -141,7 +144,7 @@ def main() -> None:
     report(f"training throughput ({args.steps} timed steps after {args.warmup} warm-up) · {machine} · "
            f"measured peak {peak / 1e9:.0f} GFLOP/s ({peak_what})",
            {"experiment": "{experiment}", "batch": "{batch_size}", "params (M)": "{params_M:.2f}",
-            "step (ms)": "{step_ms:.0f}", "samples/s": "{samples_per_s:.1f}",
+            "step (ms)": "{step_ms:.0f}", "samples/s": "{samples_per_s:.3g}",
             "GFLOP/sample": "{gflop_per_sample:.3f}", "GFLOP/s": "{achieved_gflops:.1f}",
             "% of peak": "{peak_fraction_pct:.0f}", "peak mem (MiB)": "{peak_mem_MiB:.0f}",
             "precision": "{precision}", "device": "{device}"}, rows, args.out)
