@@ -134,6 +134,8 @@ def main() -> None:
             row = pool.submit(bench, e, args.steps, args.warmup, args.data_dir, overrides).result()
         row["gflop_per_sample"] = row["flops_per_sample"] / 1e9
         row["achieved_gflops"] = row["flops_per_sample"] * row["samples_per_s"] / 1e9
+        rate = row["samples_per_s"]
+        row["samples_per_s_text"] = f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}"
         rows.append(row)
         print(row, flush=True)
     peak = max(peak, measure_peak()[0])
@@ -144,7 +146,7 @@ def main() -> None:
     report(f"training throughput ({args.steps} timed steps after {args.warmup} warm-up) · {machine} · "
            f"measured peak {peak / 1e9:.0f} GFLOP/s ({peak_what})",
            {"experiment": "{experiment}", "batch": "{batch_size}", "params (M)": "{params_M:.2f}",
-            "step (ms)": "{step_ms:.0f}", "samples/s": "{samples_per_s:.3g}",
+            "step (ms)": "{step_ms:.0f}", "samples/s": "{samples_per_s_text}",
             "GFLOP/sample": "{gflop_per_sample:.3f}", "GFLOP/s": "{achieved_gflops:.1f}",
             "% of peak": "{peak_fraction_pct:.0f}", "peak mem (MiB)": "{peak_mem_MiB:.0f}",
             "precision": "{precision}", "device": "{device}"}, rows, args.out)
