@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from datamodules.common import EpochShuffleSampler, InMemoryDataModule, TensorBatches, split_indices
+from datamodules.sources import FieldArrays
 from datamodules.token_store import TokenStore, arrays_fingerprint, file_sha256
 from models.vocab import SPECIAL_TYPE, SPECIALS, Vocabulary
 from tokenizers.load import UNREADABLE
@@ -284,12 +285,13 @@ def load_checked(path: Path, expected: str, train_experiment: str) -> torch.nn.M
     return tokenizer
 
 
-def cached_tokens(kind: str, checkpoint: Path, inputs: np.ndarray, cache_dir: Path,
-                  encode: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """{stream: int64 [N, T]} for `inputs` (the exact tokenizer inputs, [N, ...]) through `checkpoint`: read from
-    <cache_dir>/<kind>-<key>.npz when the key (the checkpoint's sha256 and the inputs' fingerprint) matches,
-    otherwise `encode()`d once and stored there (atomically, token_store.py)."""
-    key = TokenStore.key(kind, {"tokenizer": file_sha256(checkpoint)}, arrays_fingerprint(inputs))
+def cached_tokens(kind: str, checkpoint: Path, inputs: np.ndarray | FieldFrames, cache_dir: Path,
+                  encode: Callable[[], dict[str, np.ndarray]], fingerprint: str | None = None) -> dict[str, np.ndarray]:
+    """{stream: int64 [N, T]} for `inputs` (the exact tokenizer inputs, [N, ...], or frames read from files)
+    through `checkpoint`: read from <cache_dir>/<kind>-<key>.npz when the key (the checkpoint's sha256 and the inputs'
+    fingerprint: of their values, unless `fingerprint` names them) matches, otherwise `encode()`d once and stored
+    there (atomically, token_store.py)."""
+    key = TokenStore.key(kind, {"tokenizer": file_sha256(checkpoint)}, fingerprint or arrays_fingerprint(inputs))
     path = TokenStore.path(cache_dir, kind, key)
     if path.is_file():
         try:
@@ -303,9 +305,10 @@ def cached_tokens(kind: str, checkpoint: Path, inputs: np.ndarray, cache_dir: Pa
 
 
 @torch.no_grad()
-def encode_batches(encode: Callable[..., dict[str, torch.Tensor]], inputs: torch.Tensor, batch_size: int,
+def encode_batches(encode: Callable[..., dict[str, torch.Tensor]], inputs: torch.Tensor | Normalized, batch_size: int,
                    **cond: torch.Tensor) -> dict[str, np.ndarray]:
-    """Each stream's ids, flattened per sample: {stream: int64 [N, T]}."""
+    """Each stream's ids, flattened per sample: {stream: int64 [N, T]}. inputs: [N, ...], or frames read a batch at a
+    time (Normalized)."""
     out: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(inputs), batch_size):
         part = {k: v[start:start + batch_size] for k, v in cond.items()}
@@ -389,6 +392,53 @@ def neighbourhood(grid: Sequence[int], streams: int, radius: int) -> torch.Tenso
         slots += [cells.flatten() * streams + j for j in range(streams) if j != k]
         index.append(torch.stack(slots, -1))  # [n_cells, slots] for stream k
     return torch.stack(index, 1).flatten(0, 1)  # [n_cells · streams, slots], cell by cell, streams side by side
+
+
+class FieldFrames:
+    """Every snapshot of every (dataset, variable, trajectory) of field datasets, in that order, read from them when
+    asked for: frames[i] is float32 [n, 1, H, W] in physical units for int indices i [n] (or a slice). Only an index
+    table [N, 4] (dataset, trajectory, time, variable) lives in memory. Picklable (FieldArrays reopen their files)."""
+
+    def __init__(self, arrays: list[FieldArrays]):
+        self.arrays = arrays
+        parts = []
+        for d, a in enumerate(arrays):
+            n_traj, n_t = a.shape[:2]
+            traj, t = (g.ravel() for g in np.meshgrid(np.arange(n_traj), np.arange(n_t), indexing="ij"))
+            for v in range(len(a.variables)):
+                parts.append(np.stack([np.full_like(traj, d), traj, t, np.full_like(traj, v)], 1))
+        self.index = np.concatenate(parts)
+        self.hw = arrays[0].hw
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, frames: torch.Tensor | np.ndarray | slice) -> torch.Tensor:
+        rows = self.index[frames if isinstance(frames, slice) else np.asarray(frames)]
+        out = np.empty((len(rows), *self.hw), np.float32)
+        for d in np.unique(rows[:, 0]):
+            sel = rows[:, 0] == d
+            out[sel] = self.arrays[d].read(rows[sel, 1], rows[sel, 2], rows[sel, 3])
+        return torch.from_numpy(out).unsqueeze(1)
+
+    def fingerprint(self) -> str:
+        """What the frames are: the files (path, size, modification time) and the datasets' shapes and variables."""
+        key = [[a.name, a.variables, list(a.shape),
+                [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in a.files]] for a in self.arrays]
+        return hashlib.sha1(json.dumps(key).encode()).hexdigest()
+
+
+class Normalized:
+    """frames[i] standardized per frame's variable: (x − mean[var]) / std[var]; slices only (encode_batches)."""
+
+    def __init__(self, frames: FieldFrames, var_id: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
+        self.frames, self.mean, self.std = frames, mean[var_id][:, None, None, None], std[var_id][:, None, None, None]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        return (self.frames[rows] - self.mean[rows]) / self.std[rows]
 
 
 class FieldPairs(TensorBatches):
@@ -484,37 +534,37 @@ class FieldTokenDataModule(TokenizerSequences):
 
         tokenizer = self.load_tokenizer()
         meta = tokenizer.metadata
-        fieldsets = self.source.load(self.data_dir)
-        names = [f"{fs.name}/{v}" for fs in fieldsets for v in fs.variables]
+        arrays = self.source.open(self.data_dir)
+        names = [f"{a.name}/{v}" for a in arrays for v in a.variables]
         if meta.normalization != "standardize" or meta.variables != names:
             raise ValueError(f"{self.checkpoint}: its tokenizer was trained on variables {meta.variables} "
                              f"({meta.normalization}); this data has {names}. Train it on this data "
                              f"(data.tokenizer_ckpt=null does) or point data.source at its data")
-        # every snapshot of every (dataset, variable, trajectory) in that order; frame index = row here
-        raw, var_id, pairs = [], [], {"train": [], "val": [], "test": []}
-        for fs in fieldsets:
-            n_traj, n_t = fs.data.shape[:2]
+        # every snapshot of every (dataset, variable, trajectory) in that order; frame index = row of `frames`
+        var_id, pairs = [], {"train": [], "val": [], "test": []}
+        base = 0
+        for a in arrays:
+            n_traj, n_t = a.shape[:2]
             if n_t <= self.delta:
-                raise ValueError(f"{fs.origin}: {n_t} snapshots per trajectory leave no pair {self.delta} apart "
+                raise ValueError(f"{a.origin}: {n_t} snapshots per trajectory leave no pair {self.delta} apart "
                                  f"(data.delta={self.delta})")
             if n_traj < 3:
-                raise ValueError(f"{fs.origin}: {n_traj} trajectories cannot be split into train/val/test")
+                raise ValueError(f"{a.origin}: {n_traj} trajectories cannot be split into train/val/test")
             idx = split_indices(n_traj, self.split, self.seed)
-            for v in range(len(fs.variables)):
-                base = sum(len(r) for r in raw)
-                raw.append(fs.data[:, :, v].flatten(0, 1).unsqueeze(1))  # [n_traj·n_t, 1, H, W]
-                var_id += [names.index(f"{fs.name}/{fs.variables[v]}")] * (n_traj * n_t)
+            for v in range(len(a.variables)):
+                var_id += [names.index(f"{a.name}/{a.variables[v]}")] * (n_traj * n_t)
                 for split, trajs in idx.items():
                     for traj in trajs.tolist():
                         first = base + traj * n_t
                         src = torch.arange(first, first + n_t - self.delta)
                         pairs[split].append(torch.stack([src, src + self.delta], 1))
-        raw = torch.cat(raw)
+                base += n_traj * n_t
+        frames = FieldFrames(arrays)
         var_id = torch.tensor(var_id)
-        mean, std = torch.tensor(meta.mean)[var_id], torch.tensor(meta.std)[var_id]
-        normalized = (raw - mean[:, None, None, None]) / std[:, None, None, None]
-        tokens = cached_tokens("fields", self.checkpoint, normalized.numpy(), self.data_dir / "tokens",
-                               lambda: encode_batches(tokenizer.encode, normalized, self.encode_batch_size))
+        normalized = Normalized(frames, var_id, torch.tensor(meta.mean), torch.tensor(meta.std))
+        tokens = cached_tokens("fields", self.checkpoint, frames, self.data_dir / "tokens",
+                               lambda: encode_batches(tokenizer.encode, normalized, self.encode_batch_size),
+                               fingerprint=frames.fingerprint())
         streams = list(tokenizer.streams)
         grid = tuple(tokenizer.encode(normalized[:1])[streams[0]].shape[1:])
         self.vocab = Vocabulary.from_streams({"field": dict(tokenizer.streams)})
@@ -542,7 +592,7 @@ class FieldTokenDataModule(TokenizerSequences):
         if len(self.splits["train"]) < self.batch_size:
             raise ValueError(f"the train split has {len(self.splits['train'])} pairs, fewer than "
                              f"data.batch_size={self.batch_size}")
-        self.evaluator = FieldForecast(tokenizer, self.vocab, self.layout, streams, grid, raw, var_id,
+        self.evaluator = FieldForecast(tokenizer, self.vocab, self.layout, streams, grid, frames, var_id,
                                        torch.tensor(meta.mean), torch.tensor(meta.std), names, self.forecast_pick)
 
 

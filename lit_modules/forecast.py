@@ -33,15 +33,17 @@ class FieldForecast:
     pick: how a greedy step picks an id (Transformer.generate): "expected_code" (default; the id nearest the expected
     code vector — a field value is a quantity, and the mode of a broad distribution over 1024 amplitude levels is a
     noisy estimate of it) or "argmax"; a model without code vectors always takes the argmax.
-    raw: [N, 1, H, W] every frame in physical units; var_id: [N]; mean, std: [n_vars] (the tokenizer's)."""
+    frames: every frame in physical units, frames[i] -> [n, 1, H, W] for indices i [n] (a tensor, or
+    datamodules.tokens.FieldFrames, which reads them from the files); var_id: [N]; mean, std: [n_vars] (the
+    tokenizer's)."""
 
     def __init__(self, tokenizer: nn.Module, vocab, layout, streams: list[str], grid: tuple[int, ...],
-                 raw: torch.Tensor, var_id: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, groups: list[str],
+                 frames, var_id: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, groups: list[str],
                  pick: str = "expected_code"):
         if pick not in ("argmax", "expected_code"):
             raise ValueError(f"data.forecast_pick must be 'argmax' or 'expected_code', got {pick!r}")
         self.tokenizer, self.layout, self.streams, self.grid, self.pick = tokenizer, layout, streams, grid, pick
-        self.raw, self.var_id, self.mean, self.std, self.groups = raw, var_id, mean, std, groups
+        self.frames, self.var_id, self.mean, self.std, self.groups = frames, var_id, mean, std, groups
         self.starts = torch.tensor([vocab.range("field", s).start for s in streams])
         self.bounds = vocab.type_bounds()
         self.frame_len = len(streams) * int(torch.tensor(grid).prod())
@@ -81,7 +83,7 @@ class FieldForecast:
         def physical(frame: torch.Tensor) -> torch.Tensor:
             return tokenizer.decode(self.to_tokens(frame)).float() * std + mean
 
-        future, present = self.raw[dst].to(device), self.raw[src].to(device)
+        future, present = self.frames[dst].to(device), self.frames[src].to(device)
         sigma, group = std[:, :, 0, 0], var.to(device)
         forecast = physical(out[:, prompt_len:])
         metrics["forecast"].update(forecast, future, sigma, group)

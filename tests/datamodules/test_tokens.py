@@ -97,7 +97,7 @@ def test_field_pairs_are_present_then_future_frame_cell_by_cell(fields):
     assert (batch["dst"] - batch["src"] == dm.delta).all()
     # the tokens are the tokenizer's of the normalized frames, in raster order of the cells
     var = dm.evaluator.var_id[batch["src"]]
-    x = (dm.evaluator.raw[batch["src"]] - dm.evaluator.mean[var][:, None, None, None]) \
+    x = (dm.evaluator.frames[batch["src"]] - dm.evaluator.mean[var][:, None, None, None]) \
         / dm.evaluator.std[var][:, None, None, None]
     with torch.no_grad():
         expected = tokenizer.encode(x)
@@ -208,3 +208,37 @@ def test_a_debug_run_trains_its_tokenizer_with_the_same_debug_preset():
         assert parent_debug([]) == []
     finally:
         HydraConfig.instance().cfg = None
+
+
+def test_field_frames_read_snapshots_from_the_files_in_dataset_variable_trajectory_time_order(tmp_path):
+    """FieldFrames (the field token pipeline's frames) reads snapshots on demand, frame i of the order (dataset,
+    variable, trajectory, time); its fingerprint (the token cache key) follows the files, so rewriting one is a new
+    cache entry; Normalized standardizes each frame with its variable's statistics."""
+    import os
+
+    from datamodules.sources import NpyFields
+    from datamodules.tokens import FieldFrames, Normalized
+
+    data = np.random.default_rng(0).normal(size=(4, 5, 8, 6)).astype(np.float32)  # NTHW: 4 trajectories of 5
+    other = np.random.default_rng(1).normal(size=(3, 2, 8, 6)).astype(np.float32)  # NCHW: 3 samples of 2 variables
+    np.save(tmp_path / "a.npy", data)
+    np.save(tmp_path / "b.npy", other)
+    arrays = NpyFields(str(tmp_path / "a.npy"), "NTHW").open(tmp_path) + NpyFields(str(tmp_path / "b.npy"),
+                                                                                  "NCHW").open(tmp_path)
+    frames = FieldFrames(arrays)
+    expected = np.concatenate([data.reshape(20, 8, 6), other[:, 0], other[:, 1]])  # b: variable 0, then 1
+    assert len(frames) == 26
+    picks = np.array([25, 0, 7, 20, 19, 23])
+    assert torch.equal(frames[picks], torch.from_numpy(expected[picks])[:, None])
+    assert torch.equal(frames[3:9], torch.from_numpy(expected[3:9])[:, None])
+    var_id = torch.tensor([0] * 20 + [1] * 3 + [2] * 3)
+    mean, std = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 4.0, 8.0])
+    normalized = Normalized(frames, var_id, mean, std)[18:24]
+    assert torch.allclose(normalized[:, 0], (torch.from_numpy(expected[18:24]) - mean[var_id[18:24], None, None])
+                          / std[var_id[18:24], None, None])
+    key = frames.fingerprint()
+    assert FieldFrames(arrays).fingerprint() == key
+    np.save(tmp_path / "a.npy", data + 1)
+    stat = os.stat(tmp_path / "a.npy")
+    os.utime(tmp_path / "a.npy", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert FieldFrames(NpyFields(str(tmp_path / "a.npy"), "NTHW").open(tmp_path) + arrays[1:]).fingerprint() != key

@@ -58,7 +58,7 @@ def test_field_forecast_of_the_true_tokens_is_the_tokenizer_reconstruction(futur
     forecast, persistence, floor = (metrics[n].compute() for n in ("forecast", "persistence", "tokenizer"))
     for key in ("rel_l1", "nrmse", "psnr"):
         assert torch.equal(forecast[key], floor[key]), key
-    future, present = ev.raw[batch["dst"]], ev.raw[batch["src"]]
+    future, present = ev.frames[batch["dst"]], ev.frames[batch["src"]]
     var = ev.var_id[batch["dst"]]
     mean, std = ev.mean[var][:, None, None, None], ev.std[var][:, None, None, None]
     assert torch.allclose(persistence["rel_l1"], rel_l1(present, future))
