@@ -600,12 +600,33 @@ class FieldTokenDataModule(TokenizerSequences):
 # EEG: the patches of one channel in time order, one token each
 
 
+class StoredPatches:
+    """patches[i]: the patch_len samples of a RowStore (datamodules/eeg.py) from starts[i], read when asked for:
+    float32 [n, P] for int indices i [n] (a tensor) or a slice."""
+
+    def __init__(self, store, starts: torch.Tensor, patch_len: int):
+        self.store, self.starts, self.patch_len = store, starts, patch_len
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: torch.Tensor | slice) -> torch.Tensor:
+        return self.store.gather(self.starts[i], self.patch_len)
+
+    def fingerprint(self) -> str:
+        """What the patches are: the store (its cache file is named by the source's files and the preprocessing;
+        a store in memory by its values), the patch length and the starts."""
+        store = self.store.path.name if self.store.path is not None else arrays_fingerprint(self.store.data())
+        return hashlib.sha1(f"{store}|{self.patch_len}|{arrays_fingerprint(self.starts.numpy())}".encode()).hexdigest()
+
+
 class EEGTokenDataModule(TokenizerSequences):
     """Next-patch prediction on EEG tokens: one sequence per channel of a recording, [BOS] one token per
     consecutive, non-overlapping patch [EOS], PAD to the longest (at most `max_patches` patches: longer channels are
     cut into several sequences). Recordings split by recording as datamodules/eeg.py splits (same seed), normalized
-    as the tokenizer was (its DataMetadata: normalization and rate; patch length from the checkpoint), encoded once
-    and cached under <data_dir>/tokens/ keyed by the checkpoint's sha256 and the patches.
+    as the tokenizer was (its DataMetadata: normalization and rate; patch length from the checkpoint) into the
+    memory-mapped row cache of datamodules/eeg.py (RowStore: recordings are read one channel at a time), encoded a
+    batch at a time and cached under <data_dir>/tokens/ keyed by the checkpoint's sha256 and the patches.
 
     Batches add "patch": int64 [B, L], the index of each token's patch (−1 for specials and PAD), for the evaluator
     (lit_modules/forecast.py NextPatch: decode the predicted next token and compare with the true next patch, with
@@ -624,8 +645,8 @@ class EEGTokenDataModule(TokenizerSequences):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        from datamodules.eeg import normalize
-        from datamodules.eeg_signal import cut_patches, patch_offsets, resample
+        from datamodules.eeg import RowStore
+        from datamodules.eeg_signal import patch_offsets
         from lit_modules.forecast import NextPatch
 
         tokenizer = self.load_tokenizer()
@@ -633,26 +654,30 @@ class EEGTokenDataModule(TokenizerSequences):
         if len(meta.rates) != 1:
             raise ValueError(f"{self.checkpoint}: trained at rates {meta.rates}; next-patch sequences need a "
                              f"tokenizer of one rate (e.g. experiment=eeg)")
-        rate = meta.rates[0]
-        recordings = self.source.load()
-        if len(recordings) < 3:
-            raise ValueError(f"{len(recordings)} recordings cannot be split into train/val/test; need at least 3")
-        patches, rows = [], {"train": [], "val": [], "test": []}
-        for split, idx in split_indices(len(recordings), self.split, self.seed).items():
+        rate = float(meta.rates[0])
+        # every channel normalized and resampled as the tokenizer's data was, in a memory-mapped cache (shared with
+        # the tokenizer's run when the settings match: max_zero_fraction is EEGDataModule's default; its flags are
+        # not used here)
+        store = RowStore.build(self.source, self.data_dir, {"normalization": meta.normalization,
+                                                            "ems_factor": self.ems_factor, "rates": [rate],
+                                                            "max_zero_fraction": 0.5})
+        if store.n_recordings < 3:
+            raise ValueError(f"{store.n_recordings} recordings cannot be split into train/val/test; need at least 3")
+        starts, rows, n = [], {"train": [], "val": [], "test": []}, 0
+        for split, idx in split_indices(store.n_recordings, self.split, self.seed).items():
             for i in idx.tolist():
-                x = resample(normalize(recordings[i].data, meta.normalization, self.ems_factor, recordings[i].origin),
-                             recordings[i].sfreq, rate)
-                for channel in x:
-                    p = cut_patches(channel[None], patch_offsets(len(channel), P, P), P)  # [n, P]
-                    for start in range(0, len(p), self.max_patches):
-                        first = sum(len(q) for q in patches)
-                        chunk = p[start:start + self.max_patches]
-                        patches.append(chunk)
-                        rows[split].append(torch.arange(first, first + len(chunk)))
-        patches = torch.from_numpy(np.concatenate(patches)).float()
+                for row in np.flatnonzero(store.index["recording"] == i):  # its channels, in order
+                    first = patch_offsets(int(store.index["length"][row]), P, P) + int(store.index["start"][row])
+                    for start in range(0, len(first), self.max_patches):
+                        chunk = first[start:start + self.max_patches]
+                        starts.append(chunk)
+                        rows[split].append(torch.arange(n, n + len(chunk)))
+                        n += len(chunk)
+        patches = StoredPatches(store, torch.from_numpy(np.concatenate(starts)), P)
         sfreq = torch.full((len(patches),), rate)
-        tokens = cached_tokens("eeg", self.checkpoint, patches.numpy(), self.data_dir / "tokens",
-                               lambda: encode_batches(tokenizer.encode, patches, 4096, sfreq=sfreq))
+        tokens = cached_tokens("eeg", self.checkpoint, patches, self.data_dir / "tokens",
+                               lambda: encode_batches(tokenizer.encode, patches, 4096, sfreq=sfreq),
+                               fingerprint=patches.fingerprint())
         self.vocab = Vocabulary.from_streams({"eeg": dict(tokenizer.streams)})
         (stream,) = tokenizer.streams
         token_ids = torch.from_numpy(tokens[stream][:, 0]) + self.vocab.range("eeg", stream).start

@@ -101,7 +101,8 @@ class NextPatch:
     id nearest the expected code where the model has code vectors, else the argmax), decoded; errors on the
     normalized signal (SignalErrors: mse, snr_db, pearson …).
 
-    patches: [N, P] every patch of the data (normalized as the tokenizer saw them), at sampling rate `rate`."""
+    patches: every patch of the data (normalized as the tokenizer saw them), at sampling rate `rate`: patches[i] ->
+    [n, P] for indices i [n] (a tensor, or datamodules.tokens.StoredPatches, which reads them from the EEG cache)."""
 
     groups = ("all",)
 

@@ -179,6 +179,7 @@ def test_eeg_sequences_are_one_channel_in_time_order(experiment_run, data_dir, t
     inside = patch[:, 1:] >= 0
     consecutive = (patch[:, 2:] - patch[:, 1:-1] == 1) | (patch[:, 2:] < 0)
     assert consecutive[inside[:, 1:]].all()  # consecutive patches of one channel
+    assert dm.evaluator.patches.store.path.parent == data_dir / "eeg"  # read from the memory-mapped row cache
     tokenizer = load_tokenizer(ckpt)
     first = dm.evaluator.patches[patch[:4, 1]]
     with torch.no_grad():
