@@ -138,8 +138,9 @@ def batch_is_ready(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
-class InMemoryDataModule(L.LightningDataModule):
-    """Loaders over `self.splits` (datasets with __getitems__) and an exactly resumable train order.
+class SplitDataModule(L.LightningDataModule):
+    """Loaders over `self.splits` (train/val/test datasets with __getitems__, lazy or in memory) and an exactly
+    resumable train order.
 
     Subclasses fill `self.splits` in setup() and implement `make_train_sampler()` and `metadata`.
     """

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.common import EpochSampler, InMemoryDataModule, find_files, split_indices
+from datamodules.common import EpochSampler, SplitDataModule, find_files, split_indices
 from datamodules.eeg_signal import (
     exponential_moving_standardize,
     mostly_zero,
@@ -309,7 +309,7 @@ class Patches(Dataset):
                 "rate_id": self.rate_id[i]}
 
 
-class EEGDataModule(InMemoryDataModule):
+class EEGDataModule(SplitDataModule):
     def __init__(self, source, adapter: BatchAdapter | None = None, patch_len: int = 256,
                  rates: Sequence[float] = (256.0,), normalization: str = "robust", ems_factor: float = 1e-3,
                  crops_per_row: int = 4, max_zero_fraction: float = 0.5, batch_size: int = 256,

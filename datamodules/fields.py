@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.common import EpochShuffleSampler, InMemoryDataModule, split_indices
+from datamodules.common import EpochShuffleSampler, SplitDataModule, split_indices
 from datamodules.sources import FieldArrays, same_frames
 from lit_modules.adapters import BatchAdapter, FieldAdapter
 from tokenizers.base import DataMetadata
@@ -98,7 +98,7 @@ def frame_statistics(array: FieldArrays, var: int, frames: np.ndarray, chunk: in
     return mean, (m2 / max(n - 1, 1)) ** 0.5  # unbiased, as torch.std
 
 
-class FieldDataModule(InMemoryDataModule):
+class FieldDataModule(SplitDataModule):
     def __init__(self, source, adapter: BatchAdapter | None = None, data_dir: str = "data", batch_size: int = 16,
                  eval_batch_size: int | None = None, split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
                  num_workers: int = 0, stats_frames: int | None = 4096):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.common import EpochShuffleSampler, InMemoryDataModule, find_files, split_indices
+from datamodules.common import EpochShuffleSampler, SplitDataModule, find_files, split_indices
 from datamodules.galaxy_sim import CATALOG_COLUMNS, LSST_BANDS, default_workers, simulate
 from lit_modules.adapters import BatchAdapter, GalaxyImageAdapter
 from tokenizers.astro import ellipse_weights, robust_arcsinh
@@ -373,7 +373,7 @@ class GalaxyImages(Dataset):
         return {"image": image, "weight": weight, "row": rows}
 
 
-class GalaxyDataModule(InMemoryDataModule):
+class GalaxyDataModule(SplitDataModule):
     """Objects split train/val/test by a seeded permutation; images normalized a batch at a time (GalaxyImages), so
     a memory-mapped image array of any size is never read whole."""
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.common import EpochSampler, InMemoryDataModule, find_files
+from datamodules.common import EpochSampler, SplitDataModule, find_files
 from lit_modules.adapters import BatchAdapter, ImageAdapter
 from tokenizers.base import DataMetadata
 
@@ -235,7 +235,7 @@ def grid_places(size: tuple[int, int], first_col: int, crop: int) -> list[tuple[
             for l in range(0, w - first_col - crop + 1, crop)]  # noqa: E741
 
 
-class ImageDataModule(InMemoryDataModule):
+class ImageDataModule(SplitDataModule):
     def __init__(self, source, adapter: BatchAdapter | None = None, crop: int = 128, holdout: float = 0.25,
                  crops_per_image: int = 64, batch_size: int = 16, eval_batch_size: int = 32, seed: int = 0,
                  num_workers: int = 0):

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datamodules.common import EpochShuffleSampler, InMemoryDataModule, TensorBatches, split_indices
+from datamodules.common import EpochShuffleSampler, SplitDataModule, TensorBatches, split_indices
 from datamodules.sources import FieldArrays
 from datamodules.token_store import TokenStore, arrays_fingerprint, file_sha256
 from models.vocab import SPECIAL_TYPE, SPECIALS, Vocabulary
@@ -116,7 +116,7 @@ def galaxy_sequences(store: TokenStore, vocab: Vocabulary) -> Sequences:
     return Sequences(ids, types, valid, np.asarray(store.object_id))
 
 
-class GalaxyTokenDataModule(InMemoryDataModule):
+class GalaxyTokenDataModule(SplitDataModule):
     """Galaxy token sequences from the stores `encode.py` wrote into `store_dir` (its latest.json names one store per
     split). Batches: {"ids", "types": int64 [B, L], "valid": bool [B, L]}. After setup: `vocab` (Vocabulary),
     `code_vectors` ({"<modality>/<stream>": [V, D]} from the tokenizer checkpoints the stores record), `max_len`."""
@@ -325,7 +325,7 @@ class Layout:
         self.target = torch.tensor(target)
 
 
-class TokenizerSequences(InMemoryDataModule):
+class TokenizerSequences(SplitDataModule):
     """What the field and EEG sequence datamodules share: the tokenizer checkpoint they encode through (given, or
     trained first: `tokenizer_checkpoint`), checked to be an `EXPECTED` one, and the attributes the transformer
     reads after setup (vocab, code_vectors, max_len, context_slots, evaluator)."""
