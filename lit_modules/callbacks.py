@@ -14,7 +14,7 @@ import warnings
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -118,7 +118,8 @@ class MediaLogger(L.Callback):
 
 class LatestCheckpoint(ModelCheckpoint):
     """`<dirpath>/last.ckpt`: the latest training state, written at every validation, when fit ends, and when a
-    SIGTERM stops fit (Lightning raises SIGTERMException at the end of a batch, a consistent state to resume from).
+    SIGTERM stops fit (Lightning raises SIGTERMException at the end of a batch, a consistent state to resume from;
+    during a validation, at the end of a validation batch: the training weights are put back before saving).
 
     Lightning 2.6's `ModelCheckpoint(save_last=True)` rewrites last.ckpt only when its monitored metric
     improves, so after a worse validation "last" is an older state and resuming from it repeats steps.
@@ -136,6 +137,10 @@ class LatestCheckpoint(ModelCheckpoint):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # Other exceptions (a NaN loss, a crash mid-step) may leave a half-updated state: keep the previous file.
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            if trainer.validating:  # stopped inside a validation: the model holds the averaged (EMA) weights, which
+                for callback in trainer.callbacks:  # weight averaging swaps back at the validation's end; do it now
+                    if isinstance(callback, WeightAveraging):
+                        callback.on_validation_epoch_end(trainer, pl_module)
             self.on_train_end(trainer, pl_module)
 
 

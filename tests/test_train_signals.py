@@ -152,3 +152,35 @@ def test_a_corrupt_token_store_is_named(tmp_path):
     path.write_bytes(path.read_bytes()[:-40])
     with pytest.raises(ValueError, match=f"token store {path} cannot be read .* write it again"):
         TokenStore.load(path)
+
+
+@pytest.mark.slow
+def test_sigterm_during_validation_stops_at_a_batch_boundary_and_resumes_exactly(make_cfg, tmp_path):
+    """SIGTERM while fit validates (at step 4 of 8): the validation ends, the run stops at the next batch boundary
+    with last.ckpt (exit 143), and resuming from it ends with the weights (EMA and raw) of an uninterrupted run."""
+    import lightning as L
+
+    class SigtermDuringValidation(L.Callback):
+        sent = False
+
+        def on_validation_batch_end(self, trainer, *args):
+            if trainer.global_step == 4 and not trainer.sanity_checking and not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    common = ["experiment=phaedra", "debug=fast", "logger=none", "test=false", "trainer.val_check_interval=4",
+              "scheduler.total_steps=8", "callbacks.ema.decay=0.9", "trainer.max_steps=8"]
+    train(make_cfg(common, output_dir=tmp_path / "full"))
+    with pytest.raises(SystemExit) as stopped:
+        train(make_cfg(common, output_dir=tmp_path / "stopped"), extra_callbacks=[SigtermDuringValidation()])
+    assert stopped.value.code == 143
+    step = assert_resumable_last(tmp_path / "stopped", 4)
+    assert step < 8
+    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    train(make_cfg([*common, f"ckpt_path={last}"], output_dir=tmp_path / "resumed"))
+    full = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert full["global_step"] == resumed["global_step"] == 8
+    for key in ("state_dict", "current_model_state"):
+        for name, value in full[key].items():
+            assert torch.equal(value, resumed[key][name]), (key, name)
