@@ -4,7 +4,7 @@
 at a time when a batch asks for them, so users' files of any size never have to fit in memory. Opening checks
 what can be checked without reading the data (layout, variables, dtype, shapes, truncation), with the file named;
 NaN/Inf are found when a snapshot is read (statistics pass, batches), with file, variable and sample named.
-`source.load(data_dir)` reads everything into `FieldSet`s, for the token pipelines that encode a whole set.
+The token pipelines (datamodules/tokens.py) read the same arrays a batch of snapshots at a time.
 """
 
 from __future__ import annotations
@@ -155,13 +155,6 @@ class FieldArrays:
 
     def _read(self, traj: np.ndarray, t: np.ndarray, var: np.ndarray) -> np.ndarray:
         raise NotImplementedError
-
-    def all(self) -> torch.Tensor:
-        """Everything, [n_traj, n_t, n_vars, H, W] float32 (for the token pipelines, which encode whole sets)."""
-        n_traj, n_t, h, w = self.shape
-        grid = np.stack(np.meshgrid(np.arange(n_traj), np.arange(n_t), np.arange(len(self.variables)),
-                                    indexing="ij"), -1).reshape(-1, 3)
-        return torch.from_numpy(self.read(*grid.T)).reshape(n_traj, n_t, len(self.variables), h, w)
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_open")}
@@ -340,9 +333,6 @@ class HDF5Fields:
         name = files[0].stem if len(files) == 1 else Path(self.path).expanduser().name
         return [HDF5Arrays(name, names, files, n_trajs, frame)]
 
-    def load(self, data_dir: str | Path) -> list[FieldSet]:
-        return [FieldSet(a.name, a.variables, a.all(), a.origin) for a in self.open(data_dir)]
-
 
 class NpyFields:
     """A .npy array (memory-mapped: any size) or the arrays of a .npz file (one variable per array; read into
@@ -414,6 +404,3 @@ class NpyFields:
         if len(shapes) > 1:
             raise ValueError(f"{path}: arrays {keys} differ in shape: {sorted(shapes)}")
         return [TensorArrays(path.stem, keys, torch.cat(arrays, dim=2), str(path))]
-
-    def load(self, data_dir: str | Path) -> list[FieldSet]:
-        return [FieldSet(a.name, a.variables, a.all(), a.origin) for a in self.open(data_dir)]
