@@ -314,7 +314,7 @@ def encode_batches(encode: Callable[..., dict[str, torch.Tensor]], inputs: torch
         part = {k: v[start:start + batch_size] for k, v in cond.items()}
         for stream, ids in encode(inputs[start:start + batch_size], **part).items():
             out.setdefault(stream, []).append(ids.reshape(len(ids), -1))
-    return {k: torch.cat(v).numpy().astype(np.int64) for k, v in out.items()}
+    return {k: torch.cat(v).numpy().astype(np.int64, copy=False) for k, v in out.items()}
 
 
 class Layout:
@@ -459,8 +459,8 @@ class FieldPairs(TensorBatches):
         def special(name: str) -> torch.Tensor:
             return torch.full((n, 1), self.specials[name])
 
-        present = self.frame_ids[t["src"]]
-        ids = torch.cat([special("BOS"), present, special("SEP"), self.frame_ids[t["dst"]], special("EOS")], 1)
+        present = self.frame_ids[t["src"]].long()
+        ids = torch.cat([special("BOS"), present, special("SEP"), self.frame_ids[t["dst"]].long(), special("EOS")], 1)
         L, F = ids.shape[1], present.shape[1]
         # the input at SEP and at each future token predicts the next future token: its context is the present
         # tokens around that cell (context_index: frame index per slot, F = outside the grid -> PAD)
@@ -569,9 +569,13 @@ class FieldTokenDataModule(TokenizerSequences):
         grid = tuple(tokenizer.encode(normalized[:1])[streams[0]].shape[1:])
         self.vocab = Vocabulary.from_streams({"field": dict(tokenizer.streams)})
         self.code_vectors = {f"field/{s}": tokenizer.code_vectors(s).detach().float() for s in streams}
-        # frame ids [N, S·K]: cell by cell, each cell's streams side by side
-        frame_ids = torch.stack([torch.from_numpy(tokens[s]) + self.vocab.range("field", s).start for s in streams],
-                                -1).flatten(1)
+        # frame ids [N, S·K]: cell by cell, each cell's streams side by side; int32, filled a stream at a time (the
+        # tokens of a 128² snapshot are a quarter of its size in int64: the largest thing this module holds)
+        frame_ids = torch.empty(*tokens[streams[0]].shape, len(streams), dtype=torch.int32)
+        for k, s in enumerate(streams):
+            frame_ids[..., k].copy_(torch.from_numpy(tokens.pop(s)))
+            frame_ids[..., k] += self.vocab.range("field", s).start
+        frame_ids = frame_ids.flatten(1)
         S, K = frame_ids.shape[1] // len(streams), len(streams)
         frame_types = [self.vocab.range("field", s).type_id for s in streams] * S
         frame_pos = [1 + cell for cell in range(S) for _ in range(K)]
