@@ -309,12 +309,15 @@ def encode_batches(encode: Callable[..., dict[str, torch.Tensor]], inputs: torch
                    **cond: torch.Tensor) -> dict[str, np.ndarray]:
     """Each stream's ids, flattened per sample: {stream: int64 [N, T]}. inputs: [N, ...], or frames read a batch at a
     time (Normalized)."""
-    out: dict[str, list[torch.Tensor]] = {}
+    out: dict[str, np.ndarray] = {}
     for start in range(0, len(inputs), batch_size):
         part = {k: v[start:start + batch_size] for k, v in cond.items()}
         for stream, ids in encode(inputs[start:start + batch_size], **part).items():
-            out.setdefault(stream, []).append(ids.reshape(len(ids), -1))
-    return {k: torch.cat(v).numpy().astype(np.int64, copy=False) for k, v in out.items()}
+            ids = ids.reshape(len(ids), -1)
+            if stream not in out:  # filled in place: one copy of the tokens, however many batches
+                out[stream] = np.empty((len(inputs), ids.shape[1]), np.int64)
+            out[stream][start:start + len(ids)] = ids.cpu().numpy()
+    return out
 
 
 class Layout:
