@@ -138,6 +138,12 @@ def batch_is_ready(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
+
+def file_stamp(path: Path) -> dict:
+    """What a cache keyed by a file remembers of it: its resolved path, size and modification time."""
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
 class SplitDataModule(L.LightningDataModule):
     """Loaders over `self.splits` (train/val/test datasets with __getitems__, lazy or in memory) and an exactly
     resumable train order.

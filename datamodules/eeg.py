@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.common import EpochSampler, SplitDataModule, find_files, split_indices
+from datamodules.common import EpochSampler, SplitDataModule, file_stamp, find_files, split_indices
 from datamodules.eeg_signal import (
     exponential_moving_standardize,
     mostly_zero,
@@ -151,11 +151,6 @@ class EEGFiles:
 
     def fingerprint(self) -> dict:
         return {"files": [file_stamp(f) for f in self._files()], "picks": self.picks}
-
-
-def file_stamp(path: Path) -> dict:
-    stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def normalize(x: np.ndarray, method: str, ems_factor: float, origin: str) -> np.ndarray:

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.common import EpochShuffleSampler, SplitDataModule, split_indices
-from datamodules.sources import FieldArrays, same_frames
+from datamodules.sources import FieldArrays, describe_arrays, same_frames
 from lit_modules.adapters import BatchAdapter, FieldAdapter
 from tokenizers.base import DataMetadata
 
@@ -147,10 +147,7 @@ class FieldDataModule(SplitDataModule):
         `stats_frames` of them. The same pass reads the val and test snapshots (all, or a seeded sample of
         `stats_frames` per split and variable) to find NaN/Inf before training; whatever it skipped is checked when
         read. Cached under <data_dir>/stats/ by a key of everything the result depends on."""
-        files = [{"path": str(f.resolve()), "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns}
-                 for a in arrays for f in a.files]
-        key = {"files": files, "datasets": [[a.name, a.variables, list(a.shape)] for a in arrays],
-               "splits": [{k: t.tolist() for k, t in idx.items()} for idx in splits],
+        key = {**describe_arrays(arrays), "splits": [{k: t.tolist() for k, t in idx.items()} for idx in splits],
                "stats_frames": self.stats_frames, "seed": self.seed, "version": 1}
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = self.data_dir / "stats" / f"fields-{digest}.json"

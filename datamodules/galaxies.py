@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.common import EpochShuffleSampler, SplitDataModule, find_files, split_indices
+from datamodules.common import EpochShuffleSampler, SplitDataModule, file_stamp, find_files, split_indices
 from datamodules.galaxy_sim import CATALOG_COLUMNS, LSST_BANDS, default_workers, simulate
 from lit_modules.adapters import BatchAdapter, GalaxyImageAdapter
 from tokenizers.astro import ellipse_weights, robust_arcsinh
@@ -174,10 +174,6 @@ class EmbeddedGalaxies:
                            origin=f"embedded galaxies {path}")
 
 
-def file_stamps(files: Sequence[Path]) -> list[dict]:
-    return [{"path": str(f.resolve()), "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in files]
-
-
 def cached_galaxies(data_dir: str | Path, kind: str, key: dict, n: int,
                     parts: Callable[[], Iterator[tuple[Path, dict[str, np.ndarray | None]]]]) -> dict[str, np.ndarray]:
     """Users' galaxies converted once into <data_dir>/galaxies_user/<kind>-<hash>/: the images as one .npy that is
@@ -270,7 +266,7 @@ class GalaxyParquet:
                 except OSError as e:
                     raise ValueError(f"{f}: cannot be read to its end ({e}): truncated or corrupt") from None
 
-        key = {"files": file_stamps(files), "source": {k: v for k, v in vars(self).items() if k != "path"},
+        key = {"files": [file_stamp(f) for f in files], "source": {k: v for k, v in vars(self).items() if k != "path"},
                "version": 1}
         columns = cached_galaxies(data_dir, "parquet", key, n, parts)
         wave = np.asarray(self.wave, np.float32) if self.wave is not None else None
@@ -344,7 +340,7 @@ class GalaxyFits:
                           **{k: np.array([float(header.get(k.upper(), d))], np.float32)
                              for k, d in zip(ELLIPSE, defaults, strict=True)}}
 
-        key = {"files": file_stamps(files), "bands": self.bands, "version": 1}
+        key = {"files": [file_stamp(f) for f in files], "bands": self.bands, "version": 1}
         columns = cached_galaxies(data_dir, "fits", key, len(files), parts)
         return GalaxyTable(**{k: columns[k] for k in ("object_id", "image", *ELLIPSE)},
                            catalog=np.zeros((len(files), 0), np.float32), catalog_columns=[], bands=self.bands,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from datamodules import pde
-from datamodules.common import find_files
+from datamodules.common import file_stamp, find_files
 from tokenizers.load import UNREADABLE
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,13 @@ class FieldArrays:
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_open")}
+
+
+def describe_arrays(arrays: list[FieldArrays]) -> dict:
+    """What cached results computed from these datasets depend on: their files (path, size, modification time) and
+    their names, variables and shapes."""
+    return {"files": [file_stamp(f) for a in arrays for f in a.files],
+            "datasets": [[a.name, a.variables, list(a.shape)] for a in arrays]}
 
 
 class TensorArrays(FieldArrays):

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from datamodules.common import EpochShuffleSampler, SplitDataModule, TensorBatches, split_indices
-from datamodules.sources import FieldArrays
+from datamodules.sources import FieldArrays, describe_arrays
 from datamodules.token_store import TokenStore, arrays_fingerprint, file_sha256
 from models.vocab import SPECIAL_TYPE, SPECIALS, Vocabulary
 from tokenizers.load import UNREADABLE
@@ -426,9 +426,7 @@ class FieldFrames:
 
     def fingerprint(self) -> str:
         """What the frames are: the files (path, size, modification time) and the datasets' shapes and variables."""
-        key = [[a.name, a.variables, list(a.shape),
-                [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in a.files]] for a in self.arrays]
-        return hashlib.sha1(json.dumps(key).encode()).hexdigest()
+        return hashlib.sha1(json.dumps(describe_arrays(self.arrays), sort_keys=True).encode()).hexdigest()
 
 
 class Normalized:
