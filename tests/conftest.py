@@ -47,6 +47,21 @@ def layer_depth(model: torch.nn.Module) -> int:
     return sum(1 for m in model.modules() if next(m.parameters(recurse=False), None) is not None)
 
 
+
+def assert_same_final_weights(full_dir: Path, resumed_dir: Path, steps: int,
+                              keys: tuple[str, ...] | None = None) -> dict:
+    """The last.ckpt of a resumed run equals the uninterrupted run's bit for bit: the same step and every tensor of
+    `keys` (default: the weights the full checkpoint holds: state_dict, and current_model_state with EMA). Returns
+    the full run's checkpoint."""
+    full = torch.load(full_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert full["global_step"] == resumed["global_step"] == steps
+    keys = keys or tuple(k for k in ("state_dict", "current_model_state") if k in full)
+    for key in keys:
+        for name, value in full[key].items():
+            assert torch.equal(value, resumed[key][name]), (key, name)
+    return full
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")

@@ -21,7 +21,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import Logger
 
-from tests.conftest import CPU_EXPERIMENTS, EXPERIMENTS, KINDS, ROOT
+from tests.conftest import CPU_EXPERIMENTS, EXPERIMENTS, KINDS, ROOT, assert_same_final_weights
 from tokenizers import load_tokenizer
 from train import train
 
@@ -135,16 +135,11 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(make_cfg, tmp
     run(make_cfg, [*common, "trainer.max_steps=4"], tmp_path / "half")
     run(make_cfg, [*common, "trainer.max_steps=8", f"ckpt_path={tmp_path / 'half' / 'checkpoints' / 'last.ckpt'}"],
         tmp_path / "resumed")
-    full = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
-    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    full = assert_same_final_weights(tmp_path / "full", tmp_path / "resumed", 8)  # with EMA: EMA and raw weights
     half = torch.load(tmp_path / "half" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert full["global_step"] == resumed["global_step"] == 8
-    states = ("state_dict", "current_model_state") if "current_model_state" in full else ("state_dict",)
-    for key in states:  # with EMA: the EMA weights and the raw weights
-        for name, value in full[key].items():
-            assert torch.equal(value, resumed[key][name]), (key, name)
-    name = next(iter(full[states[-1]]))
-    assert not torch.equal(half[states[-1]][name], full[states[-1]][name])
+    last_key = "current_model_state" if "current_model_state" in full else "state_dict"
+    name = next(iter(full[last_key]))
+    assert not torch.equal(half[last_key][name], full[last_key][name])
 
 
 MISMATCHES = [(e, other) for e in ONE_PER_KIND for other in ONE_PER_KIND if KINDS[other]["kind"] != KINDS[e]["kind"]]
@@ -310,12 +305,7 @@ def test_resume_with_two_workers_on_a_users_hdf5_file_is_exact(make_cfg, tmp_pat
     run(make_cfg, [*common, "trainer.max_steps=4"], tmp_path / "half")  # 4 of the epoch's 9 batches of 4
     run(make_cfg, [*common, "trainer.max_steps=8", f"ckpt_path={tmp_path / 'half' / 'checkpoints' / 'last.ckpt'}"],
         tmp_path / "resumed")
-    full = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
-    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert full["global_step"] == resumed["global_step"] == 8
-    for key in ("state_dict", "current_model_state"):
-        for name, value in full[key].items():
-            assert torch.equal(value, resumed[key][name]), (key, name)
+    assert_same_final_weights(tmp_path / "full", tmp_path / "resumed", 8, ("state_dict", "current_model_state"))
 
 
 def test_keep_freed_memory_reuses_large_blocks_without_page_faults():

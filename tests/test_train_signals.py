@@ -19,7 +19,7 @@ import torch
 
 from datamodules.sources import EmbeddedFields
 from datamodules.token_store import TokenStore
-from tests.conftest import ROOT, SMALL_DATA
+from tests.conftest import ROOT, SMALL_DATA, assert_same_final_weights
 from tokenizers import load_tokenizer
 from train import check_checkpoint, train
 
@@ -178,9 +178,4 @@ def test_sigterm_during_validation_stops_at_a_batch_boundary_and_resumes_exactly
     assert step < 8
     last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
     train(make_cfg([*common, f"ckpt_path={last}"], output_dir=tmp_path / "resumed"))
-    full = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
-    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert full["global_step"] == resumed["global_step"] == 8
-    for key in ("state_dict", "current_model_state"):
-        for name, value in full[key].items():
-            assert torch.equal(value, resumed[key][name]), (key, name)
+    assert_same_final_weights(tmp_path / "full", tmp_path / "resumed", 8, ("state_dict", "current_model_state"))
