@@ -35,9 +35,11 @@ log = logging.getLogger("scitok.encode")
 def save_tokenizer(tokenizer: torch.nn.Module, spec: dict, metadata: DataMetadata, path: Path) -> Path:
     """A checkpoint in TokenizerModule's layout (hyper_parameters.tokenizer, state_dict 'tokenizer.*', data), so
     load_tokenizer reads it; written under a temporary name and renamed."""
-    ckpt = {"hyper_parameters": {"tokenizer": spec},
-            "state_dict": {f"tokenizer.{k}": v for k, v in tokenizer.state_dict().items()},
-            "data": metadata.to_dict()}
+    ckpt = {
+        "hyper_parameters": {"tokenizer": spec},
+        "state_dict": {f"tokenizer.{k}": v for k, v in tokenizer.state_dict().items()},
+        "data": metadata.to_dict(),
+    }
     atomic_torch_save(ckpt, path)
     return path
 
@@ -50,13 +52,20 @@ def fit_scalars(data: GalaxyDataModule, bins: int, out_dir: Path, fingerprint: s
     if path.is_file():
         log.info("reusing the scalar tokenizer %s", path)
         return path
-    spec = {"_target_": "tokenizers.astro.ScalarQuantileTokenizer", "columns": list(table.catalog_columns),
-            "bins": bins}
+    spec = {
+        "_target_": "tokenizers.astro.ScalarQuantileTokenizer",
+        "columns": list(table.catalog_columns),
+        "bins": bins,
+    }
     tokenizer = ScalarQuantileTokenizer(table.catalog_columns, bins)
     tokenizer.fit(torch.from_numpy(np.asarray(table.catalog)[data.rows["train"].numpy()]))
     metadata = DataMetadata(kind="galaxy_catalog", normalization="none", variables=list(table.catalog_columns))
-    log.info("fitted the scalar tokenizer (%d columns × %d bins) on %d train objects", len(table.catalog_columns),
-             bins, len(data.rows["train"]))
+    log.info(
+        "fitted the scalar tokenizer (%d columns × %d bins) on %d train objects",
+        len(table.catalog_columns),
+        bins,
+        len(data.rows["train"]),
+    )
     return save_tokenizer(tokenizer, spec, metadata, path)
 
 
@@ -71,32 +80,39 @@ def fit_spectra(data: GalaxyDataModule, cfg: DictConfig, out_dir: Path, fingerpr
         return path
     rows = data.rows["train"].numpy()
     tokenizer = SpectrumTokenizer(**params).to(device)
-    stats = tokenizer.fit(torch.from_numpy(np.asarray(table.spectrum)[rows]).to(device),
-                          torch.from_numpy(np.asarray(table.spectrum_ivar)[rows]).to(device),
-                          max_vectors=int(cfg.max_vectors), iters=int(cfg.iters))
+    stats = tokenizer.fit(
+        torch.from_numpy(np.asarray(table.spectrum)[rows]).to(device),
+        torch.from_numpy(np.asarray(table.spectrum_ivar)[rows]).to(device),
+        max_vectors=int(cfg.max_vectors),
+        iters=int(cfg.iters),
+    )
     log.info("fitted the spectrum tokenizer on %d train spectra: %s", len(rows), stats)
     metadata = DataMetadata(kind="galaxy_spectra", normalization="robust", variables=["flux"])
-    return save_tokenizer(tokenizer.cpu(), {"_target_": "tokenizers.astro.SpectrumTokenizer", **params}, metadata,
-                          path)
+    return save_tokenizer(tokenizer.cpu(), {"_target_": "tokenizers.astro.SpectrumTokenizer", **params}, metadata, path)
 
 
 @torch.no_grad()
-def encode_split(data: GalaxyDataModule, split: str, models: dict[str, torch.nn.Module], batch_size: int,
-                 device: str) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def encode_split(
+    data: GalaxyDataModule, split: str, models: dict[str, torch.nn.Module], batch_size: int, device: str
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Tokens per stream [N, T] of one split's objects (rows in the split's order) and each stream's vocabulary;
     models: the loaded tokenizers ("image", and "scalars" / "spectra" where the data has them) on `device`."""
     table, rows, objects = data.table, data.rows[split].numpy(), data.splits[split]
     out: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(rows), batch_size):
-        part = rows[start:start + batch_size]
+        part = rows[start : start + batch_size]
         images = objects.__getitems__(range(start, start + len(part)))["image"]
         tokens = dict(models["image"].encode(images.to(device)))
         if "scalars" in models:
             scalars = models["scalars"].encode(torch.from_numpy(np.asarray(table.catalog)[part]).to(device))
             tokens["catalog"] = torch.cat([scalars[c] for c in table.catalog_columns], 1)
         if "spectra" in models:
-            tokens.update(models["spectra"].encode(torch.from_numpy(np.asarray(table.spectrum)[part]).to(device),
-                                                   torch.from_numpy(np.asarray(table.spectrum_ivar)[part]).to(device)))
+            tokens.update(
+                models["spectra"].encode(
+                    torch.from_numpy(np.asarray(table.spectrum)[part]).to(device),
+                    torch.from_numpy(np.asarray(table.spectrum_ivar)[part]).to(device),
+                )
+            )
         for name, ids in tokens.items():
             out.setdefault(name, []).append(ids.cpu().numpy())
     vocab = dict(models["image"].streams)
@@ -123,15 +139,20 @@ def encode(cfg: DictConfig) -> dict[str, Path]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     image_ckpt = Path(cfg.image_ckpt)
     if not image_ckpt.is_file():
-        raise FileNotFoundError(f"image_ckpt={image_ckpt} does not exist (train one: python train.py "
-                                f"experiment=astro_image)")
+        raise FileNotFoundError(
+            f"image_ckpt={image_ckpt} does not exist (train one: python train.py experiment=astro_image)"
+        )
     image_tokenizer = load_tokenizer(image_ckpt)
     if not isinstance(image_tokenizer, GalaxyImageTokenizer):
-        raise ValueError(f"image_ckpt={image_ckpt} holds a {type(image_tokenizer).__name__}; expected a "
-                         f"GalaxyImageTokenizer (a checkpoint of experiment=astro_image)")
+        raise ValueError(
+            f"image_ckpt={image_ckpt} holds a {type(image_tokenizer).__name__}; expected a "
+            f"GalaxyImageTokenizer (a checkpoint of experiment=astro_image)"
+        )
     if not image_tokenizer.fitted:
-        raise ValueError(f"image_ckpt={image_ckpt}: its GalaxyImageTokenizer has no fitted codebook (a checkpoint "
-                         f"from before stage 2); use the run's checkpoints/last.ckpt")
+        raise ValueError(
+            f"image_ckpt={image_ckpt}: its GalaxyImageTokenizer has no fitted codebook (a checkpoint "
+            f"from before stage 2); use the run's checkpoints/last.ckpt"
+        )
     data: GalaxyDataModule = instantiate(cfg.data)
     data.prepare_data()
     data.setup("fit")
@@ -140,11 +161,20 @@ def encode(cfg: DictConfig) -> dict[str, Path]:
     if unknown:
         raise ValueError(f"splits: unknown {unknown}; choose from {sorted(data.rows)}")
     out_dir = Path(cfg.out_dir)
-    fingerprint = arrays_fingerprint(table.object_id, table.image, table.catalog, table.spectrum,
-                                     table.spectrum_ivar, data.rows["train"].numpy(), data.rows["val"].numpy())
+    fingerprint = arrays_fingerprint(
+        table.object_id,
+        table.image,
+        table.catalog,
+        table.spectrum,
+        table.spectrum_ivar,
+        data.rows["train"].numpy(),
+        data.rows["val"].numpy(),
+    )
     checkpoints = {"image": image_ckpt}
-    for name, path in (("scalars", fit_scalars(data, int(cfg.scalars.bins), out_dir, fingerprint)),
-                       ("spectra", fit_spectra(data, cfg.spectra, out_dir, fingerprint, device))):
+    for name, path in (
+        ("scalars", fit_scalars(data, int(cfg.scalars.bins), out_dir, fingerprint)),
+        ("spectra", fit_spectra(data, cfg.spectra, out_dir, fingerprint, device)),
+    ):
         if path is not None:
             checkpoints[name] = path
     hashes = {name: file_sha256(path) for name, path in checkpoints.items()}
@@ -161,11 +191,21 @@ def encode(cfg: DictConfig) -> dict[str, Path]:
             models = {name: load_tokenizer(path, map_location=device) for name, path in checkpoints.items()}
         tokens, vocab = encode_split(data, split, models, int(cfg.batch_size), device)
         n = len(data.rows[split])
-        meta = {"split": split, "vocab": vocab, "catalog_columns": list(table.catalog_columns),
-                "bands": list(table.bands), "tokenizers": {k: str(v) for k, v in checkpoints.items()},
-                "tokenizer_sha256": hashes, "data_fingerprint": fingerprint}
-        store = TokenStore(np.asarray(table.object_id)[data.rows[split].numpy()], tokens,
-                           presence(table, data.rows[split].numpy(), tokens), meta)
+        meta = {
+            "split": split,
+            "vocab": vocab,
+            "catalog_columns": list(table.catalog_columns),
+            "bands": list(table.bands),
+            "tokenizers": {k: str(v) for k, v in checkpoints.items()},
+            "tokenizer_sha256": hashes,
+            "data_fingerprint": fingerprint,
+        }
+        store = TokenStore(
+            np.asarray(table.object_id)[data.rows[split].numpy()],
+            tokens,
+            presence(table, data.rows[split].numpy(), tokens),
+            meta,
+        )
         stores[split] = store.save(path)
         log.info("wrote %s: %d objects, %s", path, n, {k: v.shape[1] for k, v in tokens.items()})
     (out_dir / "latest.json").write_text(json.dumps({k: str(v) for k, v in stores.items()}, indent=2))

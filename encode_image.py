@@ -25,9 +25,15 @@ from datamodules.images import read_image, to_chw01
 from tokenizers import load_tokenizer
 
 
-def encode_image(ckpt: str | Path, image: str | Path, tile: int = 256, overlap: int = 64,
-                 scales: tuple[float, ...] = (1.0,), out: str | Path | None = None,
-                 tile_batch: int | None = None) -> Path:
+def encode_image(
+    ckpt: str | Path,
+    image: str | Path,
+    tile: int = 256,
+    overlap: int = 64,
+    scales: tuple[float, ...] = (1.0,),
+    out: str | Path | None = None,
+    tile_batch: int | None = None,
+) -> Path:
     """tile_batch: tiles per encoder/decoder call (default: the checkpoint's model.tokenizer.tile_batch; 2 is
     fastest on a 2-core CPU, several tiles at once keep a GPU busy)."""
     image = Path(image)
@@ -44,8 +50,14 @@ def encode_image(ckpt: str | Path, image: str | Path, tile: int = 256, overlap: 
     with torch.no_grad():
         results = model.reconstruct_tiled(x, tile_size=tile, overlap=overlap, scales=scales)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"image": str(image), "checkpoint": str(ckpt), "size": list(x.shape[-2:]), "tile": tile,
-            "overlap": overlap, "scales": {}}
+    meta = {
+        "image": str(image),
+        "checkpoint": str(ckpt),
+        "size": list(x.shape[-2:]),
+        "tile": tile,
+        "overlap": overlap,
+        "scales": {},
+    }
     for s, (recon, tokens) in results.items():
         np.save(out / f"tokens_{s:g}.npy", tokens[0].cpu().numpy())
         pixels = (recon[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
@@ -63,8 +75,12 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels")
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0])
     parser.add_argument("--out", default=None)
-    parser.add_argument("--tile-batch", type=int, default=None,
-                        help="tiles per encoder/decoder call (default: the checkpoint's; try 8 on a GPU)")
+    parser.add_argument(
+        "--tile-batch",
+        type=int,
+        default=None,
+        help="tiles per encoder/decoder call (default: the checkpoint's; try 8 on a GPU)",
+    )
     args = parser.parse_args()
     out = encode_image(args.ckpt, args.image, args.tile, args.overlap, tuple(args.scales), args.out, args.tile_batch)
     print(f"wrote {out}")

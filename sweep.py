@@ -62,9 +62,15 @@ def summary_columns(rows: list[dict], metric: str, limit: int = 8) -> list[str]:
     """The metric columns of a table: the optimized metric's best value over the run ("best <metric>", what the
     search optimizes) and its final value, then the runs' other top-level test/ and val/ metrics (one '/', e.g.
     test/nrmse; per-variable and per-stream ones stay in run.json), at most `limit` in all."""
-    names = sorted({k for r in rows for k in r.get("metrics", {}) if k.count("/") == 1
-                    and k.split("/")[0] in ("val", "test") and k != metric},
-                   key=lambda k: (k.split("/")[0] != "test", k))
+    names = sorted(
+        {
+            k
+            for r in rows
+            for k in r.get("metrics", {})
+            if k.count("/") == 1 and k.split("/")[0] in ("val", "test") and k != metric
+        },
+        key=lambda k: (k.split("/")[0] != "test", k),
+    )
     return [f"best {metric}", metric, *names][:limit]
 
 
@@ -86,8 +92,16 @@ def write_table(path: Path, rows: list[dict], params: list[str], metrics: list[s
         out = csv.writer(f)
         out.writerow(["name", "status", *params, *metrics, "run_dir", "error"])
         for r in rows:
-            out.writerow([r["name"], r["status"], *(r["params"].get(p) for p in params),
-                          *(r["metrics"].get(m) for m in metrics), r.get("run_dir"), r.get("error")])
+            out.writerow(
+                [
+                    r["name"],
+                    r["status"],
+                    *(r["params"].get(p) for p in params),
+                    *(r["metrics"].get(m) for m in metrics),
+                    r.get("run_dir"),
+                    r.get("error"),
+                ]
+            )
     tmp.replace(path)
 
 
@@ -100,10 +114,16 @@ def print_table(title: str, rows: list[dict], params: list[str], metrics: list[s
     for column in ["name", "status", *params, *metrics]:
         table.add_column(column, justify="right" if column in params or column in metrics else "left")
     for r in rows:
-        style = None if r["status"] in ("completed", "COMPLETE") else "red" if "fail" in r["status"].lower() \
-            else "yellow"
-        table.add_row(r["name"], r["status"], *(format_value(r["params"].get(p)) for p in params),
-                      *(format_value(r["metrics"].get(m)) for m in metrics), style=style)
+        style = (
+            None if r["status"] in ("completed", "COMPLETE") else "red" if "fail" in r["status"].lower() else "yellow"
+        )
+        table.add_row(
+            r["name"],
+            r["status"],
+            *(format_value(r["params"].get(p)) for p in params),
+            *(format_value(r["metrics"].get(m)) for m in metrics),
+            style=style,
+        )
     console().print(table)
 
 
@@ -125,8 +145,9 @@ def plot_metric(path: Path, rows: list[dict], params: list[str], metric: str) ->
     """One panel per parameter: the metric of every run that has it against the parameter's value (log axis for a
     positive numeric parameter spanning more than a decade, categories otherwise). Failed runs are not drawn.
     Returns whether a plot was written."""
-    done = [r for r in rows if isinstance(r["metrics"].get(metric), int | float)
-            and math.isfinite(r["metrics"][metric])]
+    done = [
+        r for r in rows if isinstance(r["metrics"].get(metric), int | float) and math.isfinite(r["metrics"][metric])
+    ]
     if not done or not params:
         return False
     import matplotlib
@@ -188,11 +209,18 @@ class GridSummary(Callback):
             status = "failed"
             if not record.get("error"):
                 record["error"] = repr(job_return._return_value)
-        self.jobs.append({"name": f"#{config.hydra.job.num}", "status": status,
-                          "overrides": list(job_return.overrides or []), "metrics": record.get("metrics", {}),
-                          "value": record.get("value"),
-                          "optimized_metric": record.get("optimized_metric") or config.get("optimized_metric"),
-                          "run_dir": str(run_dir), "error": record.get("error")})
+        self.jobs.append(
+            {
+                "name": f"#{config.hydra.job.num}",
+                "status": status,
+                "overrides": list(job_return.overrides or []),
+                "metrics": record.get("metrics", {}),
+                "value": record.get("value"),
+                "optimized_metric": record.get("optimized_metric") or config.get("optimized_metric"),
+                "run_dir": str(run_dir),
+                "error": record.get("error"),
+            }
+        )
         self.write(Path(config.hydra.sweep.dir))
 
     def swept(self) -> list[str]:
@@ -206,8 +234,14 @@ class GridSummary(Callback):
     def rows(self) -> tuple[list[dict], list[str], list[str], str]:
         params = self.swept()
         metric = next((j["optimized_metric"] for j in self.jobs if j["optimized_metric"]), "val/loss")
-        rows = [{**job, "params": dict(map(parse_override, job["overrides"])),
-                 "metrics": with_best(job["metrics"], metric, job["value"])} for job in self.jobs]
+        rows = [
+            {
+                **job,
+                "params": dict(map(parse_override, job["overrides"])),
+                "metrics": with_best(job["metrics"], metric, job["value"]),
+            }
+            for job in self.jobs
+        ]
         return rows, params, summary_columns(rows, metric), metric
 
     def write(self, sweep_dir: Path) -> None:
@@ -227,8 +261,9 @@ class GridSummary(Callback):
         for job in failed:
             log.error("job %s (%s) %s: %s", job["name"], " ".join(job["overrides"]), job["status"], job.get("error"))
         if failed:
-            raise SystemExit(f"{len(failed)} of {len(self.jobs)} jobs did not complete (summary: "
-                             f"{sweep_dir / self.table})")
+            raise SystemExit(
+                f"{len(failed)} of {len(self.jobs)} jobs did not complete (summary: {sweep_dir / self.table})"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -301,14 +336,22 @@ def compose(overrides: list[str]) -> DictConfig:
         return hydra_compose(config_name="train", overrides=overrides)
 
 
-def run_trial(spec: DictConfig, base: list[str], params: dict, run_dir: Path, group: str, name: str,
-              callbacks: list | None = None) -> tuple[float | None, dict]:
+def run_trial(
+    spec: DictConfig, base: list[str], params: dict, run_dir: Path, group: str, name: str, callbacks: list | None = None
+) -> tuple[float | None, dict]:
     """Train one trial: the spec's overrides, then the user's, then the trial's; its own run dir and W&B run (in
     the sweep's group). Returns (train's value, the run record)."""
     import train
 
-    cfg = compose([*spec.overrides, *base, *trial_overrides(params), f"paths.output_dir={run_dir}",
-                   f"optimized_metric={spec.metric}"])
+    cfg = compose(
+        [
+            *spec.overrides,
+            *base,
+            *trial_overrides(params),
+            f"paths.output_dir={run_dir}",
+            f"optimized_metric={spec.metric}",
+        ]
+    )
     if cfg.get("logger") and cfg.logger.get("wandb"):
         cfg.logger.wandb.group, cfg.logger.wandb.name = group, name
     checkpoint = (cfg.get("callbacks") or {}).get("model_checkpoint")
@@ -338,8 +381,13 @@ class OptunaPruning(L.Callback):
         self.trial.report(value, step=trainer.global_step)
         if self.trial.should_prune():
             self.pruned_at = trainer.global_step
-            log.warning("trial %d pruned at step %d: %s = %.4g is worse than the median of earlier trials there",
-                        self.trial.number, trainer.global_step, self.metric, value)
+            log.warning(
+                "trial %d pruned at step %d: %s = %.4g is worse than the median of earlier trials there",
+                self.trial.number,
+                trainer.global_step,
+                self.metric,
+                value,
+            )
             trainer.should_stop = True
 
 
@@ -364,15 +412,24 @@ def open_study(spec: DictConfig, storage: str, study_name: str):
 
     # the heartbeat (stale trials of killed workers marked failed) is "experimental" in optuna 5; we rely on it
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120,
-                                     engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite")
-                                     else {})
+    rdb = optuna.storages.RDBStorage(
+        storage,
+        heartbeat_interval=30,
+        grace_period=120,
+        engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {},
+    )
     pruner = optuna.pruners.MedianPruner(**(OmegaConf.to_container(spec.pruner) if spec.get("pruner") else {}))
     sampler = optuna.samplers.TPESampler(seed=None if spec.seed is None else int(spec.seed))
     for attempt in range(5):  # two workers starting at once: one creates, the other loads
         try:
-            return optuna.create_study(study_name=study_name, storage=rdb, direction=spec.direction, sampler=sampler,
-                                       pruner=pruner, load_if_exists=True)
+            return optuna.create_study(
+                study_name=study_name,
+                storage=rdb,
+                direction=spec.direction,
+                sampler=sampler,
+                pruner=pruner,
+                load_if_exists=True,
+            )
         except optuna.exceptions.DuplicatedStudyError:
             time.sleep(0.5 * (attempt + 1))
     raise RuntimeError(f"could not create or load study {study_name!r} in {storage}")
@@ -384,8 +441,15 @@ def finished(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
 
 
-def run_optuna(spec: DictConfig, base: list[str], trials: int, sweep_dir: Path, storage: str | None = None,
-               study_name: str | None = None, before: Callable | None = None):
+def run_optuna(
+    spec: DictConfig,
+    base: list[str],
+    trials: int,
+    sweep_dir: Path,
+    storage: str | None = None,
+    study_name: str | None = None,
+    before: Callable | None = None,
+):
     """Run trials until the study has `trials` finished ones (complete, pruned or failed, counted over every worker
     on the storage). Returns the study. `before(study)` runs once the study is open (tests enqueue trials there)."""
     import optuna
@@ -403,8 +467,15 @@ def run_optuna(spec: DictConfig, base: list[str], trials: int, sweep_dir: Path, 
         trial.set_user_attr("run_dir", str(run_dir))
         pruning = OptunaPruning(trial, spec.metric)
         log.info("trial %d: %s", trial.number, " ".join(trial_overrides(params)))
-        value, record = run_trial(spec, base, params, run_dir, group=f"sweep-{study.study_name}",
-                                  name=f"{spec.name}-trial{trial.number}", callbacks=[pruning])
+        value, record = run_trial(
+            spec,
+            base,
+            params,
+            run_dir,
+            group=f"sweep-{study.study_name}",
+            name=f"{spec.name}-trial{trial.number}",
+            callbacks=[pruning],
+        )
         trial.set_user_attr("best_ckpt", record.get("best_ckpt"))
         if pruning.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned at step {pruning.pruned_at}")
@@ -428,9 +499,16 @@ def trial_rows(study, study_metric: str) -> list[dict]:
     for t in study.get_trials(deepcopy=False):
         run_dir = t.user_attrs.get("run_dir")
         record = read_run(Path(run_dir)) if run_dir else {}
-        rows.append({"name": f"trial-{t.number}", "status": t.state.name, "params": t.params,
-                     "metrics": with_best(record.get("metrics", {}), study_metric, t.value), "run_dir": run_dir,
-                     "error": record.get("error")})
+        rows.append(
+            {
+                "name": f"trial-{t.number}",
+                "status": t.state.name,
+                "params": t.params,
+                "metrics": with_best(record.get("metrics", {}), study_metric, t.value),
+                "run_dir": run_dir,
+                "error": record.get("error"),
+            }
+        )
     return rows
 
 
@@ -446,11 +524,18 @@ def report_optuna(study, spec: DictConfig, sweep_dir: Path) -> dict | None:
     except ValueError:  # no completed trial
         log.error("no trial completed; see the failed trials' run.json under %s", sweep_dir)
         return None
-    result = {"trial": best.number, "value": best.value, "params": best.params,
-              "run_dir": best.user_attrs.get("run_dir"), "checkpoint": best.user_attrs.get("best_ckpt")}
-    console().print(f"[bold]best trial {best.number}[/]: {spec.metric} = {best.value:.5g}\n"
-               f"  overrides:  {' '.join(trial_overrides(best.params))}\n"
-               f"  run dir:    {result['run_dir']}\n  checkpoint: {result['checkpoint']}")
+    result = {
+        "trial": best.number,
+        "value": best.value,
+        "params": best.params,
+        "run_dir": best.user_attrs.get("run_dir"),
+        "checkpoint": best.user_attrs.get("best_ckpt"),
+    }
+    console().print(
+        f"[bold]best trial {best.number}[/]: {spec.metric} = {best.value:.5g}\n"
+        f"  overrides:  {' '.join(trial_overrides(best.params))}\n"
+        f"  run dir:    {result['run_dir']}\n  checkpoint: {result['checkpoint']}"
+    )
     (sweep_dir / "best.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -472,9 +557,12 @@ def wandb_sweep_config(spec: DictConfig, method: str = "bayes") -> dict:
             else:
                 entry["distribution"] = "q_log_uniform_values" if p.get("log") else "int_uniform"
             parameters[key] = entry
-    return {"name": spec.name, "method": method,
-            "metric": {"name": spec.metric, "goal": spec.direction},
-            "parameters": parameters}
+    return {
+        "name": spec.name,
+        "method": method,
+        "metric": {"name": spec.metric, "goal": spec.direction},
+        "parameters": parameters,
+    }
 
 
 def wandb_trial_params(spec: DictConfig, config: dict) -> dict:
@@ -485,16 +573,25 @@ def wandb_trial_params(spec: DictConfig, config: dict) -> dict:
     return {k: int(round(config[k])) if spec.params[k].type == "int" else config[k] for k in spec.params}
 
 
-def run_wandb(spec: DictConfig, base: list[str], trials: int, sweep_dir: Path, api=None, sweep_id: str | None = None,
-              method: str = "bayes") -> str:
+def run_wandb(
+    spec: DictConfig,
+    base: list[str],
+    trials: int,
+    sweep_dir: Path,
+    api=None,
+    sweep_id: str | None = None,
+    method: str = "bayes",
+) -> str:
     """Create the W&B sweep (or join `sweep_id`) and run `trials` trials of it with wandb.agent, each a train run
     with the sampled values as `key=value` overrides. `api`: the wandb module (tests pass a fake)."""
     from lit_modules.loggers import wandb_is_online
 
     if api is None:
         if not wandb_is_online():
-            raise SystemExit("--backend wandb needs a W&B server: log in (`wandb login`, or WANDB_API_KEY and "
-                             "WANDB_BASE_URL for a local server). Offline, use the default --backend optuna.")
+            raise SystemExit(
+                "--backend wandb needs a W&B server: log in (`wandb login`, or WANDB_API_KEY and "
+                "WANDB_BASE_URL for a local server). Offline, use the default --backend optuna."
+            )
         import wandb as api
     sweep_id = sweep_id or api.sweep(wandb_sweep_config(spec, method), project=spec.get("project", "scitok"))
     log.info("W&B sweep %s", sweep_id)
@@ -518,8 +615,9 @@ def run_wandb(spec: DictConfig, base: list[str], trials: int, sweep_dir: Path, a
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("spec", help="conf/sweep/<spec>.yaml (or a path to a spec)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every trial (key=value)")
     parser.add_argument("--trials", type=int, default=None, help="finished trials to reach (default: the spec's)")

@@ -155,8 +155,11 @@ class SignalStop:
         if ok:
             log.warning("requeued SLURM job %s: it resumes from last.ckpt when it starts again", job)
         else:
-            log.error("scontrol requeue %s failed (%s): resume by hand with ckpt_path=<run dir>/checkpoints/last.ckpt",
-                      job, why)
+            log.error(
+                "scontrol requeue %s failed (%s): resume by hand with ckpt_path=<run dir>/checkpoints/last.ckpt",
+                job,
+                why,
+            )
 
     def _on_sigint(self, signum, frame) -> None:
         self.signum = signal.SIGINT
@@ -250,8 +253,12 @@ def _fit_and_test(cfg: DictConfig, record: dict, extra_callbacks: list) -> float
         if stop.signum is not None:
             exit_code = stop.exit_code
             last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-            log.warning("Run stopped by %s at step %d; resume with ckpt_path=%s", signal.Signals(stop.signum).name,
-                        trainer.global_step, last)
+            log.warning(
+                "Run stopped by %s at step %d; resume with ckpt_path=%s",
+                signal.Signals(stop.signum).name,
+                trainer.global_step,
+                last,
+            )
             record.update(step=trainer.global_step, last_ckpt=str(last) if last.is_file() else None)
             if exit_code == 143:
                 _mark_wandb_preempting()
@@ -282,11 +289,18 @@ def slurm_resume_path(run_dir: Path) -> str | None:
         return None
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
-        log.warning("SLURM restart %s of job %s: resuming from %s", os.environ["SLURM_RESTART_COUNT"],
-                    os.environ.get("SLURM_JOB_ID"), last)
+        log.warning(
+            "SLURM restart %s of job %s: resuming from %s",
+            os.environ["SLURM_RESTART_COUNT"],
+            os.environ.get("SLURM_JOB_ID"),
+            last,
+        )
         return str(last)
-    log.warning("SLURM restart %s, but %s does not exist: starting from scratch (is hydra.run.dir the same on every "
-                "start?)", os.environ["SLURM_RESTART_COUNT"], last)
+    log.warning(
+        "SLURM restart %s, but %s does not exist: starting from scratch (is hydra.run.dir the same on every start?)",
+        os.environ["SLURM_RESTART_COUNT"],
+        last,
+    )
     return None
 
 
@@ -298,8 +312,10 @@ def check_checkpoint(path: str) -> None:
     ckpt = read_checkpoint(path, mmap=True)
     missing = [k for k in ("loops", "optimizer_states", "global_step") if k not in ckpt]
     if missing:
-        raise ValueError(f"ckpt_path={path} holds weights but no training state to resume ({', '.join(missing)} "
-                         f"missing): resume from a run's checkpoints/last.ckpt")
+        raise ValueError(
+            f"ckpt_path={path} holds weights but no training state to resume ({', '.join(missing)} "
+            f"missing): resume from a run's checkpoints/last.ckpt"
+        )
 
 
 def _record_fit(cfg: DictConfig, trainer: L.Trainer, record: dict) -> float | None:
@@ -333,9 +349,11 @@ def relaunching_ddp(cfg: DictConfig) -> None:
         return
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "LOCAL_RANK" in os.environ:
         return
-    raise SystemExit(f"trainer.strategy={strategy} with trainer.devices={devices} inside --multirun: Lightning would "
-                     "start the other ranks by running this command line again, which starts the whole grid again. "
-                     "Use hydra/launcher=slurm (one task per GPU), or run the jobs one at a time (README: scaling out)")
+    raise SystemExit(
+        f"trainer.strategy={strategy} with trainer.devices={devices} inside --multirun: Lightning would "
+        "start the other ranks by running this command line again, which starts the whole grid again. "
+        "Use hydra/launcher=slurm (one task per GPU), or run the jobs one at a time (README: scaling out)"
+    )
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

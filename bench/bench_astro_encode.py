@@ -69,18 +69,30 @@ def main() -> None:
 
     host = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
     rows = [
-        {"tokenizer": "image (AE + 2048 centroids)", "batch": args.batch,
-         "objects_per_s": throughput(lambda: image.encode(x), args.batch)},
-        {"tokenizer": "catalog scalars (11 × 1024 bins)", "batch": len(catalog),
-         "objects_per_s": throughput(lambda: scalars.encode(catalog), len(catalog))},
-        {"tokenizer": "spectra (512 px / 8, 2048 centroids)", "batch": len(flux),
-         "objects_per_s": throughput(lambda: spectra.encode(flux, ivar), len(flux))},
+        {
+            "tokenizer": "image (AE + 2048 centroids)",
+            "batch": args.batch,
+            "objects_per_s": throughput(lambda: image.encode(x), args.batch),
+        },
+        {
+            "tokenizer": "catalog scalars (11 × 1024 bins)",
+            "batch": len(catalog),
+            "objects_per_s": throughput(lambda: scalars.encode(catalog), len(catalog)),
+        },
+        {
+            "tokenizer": "spectra (512 px / 8, 2048 centroids)",
+            "batch": len(flux),
+            "objects_per_s": throughput(lambda: spectra.encode(flux, ivar), len(flux)),
+        },
     ]
     for row in rows:
         row["device"] = host
-    report(f"astro encode throughput on {device} ({torch.get_num_threads()} threads)",
-           {"tokenizer": "{tokenizer}", "batch": "{batch}", "objects/s": "{objects_per_s:,.0f}",
-            "device": "{device}"}, rows, args.out)
+    report(
+        f"astro encode throughput on {device} ({torch.get_num_threads()} threads)",
+        {"tokenizer": "{tokenizer}", "batch": "{batch}", "objects/s": "{objects_per_s:,.0f}", "device": "{device}"},
+        rows,
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -35,19 +35,21 @@ SNAPSHOT = HW * HW * 4  # bytes
 
 def smooth_fields(rng: np.random.Generator, n: int) -> np.ndarray:
     """n smooth random [128, 128] fields (a few Fourier modes): cheap to make, compress like real data would not."""
-    y, x = np.meshgrid(np.linspace(0, 2 * np.pi, HW, endpoint=False), np.linspace(0, 2 * np.pi, HW, endpoint=False),
-                       indexing="ij")
+    y, x = np.meshgrid(
+        np.linspace(0, 2 * np.pi, HW, endpoint=False), np.linspace(0, 2 * np.pi, HW, endpoint=False), indexing="ij"
+    )
     k = rng.integers(1, 6, size=(n, 2, 1, 1))
     phase = rng.uniform(0, 2 * np.pi, size=(n, 1, 1))
     return (np.sin(k[:, 0] * x + phase) * np.cos(k[:, 1] * y) + 0.1 * rng.standard_normal((n, HW, HW))).astype(
-        np.float32)
+        np.float32
+    )
 
 
 def make_file(fmt: str, gb: float, folder: Path) -> Path:
     import h5py
 
     n_snap = int(gb * 2**30 / SNAPSHOT)
-    path = folder / f"fields_{gb:g}gb.{ 'hdf5' if fmt == 'hdf5' else 'npy'}"
+    path = folder / f"fields_{gb:g}gb.{'hdf5' if fmt == 'hdf5' else 'npy'}"
     if path.exists():
         return path
     rng = np.random.default_rng(0)
@@ -56,14 +58,15 @@ def make_file(fmt: str, gb: float, folder: Path) -> Path:
         n_traj = max(3, n_snap // (2 * N_T))
         with h5py.File(tmp, "w") as f:
             for name in ("u", "v"):
-                ds = f.create_dataset(f"t0_fields/{name}", shape=(n_traj, N_T, HW, HW), dtype="f4",
-                                      chunks=(1, 1, HW, HW))
+                ds = f.create_dataset(
+                    f"t0_fields/{name}", shape=(n_traj, N_T, HW, HW), dtype="f4", chunks=(1, 1, HW, HW)
+                )
                 for traj in range(n_traj):
                     ds[traj] = smooth_fields(rng, N_T)
     else:
         a = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_snap, HW, HW))
         for start in range(0, n_snap, 1024):
-            a[start:start + 1024] = smooth_fields(rng, min(1024, n_snap - start))
+            a[start : start + 1024] = smooth_fields(rng, min(1024, n_snap - start))
         a.flush()
         del a
     os.replace(tmp, path)
@@ -101,9 +104,13 @@ def measure_loader(fmt: str, path: str, workers: int, batches: int, data_dir: st
 
     gc.collect()
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest worker (shared pages included)
-    return {"setup_s": t_setup, "first_batch_s": t_first, "samples_per_s": rate,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "worker_peak_rss_mb": children / 1024 if workers else float("nan")}
+    return {
+        "setup_s": t_setup,
+        "first_batch_s": t_first,
+        "samples_per_s": rate,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "worker_peak_rss_mb": children / 1024 if workers else float("nan"),
+    }
 
 
 def measure_tokens(path: str, data_dir: str, batches: int) -> dict:
@@ -117,9 +124,16 @@ def measure_tokens(path: str, data_dir: str, batches: int) -> dict:
 
     keep_freed_memory()  # as train.py does
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "experiment=field_transformer", "data/field_source@data.source=hdf5", f"data.source.path={path}",
-            'data.train_tokenizer.overrides=["debug=fast","model.tokenizer.ch=8"]', f"paths.data_dir={data_dir}"])
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=field_transformer",
+                "data/field_source@data.source=hdf5",
+                f"data.source.path={path}",
+                'data.train_tokenizer.overrides=["debug=fast","model.tokenizer.ch=8"]',
+                f"paths.data_dir={data_dir}",
+            ],
+        )
     dm = instantiate(cfg.data)
     dm.prepare_data()  # the tokenizer's training: another process, not in this one's peak
     t0 = time.perf_counter()
@@ -130,8 +144,13 @@ def measure_tokens(path: str, data_dir: str, batches: int) -> dict:
         next(it)
     val = next(iter(dm.val_dataloader()))
     future = dm.evaluator.frames[val["dst"]]
-    return {"frames": len(dm.evaluator.frames), "encode_s": t_setup, "frames_per_s": len(dm.evaluator.frames) / t_setup,
-            "eval_fields": list(future.shape), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "frames": len(dm.evaluator.frames),
+        "encode_s": t_setup,
+        "frames_per_s": len(dm.evaluator.frames) / t_setup,
+        "eval_fields": list(future.shape),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def drop_page_cache() -> bool:
@@ -157,11 +176,23 @@ def train_peak_rss(fmt: str, path: Path, data_dir: Path) -> dict:
     """Peak RSS (MB) and wall time of `train.py experiment=phaedra debug=fast` on the file."""
     data = "fields_hdf5" if fmt == "hdf5" else "fields_npy"
     extra = [] if fmt == "hdf5" else ["data.source.layout=NHW"]
-    cmd = [sys.executable, "train.py", "experiment=phaedra", "debug=fast", f"data={data}", f"data.source.path={path}",
-           *extra, f"paths.data_dir={data_dir}", "logger=none", f"hydra.run.dir={data_dir}/run-{path.stem}-{fmt}"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "experiment=phaedra",
+        "debug=fast",
+        f"data={data}",
+        f"data.source.path={path}",
+        *extra,
+        f"paths.data_dir={data_dir}",
+        "logger=none",
+        f"hydra.run.dir={data_dir}/run-{path.stem}-{fmt}",
+    ]
     # a fresh wrapper process whose only child is the run: its RUSAGE_CHILDREN peak is the run's
-    wrapper = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
-               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
+    wrapper = (
+        "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)"
+    )
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
@@ -178,14 +209,21 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--dir", default="/tmp/scitok_bench_data")
     parser.add_argument("--no-train", action="store_true", help="skip the debug=fast training runs")
-    parser.add_argument("--cold", action="store_true",
-                        help="empty the page cache before each measurement (root): reads come from the disk")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="empty the page cache before each measurement (root): reads come from the disk",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "data.json"))
-    parser.add_argument("--child", nargs=5, metavar=("FMT", "PATH", "WORKERS", "BATCHES", "DATA_DIR"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=5, metavar=("FMT", "PATH", "WORKERS", "BATCHES", "DATA_DIR"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--make", nargs=3, metavar=("FMT", "GB", "DIR"), help=argparse.SUPPRESS)
-    parser.add_argument("--tokens", action="store_true",
-                        help="the field token pipeline (field_transformer's data) on the HDF5 files instead")
+    parser.add_argument(
+        "--tokens",
+        action="store_true",
+        help="the field token pipeline (field_transformer's data) on the HDF5 files instead",
+    )
     parser.add_argument("--tokens-child", nargs=2, metavar=("PATH", "DATA_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tokens_child:
@@ -210,11 +248,17 @@ def main() -> None:
             t0 = time.perf_counter()
             # in a process of its own: writing through a memory map makes a process's peak RSS the file's size,
             # and Linux passes a parent's peak on to the children it forks (ru_maxrss survives fork and exec)
-            made = subprocess.run([sys.executable, __file__, "--make", fmt, str(gb), str(folder)], check=True,
-                                  capture_output=True, text=True, cwd=ROOT)
+            made = subprocess.run(
+                [sys.executable, __file__, "--make", fmt, str(gb), str(folder)],
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            )
             path = Path(made.stdout.strip().splitlines()[-1])
-            print(f"{path} ({path.stat().st_size / 2**30:.2f} GB) ready in {time.perf_counter() - t0:.0f} s",
-                  flush=True)
+            print(
+                f"{path} ({path.stat().st_size / 2**30:.2f} GB) ready in {time.perf_counter() - t0:.0f} s", flush=True
+            )
             data_dir = folder / f"cache-{path.stem}-{fmt}"
             for f in data_dir.glob("stats/*.json"):
                 f.unlink()  # the first run computes the statistics: measured
@@ -222,16 +266,36 @@ def main() -> None:
             train = {} if args.no_train else train_peak_rss(fmt, path, data_dir)
             for workers in args.workers:
                 row = run_child([fmt, str(path), str(workers), str(args.batches), str(data_dir)], args.cold)
-                rows.append({"format": fmt, "gb": gb, "workers": workers, "cold": args.cold, "stats_s": cold["setup_s"],
-                             **row, **{k: train.get(k, float("nan")) for k in ("train_peak_rss_mb", "train_wall_s")}})
+                rows.append(
+                    {
+                        "format": fmt,
+                        "gb": gb,
+                        "workers": workers,
+                        "cold": args.cold,
+                        "stats_s": cold["setup_s"],
+                        **row,
+                        **{k: train.get(k, float("nan")) for k in ("train_peak_rss_mb", "train_wall_s")},
+                    }
+                )
                 print(rows[-1], flush=True)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    report(f"Field data loading (batch 16 of 128×128, {machine}, {'cold' if args.cold else 'warm'} page cache)",
-           {"format": "{format}", "GB": "{gb:g}", "workers": "{workers}", "stats pass s": "{stats_s:.1f}",
-            "first batch s": "{first_batch_s:.2f}", "samples/s": "{samples_per_s:.0f}",
-            "loader peak RSS MB": "{peak_rss_mb:.0f}", "workers' peak RSS MB": "{worker_peak_rss_mb:.0f}",
-            "debug=fast run peak RSS MB": "{train_peak_rss_mb:.0f}", "debug=fast run s": "{train_wall_s:.0f}"},
-           rows, args.out)
+    report(
+        f"Field data loading (batch 16 of 128×128, {machine}, {'cold' if args.cold else 'warm'} page cache)",
+        {
+            "format": "{format}",
+            "GB": "{gb:g}",
+            "workers": "{workers}",
+            "stats pass s": "{stats_s:.1f}",
+            "first batch s": "{first_batch_s:.2f}",
+            "samples/s": "{samples_per_s:.0f}",
+            "loader peak RSS MB": "{peak_rss_mb:.0f}",
+            "workers' peak RSS MB": "{worker_peak_rss_mb:.0f}",
+            "debug=fast run peak RSS MB": "{train_peak_rss_mb:.0f}",
+            "debug=fast run s": "{train_wall_s:.0f}",
+        },
+        rows,
+        args.out,
+    )
 
 
 def tokens_table(args: argparse.Namespace, folder: Path) -> None:
@@ -239,23 +303,40 @@ def tokens_table(args: argparse.Namespace, folder: Path) -> None:
 
     rows = []
     for gb in args.sizes:
-        made = subprocess.run([sys.executable, __file__, "--make", "hdf5", str(gb), str(folder)], check=True,
-                              capture_output=True, text=True, cwd=ROOT)
+        made = subprocess.run(
+            [sys.executable, __file__, "--make", "hdf5", str(gb), str(folder)],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         path = Path(made.stdout.strip().splitlines()[-1])
         data_dir = folder / f"tokens-{path.stem}"
         for f in data_dir.glob("tokens/*.npz"):
             f.unlink()  # the encoding is what is measured
-        out = subprocess.run([sys.executable, __file__, "--batches", str(args.batches), "--tokens-child", str(path),
-                              str(data_dir)], capture_output=True, text=True, cwd=ROOT)
+        out = subprocess.run(
+            [sys.executable, __file__, "--batches", str(args.batches), "--tokens-child", str(path), str(data_dir)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         if out.returncode:
             raise RuntimeError(out.stderr[-3000:])
         rows.append({"gb": gb, **json.loads(out.stdout.strip().splitlines()[-1])})
         print(rows[-1], flush=True)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    report(f"Field token pipeline on HDF5 files of 2 variables × 64 snapshots of 128² per trajectory ({machine})",
-           {"GB": "{gb:g}", "snapshots": "{frames}", "setup s (encoding)": "{encode_s:.0f}",
-            "snapshots/s": "{frames_per_s:.0f}", "peak RSS MB": "{peak_rss_mb:.0f}"}, rows,
-           str(Path(args.out).with_name("data_tokens.json")))
+    report(
+        f"Field token pipeline on HDF5 files of 2 variables × 64 snapshots of 128² per trajectory ({machine})",
+        {
+            "GB": "{gb:g}",
+            "snapshots": "{frames}",
+            "setup s (encoding)": "{encode_s:.0f}",
+            "snapshots/s": "{frames_per_s:.0f}",
+            "peak RSS MB": "{peak_rss_mb:.0f}",
+        },
+        rows,
+        str(Path(args.out).with_name("data_tokens.json")),
+    )
 
 
 if __name__ == "__main__":

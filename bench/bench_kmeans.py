@@ -88,23 +88,43 @@ def main() -> None:
     rows = []
     for k in args.ks:
         sk, t_sk = timed(lambda k=k: MiniBatchKMeans(k, random_state=0, n_init=1, batch_size=4096).fit(x.numpy()))
-        rows.append({"method": "sklearn MiniBatchKMeans (cpu)", "k": k, "seconds": t_sk,
-                     "inertia": inertia(x, torch.as_tensor(sk.cluster_centers_, dtype=torch.float32))})
+        rows.append(
+            {
+                "method": "sklearn MiniBatchKMeans (cpu)",
+                "k": k,
+                "seconds": t_sk,
+                "inertia": inertia(x, torch.as_tensor(sk.cluster_centers_, dtype=torch.float32)),
+            }
+        )
         for dev in dict.fromkeys(["cpu", device]):
             xd = x.to(dev)
-            for name, kwargs in (("torch Lloyd", {}), ("torch Lloyd, 15 steps, 64/cluster", FAST),
-                                 ("torch mini-batch", {"batch_size": 4096, "iters": 300})):
+            for name, kwargs in (
+                ("torch Lloyd", {}),
+                ("torch Lloyd, 15 steps, 64/cluster", FAST),
+                ("torch mini-batch", {"batch_size": 4096, "iters": 300}),
+            ):
                 res, t = timed(lambda k=k, kwargs=kwargs, xd=xd: fit_kmeans(xd, k, **kwargs))
-                rows.append({"method": f"{name} ({dev})", "k": k, "inertia": inertia(x, res.centroids.cpu()),
-                             "seconds": t})
+                rows.append(
+                    {"method": f"{name} ({dev})", "k": k, "inertia": inertia(x, res.centroids.cpu()), "seconds": t}
+                )
     for row in rows:
         ref = next(r for r in rows if r["k"] == row["k"] and r["method"].startswith("sklearn"))
         row["vs_sklearn"] = row["inertia"] / ref["inertia"]
         row["speedup"] = ref["seconds"] / row["seconds"]
         row["device"] = torch.cuda.get_device_name() if "cuda" in row["method"] else platform.processor() or "cpu"
-    report(f"k-means on {len(x)} vectors of dimension {x.shape[1]}" + (" (galaxy latents)" if args.latents else ""),
-           {"method": "{method}", "K": "{k}", "inertia": "{inertia:.4g}", "inertia / sklearn": "{vs_sklearn:.4f}",
-            "seconds": "{seconds:.2f}", "speed-up": "{speedup:.1f}x"}, rows, args.out)
+    report(
+        f"k-means on {len(x)} vectors of dimension {x.shape[1]}" + (" (galaxy latents)" if args.latents else ""),
+        {
+            "method": "{method}",
+            "K": "{k}",
+            "inertia": "{inertia:.4g}",
+            "inertia / sklearn": "{vs_sklearn:.4f}",
+            "seconds": "{seconds:.2f}",
+            "speed-up": "{speedup:.1f}x",
+        },
+        rows,
+        args.out,
+    )
 
 
 if __name__ == "__main__":

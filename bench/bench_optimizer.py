@@ -70,15 +70,34 @@ def main() -> None:
                 fwd_bwd.append(t1 - t0)
                 step.append(t2 - t1)
         f, s = statistics.median(fwd_bwd), statistics.median(step)
-        rows.append({"model": args.model, "params_M": n_params / 1e6, "tensors": n_tensors, "foreach": foreach,
-                     "fwd_bwd_ms": 1000 * f, "optimizer_ms": 1000 * s, "optimizer_share_pct": 100 * s / (f + s),
-                     "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-                     "threads": torch.get_num_threads(), "batch": args.batch, "resolution": args.resolution})
+        rows.append(
+            {
+                "model": args.model,
+                "params_M": n_params / 1e6,
+                "tensors": n_tensors,
+                "foreach": foreach,
+                "fwd_bwd_ms": 1000 * f,
+                "optimizer_ms": 1000 * s,
+                "optimizer_share_pct": 100 * s / (f + s),
+                "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                "threads": torch.get_num_threads(),
+                "batch": args.batch,
+                "resolution": args.resolution,
+            }
+        )
         print(rows[-1], flush=True)
-    report(f"AdEMAMix share of a step ({args.model}, {n_params / 1e6:.1f}M parameters in {n_tensors} tensors, "
-           f"batch {args.batch} of {args.resolution}², {rows[0]['device']})",
-           {"foreach": "{foreach}", "fwd+bwd (ms)": "{fwd_bwd_ms:.0f}", "optimizer (ms)": "{optimizer_ms:.1f}",
-            "optimizer share (%)": "{optimizer_share_pct:.2f}"}, rows, args.out)
+    report(
+        f"AdEMAMix share of a step ({args.model}, {n_params / 1e6:.1f}M parameters in {n_tensors} tensors, "
+        f"batch {args.batch} of {args.resolution}², {rows[0]['device']})",
+        {
+            "foreach": "{foreach}",
+            "fwd+bwd (ms)": "{fwd_bwd_ms:.0f}",
+            "optimizer (ms)": "{optimizer_ms:.1f}",
+            "optimizer share (%)": "{optimizer_share_pct:.2f}",
+        },
+        rows,
+        args.out,
+    )
 
 
 if __name__ == "__main__":

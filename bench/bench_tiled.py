@@ -34,8 +34,13 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--tile-batches", type=int, nargs="+", default=[1, 2, 4, 8],
-                        help="tiles per encoder/decoder call to compare (model.tokenizer.tile_batch)")
+    parser.add_argument(
+        "--tile-batches",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4, 8],
+        help="tiles per encoder/decoder call to compare (model.tokenizer.tile_batch)",
+    )
     parser.add_argument("--ckpt", default=None, help="a trained SVQVAE checkpoint: also measure tiling quality")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "tiled.json"))
     args = parser.parse_args()
@@ -49,8 +54,10 @@ def main() -> None:
     rows = []
     for tile_batch in args.tile_batches:
         model.tile_batch = tile_batch
-        for name, fn in (("encode_tiled", lambda: model.encode_tiled(x, args.tile, args.overlap)),
-                         ("reconstruct_tiled", lambda: model.reconstruct_tiled(x, args.tile, args.overlap))):
+        for name, fn in (
+            ("encode_tiled", lambda: model.encode_tiled(x, args.tile, args.overlap)),
+            ("reconstruct_tiled", lambda: model.reconstruct_tiled(x, args.tile, args.overlap)),
+        ):
             with torch.no_grad():
                 fn()  # warm-up
                 if device == "cuda":
@@ -61,16 +68,33 @@ def main() -> None:
                 if device == "cuda":
                     torch.cuda.synchronize()
             seconds = (time.perf_counter() - start) / args.repeats
-            rows.append({"op": name, "tile_batch": tile_batch, "model": args.model,
-                         "image": f"{args.height}x{args.width}", "tile": args.tile, "overlap": args.overlap,
-                         "seconds": seconds, "megapixels_per_s": megapixels / seconds, "device": device,
-                         "threads": torch.get_num_threads()})
+            rows.append(
+                {
+                    "op": name,
+                    "tile_batch": tile_batch,
+                    "model": args.model,
+                    "image": f"{args.height}x{args.width}",
+                    "tile": args.tile,
+                    "overlap": args.overlap,
+                    "seconds": seconds,
+                    "megapixels_per_s": megapixels / seconds,
+                    "device": device,
+                    "threads": torch.get_num_threads(),
+                }
+            )
             print(rows[-1], flush=True)
-    report(f"SVQVAE tiled throughput ({args.model}, {args.height}×{args.width}, tile {args.tile}, "
-           f"overlap {args.overlap})",
-           {"op": "{op}", "tile batch": "{tile_batch}", "seconds": "{seconds:.2f}", "MP/s": "{megapixels_per_s:.3f}",
-            "device": "{device}"},
-           rows, args.out)
+    report(
+        f"SVQVAE tiled throughput ({args.model}, {args.height}×{args.width}, tile {args.tile}, overlap {args.overlap})",
+        {
+            "op": "{op}",
+            "tile batch": "{tile_batch}",
+            "seconds": "{seconds:.2f}",
+            "MP/s": "{megapixels_per_s:.3f}",
+            "device": "{device}",
+        },
+        rows,
+        args.out,
+    )
 
 
 def quality(args: argparse.Namespace) -> None:
@@ -89,14 +113,21 @@ def quality(args: argparse.Namespace) -> None:
         tiled = model.reconstruct_tiled(x, args.tile, args.overlap)[1.0][0]
         untiled = model(x[..., : x.shape[-2] // f * f, : x.shape[-1] // f * f]).recon
     crop = (..., slice(0, untiled.shape[-2]), slice(0, untiled.shape[-1]))
-    row = {"tile": args.tile, "overlap": args.overlap, "mae_tiled": float((tiled - x).abs().mean()),
-           "mae_untiled": float((untiled - x[crop]).abs().mean()),
-           "mae_tiled_vs_untiled": float((tiled[crop] - untiled).abs().mean()),
-           "seam_cols": seam_ratio(tiled, args.tile, args.overlap, f, -1),
-           "seam_rows": seam_ratio(tiled, args.tile, args.overlap, f, -2)}
-    report(f"SVQVAE tiling quality ({args.ckpt}, coffee at {args.height}×{args.width})",
-           {k: "{" + k + (":.4f}" if k.startswith(("mae", "seam")) else "}") for k in row}, [row],
-           str(Path(args.out).with_name("tiled_quality.json")))
+    row = {
+        "tile": args.tile,
+        "overlap": args.overlap,
+        "mae_tiled": float((tiled - x).abs().mean()),
+        "mae_untiled": float((untiled - x[crop]).abs().mean()),
+        "mae_tiled_vs_untiled": float((tiled[crop] - untiled).abs().mean()),
+        "seam_cols": seam_ratio(tiled, args.tile, args.overlap, f, -1),
+        "seam_rows": seam_ratio(tiled, args.tile, args.overlap, f, -2),
+    }
+    report(
+        f"SVQVAE tiling quality ({args.ckpt}, coffee at {args.height}×{args.width})",
+        {k: "{" + k + (":.4f}" if k.startswith(("mae", "seam")) else "}") for k in row},
+        [row],
+        str(Path(args.out).with_name("tiled_quality.json")),
+    )
 
 
 if __name__ == "__main__":

@@ -74,30 +74,51 @@ def measure_peak() -> tuple[float, str]:
     return 2 * n**3 / best, f"{'bf16' if cuda else 'fp32'} matmul {n}², {torch.get_num_threads()} threads"
 
 
-PAPER = {"phaedra_paper": ["data.batch_size=2", "data.source.n_traj=6", "data.source.n_frames=4"],
-         "svqvae_paper": ["data.batch_size=2"]}
+PAPER = {
+    "phaedra_paper": ["data.batch_size=2", "data.source.n_traj=6", "data.source.n_frames=4"],
+    "svqvae_paper": ["data.batch_size=2"],
+}
 
 
 def bench(experiment: str, steps: int, warmup: int, data_dir: str, extra: list[str]) -> dict:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}", f"paths.data_dir={data_dir}",
-                                          f"paths.output_dir={tempfile.mkdtemp()}", *extra])
+        cfg = compose(
+            "train",
+            overrides=[
+                f"experiment={experiment}",
+                f"paths.data_dir={data_dir}",
+                f"paths.output_dir={tempfile.mkdtemp()}",
+                *extra,
+            ],
+        )
     if cfg.keep_freed_memory:  # as train.py does
         keep_freed_memory()
     L.seed_everything(0, verbose=False)
     dm = instantiate(cfg.data)
     module = instantiate(cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, _recursive_=False)
     timer = StepTimer(warmup)
-    trainer = L.Trainer(accelerator=cfg.trainer.accelerator, precision=cfg.trainer.precision, devices=1,
-                        max_steps=warmup + steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        gradient_clip_val=cfg.trainer.gradient_clip_val, callbacks=[timer])
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        precision=cfg.trainer.precision,
+        devices=1,
+        max_steps=warmup + steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=cfg.trainer.gradient_clip_val,
+        callbacks=[timer],
+    )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     trainer.fit(module, datamodule=dm)
     step = sum(timer.times) / len(timer.times)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # this process runs one experiment
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if torch.cuda.is_available()
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )  # this process runs one experiment
     flops = getattr(module, "flops_per_batch", None)
     return {
         "experiment": experiment,
@@ -116,8 +137,9 @@ def bench(experiment: str, steps: int, warmup: int, data_dir: str, extra: list[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiments", nargs="+",
-                        default=["phaedra", "fsq", "eeg", "eeg_snake", "eeg_film", "svqvae"])
+    parser.add_argument(
+        "--experiments", nargs="+", default=["phaedra", "fsq", "eeg", "eeg_snake", "eeg_film", "svqvae"]
+    )
     parser.add_argument("--paper", action="store_true", help="also the paper configs, at batch 2")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
@@ -143,13 +165,25 @@ def main() -> None:
         row["peak_fraction_pct"] = 100 * row["achieved_gflops"] * 1e9 / peak
         row["peak_gflops"], row["peak_kind"] = peak / 1e9, peak_what
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    report(f"training throughput ({args.steps} timed steps after {args.warmup} warm-up) · {machine} · "
-           f"measured peak {peak / 1e9:.0f} GFLOP/s ({peak_what})",
-           {"experiment": "{experiment}", "batch": "{batch_size}", "params (M)": "{params_M:.2f}",
-            "step (ms)": "{step_ms:.0f}", "samples/s": "{samples_per_s_text}",
-            "GFLOP/sample": "{gflop_per_sample:.3f}", "GFLOP/s": "{achieved_gflops:.1f}",
-            "% of peak": "{peak_fraction_pct:.0f}", "peak mem (MiB)": "{peak_mem_MiB:.0f}",
-            "precision": "{precision}", "device": "{device}"}, rows, args.out)
+    report(
+        f"training throughput ({args.steps} timed steps after {args.warmup} warm-up) · {machine} · "
+        f"measured peak {peak / 1e9:.0f} GFLOP/s ({peak_what})",
+        {
+            "experiment": "{experiment}",
+            "batch": "{batch_size}",
+            "params (M)": "{params_M:.2f}",
+            "step (ms)": "{step_ms:.0f}",
+            "samples/s": "{samples_per_s_text}",
+            "GFLOP/sample": "{gflop_per_sample:.3f}",
+            "GFLOP/s": "{achieved_gflops:.1f}",
+            "% of peak": "{peak_fraction_pct:.0f}",
+            "peak mem (MiB)": "{peak_mem_MiB:.0f}",
+            "precision": "{precision}",
+            "device": "{device}",
+        },
+        rows,
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,9 @@ def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048, repeats: int = 1
     return 2 * n**3 / best
 
 
-def train_throughput(model: Transformer, batch: int, context: int, steps: int, device: str,
-                     autocast: torch.dtype | None) -> float:
+def train_throughput(
+    model: Transformer, batch: int, context: int, steps: int, device: str, autocast: torch.dtype | None
+) -> float:
     """Tokens/s of forward + backward + AdamW step on random tokens."""
     cfg = model.config
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -97,8 +98,14 @@ def main() -> None:
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     autocast = torch.bfloat16 if device == "cuda" else None  # bf16 on CPU is hundreds of times slower here
-    cfg = TransformerConfig(vocab_size=args.vocab, n_types=8, max_len=args.context, d_model=args.d_model,
-                            n_layers=args.layers, n_heads=args.heads)
+    cfg = TransformerConfig(
+        vocab_size=args.vocab,
+        n_types=8,
+        max_len=args.context,
+        d_model=args.d_model,
+        n_layers=args.layers,
+        n_heads=args.heads,
+    )
     model = Transformer(cfg).to(device)
     n_params = sum(p.numel() for p in model.parameters())  # the tied head is counted once
     # matmul parameters: everything but the type/position lookups (the token table is also the LM head's weight)
@@ -108,24 +115,50 @@ def main() -> None:
     trained = torch.compile(model) if args.compile else model
     tokens_per_s = train_throughput(trained, args.batch, args.context, args.steps, device, autocast)
     host = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    train_row = {"params_M": n_params / 1e6, "context": args.context, "batch": args.batch,
-                 "tokens_per_s": tokens_per_s, "achieved_gflops": tokens_per_s * flops_per_token / 1e9,
-                 "peak_gflops": peak / 1e9, "mfu": tokens_per_s * flops_per_token / peak, "device": host,
-                 "precision": "bf16-mixed" if autocast else "fp32"}
-    report("transformer training", {"params (M)": "{params_M:.1f}", "context": "{context}", "batch": "{batch}",
-                                    "tokens/s": "{tokens_per_s:,.0f}", "GFLOP/s": "{achieved_gflops:.1f}",
-                                    "peak GFLOP/s": "{peak_gflops:.0f}", "MFU": "{mfu:.1%}",
-                                    "precision": "{precision}", "device": "{device}"},
-           [train_row], args.out)
+    train_row = {
+        "params_M": n_params / 1e6,
+        "context": args.context,
+        "batch": args.batch,
+        "tokens_per_s": tokens_per_s,
+        "achieved_gflops": tokens_per_s * flops_per_token / 1e9,
+        "peak_gflops": peak / 1e9,
+        "mfu": tokens_per_s * flops_per_token / peak,
+        "device": host,
+        "precision": "bf16-mixed" if autocast else "fp32",
+    }
+    report(
+        "transformer training",
+        {
+            "params (M)": "{params_M:.1f}",
+            "context": "{context}",
+            "batch": "{batch}",
+            "tokens/s": "{tokens_per_s:,.0f}",
+            "GFLOP/s": "{achieved_gflops:.1f}",
+            "peak GFLOP/s": "{peak_gflops:.0f}",
+            "MFU": "{mfu:.1%}",
+            "precision": "{precision}",
+            "device": "{device}",
+        },
+        [train_row],
+        args.out,
+    )
     model.eval()
     gen_rows = []
     for length in args.lengths:
         n_new = min(32, args.context - length)
-        gen_rows.append({"prompt": length, "cached_ms": per_token_ms(model, length, n_new, True, device),
-                         "uncached_ms": per_token_ms(model, length, n_new, False, device)})
-    report("generation: ms per new token (greedy, batch 1)",
-           {"prompt length": "{prompt}", "with KV cache": "{cached_ms:.2f}", "without": "{uncached_ms:.2f}"},
-           gen_rows, args.out)
+        gen_rows.append(
+            {
+                "prompt": length,
+                "cached_ms": per_token_ms(model, length, n_new, True, device),
+                "uncached_ms": per_token_ms(model, length, n_new, False, device),
+            }
+        )
+    report(
+        "generation: ms per new token (greedy, batch 1)",
+        {"prompt length": "{prompt}", "with KV cache": "{cached_ms:.2f}", "without": "{uncached_ms:.2f}"},
+        gen_rows,
+        args.out,
+    )
     Path(args.out).write_text(json.dumps({"train": train_row, "generation": gen_rows}, indent=2))
 
 

@@ -48,7 +48,7 @@ def split_indices(n: int, split: Sequence[float], seed: int) -> dict[str, torch.
     n_val = max(1, round(split[1] * n))
     n_test = max(1, round(split[2] * n))
     n_train = n - n_val - n_test
-    parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+    parts = {"train": order[:n_train], "val": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
     return {name: idx.sort().values for name, idx in parts.items()}
 
 
@@ -94,9 +94,9 @@ class EpochSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         order = self.epoch_order(torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
         if self.world > 1:
-            order = order[self.rank::self.world][:len(self)]
+            order = order[self.rank :: self.world][: len(self)]
         if self._resume is not None and self._resume[0] == self.epoch:
-            order = order[self._resume[1]:]
+            order = order[self._resume[1] :]
         self._resume = None
         return iter(order)
 
@@ -138,11 +138,11 @@ def batch_is_ready(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
-
 def file_stamp(path: Path) -> dict:
     """What a cache keyed by a file remembers of it: its resolved path, size and modification time."""
     stat = path.stat()
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
 
 class SplitDataModule(L.LightningDataModule):
     """Loaders over `self.splits` (train/val/test datasets with __getitems__, lazy or in memory) and an exactly
@@ -151,8 +151,15 @@ class SplitDataModule(L.LightningDataModule):
     Subclasses fill `self.splits` in setup() and implement `make_train_sampler()` and `metadata`.
     """
 
-    def __init__(self, adapter: BatchAdapter, batch_size: int, eval_batch_size: int | None, split: Sequence[float],
-                 seed: int, num_workers: int):
+    def __init__(
+        self,
+        adapter: BatchAdapter,
+        batch_size: int,
+        eval_batch_size: int | None,
+        split: Sequence[float],
+        seed: int,
+        num_workers: int,
+    ):
         super().__init__()
         self.adapter = adapter
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
@@ -186,8 +193,14 @@ class SplitDataModule(L.LightningDataModule):
         if self._resume_state is not None:
             self.train_sampler.resume(self._resume_state["epoch"], self._resume_state["batches_done"] * self.batch_size)
             self._resume_state = None
-        return DataLoader(self.splits["train"], batch_size=self.batch_size, sampler=self.train_sampler,
-                          drop_last=True, collate_fn=batch_is_ready, **self.worker_options())
+        return DataLoader(
+            self.splits["train"],
+            batch_size=self.batch_size,
+            sampler=self.train_sampler,
+            drop_last=True,
+            collate_fn=batch_is_ready,
+            **self.worker_options(),
+        )
 
     def eval_loader(self, split: str, batch_size: int | None = None, shard: bool = False) -> DataLoader:
         """The samples of `split` in their fixed order (also "train": stage-2 fits read it without shuffling).
@@ -196,8 +209,14 @@ class SplitDataModule(L.LightningDataModule):
         dataset = self.splits[split]
         rank, world = self.rank_and_world() if shard else (0, 1)
         sampler = range(rank, len(dataset), world) if world > 1 else None
-        return DataLoader(dataset, batch_size=batch_size or self.eval_batch_size, sampler=sampler, shuffle=False,
-                          collate_fn=batch_is_ready, **self.worker_options())
+        return DataLoader(
+            dataset,
+            batch_size=batch_size or self.eval_batch_size,
+            sampler=sampler,
+            shuffle=False,
+            collate_fn=batch_is_ready,
+            **self.worker_options(),
+        )
 
     def worker_options(self) -> dict:
         """num_workers processes read batches ahead; they live as long as the loader (persistent: no restart at
@@ -216,8 +235,10 @@ class SplitDataModule(L.LightningDataModule):
         """Where the train pass stands (Lightning's own count of batches done in this epoch), for exact resume."""
         if self.trainer is None or self.train_sampler is None:
             return {}
-        return {"epoch": self.train_sampler.epoch,
-                "batches_done": int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)}
+        return {
+            "epoch": self.train_sampler.epoch,
+            "batches_done": int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed),
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume_state = dict(state) or None

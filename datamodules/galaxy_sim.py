@@ -35,8 +35,19 @@ LSST_M5 = {"u": 23.9, "g": 25.0, "r": 24.7, "i": 24.0, "z": 23.3, "y": 22.1}  # 
 SDSS_BANDS = ("u", "g", "r", "i", "z")
 NMGY_CGS = 3.631e-29  # 1 nanomaggy in erg/s/cm²/Hz
 C_ANGSTROM = 2.99792458e18  # c in Å/s
-CATALOG_COLUMNS = ("redshift", "mag_u", "mag_g", "mag_r", "mag_i", "mag_z", "mag_j", "mag_h", "mag_k",
-                   "flux_nuv", "flux_fuv")
+CATALOG_COLUMNS = (
+    "redshift",
+    "mag_u",
+    "mag_g",
+    "mag_r",
+    "mag_i",
+    "mag_z",
+    "mag_j",
+    "mag_h",
+    "mag_k",
+    "flux_nuv",
+    "flux_fuv",
+)
 
 
 def catalog_path() -> Path:
@@ -80,8 +91,11 @@ def _bandpass(name: str) -> tuple[np.ndarray, np.ndarray]:
         import kcorrect
 
         path = Path(kcorrect.KCORRECT_DIR) / "data" / "responses" / f"{name}.dat"
-        cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in path.read_text().splitlines()
-                 if line.lstrip().startswith("|")]
+        cells = [
+            [c.strip() for c in line.strip().strip("|").split("|")]
+            for line in path.read_text().splitlines()
+            if line.lstrip().startswith("|")
+        ]
         column = cells[0].index("pass")  # throughput at airmass 1.3, as in the SDSS catalog
         table = np.array([[float(r[0]), float(r[column])] for r in cells[1:]])
         return table[:, 0], table[:, 1].clip(0)
@@ -99,15 +113,17 @@ def fit_seds(cat: dict[str, np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, 
     maggies = cat["MODELFLUX"][rows] * 1e-9
     ivar = cat["MODELFLUX_IVAR"][rows] * 1e18
     ivar = np.where(np.isfinite(ivar) & (maggies > 0), ivar, 0.0)
-    coeffs = kc.fit_coeffs(redshift=cat["Z"][rows].astype(np.float32), maggies=maggies.astype(np.float32),
-                           ivar=ivar.astype(np.float32))
+    coeffs = kc.fit_coeffs(
+        redshift=cat["Z"][rows].astype(np.float32), maggies=maggies.astype(np.float32), ivar=ivar.astype(np.float32)
+    )
     wave = np.asarray(kc.templates.wave, np.float64)
     keep = (wave > 900) & (wave < 30000)
     return wave[keep], coeffs.astype(np.float64) @ np.asarray(kc.templates.flux, np.float64)[:, keep]
 
 
-def observed(rest_wave: np.ndarray, rest_sed: np.ndarray, z: np.ndarray, r_nmgy: np.ndarray,
-             grid: np.ndarray) -> np.ndarray:
+def observed(
+    rest_wave: np.ndarray, rest_sed: np.ndarray, z: np.ndarray, r_nmgy: np.ndarray, grid: np.ndarray
+) -> np.ndarray:
     """Observed-frame f_λ on `grid` [G] in erg/s/cm²/Å, [n, G], scaled to the catalog's SDSS r flux."""
     r_wave, r_t = _bandpass("sdss_r0")
     out = np.empty((len(z), len(grid)))
@@ -127,8 +143,9 @@ def gaussian_blur_1d(x: np.ndarray, sigma_pixels: float) -> np.ndarray:
     return np.apply_along_axis(lambda row: np.convolve(row, k, mode="valid"), -1, padded)
 
 
-def render_images(params: dict[str, np.ndarray], size: int, pixel_scale: float, bands: tuple[str, ...],
-                  rows: range) -> np.ndarray:
+def render_images(
+    params: dict[str, np.ndarray], size: int, pixel_scale: float, bands: tuple[str, ...], rows: range
+) -> np.ndarray:
     """GalSim images [len(rows), bands, size, size] in nanomaggies per pixel, noise-free."""
     import galsim
 
@@ -136,8 +153,9 @@ def render_images(params: dict[str, np.ndarray], size: int, pixel_scale: float, 
     for j, i in enumerate(rows):
         q_beta = params["theta"][i] * galsim.radians
         disk = galsim.Exponential(half_light_radius=params["disk_hlr"][i]).shear(q=params["disk_q"][i], beta=q_beta)
-        bulge = galsim.DeVaucouleurs(half_light_radius=params["bulge_hlr"][i]).shear(q=params["bulge_q"][i],
-                                                                                     beta=q_beta)
+        bulge = galsim.DeVaucouleurs(half_light_radius=params["bulge_hlr"][i]).shear(
+            q=params["bulge_q"][i], beta=q_beta
+        )
         for b in range(len(bands)):
             flux, bt = params["flux"][i, b], params["bulge_fraction"][i, b]
             psf = galsim.Moffat(beta=3.5, fwhm=params["psf_fwhm"][b])
@@ -151,8 +169,16 @@ def _render_chunk(args) -> np.ndarray:
     return render_images(*args)
 
 
-def simulate(n_objects: int | None, size: int, bands: tuple[str, ...], pixel_scale: float, spectrum_pixels: int,
-             lsf_sigma: float, seed: int, workers: int) -> dict[str, np.ndarray]:
+def simulate(
+    n_objects: int | None,
+    size: int,
+    bands: tuple[str, ...],
+    pixel_scale: float,
+    spectrum_pixels: int,
+    lsf_sigma: float,
+    seed: int,
+    workers: int,
+) -> dict[str, np.ndarray]:
     """The whole embedded set as arrays (see the module docstring); rows are the first n_objects catalog rows."""
     from astropy.cosmology import Planck18
 
@@ -176,21 +202,29 @@ def simulate(n_objects: int | None, size: int, bands: tuple[str, ...], pixel_sca
     flux = np.clip(flux, 0, None)
 
     rng = np.random.default_rng([seed, 1])  # object parameters: one draw per object, in row order
-    g_r = np.nan_to_num(-2.5 * np.log10(np.clip(cat["MODELFLUX"][rows, 1], 1e-3, None)
-                                        / np.clip(cat["MODELFLUX"][rows, 2], 1e-3, None)), nan=0.7)
+    g_r = np.nan_to_num(
+        -2.5
+        * np.log10(np.clip(cat["MODELFLUX"][rows, 1], 1e-3, None) / np.clip(cat["MODELFLUX"][rows, 2], 1e-3, None)),
+        nan=0.7,
+    )
     bt_r = np.clip(0.15 + 1.0 * (g_r - 0.55), 0.05, 0.8)
     lam_r = eff.get("r", 6200.0)
     bulge_fraction = np.clip(bt_r[:, None] * (np.array([eff[b] for b in bands])[None] / lam_r) ** 0.6, 0.02, 0.95)
     d_a_kpc = Planck18.angular_diameter_distance(np.clip(z, 1e-3, None)).to("kpc").value
-    lum_r = cat["MODELFLUX"][rows, 2].clip(1e-3) * (Planck18.luminosity_distance(np.clip(z, 1e-3, None)).value
-                                                    / 100.0) ** 2
+    lum_r = (
+        cat["MODELFLUX"][rows, 2].clip(1e-3) * (Planck18.luminosity_distance(np.clip(z, 1e-3, None)).value / 100.0) ** 2
+    )
     disk_kpc = 3.0 * (lum_r / np.median(lum_r)) ** 0.3 * rng.lognormal(0.0, 0.3, n)
     disk_hlr = np.clip(disk_kpc / d_a_kpc * 206265.0, 2 * pixel_scale, size * pixel_scale / 5)
     params = {
-        "flux": flux, "bulge_fraction": bulge_fraction, "disk_hlr": disk_hlr,
+        "flux": flux,
+        "bulge_fraction": bulge_fraction,
+        "disk_hlr": disk_hlr,
         "bulge_hlr": np.clip(0.35 * disk_hlr, pixel_scale, None),
-        "disk_q": rng.uniform(0.25, 1.0, n), "bulge_q": rng.uniform(0.6, 1.0, n),
-        "theta": rng.uniform(0, math.pi, n), "offset": rng.normal(0, 0.5, (n, 2)),
+        "disk_q": rng.uniform(0.25, 1.0, n),
+        "bulge_q": rng.uniform(0.6, 1.0, n),
+        "theta": rng.uniform(0, math.pi, n),
+        "offset": rng.normal(0, 0.5, (n, 2)),
         "psf_fwhm": np.array([0.7 * (eff[b] / lam_r) ** -0.2 for b in bands]),
     }
     chunks = [range(s, min(n, s + 256)) for s in range(0, n, 256)]
@@ -202,8 +236,13 @@ def simulate(n_objects: int | None, size: int, bands: tuple[str, ...], pixel_sca
             images = np.concatenate(list(pool.map(_render_chunk, jobs)))
     else:
         images = np.concatenate([_render_chunk(j) for j in jobs])
-    sky = np.array([10 ** ((22.5 - LSST_M5[b]) / 2.5) / (5 * math.sqrt(2.27) * params["psf_fwhm"][k] / pixel_scale)
-                    for k, b in enumerate(bands)], np.float32)  # σ per pixel: 5σ point source over its PSF area
+    sky = np.array(
+        [
+            10 ** ((22.5 - LSST_M5[b]) / 2.5) / (5 * math.sqrt(2.27) * params["psf_fwhm"][k] / pixel_scale)
+            for k, b in enumerate(bands)
+        ],
+        np.float32,
+    )  # σ per pixel: 5σ point source over its PSF area
     noise_rng = np.random.default_rng([seed, 2])
     images += noise_rng.standard_normal(images.shape, dtype=np.float32) * sky[None, :, None, None]
 

@@ -97,8 +97,10 @@ class ImageRef:
             return self.image
         image = to_chw01(read_image(Path(self.origin)), self.origin)
         if tuple(image.shape[1:]) != self.size:
-            raise ValueError(f"{self.origin}: decoded {tuple(image.shape[1:])}, but its header said {self.size}: "
-                             f"the file changed while the run was reading it")
+            raise ValueError(
+                f"{self.origin}: decoded {tuple(image.shape[1:])}, but its header said {self.size}: "
+                f"the file changed while the run was reading it"
+            )
         return image
 
 
@@ -185,7 +187,7 @@ class ImageCrops(Dataset):
         out = torch.empty(len(image), 3, self.crop, self.crop)
         for k in torch.argsort(image, stable=True).tolist():
             t, l = int(top[k]), int(left[k])  # noqa: E741
-            out[k] = self.image(int(image[k]))[:, t:t + self.crop, l:l + self.crop]
+            out[k] = self.image(int(image[k]))[:, t : t + self.crop, l : l + self.crop]
         return out
 
     def __getstate__(self) -> dict:
@@ -231,14 +233,22 @@ class GridCrops(ImageCrops):
 def grid_places(size: tuple[int, int], first_col: int, crop: int) -> list[tuple[int, int]]:
     """(top, left) of the non-overlapping crops on a fixed grid that fit in columns [first_col, W) of an image."""
     h, w = size
-    return [(t, first_col + l) for t in range(0, h - crop + 1, crop)
-            for l in range(0, w - first_col - crop + 1, crop)]  # noqa: E741
+    return [(t, first_col + l) for t in range(0, h - crop + 1, crop) for l in range(0, w - first_col - crop + 1, crop)]  # noqa: E741
 
 
 class ImageDataModule(SplitDataModule):
-    def __init__(self, source, adapter: BatchAdapter | None = None, crop: int = 128, holdout: float = 0.25,
-                 crops_per_image: int = 64, batch_size: int = 16, eval_batch_size: int = 32, seed: int = 0,
-                 num_workers: int = 0):
+    def __init__(
+        self,
+        source,
+        adapter: BatchAdapter | None = None,
+        crop: int = 128,
+        holdout: float = 0.25,
+        crops_per_image: int = 64,
+        batch_size: int = 16,
+        eval_batch_size: int = 32,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
         super().__init__(adapter or ImageAdapter(), batch_size, eval_batch_size, (0.8, 0.1, 0.1), seed, num_workers)
         if not 0 < holdout < 1:
             raise ValueError(f"data.holdout must be a fraction in (0, 1), got {holdout}")
@@ -253,15 +263,21 @@ class ImageDataModule(SplitDataModule):
             # columns from `cut` on are held out: the holdout fraction, and at least one crop wide
             cut = min(int(round(w * (1 - self.holdout))), w - self.crop)
             if min(h, cut) < self.crop or min(h, w - cut) < self.crop:
-                log.warning("%s: %s is too small for %d-pixel training and held-out crops; skipped",
-                            ref.origin, (h, w), self.crop)
+                log.warning(
+                    "%s: %s is too small for %d-pixel training and held-out crops; skipped",
+                    ref.origin,
+                    (h, w),
+                    self.crop,
+                )
                 continue
             evaluation += [(len(refs), t, l) for t, l in grid_places(ref.size, cut, self.crop)]  # noqa: E741
             refs.append(ref)
             sizes.append((h, cut))
         if not refs:
-            raise ValueError(f"no image is large enough for {self.crop}-pixel crops (a training part and a held-out "
-                             f"part of at least one crop each); lower data.crop")
+            raise ValueError(
+                f"no image is large enough for {self.crop}-pixel crops (a training part and a held-out "
+                f"part of at least one crop each); lower data.crop"
+            )
         places = torch.tensor(evaluation)
         self.splits = {
             "train": RandomCrops(refs, torch.tensor(sizes), self.crop),

@@ -43,8 +43,16 @@ def random_field(n_traj: int, n: int, peak_k: float, gen: torch.Generator) -> to
     return f / f.std(dim=(-2, -1), keepdim=True)
 
 
-def navier_stokes(n_traj: int, n: int, n_frames: int, gen: torch.Generator, viscosity: float = 5e-3,
-                  t_end: float = 8.0, dt: float = 0.02, peak_k: float = 4.0) -> torch.Tensor:
+def navier_stokes(
+    n_traj: int,
+    n: int,
+    n_frames: int,
+    gen: torch.Generator,
+    viscosity: float = 5e-3,
+    t_end: float = 8.0,
+    dt: float = 0.02,
+    peak_k: float = 4.0,
+) -> torch.Tensor:
     kx, ky = wavenumbers(n, 2 * math.pi)
     k2 = kx**2 + ky**2
     inv_k2 = torch.where(k2 > 0, 1.0 / k2, 0.0)
@@ -76,23 +84,33 @@ def navier_stokes(n_traj: int, n: int, n_frames: int, gen: torch.Generator, visc
     return torch.stack(frames, dim=1).unsqueeze(2).float()
 
 
-def gray_scott(n_traj: int, n: int, n_frames: int, gen: torch.Generator, length: float = 1.0,
-               d_u: float = 2e-5, d_v: float = 1e-5, dt: float = 1.0, t_start: float = 1000.0,
-               t_end: float = 4000.0) -> torch.Tensor:
+def gray_scott(
+    n_traj: int,
+    n: int,
+    n_frames: int,
+    gen: torch.Generator,
+    length: float = 1.0,
+    d_u: float = 2e-5,
+    d_v: float = 1e-5,
+    dt: float = 1.0,
+    t_start: float = 1000.0,
+    t_end: float = 4000.0,
+) -> torch.Tensor:
     kx, ky = wavenumbers(n, length)
     k2 = kx**2 + ky**2
     implicit_u, implicit_v = 1 / (1 + dt * d_u * k2), 1 / (1 + dt * d_v * k2)
     regime = torch.randint(len(GRAY_SCOTT_REGIMES), (n_traj,), generator=gen)
-    F_, k_ = (torch.tensor([GRAY_SCOTT_REGIMES[i][j] for i in regime], dtype=torch.float64).view(-1, 1, 1)
-              for j in range(2))
+    F_, k_ = (
+        torch.tensor([GRAY_SCOTT_REGIMES[i][j] for i in regime], dtype=torch.float64).view(-1, 1, 1) for j in range(2)
+    )
     u = torch.ones(n_traj, n, n, dtype=torch.float64)
     v = torch.zeros(n_traj, n, n, dtype=torch.float64)
     side = max(2, n // 10)
     for b in range(n_traj):  # a few seeded square perturbations per trajectory
         for _ in range(int(torch.randint(3, 8, (1,), generator=gen))):
             i, j = torch.randint(0, n - side, (2,), generator=gen).tolist()
-            u[b, i:i + side, j:j + side] = 0.5
-            v[b, i:i + side, j:j + side] = 0.25
+            u[b, i : i + side, j : j + side] = 0.5
+            v[b, i : i + side, j : j + side] = 0.25
     u += 0.02 * torch.randn(u.shape, generator=gen, dtype=torch.float64)
     v += 0.02 * torch.randn(v.shape, generator=gen, dtype=torch.float64)
     start, steps = round(t_start / dt), round(t_end / dt)
@@ -108,8 +126,15 @@ def gray_scott(n_traj: int, n: int, n_frames: int, gen: torch.Generator, length:
     return torch.stack(frames, dim=1).float()
 
 
-def acoustic_wave(n_traj: int, n: int, n_frames: int, gen: torch.Generator, speed: float = 1.0,
-                  t_end: float = 3.0, max_pulses: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def acoustic_wave(
+    n_traj: int,
+    n: int,
+    n_frames: int,
+    gen: torch.Generator,
+    speed: float = 1.0,
+    t_end: float = 3.0,
+    max_pulses: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (p, p_t), each [n_traj, n_frames, 1, n, n]; only p is used as data."""
     x = torch.arange(n, dtype=torch.float64) * (2 * math.pi / n)
     yy, xx = torch.meshgrid(x, x, indexing="ij")

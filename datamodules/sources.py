@@ -96,8 +96,12 @@ class EmbeddedFields:
                 torch.load(path, weights_only=True, mmap=True)
                 return
             except UNREADABLE as e:
-                log.warning("the cached embedded fields %s cannot be read (%s: %s); regenerating them", path,
-                            type(e).__name__, e)
+                log.warning(
+                    "the cached embedded fields %s cannot be read (%s: %s); regenerating them",
+                    path,
+                    type(e).__name__,
+                    e,
+                )
         log.info("Generating the embedded field data set %s -> %s", self.params, path)
         atomic_torch_save({"params": self.params, "fields": self.generate()}, path)
 
@@ -108,8 +112,9 @@ class EmbeddedFields:
         try:
             blob = torch.load(path, weights_only=True)
         except UNREADABLE as e:
-            raise ValueError(f"{path}: the cached embedded fields cannot be read ({type(e).__name__}: {e}); delete "
-                             f"it to regenerate") from e
+            raise ValueError(
+                f"{path}: the cached embedded fields cannot be read ({type(e).__name__}: {e}); delete it to regenerate"
+            ) from e
         if blob.get("params") != self.params or set(blob["fields"]) != set(self.families):
             raise ValueError(f"{path}: cache does not match {self.params}; delete it to regenerate")
         names = {"navier_stokes": ["vorticity"], "gray_scott": ["u", "v"], "acoustic_wave": ["pressure"]}
@@ -126,8 +131,9 @@ class FieldArrays:
     Picklable for DataLoader workers: subclasses open their files on first read in each process and drop the
     handles when pickled. `files` lists the files it reads (fingerprints for the statistics cache)."""
 
-    def __init__(self, name: str, variables: list[str], shape: tuple[int, int, int, int], origin: str,
-                 files: list[Path]):
+    def __init__(
+        self, name: str, variables: list[str], shape: tuple[int, int, int, int], origin: str, files: list[Path]
+    ):
         self.name, self.variables, self.shape, self.origin, self.files = name, list(variables), shape, origin, files
         n_traj, n_t, h, w = shape
         if min(shape) == 0:
@@ -143,8 +149,10 @@ class FieldArrays:
         finite = np.isfinite(out).reshape(len(out), -1).all(1)
         if not finite.all():
             i = int(np.argmin(finite))
-            raise ValueError(f"{self.where(int(traj[i]))}: variable {self.variables[int(var[i])]!r} holds NaN/Inf "
-                             f"values at trajectory {self.local_traj(int(traj[i]))}, time {int(t[i])}")
+            raise ValueError(
+                f"{self.where(int(traj[i]))}: variable {self.variables[int(var[i])]!r} holds NaN/Inf "
+                f"values at trajectory {self.local_traj(int(traj[i]))}, time {int(t[i])}"
+            )
         return out
 
     def where(self, traj: int) -> str:
@@ -163,8 +171,10 @@ class FieldArrays:
 def describe_arrays(arrays: list[FieldArrays]) -> dict:
     """What cached results computed from these datasets depend on: their files (path, size, modification time) and
     their names, variables and shapes."""
-    return {"files": [file_stamp(f) for a in arrays for f in a.files],
-            "datasets": [[a.name, a.variables, list(a.shape)] for a in arrays]}
+    return {
+        "files": [file_stamp(f) for a in arrays for f in a.files],
+        "datasets": [[a.name, a.variables, list(a.shape)] for a in arrays],
+    }
 
 
 class TensorArrays(FieldArrays):
@@ -190,11 +200,17 @@ class HDF5Arrays(FieldArrays):
     [n_t, H, W] (a folder of The Well's files: one dataset, the files' trajectories one after the other). One
     snapshot is one read of one chunk-aligned slice; each worker process opens its own handles."""
 
-    def __init__(self, name: str, variables: list[str], files: list[Path], n_trajs: list[int],
-                 frame_shape: tuple[int, int, int]):
+    def __init__(
+        self, name: str, variables: list[str], files: list[Path], n_trajs: list[int], frame_shape: tuple[int, int, int]
+    ):
         self.first_traj = np.cumsum([0, *n_trajs])  # file k holds trajectories first_traj[k] … first_traj[k+1] − 1
-        super().__init__(name, variables, (int(self.first_traj[-1]), *frame_shape),
-                         str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} files)", files)
+        super().__init__(
+            name,
+            variables,
+            (int(self.first_traj[-1]), *frame_shape),
+            str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} files)",
+            files,
+        )
 
     def _file_of(self, traj: int) -> int:
         return int(np.searchsorted(self.first_traj, traj, side="right") - 1)
@@ -221,11 +237,14 @@ class HDF5Arrays(FieldArrays):
             k = self._file_of(g)
             try:
                 self._handle(k)["t0_fields"][self.variables[v]].read_direct(
-                    out, np.s_[g - int(self.first_traj[k]), ti], np.s_[i])
+                    out, np.s_[g - int(self.first_traj[k]), ti], np.s_[i]
+                )
             except (OSError, KeyError) as e:
-                raise ValueError(f"{self.files[k]}: reading t0_fields/{self.variables[v]} at trajectory "
-                                 f"{g - int(self.first_traj[k])}, time {ti} failed ({e}): the file is truncated or "
-                                 f"corrupt") from e
+                raise ValueError(
+                    f"{self.files[k]}: reading t0_fields/{self.variables[v]} at trajectory "
+                    f"{g - int(self.first_traj[k])}, time {ti} failed ({e}): the file is truncated or "
+                    f"corrupt"
+                ) from e
         return out
 
 
@@ -273,8 +292,10 @@ def same_frames(arrays: list[FieldArrays]) -> None:
     first = arrays[0]
     for a in arrays[1:]:
         if a.hw != first.hw:
-            raise ValueError(f"{a.origin}: snapshots are {a.hw[0]}×{a.hw[1]}, but {first.origin} has "
-                             f"{first.hw[0]}×{first.hw[1]}; all data of one run need the same H×W")
+            raise ValueError(
+                f"{a.origin}: snapshots are {a.hw[0]}×{a.hw[1]}, but {first.origin} has "
+                f"{first.hw[0]}×{first.hw[1]}; all data of one run need the same H×W"
+            )
 
 
 class HDF5Fields:
@@ -310,8 +331,10 @@ class HDF5Fields:
                 if a.ndim != 4:
                     raise ValueError(f"{f}: t0_fields/{name} should be [n_traj, n_t, H, W], got shape {a.shape}")
                 if a.dtype.kind == "c":
-                    raise ValueError(f"{f}: t0_fields/{name} holds complex values ({a.dtype}); SciTok's fields are "
-                                     f"real: store the real and imaginary parts as two variables")
+                    raise ValueError(
+                        f"{f}: t0_fields/{name} holds complex values ({a.dtype}); SciTok's fields are "
+                        f"real: store the real and imaginary parts as two variables"
+                    )
                 if a.dtype.kind not in "fiu":
                     raise ValueError(f"{f}: t0_fields/{name} holds {a.dtype} values, not numbers")
                 shapes[name] = a.shape
@@ -319,8 +342,9 @@ class HDF5Fields:
                     try:
                         a[-1, -1]
                     except OSError as e:
-                        raise ValueError(f"{f}: t0_fields/{name} cannot be read to its end ({e}): the file is "
-                                         f"truncated or corrupt") from e
+                        raise ValueError(
+                            f"{f}: t0_fields/{name} cannot be read to its end ({e}): the file is truncated or corrupt"
+                        ) from e
             if len(set(shapes.values())) > 1:
                 raise ValueError(f"{f}: t0_fields variables differ in shape: {shapes}")
             shape = next(iter(shapes.values()))
@@ -333,9 +357,11 @@ class HDF5Fields:
         for f in files[1:]:
             names_f, n_traj_f, frame_f = self._inspect(f)
             if names_f != names or frame_f != frame:
-                raise ValueError(f"{f}: variables {names_f} of [n_t, H, W] {list(frame_f)}, but {files[0]} (the first "
-                                 f"file of the folder) has {names} of {list(frame)}; the files of one folder form "
-                                 f"one dataset and must agree")
+                raise ValueError(
+                    f"{f}: variables {names_f} of [n_t, H, W] {list(frame_f)}, but {files[0]} (the first "
+                    f"file of the folder) has {names} of {list(frame)}; the files of one folder form "
+                    f"one dataset and must agree"
+                )
             n_trajs.append(n_traj_f)
         name = files[0].stem if len(files) == 1 else Path(self.path).expanduser().name
         return [HDF5Arrays(name, names, files, n_trajs, frame)]
@@ -362,17 +388,22 @@ class NpyFields:
     def _layout(self, a: np.ndarray, where: str) -> str:
         """The checked layout of an array (only its header is looked at)."""
         if np.iscomplexobj(a):
-            raise ValueError(f"{where}: complex values ({a.dtype}); SciTok's fields are real: pass the real and "
-                             f"imaginary parts (or magnitude and phase) as two variables")
+            raise ValueError(
+                f"{where}: complex values ({a.dtype}); SciTok's fields are real: pass the real and "
+                f"imaginary parts (or magnitude and phase) as two variables"
+            )
         if a.dtype.kind not in "fiu":
             raise ValueError(f"{where}: {a.dtype} values, not numbers")
         if a.ndim not in (3, 4):
-            raise ValueError(f"{where}: expected a 3-D [N, H, W] or 4-D [N, T, H, W] / [N, C, H, W] array, got "
-                             f"shape {a.shape}")
+            raise ValueError(
+                f"{where}: expected a 3-D [N, H, W] or 4-D [N, T, H, W] / [N, C, H, W] array, got shape {a.shape}"
+            )
         if self.layout == "auto":
             if a.ndim != 3:
-                raise ValueError(f"{where}: a {a.ndim}-D array of shape {a.shape} is ambiguous; "
-                                 "set data.source.layout to NHW, NTHW or NCHW")
+                raise ValueError(
+                    f"{where}: a {a.ndim}-D array of shape {a.shape} is ambiguous; "
+                    "set data.source.layout to NHW, NTHW or NCHW"
+                )
             return "NHW"
         if a.ndim != len(self.layout):
             raise ValueError(f"{where}: layout {self.layout} needs a {len(self.layout)}-D array, got shape {a.shape}")
@@ -389,8 +420,9 @@ class NpyFields:
         try:
             loaded = np.load(path, mmap_mode="r" if path.suffix.lower() == ".npy" else None, allow_pickle=False)
         except UNREADABLE as e:
-            raise ValueError(f"{path}: not a readable .npy/.npz file ({e}); a .npy shorter than its header says "
-                             f"is truncated") from e
+            raise ValueError(
+                f"{path}: not a readable .npy/.npz file ({e}); a .npy shorter than its header says is truncated"
+            ) from e
         if isinstance(loaded, np.ndarray):
             layout = self._layout(loaded, str(path))
             n_vars = loaded.shape[1] if layout == "NCHW" else 1

@@ -44,7 +44,7 @@ def arrays_fingerprint(*arrays: np.ndarray | None, chunk_rows: int = 512) -> str
             continue
         h.update(f"{a.shape}{a.dtype}".encode())
         for start in range(0, len(a), chunk_rows):
-            h.update(np.ascontiguousarray(a[start:start + chunk_rows]).tobytes())
+            h.update(np.ascontiguousarray(a[start : start + chunk_rows]).tobytes())
     return h.hexdigest()
 
 
@@ -89,8 +89,10 @@ class TokenStore:
             with np.load(path, allow_pickle=False) as f:
                 arrays = {n: f[n] for n in f.files}
         except UNREADABLE as e:
-            raise ValueError(f"token store {path} cannot be read ({type(e).__name__}: {e}): it is truncated or "
-                             f"corrupt; write it again (python encode.py)") from e
+            raise ValueError(
+                f"token store {path} cannot be read ({type(e).__name__}: {e}): it is truncated or "
+                f"corrupt; write it again (python encode.py)"
+            ) from e
         if "object_id" not in arrays or "meta" not in arrays:
             raise ValueError(f"{path} is not a SciTok token store (no object_id/meta)")
         tokens = {n.split("/", 1)[1]: v for n, v in arrays.items() if n.startswith("tokens/")}

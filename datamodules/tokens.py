@@ -124,8 +124,14 @@ class GalaxyTokenDataModule(SplitDataModule):
     # what each modality's checkpoint must hold, and the streams whose code vectors it gives
     EXPECTED = {"image": "GalaxyImageTokenizer", "scalars": "ScalarQuantileTokenizer", "spectra": "SpectrumTokenizer"}
 
-    def __init__(self, store_dir: str = "data/tokens", batch_size: int = 32, eval_batch_size: int = 64, seed: int = 0,
-                 num_workers: int = 0):
+    def __init__(
+        self,
+        store_dir: str = "data/tokens",
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
         super().__init__(None, batch_size, eval_batch_size, (0.8, 0.1, 0.1), seed, num_workers)
         self.store_dir = Path(store_dir)
         self.vocab: Vocabulary | None = None
@@ -138,9 +144,11 @@ class GalaxyTokenDataModule(SplitDataModule):
             return
         index = self.store_dir / "latest.json"
         if not index.is_file():
-            raise FileNotFoundError(f"no token stores in {self.store_dir} ({index.name} is missing): run "
-                                    f"`python encode.py image_ckpt=<an experiment=astro_image checkpoint>` first, or "
-                                    f"point data.store_dir at its out_dir")
+            raise FileNotFoundError(
+                f"no token stores in {self.store_dir} ({index.name} is missing): run "
+                f"`python encode.py image_ckpt=<an experiment=astro_image checkpoint>` first, or "
+                f"point data.store_dir at its out_dir"
+            )
         paths = json.loads(index.read_text())
         missing = [s for s in ("train", "val", "test") if s not in paths]
         if missing:
@@ -164,8 +172,10 @@ class GalaxyTokenDataModule(SplitDataModule):
                 raise FileNotFoundError(f"token store: the {name} tokenizer checkpoint {path} it was made with is gone")
             tokenizer = load_tokenizer(path)
             if type(tokenizer).__name__ != self.EXPECTED[name]:
-                raise ValueError(f"token store: the {name} checkpoint {path} holds a {type(tokenizer).__name__}; "
-                                 f"expected a {self.EXPECTED[name]}")
+                raise ValueError(
+                    f"token store: the {name} checkpoint {path} holds a {type(tokenizer).__name__}; "
+                    f"expected a {self.EXPECTED[name]}"
+                )
             modality = {"image": "image", "scalars": "catalog", "spectra": "spectrum"}[name]
             for stream in tokenizer.streams:
                 out[f"{modality}/{stream}"] = tokenizer.code_vectors(stream).detach().float().cpu()
@@ -205,14 +215,25 @@ def build_source(source) -> tuple[object, dict]:
     from omegaconf import OmegaConf
 
     if OmegaConf.is_config(source) or isinstance(source, dict):
-        plain = OmegaConf.to_container(OmegaConf.create(source), resolve=True) if not isinstance(source, dict) \
+        plain = (
+            OmegaConf.to_container(OmegaConf.create(source), resolve=True)
+            if not isinstance(source, dict)
             else dict(source)
+        )
         return instantiate(plain), plain
     return source, {}
 
 
-def tokenizer_checkpoint(ckpt: str | None, expected: str, train_experiment: str, train_overrides: Sequence[str],
-                         data_dir: str | Path, seed: int, train: bool, source: dict | None = None) -> Path:
+def tokenizer_checkpoint(
+    ckpt: str | None,
+    expected: str,
+    train_experiment: str,
+    train_overrides: Sequence[str],
+    data_dir: str | Path,
+    seed: int,
+    train: bool,
+    source: dict | None = None,
+) -> Path:
     """The checkpoint of the tokenizer whose tokens a transformer models.
 
     ckpt given: that file, which must hold an `expected` tokenizer (checked when loaded: `load_checked`).
@@ -225,8 +246,10 @@ def tokenizer_checkpoint(ckpt: str | None, expected: str, train_experiment: str,
     if ckpt is not None and str(ckpt) not in ("", "None"):
         path = Path(ckpt).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"data.tokenizer_ckpt={path} does not exist; expected a {expected} checkpoint "
-                                    f"(python train.py experiment={train_experiment}), or null to train one first")
+            raise FileNotFoundError(
+                f"data.tokenizer_ckpt={path} does not exist; expected a {expected} checkpoint "
+                f"(python train.py experiment={train_experiment}), or null to train one first"
+            )
         return path
     args = [f"experiment={train_experiment}", f"seed={seed}", *train_overrides]
     if source:  # the transformer's data source replaces the experiment's, whatever its class
@@ -237,19 +260,31 @@ def tokenizer_checkpoint(ckpt: str | None, expected: str, train_experiment: str,
     if done.is_file():
         return Path(json.loads(done.read_text())["checkpoint"])
     if not train:
-        raise FileNotFoundError(f"no {expected} checkpoint in {run_dir}: prepare_data() trains it (data.tokenizer_ckpt "
-                                f"is null), or give one with data.tokenizer_ckpt=<path>")
+        raise FileNotFoundError(
+            f"no {expected} checkpoint in {run_dir}: prepare_data() trains it (data.tokenizer_ckpt "
+            f"is null), or give one with data.tokenizer_ckpt=<path>"
+        )
     last = run_dir / "checkpoints" / "last.ckpt"
-    command = [sys.executable, str(ROOT / "train.py"), *args, f"paths.data_dir={Path(data_dir).resolve()}",
-               f"hydra.run.dir={run_dir.resolve()}"]
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *args,
+        f"paths.data_dir={Path(data_dir).resolve()}",
+        f"hydra.run.dir={run_dir.resolve()}",
+    ]
     if last.is_file():
         command.append(f"ckpt_path={last.resolve()}")
-    log.info("data.tokenizer_ckpt is null: training the %s it needs first (once, reused later):\n  %s",
-             expected, " ".join(command))
+    log.info(
+        "data.tokenizer_ckpt is null: training the %s it needs first (once, reused later):\n  %s",
+        expected,
+        " ".join(command),
+    )
     result = subprocess.run(command, cwd=ROOT, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     if result.returncode != 0 or not last.is_file():
-        raise RuntimeError(f"training the {expected} failed (exit code {result.returncode}); its run dir is {run_dir}. "
-                           f"Run the command above to see why, or give data.tokenizer_ckpt=<path>")
+        raise RuntimeError(
+            f"training the {expected} failed (exit code {result.returncode}); its run dir is {run_dir}. "
+            f"Run the command above to see why, or give data.tokenizer_ckpt=<path>"
+        )
     tmp = done.with_name(f".{done.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps({"checkpoint": str(last.resolve()), "command": command}, indent=1))
     os.replace(tmp, done)
@@ -275,18 +310,27 @@ def load_checked(path: Path, expected: str, train_experiment: str) -> torch.nn.M
     try:
         tokenizer = load_tokenizer(path)
     except (ValueError, KeyError, RuntimeError) as e:
-        raise ValueError(f"{path}: expected a {expected} checkpoint (python train.py experiment={train_experiment}); "
-                         f"{e}") from e
+        raise ValueError(
+            f"{path}: expected a {expected} checkpoint (python train.py experiment={train_experiment}); {e}"
+        ) from e
     if type(tokenizer).__name__ != expected:
-        raise ValueError(f"{path} holds a {type(tokenizer).__name__}; expected a {expected} checkpoint "
-                         f"(python train.py experiment={train_experiment})")
+        raise ValueError(
+            f"{path} holds a {type(tokenizer).__name__}; expected a {expected} checkpoint "
+            f"(python train.py experiment={train_experiment})"
+        )
     if tokenizer.metadata is None:
         raise ValueError(f"{path} has no data metadata (written before DataMetadata): retrain the {expected}")
     return tokenizer
 
 
-def cached_tokens(kind: str, checkpoint: Path, inputs: np.ndarray | FieldFrames, cache_dir: Path,
-                  encode: Callable[[], dict[str, np.ndarray]], fingerprint: str | None = None) -> dict[str, np.ndarray]:
+def cached_tokens(
+    kind: str,
+    checkpoint: Path,
+    inputs: np.ndarray | FieldFrames,
+    cache_dir: Path,
+    encode: Callable[[], dict[str, np.ndarray]],
+    fingerprint: str | None = None,
+) -> dict[str, np.ndarray]:
     """{stream: int64 [N, T]} for `inputs` (the exact tokenizer inputs, [N, ...], or frames read from files)
     through `checkpoint`: read from <cache_dir>/<kind>-<key>.npz when the key (the checkpoint's sha256 and the inputs'
     fingerprint: of their values, unless `fingerprint` names them) matches, otherwise `encode()`d once and stored
@@ -305,18 +349,22 @@ def cached_tokens(kind: str, checkpoint: Path, inputs: np.ndarray | FieldFrames,
 
 
 @torch.no_grad()
-def encode_batches(encode: Callable[..., dict[str, torch.Tensor]], inputs: torch.Tensor | Normalized, batch_size: int,
-                   **cond: torch.Tensor) -> dict[str, np.ndarray]:
+def encode_batches(
+    encode: Callable[..., dict[str, torch.Tensor]],
+    inputs: torch.Tensor | Normalized,
+    batch_size: int,
+    **cond: torch.Tensor,
+) -> dict[str, np.ndarray]:
     """Each stream's ids, flattened per sample: {stream: int64 [N, T]}. inputs: [N, ...], or frames read a batch at a
     time (Normalized)."""
     out: dict[str, np.ndarray] = {}
     for start in range(0, len(inputs), batch_size):
-        part = {k: v[start:start + batch_size] for k, v in cond.items()}
-        for stream, ids in encode(inputs[start:start + batch_size], **part).items():
+        part = {k: v[start : start + batch_size] for k, v in cond.items()}
+        for stream, ids in encode(inputs[start : start + batch_size], **part).items():
             ids = ids.reshape(len(ids), -1)
             if stream not in out:  # filled in place: one copy of the tokens, however many batches
                 out[stream] = np.empty((len(inputs), ids.shape[1]), np.int64)
-            out[stream][start:start + len(ids)] = ids.cpu().numpy()
+            out[stream][start : start + len(ids)] = ids.cpu().numpy()
     return out
 
 
@@ -337,8 +385,18 @@ class TokenizerSequences(SplitDataModule):
     EXPERIMENT = ""  # the experiment that trains one
     context_slots = 0  # aligned context ids per position in the batches ("context": [B, L, slots]); 0: none
 
-    def __init__(self, source, tokenizer_ckpt: str | None, train_tokenizer: dict | None, data_dir: str,
-                 batch_size: int, eval_batch_size: int, split: Sequence[float], seed: int, num_workers: int):
+    def __init__(
+        self,
+        source,
+        tokenizer_ckpt: str | None,
+        train_tokenizer: dict | None,
+        data_dir: str,
+        batch_size: int,
+        eval_batch_size: int,
+        split: Sequence[float],
+        seed: int,
+        num_workers: int,
+    ):
         super().__init__(None, batch_size, eval_batch_size, split, seed, num_workers)
         (self.source, self.source_config), self.data_dir = build_source(source), Path(data_dir)
         self.tokenizer_ckpt = tokenizer_ckpt
@@ -351,9 +409,16 @@ class TokenizerSequences(SplitDataModule):
 
     def _checkpoint(self, train: bool) -> Path:
         overrides = list(self.train_tokenizer.get("overrides") or [])
-        return tokenizer_checkpoint(self.tokenizer_ckpt, self.EXPECTED, self.train_tokenizer["experiment"],
-                                    overrides + parent_debug(overrides), self.data_dir, self.seed, train,
-                                    self.source_config)
+        return tokenizer_checkpoint(
+            self.tokenizer_ckpt,
+            self.EXPECTED,
+            self.train_tokenizer["experiment"],
+            overrides + parent_debug(overrides),
+            self.data_dir,
+            self.seed,
+            train,
+            self.source_config,
+        )
 
     def prepare_data(self) -> None:
         self._checkpoint(train=True)
@@ -447,8 +512,15 @@ class FieldPairs(TensorBatches):
     rows: [BOS] frame(src) [SEP] frame(dst) [EOS], each frame its S cells in raster order with the streams of a cell
     side by side (morph, amp)."""
 
-    def __init__(self, frame_ids: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, layout: Layout,
-                 context_index: torch.Tensor, masked: bool = True):
+    def __init__(
+        self,
+        frame_ids: torch.Tensor,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        layout: Layout,
+        context_index: torch.Tensor,
+        masked: bool = True,
+    ):
         super().__init__(src=src, dst=dst)
         self.frame_ids, self.layout, self.context_index, self.masked = frame_ids, layout, context_index, masked
         self.specials = {name: SPECIALS.index(name) for name in ("BOS", "SEP", "EOS")}
@@ -467,13 +539,20 @@ class FieldPairs(TensorBatches):
         # tokens around that cell (context_index: frame index per slot, F = outside the grid -> PAD)
         pad = SPECIALS.index("PAD")
         context = torch.full((n, L, self.context_index.shape[1]), pad)
-        context[:, F + 1:2 * F + 1] = torch.cat([present, torch.full((n, 1), pad)], 1)[:, self.context_index]
-        batch = {"ids": ids, "types": self.layout.types.expand(n, L), "positions": self.layout.positions.expand(n, L),
-                 "context": context, "valid": torch.ones(n, L, dtype=torch.bool),
-                 "target": self.layout.target.expand(n, L), "src": t["src"], "dst": t["dst"]}
+        context[:, F + 1 : 2 * F + 1] = torch.cat([present, torch.full((n, 1), pad)], 1)[:, self.context_index]
+        batch = {
+            "ids": ids,
+            "types": self.layout.types.expand(n, L),
+            "positions": self.layout.positions.expand(n, L),
+            "context": context,
+            "valid": torch.ones(n, L, dtype=torch.bool),
+            "target": self.layout.target.expand(n, L),
+            "src": t["src"],
+            "dst": t["dst"],
+        }
         if self.masked:  # the model reads MASK for every future token: each is predicted from the present alone
             batch["inputs"] = ids.clone()
-            batch["inputs"][:, F + 2:2 * F + 2] = SPECIALS.index("MASK")
+            batch["inputs"][:, F + 2 : 2 * F + 2] = SPECIALS.index("MASK")
         return batch
 
 
@@ -506,19 +585,32 @@ class FieldTokenDataModule(TokenizerSequences):
     generate the future frame, decode it, compare with the true future field, with persistence and with the
     tokenizer's own reconstruction)."""
 
-    def __init__(self, source, tokenizer_ckpt: str | None = None, train_tokenizer: dict | None = None,
-                 data_dir: str = "data", delta: int = 1, batch_size: int = 8, eval_batch_size: int = 32,
-                 split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, num_workers: int = 0,
-                 encode_batch_size: int = 64, forecast_pick: str = "expected_code", context_radius: int = 1,
-                 future_inputs: str = "masked"):
+    def __init__(
+        self,
+        source,
+        tokenizer_ckpt: str | None = None,
+        train_tokenizer: dict | None = None,
+        data_dir: str = "data",
+        delta: int = 1,
+        batch_size: int = 8,
+        eval_batch_size: int = 32,
+        split: Sequence[float] = (0.8, 0.1, 0.1),
+        seed: int = 0,
+        num_workers: int = 0,
+        encode_batch_size: int = 64,
+        forecast_pick: str = "expected_code",
+        context_radius: int = 1,
+        future_inputs: str = "masked",
+    ):
         if delta < 1:
             raise ValueError(f"data.delta must be ≥ 1 snapshot, got {delta}")
         if future_inputs not in ("masked", "tokens"):
             raise ValueError(f"data.future_inputs must be 'masked' or 'tokens', got {future_inputs!r}")
         if context_radius < 0:
             raise ValueError(f"data.context_radius must be ≥ 0 cells, got {context_radius}")
-        super().__init__(source, tokenizer_ckpt, train_tokenizer, data_dir, batch_size, eval_batch_size, split, seed,
-                         num_workers)
+        super().__init__(
+            source, tokenizer_ckpt, train_tokenizer, data_dir, batch_size, eval_batch_size, split, seed, num_workers
+        )
         self.delta, self.encode_batch_size, self.forecast_pick = delta, encode_batch_size, forecast_pick
         self.context_radius, self.future_inputs = context_radius, future_inputs
 
@@ -538,17 +630,21 @@ class FieldTokenDataModule(TokenizerSequences):
         arrays = self.source.open(self.data_dir)
         names = [f"{a.name}/{v}" for a in arrays for v in a.variables]
         if meta.normalization != "standardize" or meta.variables != names:
-            raise ValueError(f"{self.checkpoint}: its tokenizer was trained on variables {meta.variables} "
-                             f"({meta.normalization}); this data has {names}. Train it on this data "
-                             f"(data.tokenizer_ckpt=null does) or point data.source at its data")
+            raise ValueError(
+                f"{self.checkpoint}: its tokenizer was trained on variables {meta.variables} "
+                f"({meta.normalization}); this data has {names}. Train it on this data "
+                f"(data.tokenizer_ckpt=null does) or point data.source at its data"
+            )
         # every snapshot of every (dataset, variable, trajectory) in that order; frame index = row of `frames`
         var_id, pairs = [], {"train": [], "val": [], "test": []}
         base = 0
         for a in arrays:
             n_traj, n_t = a.shape[:2]
             if n_t <= self.delta:
-                raise ValueError(f"{a.origin}: {n_t} snapshots per trajectory leave no pair {self.delta} apart "
-                                 f"(data.delta={self.delta})")
+                raise ValueError(
+                    f"{a.origin}: {n_t} snapshots per trajectory leave no pair {self.delta} apart "
+                    f"(data.delta={self.delta})"
+                )
             if n_traj < 3:
                 raise ValueError(f"{a.origin}: {n_traj} trajectories cannot be split into train/val/test")
             idx = split_indices(n_traj, self.split, self.seed)
@@ -563,9 +659,14 @@ class FieldTokenDataModule(TokenizerSequences):
         frames = FieldFrames(arrays)
         var_id = torch.tensor(var_id)
         normalized = Normalized(frames, var_id, torch.tensor(meta.mean), torch.tensor(meta.std))
-        tokens = cached_tokens("fields", self.checkpoint, frames, self.data_dir / "tokens",
-                               lambda: encode_batches(tokenizer.encode, normalized, self.encode_batch_size),
-                               fingerprint=frames.fingerprint())
+        tokens = cached_tokens(
+            "fields",
+            self.checkpoint,
+            frames,
+            self.data_dir / "tokens",
+            lambda: encode_batches(tokenizer.encode, normalized, self.encode_batch_size),
+            fingerprint=frames.fingerprint(),
+        )
         streams = list(tokenizer.streams)
         grid = tuple(tokenizer.encode(normalized[:1])[streams[0]].shape[1:])
         self.vocab = Vocabulary.from_streams({"field": dict(tokenizer.streams)})
@@ -580,25 +681,47 @@ class FieldTokenDataModule(TokenizerSequences):
         S, K = frame_ids.shape[1] // len(streams), len(streams)
         frame_types = [self.vocab.range("field", s).type_id for s in streams] * S
         frame_pos = [1 + cell for cell in range(S) for _ in range(K)]
-        self.layout = Layout(types=[SPECIAL_TYPE, *frame_types, SPECIAL_TYPE, *frame_types, SPECIAL_TYPE],
-                             positions=[0, *frame_pos, S + 1, *frame_pos, S + 1],
-                             target=[False] * (S * K + 2) + [True] * (S * K + 1))
+        self.layout = Layout(
+            types=[SPECIAL_TYPE, *frame_types, SPECIAL_TYPE, *frame_types, SPECIAL_TYPE],
+            positions=[0, *frame_pos, S + 1, *frame_pos, S + 1],
+            target=[False] * (S * K + 2) + [True] * (S * K + 1),
+        )
         self.max_len = S + 2
         context_index = neighbourhood(grid, K, self.context_radius)
         self.context_slots = context_index.shape[1]
         # val/test in a fixed shuffled order, so the first batches (the data-space errors during validation) hold
         # every variable and time, not the first dataset's first trajectories
-        order = {split: torch.randperm(sum(len(q) for q in p), generator=torch.Generator().manual_seed(self.seed))
-                 for split, p in pairs.items()}
-        self.splits = {split: FieldPairs(frame_ids, *torch.cat(p)[order[split] if split != "train" else slice(None)]
-                                         .unbind(1), self.layout, context_index,
-                                         masked=self.future_inputs == "masked")
-                       for split, p in pairs.items()}
+        order = {
+            split: torch.randperm(sum(len(q) for q in p), generator=torch.Generator().manual_seed(self.seed))
+            for split, p in pairs.items()
+        }
+        self.splits = {
+            split: FieldPairs(
+                frame_ids,
+                *torch.cat(p)[order[split] if split != "train" else slice(None)].unbind(1),
+                self.layout,
+                context_index,
+                masked=self.future_inputs == "masked",
+            )
+            for split, p in pairs.items()
+        }
         if len(self.splits["train"]) < self.batch_size:
-            raise ValueError(f"the train split has {len(self.splits['train'])} pairs, fewer than "
-                             f"data.batch_size={self.batch_size}")
-        self.evaluator = FieldForecast(tokenizer, self.vocab, self.layout, streams, grid, frames, var_id,
-                                       torch.tensor(meta.mean), torch.tensor(meta.std), names, self.forecast_pick)
+            raise ValueError(
+                f"the train split has {len(self.splits['train'])} pairs, fewer than data.batch_size={self.batch_size}"
+            )
+        self.evaluator = FieldForecast(
+            tokenizer,
+            self.vocab,
+            self.layout,
+            streams,
+            grid,
+            frames,
+            var_id,
+            torch.tensor(meta.mean),
+            torch.tensor(meta.std),
+            names,
+            self.forecast_pick,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -639,12 +762,23 @@ class EEGTokenDataModule(TokenizerSequences):
 
     EXPECTED, EXPERIMENT = "EEGTokenizer", "eeg"
 
-    def __init__(self, source, tokenizer_ckpt: str | None = None, train_tokenizer: dict | None = None,
-                 data_dir: str = "data", max_patches: int = 64, ems_factor: float = 1e-3, batch_size: int = 64,
-                 eval_batch_size: int = 256, split: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
-                 num_workers: int = 0):
-        super().__init__(source, tokenizer_ckpt, train_tokenizer, data_dir, batch_size, eval_batch_size, split, seed,
-                         num_workers)
+    def __init__(
+        self,
+        source,
+        tokenizer_ckpt: str | None = None,
+        train_tokenizer: dict | None = None,
+        data_dir: str = "data",
+        max_patches: int = 64,
+        ems_factor: float = 1e-3,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        split: Sequence[float] = (0.8, 0.1, 0.1),
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__(
+            source, tokenizer_ckpt, train_tokenizer, data_dir, batch_size, eval_batch_size, split, seed, num_workers
+        )
         self.max_patches, self.ems_factor = max_patches, ems_factor
 
     def setup(self, stage: str | None = None) -> None:
@@ -657,13 +791,18 @@ class EEGTokenDataModule(TokenizerSequences):
         tokenizer = self.load_tokenizer()
         meta, P = tokenizer.metadata, tokenizer.patch_len
         if len(meta.rates) != 1:
-            raise ValueError(f"{self.checkpoint}: trained at rates {meta.rates}; next-patch sequences need a "
-                             f"tokenizer of one rate (e.g. experiment=eeg)")
+            raise ValueError(
+                f"{self.checkpoint}: trained at rates {meta.rates}; next-patch sequences need a "
+                f"tokenizer of one rate (e.g. experiment=eeg)"
+            )
         rate = float(meta.rates[0])
         # every channel normalized and resampled as the tokenizer's data was, in a memory-mapped cache (the
         # tokenizer's run's own, when its settings match)
-        store = RowStore.build(self.source, self.data_dir, {"normalization": meta.normalization,
-                                                            "ems_factor": self.ems_factor, "rates": [rate]})
+        store = RowStore.build(
+            self.source,
+            self.data_dir,
+            {"normalization": meta.normalization, "ems_factor": self.ems_factor, "rates": [rate]},
+        )
         if store.n_recordings < 3:
             raise ValueError(f"{store.n_recordings} recordings cannot be split into train/val/test; need at least 3")
         starts, rows, n = [], {"train": [], "val": [], "test": []}, 0
@@ -672,15 +811,20 @@ class EEGTokenDataModule(TokenizerSequences):
                 for row in np.flatnonzero(store.index["recording"] == i):  # its channels, in order
                     first = patch_offsets(int(store.index["length"][row]), P, P) + int(store.index["start"][row])
                     for start in range(0, len(first), self.max_patches):
-                        chunk = first[start:start + self.max_patches]
+                        chunk = first[start : start + self.max_patches]
                         starts.append(chunk)
                         rows[split].append(torch.arange(n, n + len(chunk)))
                         n += len(chunk)
         patches = StoredPatches(store, torch.from_numpy(np.concatenate(starts)), P)
         sfreq = torch.full((len(patches),), rate)
-        tokens = cached_tokens("eeg", self.checkpoint, patches, self.data_dir / "tokens",
-                               lambda: encode_batches(tokenizer.encode, patches, 4096, sfreq=sfreq),
-                               fingerprint=patches.fingerprint())
+        tokens = cached_tokens(
+            "eeg",
+            self.checkpoint,
+            patches,
+            self.data_dir / "tokens",
+            lambda: encode_batches(tokenizer.encode, patches, 4096, sfreq=sfreq),
+            fingerprint=patches.fingerprint(),
+        )
         self.vocab = Vocabulary.from_streams({"eeg": dict(tokenizer.streams)})
         (stream,) = tokenizer.streams
         token_ids = torch.from_numpy(tokens[stream][:, 0]) + self.vocab.range("eeg", stream).start
@@ -698,9 +842,12 @@ class EEGTokenDataModule(TokenizerSequences):
         types = torch.full((n, L), SPECIAL_TYPE)
         patch = torch.full((n, L), -1)
         for i, r in enumerate(rows):
-            ids[i, 0], ids[i, 1:len(r) + 1], ids[i, len(r) + 1] = SPECIALS.index("BOS"), token_ids[r], SPECIALS.index(
-                "EOS")
-            types[i, 1:len(r) + 1] = eeg_type
-            patch[i, 1:len(r) + 1] = r
+            ids[i, 0], ids[i, 1 : len(r) + 1], ids[i, len(r) + 1] = (
+                SPECIALS.index("BOS"),
+                token_ids[r],
+                SPECIALS.index("EOS"),
+            )
+            types[i, 1 : len(r) + 1] = eeg_type
+            patch[i, 1 : len(r) + 1] = r
         valid = torch.arange(L)[None] < torch.tensor([len(r) + 2 for r in rows])[:, None]
         return TensorBatches(ids=ids, types=types, valid=valid, patch=patch)

@@ -53,8 +53,9 @@ class BatchAdapter:
     def metric(self, n_groups: int) -> GroupedSums:
         return self.metric_cls(groups=max(1, n_groups))
 
-    def update(self, metric: GroupedSums, recon: torch.Tensor, batch: Batch,
-               group: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def update(
+        self, metric: GroupedSums, recon: torch.Tensor, batch: Batch, group: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def __repr__(self) -> str:

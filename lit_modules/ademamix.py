@@ -37,16 +37,27 @@ def beta3_at(step: int, beta1: float, beta3: float, t_beta3: int) -> float:
 
 
 class AdEMAMix(Optimizer):
-    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
-                 alpha: float = 5.0, t_alpha: int = 0, t_beta3: int = 0, eps: float = 1e-8,
-                 weight_decay: float = 0.0, foreach: bool | None = None):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-4,
+        betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
+        alpha: float = 5.0,
+        t_alpha: int = 0,
+        t_beta3: int = 0,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        foreach: bool | None = None,
+    ):
         if not all(v >= 0 and math.isfinite(v) for v in (lr, eps, weight_decay)):  # nan fails `>= 0`
-            raise ValueError(f"AdEMAMix: lr, eps and weight_decay must be finite and >= 0, got {lr}, {eps}, "
-                             f"{weight_decay}")
+            raise ValueError(
+                f"AdEMAMix: lr, eps and weight_decay must be finite and >= 0, got {lr}, {eps}, {weight_decay}"
+            )
         if len(betas) != 3 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"AdEMAMix: betas must be three values in [0, 1), got {betas}")
-        defaults = dict(lr=lr, betas=tuple(betas), alpha=alpha, t_alpha=t_alpha, t_beta3=t_beta3, eps=eps,
-                        weight_decay=weight_decay)
+        defaults = dict(
+            lr=lr, betas=tuple(betas), alpha=alpha, t_alpha=t_alpha, t_beta3=t_beta3, eps=eps, weight_decay=weight_decay
+        )
         super().__init__(params, defaults)
         self.foreach = foreach
 
@@ -78,8 +89,12 @@ class AdEMAMix(Optimizer):
 
     def _coefficients(self, group: dict, t: int) -> tuple[float, ...]:
         beta1, beta2, beta3_final = group["betas"]
-        return (beta1, beta2, beta3_at(t, beta1, beta3_final, group["t_beta3"]),
-                alpha_at(t, group["alpha"], group["t_alpha"]))
+        return (
+            beta1,
+            beta2,
+            beta3_at(t, beta1, beta3_final, group["t_beta3"]),
+            alpha_at(t, group["alpha"], group["t_alpha"]),
+        )
 
     def _update_each(self, group: dict, params: list[torch.Tensor], t: int) -> None:
         beta1, beta2, beta3, alpha = self._coefficients(group, t)

@@ -63,7 +63,7 @@ def signal_panel(inputs: torch.Tensor, recons: torch.Tensor, height: int = 64) -
             rows_px = ((1 - ((signal - lo) / rng).clamp(0, 1)) * (height - 1)).round().long().numpy()
             for t in range(len(rows_px)):  # vertical segment from the previous point: a connected trace
                 a, b = sorted((rows_px[t - 1] if t else rows_px[t], rows_px[t]))
-                img[a:b + 1, t] = shade
+                img[a : b + 1, t] = shade
         rows.append(img)
     return np.concatenate(rows, axis=0)
 
@@ -99,15 +99,17 @@ class MediaLogger(L.Callback):
                 inputs, recons = self._batch["input"], self._batch["recon"]
                 caption = "input | reconstruction | |error| (per-row target range)"
                 if inputs.ndim == 2:  # 1-D patches
-                    media["val/reconstructions"] = wandb.Image(signal_panel(inputs, recons),
-                                                               caption="input (white) and reconstruction (grey)")
+                    media["val/reconstructions"] = wandb.Image(
+                        signal_panel(inputs, recons), caption="input (white) and reconstruction (grey)"
+                    )
                 elif inputs.shape[1] <= 3:
                     media["val/reconstructions"] = wandb.Image(reconstruction_panel(inputs, recons), caption=caption)
                 else:  # multi-band: one panel per group of three bands
                     for first in range(0, inputs.shape[1], 3):
                         bands = slice(first, min(first + 3, inputs.shape[1]))
                         media[f"val/reconstructions/bands_{first}-{bands.stop - 1}"] = wandb.Image(
-                            reconstruction_panel(inputs[:, bands], recons[:, bands]), caption=caption)
+                            reconstruction_panel(inputs[:, bands], recons[:, bands]), caption=caption
+                        )
             for stream, counts in getattr(pl_module, "codebook_counts", {}).items():  # streams that saw tokens
                 media[f"val/codebook_histogram/{stream}"] = wandb.Histogram(np_histogram=id_histogram(counts))
             for lg in loggers:
@@ -127,8 +129,15 @@ class LatestCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath: str, filename: str = "last"):
-        super().__init__(dirpath=dirpath, filename=filename, monitor=None, save_top_k=1, save_last=False,
-                         enable_version_counter=False, auto_insert_metric_name=False)
+        super().__init__(
+            dirpath=dirpath,
+            filename=filename,
+            monitor=None,
+            save_top_k=1,
+            save_last=False,
+            enable_version_counter=False,
+            auto_insert_metric_name=False,
+        )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step != self._last_global_step_saved and not self._should_skip_saving_checkpoint(trainer):
@@ -156,8 +165,10 @@ class ProgressLog(L.Callback):
 
     def __init__(self, every_n_steps: int = 50, when: str = "no_tty"):
         if every_n_steps < 1 or when not in ("no_tty", "always", "never"):
-            raise ValueError(f"ProgressLog: every_n_steps must be ≥ 1 and when one of no_tty, always, never; got "
-                             f"{every_n_steps}, {when!r}")
+            raise ValueError(
+                f"ProgressLog: every_n_steps must be ≥ 1 and when one of no_tty, always, never; got "
+                f"{every_n_steps}, {when!r}"
+            )
         self.every, self.when = every_n_steps, when
         self._mark: tuple[float, int, int] | None = None  # (time, step, samples) at the last line
         self._samples = 0
@@ -205,4 +216,5 @@ class FiniteLoss(L.Callback):
             f"step {trainer.global_step}: the training loss is {float(loss.detach().float().mean())} "
             f"(terms: {', '.join(f'{k}={v:.4g}' for k, v in terms.items()) or 'n/a'}) at lr {lrs}; stopped before "
             f"this step's update, so the weights and the checkpoints in {last} are those of earlier steps. "
-            f"Lower optimizer.lr, or clip gradients (trainer.gradient_clip_val)")
+            f"Lower optimizer.lr, or clip gradients (trainer.gradient_clip_val)"
+        )

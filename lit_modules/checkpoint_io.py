@@ -35,6 +35,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException as e:
             tmp.unlink(missing_ok=True)
             if isinstance(e, OSError):
-                raise OSError(e.errno, f"writing checkpoint {path} failed ({e.strerror or e}); the previous "
-                                       f"{path.name}, if any, is unchanged") from e
+                raise OSError(
+                    e.errno,
+                    f"writing checkpoint {path} failed ({e.strerror or e}); the previous "
+                    f"{path.name}, if any, is unchanged",
+                ) from e
             raise

@@ -35,8 +35,17 @@ class FitCodebook(L.Callback):
     """See the module docstring. kmeans: fit_kmeans keyword arguments (iters, tol, batch_size, max_vectors, seed,
     init_size); backend "torch" (tokenizers/kmeans.py, on the module's device) or "sklearn" (MiniBatchKMeans)."""
 
-    def __init__(self, at_step: int | None = None, max_vectors: int = 262_144, iters: int = 30, tol: float = 1e-3,
-                 kmeans_batch_size: int | None = None, backend: str = "torch", seed: int = 0, n_panels: int = 4):
+    def __init__(
+        self,
+        at_step: int | None = None,
+        max_vectors: int = 262_144,
+        iters: int = 30,
+        tol: float = 1e-3,
+        kmeans_batch_size: int | None = None,
+        backend: str = "torch",
+        seed: int = 0,
+        n_panels: int = 4,
+    ):
         if backend not in ("torch", "sklearn"):
             raise ValueError(f"FitCodebook.backend must be 'torch' or 'sklearn', got {backend!r}")
         if at_step is not None and at_step < 1:
@@ -63,9 +72,12 @@ class FitCodebook(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not pl_module.tokenizer.fitted:
-            log.warning("training stopped at step %d, before the codebook step %d: the checkpoints hold no codebook "
-                        "(resume with ckpt_path=<run>/checkpoints/last.ckpt to finish)", trainer.global_step,
-                        self.fit_step(trainer))
+            log.warning(
+                "training stopped at step %d, before the codebook step %d: the checkpoints hold no codebook "
+                "(resume with ckpt_path=<run>/checkpoints/last.ckpt to finish)",
+                trainer.global_step,
+                self.fit_step(trainer),
+            )
 
     @staticmethod
     def _freeze_encoder(pl_module: L.LightningModule) -> None:
@@ -101,8 +113,12 @@ class FitCodebook(L.Callback):
             stats.update(self.report(trainer, pl_module))
         finally:
             tokenizer.train(was_training)
-        log.info("stage 2: codebook of %d fitted at step %d: %s", tokenizer.codebook_size, trainer.global_step,
-                 {k: round(v, 4) for k, v in stats.items()})
+        log.info(
+            "stage 2: codebook of %d fitted at step %d: %s",
+            tokenizer.codebook_size,
+            trainer.global_step,
+            {k: round(v, 4) for k, v in stats.items()},
+        )
         for logger in trainer.loggers:
             try:
                 logger.log_metrics({f"codebook/{k}": v for k, v in stats.items()}, step=trainer.global_step)
@@ -112,10 +128,22 @@ class FitCodebook(L.Callback):
     def _fit_sklearn(self, tokenizer, vectors: torch.Tensor) -> dict[str, float]:
         from sklearn.cluster import MiniBatchKMeans
 
-        x = vectors[torch.randperm(len(vectors), generator=torch.Generator().manual_seed(self.kmeans["seed"]))
-                    [: self.max_vectors]].cpu().numpy()
-        km = MiniBatchKMeans(tokenizer.codebook_size, batch_size=self.kmeans["batch_size"] or 4096,
-                             max_iter=self.kmeans["iters"], random_state=self.kmeans["seed"], n_init=1).fit(x)
+        x = (
+            vectors[
+                torch.randperm(len(vectors), generator=torch.Generator().manual_seed(self.kmeans["seed"]))[
+                    : self.max_vectors
+                ]
+            ]
+            .cpu()
+            .numpy()
+        )
+        km = MiniBatchKMeans(
+            tokenizer.codebook_size,
+            batch_size=self.kmeans["batch_size"] or 4096,
+            max_iter=self.kmeans["iters"],
+            random_state=self.kmeans["seed"],
+            n_init=1,
+        ).fit(x)
         tokenizer.codebook.copy_(torch.as_tensor(km.cluster_centers_, dtype=torch.float32))
         tokenizer.codebook_fitted.fill_(True)
         return {"inertia_per_vector": float(km.inertia_) / len(x), "iterations": float(km.n_iter_)}
@@ -158,9 +186,9 @@ class FitCodebook(L.Callback):
                 bands = slice(first, min(first + 3, x.shape[1]))
                 image = reconstruction_panel(x[:, bands], from_latents[:, bands], from_tokens[:, bands])
                 media[f"codebook/reconstructions/bands_{first}-{bands.stop - 1}"] = wandb.Image(
-                    image, caption="input | from latents | from tokens | |tokens − input| (per-row input range)")
+                    image, caption="input | from latents | from tokens | |tokens − input| (per-row input range)"
+                )
             for lg in loggers:
                 lg.experiment.log({**media, "trainer/global_step": trainer.global_step})
         except Exception as e:  # a logger failure must never stop training
             warnings.warn(f"W&B codebook panels failed and were skipped: {e!r}", stacklevel=1)
-

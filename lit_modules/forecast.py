@@ -37,9 +37,20 @@ class FieldForecast:
     datamodules.tokens.FieldFrames, which reads them from the files); var_id: [N]; mean, std: [n_vars] (the
     tokenizer's)."""
 
-    def __init__(self, tokenizer: nn.Module, vocab, layout, streams: list[str], grid: tuple[int, ...],
-                 frames, var_id: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, groups: list[str],
-                 pick: str = "expected_code"):
+    def __init__(
+        self,
+        tokenizer: nn.Module,
+        vocab,
+        layout,
+        streams: list[str],
+        grid: tuple[int, ...],
+        frames,
+        var_id: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        groups: list[str],
+        pick: str = "expected_code",
+    ):
         if pick not in ("argmax", "expected_code"):
             raise ValueError(f"data.forecast_pick must be 'argmax' or 'expected_code', got {pick!r}")
         self.tokenizer, self.layout, self.streams, self.grid, self.pick = tokenizer, layout, streams, grid, pick
@@ -64,18 +75,28 @@ class FieldForecast:
         pick = self.pick if net.config.code_dim else "argmax"
         if "inputs" in batch:  # masked future frame: every future token from one pass over the present
             span = slice(prompt_len - 1, prompt_len - 1 + self.frame_len)  # the inputs that predict them
-            hidden = net.hidden(batch["inputs"][:, :span.stop], batch["types"][:, :span.stop],
-                                positions=batch["positions"][:, :span.stop], context=batch["context"][:, :span.stop])
+            hidden = net.hidden(
+                batch["inputs"][:, : span.stop],
+                batch["types"][:, : span.stop],
+                positions=batch["positions"][:, : span.stop],
+                context=batch["context"][:, : span.stop],
+            )
             logits = hidden[:, span] @ net.output_weight().T  # the LM head on those positions only
-            bounds = self.bounds.to(device)[self.layout.types.to(device)[prompt_len:prompt_len + self.frame_len]]
+            bounds = self.bounds.to(device)[self.layout.types.to(device)[prompt_len : prompt_len + self.frame_len]]
             vocab = torch.arange(logits.shape[-1], device=device)
             allowed = (vocab >= bounds[:, :1]) & (vocab < bounds[:, 1:])  # [frame_len, V]: each token's stream
             future = net.pick(logits.masked_fill(~allowed, float("-inf")), pick)
             out = torch.cat([batch["ids"][:, :prompt_len], future], 1)
         else:  # the future frame token by token, each conditioned on those picked before (KV cache)
-            out = net.generate(batch["ids"][:, :prompt_len], self.layout.types.to(device), self.frame_len,
-                               bounds=self.bounds.to(device), positions=self.layout.positions.to(device),
-                               context=batch["context"], pick=pick)
+            out = net.generate(
+                batch["ids"][:, :prompt_len],
+                self.layout.types.to(device),
+                self.frame_len,
+                bounds=self.bounds.to(device),
+                positions=self.layout.positions.to(device),
+                context=batch["context"],
+                pick=pick,
+            )
         src, dst = batch["src"].cpu(), batch["dst"].cpu()
         var = self.var_id[dst]
         mean, std = self.mean[var].to(device)[:, None, None, None], self.std[var].to(device)[:, None, None, None]
@@ -89,11 +110,13 @@ class FieldForecast:
         metrics["forecast"].update(forecast, future, sigma, group)
         # the present plus the decoded predicted change: the tokenizer's error, mostly shared by two close frames,
         # cancels, and a model that predicts no change gives persistence exactly
-        metrics["increment"].update(present + forecast - physical(batch["ids"][:, 1:prompt_len - 1]), future, sigma,
-                                    group)
+        metrics["increment"].update(
+            present + forecast - physical(batch["ids"][:, 1 : prompt_len - 1]), future, sigma, group
+        )
         metrics["persistence"].update(present, future, sigma, group)
-        metrics["tokenizer"].update(physical(batch["ids"][:, prompt_len:prompt_len + self.frame_len]), future,
-                                    sigma, group)
+        metrics["tokenizer"].update(
+            physical(batch["ids"][:, prompt_len : prompt_len + self.frame_len]), future, sigma, group
+        )
 
 
 class NextPatch:

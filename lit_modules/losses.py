@@ -47,8 +47,12 @@ class LossOutput:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, terms: dict[str, torch.Tensor], extras: dict[str, torch.Tensor] | None = None,
-           disc_loss: torch.Tensor | None = None) -> LossOutput:
+    def of(
+        cls,
+        terms: dict[str, torch.Tensor],
+        extras: dict[str, torch.Tensor] | None = None,
+        disc_loss: torch.Tensor | None = None,
+    ) -> LossOutput:
         total = torch.stack(list(terms.values())).sum()
         return cls(terms, total, total if disc_loss is None else total + disc_loss, extras or {})
 
@@ -84,8 +88,9 @@ class ReconstructionLoss(nn.Module):
         """Whether the adversarial terms are on at optimizer step `step`."""
         return self.discriminator is not None and step >= self.gan_start
 
-    def reconstruction_terms(self, recon: torch.Tensor, target: torch.Tensor,
-                             weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def reconstruction_terms(
+        self, recon: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Means over every value; with a per-value `weight` (broadcast to the target's shape, e.g. an object mask
         [B, 1, H, W]) weighted means Σ w·err / Σ w."""
         err = recon.float() - target
@@ -97,16 +102,24 @@ class ReconstructionLoss(nn.Module):
             terms = {"l1": lambda: (w * err.abs()).sum() / total, "mse": lambda: (w * err.pow(2)).sum() / total}
         return {k: w * terms[k]() for k, w in self.weights.items() if w > 0}
 
-    def adaptive_weight(self, reconstruction: torch.Tensor, adversarial: torch.Tensor,
-                        last_layer: torch.Tensor) -> torch.Tensor:
+    def adaptive_weight(
+        self, reconstruction: torch.Tensor, adversarial: torch.Tensor, last_layer: torch.Tensor
+    ) -> torch.Tensor:
         """VQGAN's λ: gradient norm of the reconstruction terms over that of the adversarial term at last_layer."""
         g_rec = torch.autograd.grad(reconstruction, last_layer, retain_graph=True)[0]
         g_adv = torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0]
         return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
-    def forward(self, recon: torch.Tensor, target: torch.Tensor, aux_losses: dict[str, torch.Tensor], step: int,
-                train: bool = True, last_layer: torch.Tensor | None = None,
-                weight: torch.Tensor | None = None) -> LossOutput:
+    def forward(
+        self,
+        recon: torch.Tensor,
+        target: torch.Tensor,
+        aux_losses: dict[str, torch.Tensor],
+        step: int,
+        train: bool = True,
+        last_layer: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
+    ) -> LossOutput:
         """recon, target: same shape; step: optimizer steps so far; weight: optional per-value weights of the
         reconstruction terms (the data's adapter gives them, e.g. galaxy masks). In evaluation (train=False) the
         adversarial terms are left out of the loss and only the discriminator's mean logits are reported."""
@@ -116,8 +129,13 @@ class ReconstructionLoss(nn.Module):
         recon = recon.float()
         if not train:
             with torch.no_grad():
-                return LossOutput.of(terms, extras={"disc/logits_real": self.discriminator(target.float()).mean(),
-                                                    "disc/logits_fake": self.discriminator(recon).mean()})
+                return LossOutput.of(
+                    terms,
+                    extras={
+                        "disc/logits_real": self.discriminator(target.float()).mean(),
+                        "disc/logits_fake": self.discriminator(recon).mean(),
+                    },
+                )
         self.discriminator.requires_grad_(False)  # D scores recon for the tokenizer; D's own grads come below
         adversarial = hinge_g_loss(self.discriminator(recon))
         self.discriminator.requires_grad_(True)
@@ -132,8 +150,13 @@ class ReconstructionLoss(nn.Module):
         terms["gan"] = weight * adversarial
         logits_real, logits_fake = self.discriminator(target.float()), self.discriminator(recon.detach())
         disc_loss = hinge_d_loss(logits_real, logits_fake)
-        extras.update({"disc/loss": disc_loss.detach(), "disc/logits_real": logits_real.mean().detach(),
-                       "disc/logits_fake": logits_fake.mean().detach()})
+        extras.update(
+            {
+                "disc/loss": disc_loss.detach(),
+                "disc/logits_real": logits_real.mean().detach(),
+                "disc/logits_fake": logits_fake.mean().detach(),
+            }
+        )
         return LossOutput.of(terms, extras, disc_loss)
 
 
@@ -146,12 +169,13 @@ def standardize_codes(vectors: torch.Tensor) -> torch.Tensor:
 def code_matrix(ranges: list, codes: dict[str, torch.Tensor], vocab_size: int) -> torch.Tensor:
     """Every id's standardized code vector, each stream in columns of its own: [vocab_size, Σ D_stream], zeros for
     the specials and for streams without codes (Transformer.set_codes)."""
-    blocks = [(r, standardize_codes(codes[f"{r.modality}/{r.stream}"])) for r in ranges
-              if f"{r.modality}/{r.stream}" in codes]
+    blocks = [
+        (r, standardize_codes(codes[f"{r.modality}/{r.stream}"])) for r in ranges if f"{r.modality}/{r.stream}" in codes
+    ]
     out = torch.zeros(vocab_size, sum(b.shape[1] for _, b in blocks))
     col = 0
     for r, block in blocks:
-        out[r.start:r.stop, col:col + block.shape[1]] = block
+        out[r.start : r.stop, col : col + block.shape[1]] = block
         col += block.shape[1]
     return out
 
@@ -179,8 +203,7 @@ class ExpectedCodeLoss(nn.Module):
                 raise KeyError(f"ExpectedCodeLoss: no vocabulary range {name!r}; ranges: {sorted(by_name)}")
             r = by_name[name]
             if vectors.ndim != 2 or len(vectors) != r.size:
-                raise ValueError(f"ExpectedCodeLoss: {name} has {r.size} ids but code vectors "
-                                 f"{tuple(vectors.shape)}")
+                raise ValueError(f"ExpectedCodeLoss: {name} has {r.size} ids but code vectors {tuple(vectors.shape)}")
             self.register_buffer(self._key(name), standardize_codes(vectors), persistent=False)
             self.bounds[name] = (r.start, r.stop)
 
@@ -199,8 +222,9 @@ class ExpectedCodeLoss(nn.Module):
                 out[name] = self.term(name, flat_logits[where, lo:hi], flat_targets[where] - lo)
         return out
 
-    def term(self, name: str, logits: torch.Tensor, targets: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+    def term(
+        self, name: str, logits: torch.Tensor, targets: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """One stream's loss from its own logits [n, V_r] and local target ids [n] (n ≥ 1), on ≤ `positions` rows
         drawn with `generator` (a CPU generator; pass one seeded by the step for runs that resume exactly)."""
         if len(targets) > self.positions:

@@ -43,12 +43,15 @@ class GroupedSums(Metric):
             raise ValueError(f"{type(self).__name__} group ids must lie in [0, {self.groups}), got {group.tolist()}")
         return group
 
-    def _prepare(self, pred: torch.Tensor, target: torch.Tensor, group: torch.Tensor | None,
-                 layout: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _prepare(
+        self, pred: torch.Tensor, target: torch.Tensor, group: torch.Tensor | None, layout: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Check pred/target against `layout` (e.g. "[B, C, H, W]"); return them in float64 and the group ids."""
         if pred.shape != target.shape or pred.ndim != layout.count(",") + 1:
-            raise ValueError(f"{type(self).__name__} needs pred and target {layout} of one shape, got "
-                             f"{tuple(pred.shape)} and {tuple(target.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} needs pred and target {layout} of one shape, got "
+                f"{tuple(pred.shape)} and {tuple(target.shape)}"
+            )
         return pred.double(), target.double(), self._groups(group, len(pred), pred.device)
 
     def _add(self, name: str, group: torch.Tensor, per_item: torch.Tensor) -> None:
@@ -67,8 +70,9 @@ class GroupedSums(Metric):
 
     def compute_groups(self) -> list[dict[str, torch.Tensor] | None]:
         with self.sync_context():  # the per-group view of the states compute() reduces across processes
-            return [self.values(self._states(g)) if getattr(self, self.seen)[g] > 0 else None
-                    for g in range(self.groups)]
+            return [
+                self.values(self._states(g)) if getattr(self, self.seen)[g] > 0 else None for g in range(self.groups)
+            ]
 
 
 class FieldErrors(GroupedSums):
@@ -91,8 +95,9 @@ class FieldErrors(GroupedSums):
     sums = ("abs_norm", "sq_norm", "abs_err", "abs_ref", "sq_err", "sq_ref", "psnr", "ssim")
     counts = ("n_values", "n_samples", "n_flat")
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor,
-               group: torch.Tensor | None = None) -> None:
+    def update(
+        self, pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor, group: torch.Tensor | None = None
+    ) -> None:
         """pred, target: [B, C, H, W] physical units; sigma: [B, C] data-set σ; group: [B] ids in [0, groups)."""
         pred, target, group = self._prepare(pred, target, group, "[B, C, H, W]")
         err = pred - target
@@ -116,8 +121,13 @@ class FieldErrors(GroupedSums):
         self._add("psnr", group, 10 * torch.log10(rng.pow(2) / mse.clamp_min(1e-30)))
         # SSIM with range R on (x̂, x) equals SSIM with range 1 on (x̂/R, x/R) (scale-, not shift-invariant)
         scale = rng[:, None, None, None]
-        self._add("ssim", group, structural_similarity_index_measure(
-            (pred / scale).float(), (target / scale).float(), data_range=1.0, reduction="none"))
+        self._add(
+            "ssim",
+            group,
+            structural_similarity_index_measure(
+                (pred / scale).float(), (target / scale).float(), data_range=1.0, reduction="none"
+            ),
+        )
 
     @staticmethod
     def values(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -173,8 +183,13 @@ class CodebookUsage(Metric):
             return [self.stats(c) if c.sum() > 0 else None for c in self.counts]
 
 
-EEG_BANDS_HZ = {"delta": (0.5, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 13.0), "beta": (13.0, 30.0),
-                "gamma": (30.0, 100.0)}
+EEG_BANDS_HZ = {
+    "delta": (0.5, 4.0),
+    "theta": (4.0, 8.0),
+    "alpha": (8.0, 13.0),
+    "beta": (13.0, 30.0),
+    "gamma": (30.0, 100.0),
+}
 
 
 def band_powers(x: torch.Tensor, sfreq: torch.Tensor) -> torch.Tensor:
@@ -201,8 +216,9 @@ class SignalErrors(GroupedSums):
     counts = ("n_values", "n_patches")
     vectors = {"band_err": len(EEG_BANDS_HZ), "band_ref": len(EEG_BANDS_HZ)}
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor, sfreq: torch.Tensor,
-               group: torch.Tensor | None = None) -> None:
+    def update(
+        self, pred: torch.Tensor, target: torch.Tensor, sfreq: torch.Tensor, group: torch.Tensor | None = None
+    ) -> None:
         pred, target, group = self._prepare(pred, target, group, "[N, P]")
         err = pred - target
         self._add("sq_err", group, err.pow(2).sum(-1))
@@ -221,8 +237,12 @@ class SignalErrors(GroupedSums):
         self._add("psnr", group, 10 * torch.log10(rng.pow(2) / err.pow(2).mean(-1).clamp_min(1e-30)))
         scale = rng[:, None]
         ssim = structural_similarity_index_measure(  # [N, 1, 1, P]; σ 0.1 makes the unit axis a 1-tap window
-            (pred / scale).float()[:, None, None], (target / scale).float()[:, None, None], data_range=1.0,
-            sigma=(0.1, 1.5), reduction="none")
+            (pred / scale).float()[:, None, None],
+            (target / scale).float()[:, None, None],
+            data_range=1.0,
+            sigma=(0.1, 1.5),
+            reduction="none",
+        )
         self._add("ssim", group, ssim)
         pc, tc = pred - pred.mean(-1, keepdim=True), target - target.mean(-1, keepdim=True)
         pearson = (pc * tc).sum(-1) / (pc.norm(dim=-1) * tc.norm(dim=-1)).clamp_min(1e-30)
@@ -246,8 +266,8 @@ class SignalErrors(GroupedSums):
 
 class ImageErrors(GroupedSums):
     """Reconstructions of images in [0, 1] ([N, C, H, W]), data range fixed at 1:
-        mse  over every pixel;  psnr = mean over images of 10·log10(1 / mse_i);
-        ssim = mean over images of SSIM (Gaussian 11×11, σ 1.5, data range 1)
+    mse  over every pixel;  psnr = mean over images of 10·log10(1 / mse_i);
+    ssim = mean over images of SSIM (Gaussian 11×11, σ 1.5, data range 1)
     """
 
     sums = ("sq_err", "psnr", "ssim")
@@ -260,8 +280,11 @@ class ImageErrors(GroupedSums):
         self._add("n_values", group, torch.full_like(group, mse.shape[1]))
         self._add("n_images", group, torch.ones_like(group))
         self._add("psnr", group, -10 * torch.log10(mse.mean(-1).clamp_min(1e-30)))
-        self._add("ssim", group, structural_similarity_index_measure(
-            pred.float(), target.float(), data_range=1.0, reduction="none"))
+        self._add(
+            "ssim",
+            group,
+            structural_similarity_index_measure(pred.float(), target.float(), data_range=1.0, reduction="none"),
+        )
 
     @staticmethod
     def values(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -271,7 +294,7 @@ class ImageErrors(GroupedSums):
 
 class TokenErrors(GroupedSums):
     """Next-token prediction per group (e.g. per modality): over every non-PAD target of the epoch,
-        accuracy = 100 · #(argmax = target) / n      ce = Σ −log p(target) / n      perplexity = exp(ce)
+    accuracy = 100 · #(argmax = target) / n      ce = Σ −log p(target) / n      perplexity = exp(ce)
     """
 
     sums = ("nll",)

@@ -16,9 +16,11 @@ class WarmupCosine:
 
     def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
         if total_steps <= 0 or not 0 <= warmup_steps <= total_steps:
-            raise ValueError(f"warmup_cosine needs 0 <= warmup_steps <= total_steps and total_steps > 0, got "
-                             f"scheduler.warmup_steps={warmup_steps}, scheduler.total_steps={total_steps} (which "
-                             f"follows trainer.max_steps): lower scheduler.warmup_steps for a short run")
+            raise ValueError(
+                f"warmup_cosine needs 0 <= warmup_steps <= total_steps and total_steps > 0, got "
+                f"scheduler.warmup_steps={warmup_steps}, scheduler.total_steps={total_steps} (which "
+                f"follows trainer.max_steps): lower scheduler.warmup_steps for a short run"
+            )
         self.warmup_steps, self.total_steps, self.min_ratio = warmup_steps, total_steps, min_ratio
 
     def __call__(self, step: int) -> float:

@@ -40,12 +40,17 @@ def flop_counter() -> FlopCounterMode:
     """torch's FlopCounterMode, also counting the CPU flash-attention kernels it has no formula for (SDPA takes
     them for contiguous q/k/v, e.g. from channels_last activations), with the formulas of the GPU kernels."""
     aten = torch.ops.aten
-    return FlopCounterMode(display=False, custom_mapping={  # called with the shapes of the arguments
-        aten._scaled_dot_product_flash_attention_for_cpu:
-            lambda q, k, v, *_, **__: flop_counter_formulas.sdpa_flop_count(q, k, v),
-        aten._scaled_dot_product_flash_attention_for_cpu_backward:
-            lambda grad, q, k, v, *_, **__: flop_counter_formulas.sdpa_backward_flop_count(grad, q, k, v),
-    })
+    return FlopCounterMode(
+        display=False,
+        custom_mapping={  # called with the shapes of the arguments
+            aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, **__: (
+                flop_counter_formulas.sdpa_flop_count(q, k, v)
+            ),
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: lambda grad, q, k, v, *_, **__: (
+                flop_counter_formulas.sdpa_backward_flop_count(grad, q, k, v)
+            ),
+        },
+    )
 
 
 class TokenizerModule(L.LightningModule):
@@ -65,19 +70,36 @@ class TokenizerModule(L.LightningModule):
     model/data pair that cannot work together fails before training with a message naming both.
     """
 
-    def __init__(self, tokenizer: dict | DictConfig, optimizer: dict | DictConfig, scheduler: dict | DictConfig,
-                 loss: dict | DictConfig | None = None, compile: bool = False, channels_last: bool = False):
+    def __init__(
+        self,
+        tokenizer: dict | DictConfig,
+        optimizer: dict | DictConfig,
+        scheduler: dict | DictConfig,
+        loss: dict | DictConfig | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
+    ):
         super().__init__()
         tokenizer, optimizer, scheduler = plain(tokenizer), plain(optimizer), plain(scheduler)
         loss = plain(loss) or {"_target_": "lit_modules.losses.ReconstructionLoss"}
-        self.save_hyperparameters(dict(tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, loss=loss,
-                                       compile=compile, channels_last=channels_last))
+        self.save_hyperparameters(
+            dict(
+                tokenizer=tokenizer,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                loss=loss,
+                compile=compile,
+                channels_last=channels_last,
+            )
+        )
         self.tokenizer = instantiate(tokenizer)
         check_tokenizer(self.tokenizer)
         self.loss = instantiate(loss, _recursive_=False)  # the loss builds its discriminator only when it is on
         if self.loss.needs_last_layer and not isinstance(self.tokenizer, HasLastLayer):
-            raise ValueError(f"model.loss.gan.adaptive_weight needs a tokenizer with a `last_layer`; "
-                             f"{describe(self.tokenizer)} has none")
+            raise ValueError(
+                f"model.loss.gan.adaptive_weight needs a tokenizer with a `last_layer`; "
+                f"{describe(self.tokenizer)} has none"
+            )
         self.adapter: BatchAdapter | None = None
         self.metadata: DataMetadata | None = None
         self.metrics = nn.ModuleDict()
@@ -102,8 +124,10 @@ class TokenizerModule(L.LightningModule):
         if self.adapter is not None and self.adapter is getattr(datamodule, "adapter", None):
             return  # set up for this datamodule already (fit, then test)
         if not isinstance(getattr(datamodule, "adapter", None), BatchAdapter):
-            raise TypeError(f"TokenizerModule trains from a datamodule with a batch `adapter` "
-                            f"(lit_modules/adapters.py); got {describe(datamodule)}")
+            raise TypeError(
+                f"TokenizerModule trains from a datamodule with a batch `adapter` "
+                f"(lit_modules/adapters.py); got {describe(datamodule)}"
+            )
         self.adapter, self.metadata = datamodule.adapter, datamodule.metadata
         example = self.check_data(datamodule)
         self.example_input_array = {"x": example.x, **example.cond}  # the model summary's FLOPs and shapes
@@ -113,10 +137,12 @@ class TokenizerModule(L.LightningModule):
         self.groups = self.adapter.groups(self.metadata)
         n = max(1, len(self.groups))
         self.metrics = nn.ModuleDict({s: self.adapter.metric(len(self.groups)) for s in STAGES})
-        self.usage = nn.ModuleDict({
-            s: nn.ModuleDict({name: CodebookUsage(size, n) for name, size in self.tokenizer.streams.items()})
-            for s in STAGES
-        })
+        self.usage = nn.ModuleDict(
+            {
+                s: nn.ModuleDict({name: CodebookUsage(size, n) for name, size in self.tokenizer.streams.items()})
+                for s in STAGES
+            }
+        )
 
     @torch.no_grad()
     def check_data(self, datamodule: L.LightningDataModule) -> ModelInput:
@@ -132,8 +158,10 @@ class TokenizerModule(L.LightningModule):
                 raise ValueError(f"reconstruction {tuple(out.recon.shape)} != target {tuple(example.target.shape)}")
             return example
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
-            raise ValueError(f"model {describe(self.tokenizer)} cannot train on data {describe(datamodule)} "
-                             f"with batch adapter {self.adapter!r}: {e}") from e
+            raise ValueError(
+                f"model {describe(self.tokenizer)} cannot train on data {describe(datamodule)} "
+                f"with batch adapter {self.adapter!r}: {e}"
+            ) from e
         finally:
             self.tokenizer.train(was_training)
 
@@ -145,8 +173,15 @@ class TokenizerModule(L.LightningModule):
         with torch.random.fork_rng(devices=devices), flop_counter() as counter:
             out = tokenizer(self.model_input(example.x), **example.cond)
             last_layer = tokenizer.last_layer if loss.needs_last_layer else None
-            losses = loss(out.recon, example.target, out.aux_losses, step=0, train=True, last_layer=last_layer,
-                          weight=example.weight)
+            losses = loss(
+                out.recon,
+                example.target,
+                out.aux_losses,
+                step=0,
+                train=True,
+                last_layer=last_layer,
+                weight=example.weight,
+            )
             losses.loss.backward()
         return int(counter.get_total_flops())
 
@@ -159,13 +194,21 @@ class TokenizerModule(L.LightningModule):
         return self.tokenizer(x, **cond)
 
     # ---- one batch ------------------------------------------------------------------------------
-    def compute_loss(self, batch: dict[str, torch.Tensor],
-                     train: bool) -> tuple[ModelInput, TokenizerOutput, LossOutput]:
+    def compute_loss(
+        self, batch: dict[str, torch.Tensor], train: bool
+    ) -> tuple[ModelInput, TokenizerOutput, LossOutput]:
         example = self.adapter.unpack(batch)
         out = self.tokenizer(self.model_input(example.x), **example.cond)
         last_layer = self.tokenizer.last_layer if self.loss.needs_last_layer else None
-        losses = self.loss(out.recon, example.target, out.aux_losses, step=self.global_step, train=train,
-                           last_layer=last_layer, weight=example.weight)
+        losses = self.loss(
+            out.recon,
+            example.target,
+            out.aux_losses,
+            step=self.global_step,
+            train=train,
+            last_layer=last_layer,
+            weight=example.weight,
+        )
         return example, out, losses
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -206,7 +249,7 @@ class TokenizerModule(L.LightningModule):
             self.log(key, value, prog_bar=key in shown)
 
     def _with_groups(self, metric: GroupedSums | CodebookUsage, suffix: str = "") -> dict[str, torch.Tensor]:
-        """"<name><suffix>" over all samples, and "<name><suffix>/<group>" per group that saw data."""
+        """ "<name><suffix>" over all samples, and "<name><suffix>/<group>" per group that saw data."""
         values = {f"{k}{suffix}": v for k, v in metric.compute().items()}
         if self.groups:
             for group, stats in zip(self.groups, metric.compute_groups(), strict=True):
@@ -223,8 +266,10 @@ class TokenizerModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         params: Any = self.tokenizer.parameters()
         if self.loss.discriminator is not None:  # one optimizer, one parameter group per model (see the class doc)
-            params = [{"params": list(self.tokenizer.parameters()), "name": "tokenizer"},
-                      {"params": list(self.loss.discriminator.parameters()), "name": "discriminator"}]
+            params = [
+                {"params": list(self.tokenizer.parameters()), "name": "tokenizer"},
+                {"params": list(self.loss.discriminator.parameters()), "name": "discriminator"},
+            ]
         optimizer = instantiate(self.hparams.optimizer)(params=params)
         scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

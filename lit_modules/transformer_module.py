@@ -40,16 +40,36 @@ from models import Transformer, TransformerConfig, Vocabulary
 
 
 class TransformerModule(L.LightningModule):
-    def __init__(self, transformer: dict | DictConfig, optimizer: dict | DictConfig, scheduler: dict | DictConfig,
-                 recon_weight: float | dict[str, float] = 0.1, recon_positions: int = 256,
-                 data_space_batches: int | None = 2, code_embedding: bool = True, compile: bool = False):
+    def __init__(
+        self,
+        transformer: dict | DictConfig,
+        optimizer: dict | DictConfig,
+        scheduler: dict | DictConfig,
+        recon_weight: float | dict[str, float] = 0.1,
+        recon_positions: int = 256,
+        data_space_batches: int | None = 2,
+        code_embedding: bool = True,
+        compile: bool = False,
+    ):
         super().__init__()
-        transformer, optimizer, scheduler, recon_weight = (plain(transformer), plain(optimizer), plain(scheduler),
-                                                           plain(recon_weight))
-        self.save_hyperparameters(dict(transformer=transformer, optimizer=optimizer, scheduler=scheduler,
-                                       recon_weight=recon_weight, recon_positions=recon_positions,
-                                       data_space_batches=data_space_batches, code_embedding=code_embedding,
-                                       compile=compile))
+        transformer, optimizer, scheduler, recon_weight = (
+            plain(transformer),
+            plain(optimizer),
+            plain(scheduler),
+            plain(recon_weight),
+        )
+        self.save_hyperparameters(
+            dict(
+                transformer=transformer,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                recon_weight=recon_weight,
+                recon_positions=recon_positions,
+                data_space_batches=data_space_batches,
+                code_embedding=code_embedding,
+                compile=compile,
+            )
+        )
         self.net: Transformer | None = None
         self.recon: ExpectedCodeLoss | None = None
         self.vocab: Vocabulary | None = None
@@ -64,13 +84,20 @@ class TransformerModule(L.LightningModule):
             return
         datamodule = self.trainer.datamodule
         if not isinstance(getattr(datamodule, "vocab", None), Vocabulary):
-            raise TypeError(f"TransformerModule trains on token sequences from a datamodule with a `vocab` "
-                            f"(datamodules/tokens.py); got {describe(datamodule)}")
+            raise TypeError(
+                f"TransformerModule trains on token sequences from a datamodule with a `vocab` "
+                f"(datamodules/tokens.py); got {describe(datamodule)}"
+            )
         self.vocab = datamodule.vocab
         codes = code_matrix(self.vocab.ranges, datamodule.code_vectors, self.vocab.size)
-        config = TransformerConfig(vocab_size=self.vocab.size, n_types=self.vocab.n_types, max_len=datamodule.max_len,
-                                   code_dim=codes.shape[1] if self.hparams.code_embedding else 0,
-                                   context=int(getattr(datamodule, "context_slots", 0)), **self.hparams.transformer)
+        config = TransformerConfig(
+            vocab_size=self.vocab.size,
+            n_types=self.vocab.n_types,
+            max_len=datamodule.max_len,
+            code_dim=codes.shape[1] if self.hparams.code_embedding else 0,
+            context=int(getattr(datamodule, "context_slots", 0)),
+            **self.hparams.transformer,
+        )
         self.net = Transformer(config)
         if config.code_dim:
             self.net.set_codes(codes)
@@ -91,8 +118,9 @@ class TransformerModule(L.LightningModule):
             out.append((f"{r.modality}/{r.stream}", r.start, r.stop, 1 + self.modalities.index(r.modality)))
         return out
 
-    def step(self, batch: dict[str, torch.Tensor], stage: str | None = None
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def step(
+        self, batch: dict[str, torch.Tensor], stage: str | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(mean CE over non-PAD targets, expected-code loss per stream). Each target's logits are restricted to its
         own id range (specs/transformer.md): the LM head is applied to one range at a time, so a position costs
         d·V_range instead of d·V — the full 15k-id head made the galaxy sequences head-bound. With a stage, the
@@ -164,12 +192,12 @@ class TransformerModule(L.LightningModule):
         for name, stats in zip(["special", *self.modalities], metric.compute_groups(), strict=True):
             values.update({f"{stage}/{k}/{name}": v.float() for k, v in (stats or {}).items()})
         metric.reset()
-        for name, errors in (self.data_metrics[stage].items() if stage in self.data_metrics else []):
+        for name, errors in self.data_metrics[stage].items() if stage in self.data_metrics else []:
             if not errors.update_called:
                 continue
             values.update({f"{stage}/{name}/{k}": v.float() for k, v in errors.compute().items()})
             groups = self.evaluator.groups if len(self.evaluator.groups) > 1 else []  # one group: the totals
-            for group, stats in zip(groups, errors.compute_groups()[:len(groups)], strict=True):
+            for group, stats in zip(groups, errors.compute_groups()[: len(groups)], strict=True):
                 values.update({f"{stage}/{name}/{k}/{group}": v.float() for k, v in (stats or {}).items()})
             errors.reset()
         self.log_dict(values)

@@ -61,9 +61,12 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, key_valid: torch.Tensor | None = None,
-                past: tuple[torch.Tensor, torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_valid: torch.Tensor | None = None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x: [B, T, C]; key_valid: [B, T_past + T] bool (False = padding) or None; past: cached keys/values.
         Returns the output [B, T, C] and the keys/values [B, H, T_past + T, D] for the cache."""
         B, T, C = x.shape
@@ -72,8 +75,9 @@ class CausalSelfAttention(nn.Module):
             k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
         T_all = k.shape[2]
         if key_valid is None and past is None:  # the plain causal case: SDPA's fused causal kernels need no mask
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1,
-                                               dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=T > 1, dropout_p=self.dropout if self.training else 0.0
+            )
             return self.proj(y.transpose(1, 2).reshape(B, T, C)), (k, v)
         mask = None
         if key_valid is not None or T > 1:
@@ -90,8 +94,12 @@ class Block(nn.Module):
         d_ff = config.d_ff or 4 * config.d_model
         self.norm1, self.attn = make_norm(config), CausalSelfAttention(config)
         self.norm2 = make_norm(config)
-        self.mlp = nn.Sequential(nn.Linear(config.d_model, d_ff, bias=False), nn.GELU(),
-                                 nn.Linear(d_ff, config.d_model, bias=False), nn.Dropout(config.dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(config.d_model, d_ff, bias=False),
+            nn.GELU(),
+            nn.Linear(d_ff, config.d_model, bias=False),
+            nn.Dropout(config.dropout),
+        )
 
     def forward(self, x, key_valid=None, past=None):
         a, kv = self.attn(self.norm1(x), key_valid, past)
@@ -124,7 +132,7 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layers))
         if config.context:  # slot 0's own embedding at first (with tied weights its logit starts highest), the rest 0
             nn.init.zeros_(self.context_proj.weight)
-            nn.init.eye_(self.context_proj.weight[:, :config.d_model])
+            nn.init.eye_(self.context_proj.weight[:, : config.d_model])
 
     def set_codes(self, codes: torch.Tensor) -> None:
         """codes: [vocab_size, code_dim], the code vector of every id (each stream in its own columns, standardized;
@@ -134,8 +142,9 @@ class Transformer(nn.Module):
         whose codes are close start close, in and out, so a model that has seen a code learns about its neighbours
         (a 8640-id FSQ grid is 8 small integer coordinates, not 8640 unrelated symbols)."""
         if tuple(codes.shape) != tuple(self.codes.shape):
-            raise ValueError(f"codes must be [{self.config.vocab_size}, {self.config.code_dim}], got "
-                             f"{tuple(codes.shape)}")
+            raise ValueError(
+                f"codes must be [{self.config.vocab_size}, {self.config.code_dim}], got {tuple(codes.shape)}"
+            )
         self.codes.copy_(codes)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -155,9 +164,15 @@ class Transformer(nn.Module):
         if isinstance(module, nn.Linear | nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, ids: torch.Tensor, types: torch.Tensor, key_valid: torch.Tensor | None = None,
-                cache: KVCache | None = None, positions: torch.Tensor | None = None,
-                context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        types: torch.Tensor,
+        key_valid: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """ids, types: [B, T] int64; key_valid: [B, T_past + T] bool (False = PAD) or None; cache: filled in place
         with every layer's keys/values (positions continue after what it holds); positions: [B, T] or [T] ids into
         the position embedding, default T_past … T_past + T − 1; context: [B, T, config.context] ids ([B, T] for
@@ -165,9 +180,15 @@ class Transformer(nn.Module):
         -> logits [B, T, vocab_size]."""
         return F.linear(self.hidden(ids, types, key_valid, cache, positions, context), self.output_weight())
 
-    def hidden(self, ids: torch.Tensor, types: torch.Tensor, key_valid: torch.Tensor | None = None,
-               cache: KVCache | None = None, positions: torch.Tensor | None = None,
-               context: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden(
+        self,
+        ids: torch.Tensor,
+        types: torch.Tensor,
+        key_valid: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The final-norm hidden states [B, T, d_model] (forward without the LM head: training can apply the head to
         one id range at a time, `output_weight(lo, hi)`).
 
@@ -188,16 +209,20 @@ class Transformer(nn.Module):
                 raise ValueError(f"sequence of {start + T} tokens is longer than max_len {self.config.max_len}")
             positions = torch.arange(start, start + T, device=ids.device)
         elif positions.numel() and (positions.min() < 0 or positions.max() >= self.config.max_len):
-            raise ValueError(f"positions must lie in [0, max_len={self.config.max_len}), got "
-                             f"[{int(positions.min())}, {int(positions.max())}]")
+            raise ValueError(
+                f"positions must lie in [0, max_len={self.config.max_len}), got "
+                f"[{int(positions.min())}, {int(positions.max())}]"
+            )
         pos = self.pos_emb(positions)
         x = self.embed(ids) + self.type_emb(types) + (pos if pos.ndim == 3 else pos[None])
         if context is not None:
             slots = int(self.config.context)
             context = context[..., None] if context.ndim == 2 else context
             if not slots or context.shape[:2] != ids.shape or context.shape[2] != slots:
-                raise ValueError(f"context ids must be [B, T, {slots}] (config.context slots) for ids "
-                                 f"{tuple(ids.shape)}, got {tuple(context.shape)}")
+                raise ValueError(
+                    f"context ids must be [B, T, {slots}] (config.context slots) for ids "
+                    f"{tuple(ids.shape)}, got {tuple(context.shape)}"
+                )
             x = x + self.context_proj(self.embed(context).flatten(-2))
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
@@ -214,7 +239,7 @@ class Transformer(nn.Module):
             return logits.argmax(-1)
         if how != "expected_code" or not self.config.code_dim:
             raise ValueError(f"pick must be 'argmax' or 'expected_code' (with code vectors), got {how!r}")
-        codes = self.codes[lo:lo + logits.shape[-1]]
+        codes = self.codes[lo : lo + logits.shape[-1]]
         expected = F.softmax(logits.float(), -1) @ codes  # [..., code_dim]
         closeness = 2 * expected @ codes.T - codes.pow(2).sum(-1)  # −|c − ê|² up to a constant
         return closeness.masked_fill(logits == -math.inf, -math.inf).argmax(-1)
@@ -223,10 +248,19 @@ class Transformer(nn.Module):
         return [None] * self.config.n_layers
 
     @torch.no_grad()
-    def generate(self, prompt: torch.Tensor, layout: torch.Tensor, n_new: int, bounds: torch.Tensor | None = None,
-                 temperature: float = 0.0, use_cache: bool = True, generator: torch.Generator | None = None,
-                 positions: torch.Tensor | None = None, context: torch.Tensor | None = None,
-                 pick: str = "argmax") -> torch.Tensor:
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        layout: torch.Tensor,
+        n_new: int,
+        bounds: torch.Tensor | None = None,
+        temperature: float = 0.0,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+        positions: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        pick: str = "argmax",
+    ) -> torch.Tensor:
         """Continue `prompt` [B, T0] by n_new tokens. layout: [T0 + n_new] (or [B, T0 + n_new]) type id of every
         position, the prompt's included; bounds: [n_types, 2] the id range [lo, hi) of each type, to which a new
         token is restricted. temperature 0: greedy, else sampling from softmax(logits / temperature). Greedy picks

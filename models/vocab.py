@@ -82,8 +82,9 @@ class Vocabulary:
     def to_global(self, modality: str, stream: str, ids: torch.Tensor) -> torch.Tensor:
         r = self.range(modality, stream)
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= r.size):
-            raise ValueError(f"{modality}/{stream} ids must lie in [0, {r.size}), got [{int(ids.min())}, "
-                             f"{int(ids.max())}]")
+            raise ValueError(
+                f"{modality}/{stream} ids must lie in [0, {r.size}), got [{int(ids.min())}, {int(ids.max())}]"
+            )
         return ids.long() + r.start
 
     def type_of(self, ids: torch.Tensor) -> torch.Tensor:

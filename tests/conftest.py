@@ -24,8 +24,11 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml
 # Smaller data for sources whose default is too big for a CPU test, by the data config's source `_target_`
 # (still big enough for a train/val/test split by trajectory).
 SMALL_DATA = {
-    "datamodules.sources.EmbeddedFields": ["data.source.resolution=32", "data.source.n_traj=5",
-                                           "data.source.n_frames=4"],
+    "datamodules.sources.EmbeddedFields": [
+        "data.source.resolution=32",
+        "data.source.n_traj=5",
+        "data.source.n_frames=4",
+    ],
     "datamodules.galaxies.EmbeddedGalaxies": ["data.source.n_objects=128", "data.source.spectrum_pixels=128"],
 }
 # Tokenizers above this size are checked on the meta device (shapes and dtypes, no values) instead of being run.
@@ -47,9 +50,9 @@ def layer_depth(model: torch.nn.Module) -> int:
     return sum(1 for m in model.modules() if next(m.parameters(recurse=False), None) is not None)
 
 
-
-def assert_same_final_weights(full_dir: Path, resumed_dir: Path, steps: int,
-                              keys: tuple[str, ...] | None = None) -> dict:
+def assert_same_final_weights(
+    full_dir: Path, resumed_dir: Path, steps: int, keys: tuple[str, ...] | None = None
+) -> dict:
     """The last.ckpt of a resumed run equals the uninterrupted run's bit for bit: the same step and every tensor of
     `keys` (default: the weights the full checkpoint holds: state_dict, and current_model_state with EMA). Returns
     the full run's checkpoint."""
@@ -61,6 +64,7 @@ def assert_same_final_weights(full_dir: Path, resumed_dir: Path, steps: int,
         for name, value in full[key].items():
             assert torch.equal(value, resumed[key][name]), (key, name)
     return full
+
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:

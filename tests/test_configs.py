@@ -33,23 +33,29 @@ def test_user_data_configs_inherit_the_defaults_and_swap_the_source(make_cfg, tm
     embedded = make_cfg([])
     cfg = make_cfg(["data=fields_npy", f"data.source.path={tmp_path}/x.npy", "data.source.layout=NTHW"])
     assert cfg.data.source._target_.endswith("NpyFields") and cfg.data.source.layout == "NTHW"
-    assert {k: v for k, v in cfg.data.items() if k != "source"} == {k: v for k, v in embedded.data.items()
-                                                                     if k != "source"}
+    assert {k: v for k, v in cfg.data.items() if k != "source"} == {
+        k: v for k, v in embedded.data.items() if k != "source"
+    }
     cfg = make_cfg(["data=fields_hdf5", "data.source.path=/my/run.hdf5"])
-    assert dict(cfg.data.source) == {"_target_": "datamodules.sources.HDF5Fields", "path": "/my/run.hdf5",
-                                     "variables": None}
+    assert dict(cfg.data.source) == {
+        "_target_": "datamodules.sources.HDF5Fields",
+        "path": "/my/run.hdf5",
+        "variables": None,
+    }
     eeg, files = make_cfg(["data=eeg"]), make_cfg(["data=eeg_files", "data.source.path=/my/edf"])
     assert set(files.data.source) == {"_target_", "path", "picks"}  # none of the SCP source's keys
-    assert {k: v for k, v in files.data.items() if k != "source"} == {k: v for k, v in eeg.data.items()
-                                                                      if k != "source"}
+    assert {k: v for k, v in files.data.items() if k != "source"} == {
+        k: v for k, v in eeg.data.items() if k != "source"
+    }
     cfg = make_cfg(["data=image_folder", "data.source.path=/my/images"])
     assert dict(cfg.data.source) == {"_target_": "datamodules.images.ImageFolder", "path": "/my/images"}
     galaxies = make_cfg(["data=galaxies"])
     for name, target in (("galaxies_parquet", "GalaxyParquet"), ("galaxies_fits", "GalaxyFits")):
         cfg = make_cfg([f"data={name}", "data.source.path=/my/galaxies"])
         assert cfg.data.source._target_ == f"datamodules.galaxies.{target}" and "n_objects" not in cfg.data.source
-        assert {k: v for k, v in cfg.data.items() if k != "source"} == {k: v for k, v in galaxies.data.items()
-                                                                         if k != "source"}
+        assert {k: v for k, v in cfg.data.items() if k != "source"} == {
+            k: v for k, v in galaxies.data.items() if k != "source"
+        }
 
 
 def test_unknown_experiment_names_the_available_ones(make_cfg):
@@ -58,7 +64,8 @@ def test_unknown_experiment_names_the_available_ones(make_cfg):
     assert all(e in str(err.value) for e in EXPERIMENTS)
 
 
-@pytest.mark.parametrize("data", ["fields_hdf5", "fields_npy", "eeg_files", "image_folder", "galaxies_parquet",
-                                  "galaxies_fits"])
+@pytest.mark.parametrize(
+    "data", ["fields_hdf5", "fields_npy", "eeg_files", "image_folder", "galaxies_parquet", "galaxies_fits"]
+)
 def test_missing_data_path_is_reported_by_key(make_cfg, data):
     assert OmegaConf.missing_keys(make_cfg([f"data={data}"])) == {"data.source.path"}

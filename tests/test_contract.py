@@ -124,7 +124,8 @@ def test_load_tokenizer_in_plain_python(experiment_run, tmp_path):
         jobs.append((str(run.last_ckpt), str(tmp_path / f"{experiment}.pt"), relative))
         expected.append(datamodule.metadata.to_dict())
     assert jobs
-    out = subprocess.run([sys.executable, "-c", PLAIN_PYTHON, json.dumps(jobs)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", PLAIN_PYTHON, json.dumps(jobs)], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == expected

@@ -23,8 +23,15 @@ pytestmark = pytest.mark.slow
 
 # no EMA: the checkpoint's weights are the trained ones, which a 1-process validation then loads as they are; the
 # schedule spans 6 steps also in the run stopped at step 3 (mid-epoch: 6 batches per rank and epoch)
-BASE = ["experiment=phaedra", "debug=fast", "test=false", "callbacks.ema=null", "trainer.limit_val_batches=null",
-        "scheduler.total_steps=6", *SMALL_DATA["datamodules.sources.EmbeddedFields"]]
+BASE = [
+    "experiment=phaedra",
+    "debug=fast",
+    "test=false",
+    "callbacks.ema=null",
+    "trainer.limit_val_batches=null",
+    "scheduler.total_steps=6",
+    *SMALL_DATA["datamodules.sources.EmbeddedFields"],
+]
 
 
 def test_ranks_share_an_epoch_once_in_the_one_process_order():
@@ -48,9 +55,22 @@ def test_ranks_share_an_epoch_once_in_the_one_process_order():
 
 def ddp_run(run_dir: Path, data_dir: Path, *overrides: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    proc = subprocess.run([sys.executable, "train.py", *BASE, "trainer=ddp_cpu", f"paths.data_dir={data_dir}",
-                           f"hydra.run.dir={run_dir}", *overrides], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *BASE,
+            "trainer=ddp_cpu",
+            f"paths.data_dir={data_dir}",
+            f"hydra.run.dir={run_dir}",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((run_dir / "run.json").read_text())
 
@@ -66,10 +86,15 @@ def test_two_process_ddp_validates_like_one_process_writes_once_and_resumes_exac
     # the same weights validated by one process on the same data
     cfg = make_cfg(BASE, output_dir=tmp_path / "single")
     module = instantiate(cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, _recursive_=False)
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False)
-    single = trainer.validate(module, datamodule=instantiate(cfg.data),
-                              ckpt_path=tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=True)[0]
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    single = trainer.validate(
+        module,
+        datamodule=instantiate(cfg.data),
+        ckpt_path=tmp_path / "ddp" / "checkpoints" / "last.ckpt",
+        weights_only=True,
+    )[0]
     ddp = {k: v for k, v in record["metrics"].items() if k.startswith("val/")}
     # usage and perplexity come from the codebook histograms: equal means rank histograms summed to the whole one
     assert {"val/usage/morph", "val/usage/amp", "val/perplexity/amp"} <= set(ddp)

@@ -17,9 +17,17 @@ EXPERIMENT = "astro_image"  # the one experiment whose checkpoint encode.py take
 def encode_cfg(ckpt, out_dir, data_dir):
     small = SMALL_DATA["datamodules.galaxies.EmbeddedGalaxies"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="encode", overrides=[
-            f"image_ckpt={ckpt}", f"out_dir={out_dir}", f"paths.data_dir={data_dir}", *small,
-            "spectra.codebook_size=64", "batch_size=16"])
+        return compose(
+            config_name="encode",
+            overrides=[
+                f"image_ckpt={ckpt}",
+                f"out_dir={out_dir}",
+                f"paths.data_dir={data_dir}",
+                *small,
+                "spectra.codebook_size=64",
+                "batch_size=16",
+            ],
+        )
 
 
 def test_export_writes_every_split_and_reuses_it(experiment_run, tmp_path, data_dir, caplog):

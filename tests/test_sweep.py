@@ -27,8 +27,14 @@ SPECS = sorted(p.stem for p in (ROOT / "conf" / "sweep").glob("*.yaml"))
 
 
 def spec_file(tmp_path, **fields) -> Path:
-    spec = {"overrides": ["experiment=phaedra"], "metric": "val/nrmse", "direction": "minimize", "trials": 3,
-            "params": {"optimizer.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}}, **fields}
+    spec = {
+        "overrides": ["experiment=phaedra"],
+        "metric": "val/nrmse",
+        "direction": "minimize",
+        "trials": 3,
+        "params": {"optimizer.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}},
+        **fields,
+    }
     path = tmp_path / "spec.yaml"
     path.write_text(OmegaConf.to_yaml(OmegaConf.create(spec)))
     return path
@@ -42,17 +48,29 @@ def test_every_shipped_spec_names_keys_of_its_experiment(name):
         assert OmegaConf.select(cfg, key) is not None, f"{name}: {key} is not a key of {spec.overrides}"
         if p.type == "choice":  # every value composes as an override
             for value in p["values"]:
-                compose_cfg([*spec.overrides, *sweep.trial_overrides({key: OmegaConf.to_container(
-                    OmegaConf.create({"v": value}))["v"]})], Path("/tmp/unused"), Path("/tmp/unused"))
+                compose_cfg(
+                    [
+                        *spec.overrides,
+                        *sweep.trial_overrides({key: OmegaConf.to_container(OmegaConf.create({"v": value}))["v"]}),
+                    ],
+                    Path("/tmp/unused"),
+                    Path("/tmp/unused"),
+                )
     assert spec.metric.startswith("val/") and spec.direction in ("minimize", "maximize")
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"direction": "down"}, "direction must be minimize or maximize"),
-    ({"params": {"optimizer.lr": {"type": "loguniform", "low": 1, "high": 2}}}, r"params.optimizer.lr.type must be"),
-    ({"params": {"optimizer.lr": {"type": "float", "low": 2, "high": 1}}}, r"needs low < high, got 2, 1"),
-    ({"params": {"model.x": {"type": "choice"}}}, r"params.model.x \(choice\) needs a non-empty `values`"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"direction": "down"}, "direction must be minimize or maximize"),
+        (
+            {"params": {"optimizer.lr": {"type": "loguniform", "low": 1, "high": 2}}},
+            r"params.optimizer.lr.type must be",
+        ),
+        ({"params": {"optimizer.lr": {"type": "float", "low": 2, "high": 1}}}, r"needs low < high, got 2, 1"),
+        ({"params": {"model.x": {"type": "choice"}}}, r"params.model.x \(choice\) needs a non-empty `values`"),
+    ],
+)
 def test_a_bad_spec_is_refused_by_name(tmp_path, fields, message):
     with pytest.raises(sweep.SpecError, match=message):
         sweep.load_spec(str(spec_file(tmp_path, **fields)))
@@ -61,9 +79,9 @@ def test_a_bad_spec_is_refused_by_name(tmp_path, fields, message):
 
 
 def test_trial_values_become_hydra_overrides():
-    assert sweep.trial_overrides({"optimizer.lr": 0.001, "model.tokenizer.levels": [8, 5, 5], "a.b": True,
-                                  "c": "relu", "d": "a b"}) == \
-        ["optimizer.lr=0.001", "model.tokenizer.levels=[8,5,5]", "a.b=true", "c=relu", 'd="a b"']
+    assert sweep.trial_overrides(
+        {"optimizer.lr": 0.001, "model.tokenizer.levels": [8, 5, 5], "a.b": True, "c": "relu", "d": "a b"}
+    ) == ["optimizer.lr=0.001", "model.tokenizer.levels=[8,5,5]", "a.b=true", "c=relu", 'd="a b"']
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -73,8 +91,13 @@ def test_trial_values_become_hydra_overrides():
 def offline_run_info(run_dir: Path) -> dict:
     """The offline W&B run's group and name, read back with `wandb leet inspect --json`."""
     wandb_dir = next((run_dir / "wandb").glob("offline-run-*"))
-    out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(wandb_dir)],
-                         capture_output=True, text=True, check=True, timeout=120)
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(wandb_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     for line in out.stdout.splitlines():
         record = json.loads(line) if line.startswith("{") else {}
         if record.get("type") == "run":
@@ -87,9 +110,25 @@ def test_a_multirun_grid_runs_every_job_in_one_group_and_writes_a_summary(tmp_pa
     sweep_dir = tmp_path / "grid"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     # the third learning rate is refused by the optimizer: that job fails, the others run
-    proc = subprocess.run([sys.executable, "train.py", "--multirun", "experiment=phaedra", "debug=fast", "test=false",
-                           "optimizer.lr=1e-4,3e-4,-1", f"hydra.sweep.dir={sweep_dir}", f"paths.data_dir={data_dir}",
-                           *SMALL_FIELDS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--multirun",
+            "experiment=phaedra",
+            "debug=fast",
+            "test=false",
+            "optimizer.lr=1e-4,3e-4,-1",
+            f"hydra.sweep.dir={sweep_dir}",
+            f"paths.data_dir={data_dir}",
+            *SMALL_FIELDS,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode != 0, "a multirun with a failed job must exit non-zero"
     assert "1 of 3 jobs did not complete" in proc.stderr + proc.stdout
     with (sweep_dir / "summary.csv").open() as f:
@@ -159,8 +198,20 @@ def test_a_nan_metric_is_a_failed_trial_and_the_search_goes_on(tmp_path, monkeyp
 
 
 def sweep_command(spec: Path, sweep_dir: Path, data_dir: Path, trials: int) -> list[str]:
-    return [sys.executable, "sweep.py", str(spec), "--trials", str(trials), "--sweep-dir", str(sweep_dir),
-            "debug=fast", "logger=none", "test=false", f"paths.data_dir={data_dir}", *SMALL_FIELDS]
+    return [
+        sys.executable,
+        "sweep.py",
+        str(spec),
+        "--trials",
+        str(trials),
+        "--sweep-dir",
+        str(sweep_dir),
+        "debug=fast",
+        "logger=none",
+        "test=false",
+        f"paths.data_dir={data_dir}",
+        *SMALL_FIELDS,
+    ]
 
 
 @pytest.mark.slow
@@ -168,8 +219,14 @@ def test_a_killed_sweep_resumes_its_study_and_two_workers_share_one(tmp_path, da
     spec, sweep_dir = spec_file(tmp_path, trials=3), tmp_path / "sweep"
     storage = f"sqlite:///{sweep_dir / 'study.db'}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two workers on two cores
-    first = subprocess.Popen(sweep_command(spec, sweep_dir, data_dir, 3), cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = subprocess.Popen(
+        sweep_command(spec, sweep_dir, data_dir, 3),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and first.poll() is None:
         time.sleep(1)
@@ -187,20 +244,28 @@ def test_a_killed_sweep_resumes_its_study_and_two_workers_share_one(tmp_path, da
     done_before = sum(t.state.name == "COMPLETE" for t in before)
     assert 1 <= done_before < 3
     # the same command, twice at once: both resume the one study, up to 3 + 2 finished trials
-    second = subprocess.Popen(sweep_command(spec, sweep_dir, data_dir, 5), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT, text=True)
-    third = subprocess.run(sweep_command(spec, sweep_dir, data_dir, 5), cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=600)
+    second = subprocess.Popen(
+        sweep_command(spec, sweep_dir, data_dir, 5),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    third = subprocess.run(
+        sweep_command(spec, sweep_dir, data_dir, 5), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     out, _ = second.communicate(timeout=600)
     assert second.returncode == 0 and third.returncode == 0, out + third.stderr
     trials = optuna.load_study(study_name="spec", storage=storage).trials
     numbers = [t.number for t in trials]
     assert numbers == list(range(len(numbers)))  # one numbering, no duplicates
-    assert [t.params for t in trials[:len(before)]] == [t.params for t in before]  # the first run's trials kept
+    assert [t.params for t in trials[: len(before)]] == [t.params for t in before]  # the first run's trials kept
     assert sum(t.state.name in ("COMPLETE", "PRUNED", "FAIL") for t in trials) >= 5
     assert "best trial" in third.stdout
-    assert {Path(t.user_attrs["run_dir"]).name for t in trials if t.state.name == "COMPLETE"} \
-        <= {p.name for p in sweep_dir.iterdir()}
+    assert {Path(t.user_attrs["run_dir"]).name for t in trials if t.state.name == "COMPLETE"} <= {
+        p.name for p in sweep_dir.iterdir()
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -232,24 +297,47 @@ class FakeWandb:
 
 
 def test_the_wandb_backend_builds_the_sweep_and_passes_key_value_overrides(tmp_path, monkeypatch):
-    spec = sweep.load_spec(str(spec_file(tmp_path, params={
-        "optimizer.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
-        "model.tokenizer.amp_levels": {"type": "choice", "values": [256, 1024]},
-        "trainer.max_steps": {"type": "int", "low": 100, "high": 400}})))
+    spec = sweep.load_spec(
+        str(
+            spec_file(
+                tmp_path,
+                params={
+                    "optimizer.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+                    "model.tokenizer.amp_levels": {"type": "choice", "values": [256, 1024]},
+                    "trainer.max_steps": {"type": "int", "low": 100, "high": 400},
+                },
+            )
+        )
+    )
     assert sweep.wandb_sweep_config(spec) == {
-        "name": "spec", "method": "bayes", "metric": {"name": "val/nrmse", "goal": "minimize"},
-        "parameters": {"optimizer.lr": {"min": 1e-4, "max": 3e-3, "distribution": "log_uniform_values"},
-                       "model.tokenizer.amp_levels": {"values": [256, 1024]},
-                       "trainer.max_steps": {"min": 100, "max": 400, "distribution": "int_uniform"}}}
+        "name": "spec",
+        "method": "bayes",
+        "metric": {"name": "val/nrmse", "goal": "minimize"},
+        "parameters": {
+            "optimizer.lr": {"min": 1e-4, "max": 3e-3, "distribution": "log_uniform_values"},
+            "model.tokenizer.amp_levels": {"values": [256, 1024]},
+            "trainer.max_steps": {"min": 100, "max": 400, "distribution": "int_uniform"},
+        },
+    }
     calls = []
-    monkeypatch.setattr(sweep, "run_trial", lambda spec, base, params, run_dir, group, name, callbacks=None:
-                        calls.append((base, sweep.trial_overrides(params), run_dir, group)))
-    fake = FakeWandb([{"optimizer.lr": 0.001, "model.tokenizer.amp_levels": 256, "trainer.max_steps": 200.0},
-                      {"optimizer.lr": 0.0002, "model.tokenizer.amp_levels": 1024, "trainer.max_steps": 300}])
+    monkeypatch.setattr(
+        sweep,
+        "run_trial",
+        lambda spec, base, params, run_dir, group, name, callbacks=None: calls.append(
+            (base, sweep.trial_overrides(params), run_dir, group)
+        ),
+    )
+    fake = FakeWandb(
+        [
+            {"optimizer.lr": 0.001, "model.tokenizer.amp_levels": 256, "trainer.max_steps": 200.0},
+            {"optimizer.lr": 0.0002, "model.tokenizer.amp_levels": 1024, "trainer.max_steps": 300},
+        ]
+    )
     sweep.run_wandb(spec, ["debug=fast"], 2, tmp_path / "sweeps", api=fake)
     assert [c[1] for c in calls] == [
         ["optimizer.lr=0.001", "model.tokenizer.amp_levels=256", "trainer.max_steps=200"],
-        ["optimizer.lr=0.0002", "model.tokenizer.amp_levels=1024", "trainer.max_steps=300"]]
+        ["optimizer.lr=0.0002", "model.tokenizer.amp_levels=1024", "trainer.max_steps=300"],
+    ]
     assert all(c[0] == ["debug=fast"] and c[3] == "sweep-fake-sweep" for c in calls) and fake.finished == 2
     with pytest.raises(KeyError, match=r"lacks the sweep parameters \['trainer.max_steps'\]"):
         sweep.wandb_trial_params(spec, {"optimizer.lr": 0.001, "model.tokenizer.amp_levels": 256})
@@ -258,8 +346,14 @@ def test_the_wandb_backend_builds_the_sweep_and_passes_key_value_overrides(tmp_p
 def test_the_wandb_backend_without_a_server_fails_fast(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline"}
     start = time.time()
-    proc = subprocess.run([sys.executable, "sweep.py", str(spec_file(tmp_path)), "--backend", "wandb"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "sweep.py", str(spec_file(tmp_path)), "--backend", "wandb"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "--backend wandb needs a W&B server" in proc.stderr
     assert time.time() - start < 60
 
@@ -270,9 +364,17 @@ def test_the_slurm_launcher_config_composes_to_submitit():
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["hydra/launcher=slurm", "experiment=phaedra", "trainer=ddp",
-                                                      "hydra.launcher.tasks_per_node=4", "trainer.devices=4"],
-                      return_hydra_config=True)
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "hydra/launcher=slurm",
+                "experiment=phaedra",
+                "trainer=ddp",
+                "hydra.launcher.tasks_per_node=4",
+                "trainer.devices=4",
+            ],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert launcher.tasks_per_node == cfg.trainer.devices == 4 and cfg.trainer.strategy == "ddp"
@@ -280,11 +382,28 @@ def test_the_slurm_launcher_config_composes_to_submitit():
 
 
 def test_ddp_that_would_relaunch_the_grid_is_refused_inside_a_multirun(tmp_path, data_dir):
-    proc = subprocess.run([sys.executable, "train.py", "--multirun", "experiment=phaedra", "debug=fast",
-                           "trainer=ddp_cpu", "optimizer.lr=1e-4,3e-4", f"hydra.sweep.dir={tmp_path / 'grid'}",
-                           f"paths.data_dir={data_dir}", "logger=none", *SMALL_FIELDS], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--multirun",
+            "experiment=phaedra",
+            "debug=fast",
+            "trainer=ddp_cpu",
+            "optimizer.lr=1e-4,3e-4",
+            f"hydra.sweep.dir={tmp_path / 'grid'}",
+            f"paths.data_dir={data_dir}",
+            "logger=none",
+            *SMALL_FIELDS,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
-    assert "inside --multirun: Lightning would start the other ranks by running this command line again" \
+    assert (
+        "inside --multirun: Lightning would start the other ranks by running this command line again"
         in proc.stderr + proc.stdout
+    )
     assert not (tmp_path / "grid" / "0" / "checkpoints").exists()  # refused before training

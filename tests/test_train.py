@@ -35,10 +35,18 @@ def run(make_cfg, overrides: list[str], output_dir: Path):
 def wandb_history(run_dir: Path) -> tuple[dict, list[dict]]:
     """The offline W&B run's history read back with `wandb leet inspect --json`: (last value per key, rows)."""
     wandb_dir = next((run_dir / "wandb").glob("offline-run-*"))
-    out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(wandb_dir)],
-                         capture_output=True, text=True, check=True, timeout=120)
-    rows = [json.loads(line)["history"]["item"] for line in out.stdout.splitlines()
-            if line.startswith("{") and json.loads(line).get("type") == "history"]
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(wandb_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    rows = [
+        json.loads(line)["history"]["item"]
+        for line in out.stdout.splitlines()
+        if line.startswith("{") and json.loads(line).get("type") == "history"
+    ]
     last: dict = {}
     for row in rows:
         last.update(row)
@@ -67,8 +75,13 @@ def test_every_experiment_trains_checkpoints_and_logs_its_metrics(experiment, ex
     datamodule = run_.datamodule
     adapter, tokenizer = datamodule.adapter, instantiate(run_.cfg.model.tokenizer)
     last, _ = wandb_history(run_.dir)
-    expected = {"train/loss", "train/device/samples_per_sec", "train/device/flops_per_sec", "val/loss",
-                "trainer/global_step"}
+    expected = {
+        "train/loss",
+        "train/device/samples_per_sec",
+        "train/device/flops_per_sec",
+        "val/loss",
+        "trainer/global_step",
+    }
     expected |= {f"{stage}/{name}" for stage in ("val", "test") for name in metric_names(adapter)}
     for stream in tokenizer.streams:
         expected |= {f"val/{stat}/{stream}" for stat in ("usage", "perplexity", "entropy_bits")}
@@ -107,8 +120,17 @@ def test_the_discriminator_switches_on_at_its_start_step(make_cfg, tmp_path, exp
 def test_the_stage_two_codebook_is_fitted_at_the_end_logged_and_checkpointed(experiment, experiment_run):
     run_ = experiment_run(experiment)
     last, rows = wandb_history(run_.dir)
-    stats = ("used_codes", "usage", "entropy_bits", "perplexity", "perplexity_over_k", "top10_mass",
-             "quantization_mse", "psnr_latents", "psnr_tokens")
+    stats = (
+        "used_codes",
+        "usage",
+        "entropy_bits",
+        "perplexity",
+        "perplexity_over_k",
+        "top10_mass",
+        "quantization_mse",
+        "psnr_latents",
+        "psnr_tokens",
+    )
     assert all(isinstance(last.get(f"codebook/{s}"), float | int) for s in stats), sorted(last)
     assert 0 < last["codebook/perplexity_over_k"] <= 1 and last["codebook/used_codes"] >= 1
     assert any(k.startswith("codebook/reconstructions/bands_") for k in last)
@@ -129,12 +151,21 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(make_cfg, tmp
     extra = ["callbacks.ema.decay=0.9"] if KINDS[experiment]["ema"] else []
     extra += ["model.loss.gan.start_step=2"] if KINDS[experiment]["gan"] else []
     extra += ["callbacks.codebook.at_step=6"] if KINDS[experiment]["codebook"] else []
-    common = [f"experiment={experiment}", "logger=none", "test=false", "trainer.val_check_interval=4",
-              "scheduler.total_steps=8", *extra]
+    common = [
+        f"experiment={experiment}",
+        "logger=none",
+        "test=false",
+        "trainer.val_check_interval=4",
+        "scheduler.total_steps=8",
+        *extra,
+    ]
     run(make_cfg, [*common, "trainer.max_steps=8"], tmp_path / "full")
     run(make_cfg, [*common, "trainer.max_steps=4"], tmp_path / "half")
-    run(make_cfg, [*common, "trainer.max_steps=8", f"ckpt_path={tmp_path / 'half' / 'checkpoints' / 'last.ckpt'}"],
-        tmp_path / "resumed")
+    run(
+        make_cfg,
+        [*common, "trainer.max_steps=8", f"ckpt_path={tmp_path / 'half' / 'checkpoints' / 'last.ckpt'}"],
+        tmp_path / "resumed",
+    )
     full = assert_same_final_weights(tmp_path / "full", tmp_path / "resumed", 8)  # with EMA: EMA and raw weights
     half = torch.load(tmp_path / "half" / "checkpoints" / "last.ckpt", weights_only=True)
     last_key = "current_model_state" if "current_model_state" in full else "state_dict"
@@ -210,8 +241,11 @@ class NanAtStep(L.Callback):
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path):
     poison = "+callbacks.poison._target_=tests.test_train.NanAtStep"
-    with pytest.raises(FloatingPointError, match=r"step 4: the training loss is nan \(terms: loss=nan, l1=nan, "
-                                                 r"mse=nan\) at lr \[.*\]; stopped before this step's update"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"step 4: the training loss is nan \(terms: loss=nan, l1=nan, "
+        r"mse=nan\) at lr \[.*\]; stopped before this step's update",
+    ):
         run(make_cfg, ["logger=none", "test=false", poison], tmp_path / "run")
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["status"] == "failed" and "FloatingPointError" in record["error"]
@@ -230,10 +264,14 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(make
 
 def test_a_diverging_learning_rate_fails_and_writes_no_nan_checkpoint(make_cfg, tmp_path):
     with pytest.raises(FloatingPointError, match=r"the training loss is (nan|inf)"):
-        run(make_cfg, ["logger=none", "test=false", "optimizer.lr=1e6", "trainer.gradient_clip_val=null"],
-            tmp_path / "run")
-    for ckpt in (tmp_path / "run" / "checkpoints").glob("*.ckpt") if (tmp_path / "run" / "checkpoints").exists() \
-            else []:
+        run(
+            make_cfg,
+            ["logger=none", "test=false", "optimizer.lr=1e6", "trainer.gradient_clip_val=null"],
+            tmp_path / "run",
+        )
+    for ckpt in (
+        (tmp_path / "run" / "checkpoints").glob("*.ckpt") if (tmp_path / "run" / "checkpoints").exists() else []
+    ):
         load_tokenizer(ckpt)  # every checkpoint written holds finite weights
 
 
@@ -257,8 +295,9 @@ def test_missing_user_data_path_names_the_path(make_cfg, tmp_path):
 
 
 def test_unknown_experiment_on_the_command_line():
-    out = subprocess.run([sys.executable, "train.py", "experiment=nope"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "train.py", "experiment=nope"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode != 0
     assert "Could not find 'experiment/nope'" in out.stderr and all(e in out.stderr for e in EXPERIMENTS)
 
@@ -298,13 +337,24 @@ def test_resume_with_two_workers_on_a_users_hdf5_file_is_exact(make_cfg, tmp_pat
     with h5py.File(tmp_path / "fields.hdf5", "w") as f:
         f.create_dataset("t0_fields/u", data=rng.normal(size=(5, 6, 16, 16)).astype(np.float32))
         f.create_dataset("t0_fields/v", data=rng.normal(size=(5, 6, 16, 16)).astype(np.float32))
-    common = ["experiment=phaedra", "logger=none", "test=false", "data=fields_hdf5", "data.num_workers=2",
-              f"data.source.path={tmp_path / 'fields.hdf5'}", "trainer.val_check_interval=4", "scheduler.total_steps=8",
-              "callbacks.ema.decay=0.9"]
+    common = [
+        "experiment=phaedra",
+        "logger=none",
+        "test=false",
+        "data=fields_hdf5",
+        "data.num_workers=2",
+        f"data.source.path={tmp_path / 'fields.hdf5'}",
+        "trainer.val_check_interval=4",
+        "scheduler.total_steps=8",
+        "callbacks.ema.decay=0.9",
+    ]
     run(make_cfg, [*common, "trainer.max_steps=8"], tmp_path / "full")
     run(make_cfg, [*common, "trainer.max_steps=4"], tmp_path / "half")  # 4 of the epoch's 9 batches of 4
-    run(make_cfg, [*common, "trainer.max_steps=8", f"ckpt_path={tmp_path / 'half' / 'checkpoints' / 'last.ckpt'}"],
-        tmp_path / "resumed")
+    run(
+        make_cfg,
+        [*common, "trainer.max_steps=8", f"ckpt_path={tmp_path / 'half' / 'checkpoints' / 'last.ckpt'}"],
+        tmp_path / "resumed",
+    )
     assert_same_final_weights(tmp_path / "full", tmp_path / "resumed", 8, ("state_dict", "current_model_state"))
 
 

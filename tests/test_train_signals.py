@@ -26,14 +26,30 @@ from train import check_checkpoint, train
 SMALL = SMALL_DATA["datamodules.sources.EmbeddedFields"]
 
 
-def train_until_signal(run_dir: Path, data_dir: Path, signum: int | None, *overrides: str,
-                       env: dict | None = None, after_step: int = 8) -> tuple[int, str]:
+def train_until_signal(
+    run_dir: Path, data_dir: Path, signum: int | None, *overrides: str, env: dict | None = None, after_step: int = 8
+) -> tuple[int, str]:
     """Run `train.py experiment=phaedra debug=fast` with no step limit, send `signum` once the progress log passes
     `after_step` (None: let it finish), and return (exit code, output)."""
-    cmd = [sys.executable, "train.py", "experiment=phaedra", "debug=fast", *SMALL, f"paths.data_dir={data_dir}",
-           f"hydra.run.dir={run_dir}", "trainer.max_steps=100000", *overrides]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "WANDB_MODE": "offline", **(env or {})})
+    cmd = [
+        sys.executable,
+        "train.py",
+        "experiment=phaedra",
+        "debug=fast",
+        *SMALL,
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_steps=100000",
+        *overrides,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "WANDB_MODE": "offline", **(env or {})},
+    )
     lines = []
     for line in proc.stdout:  # stdout is a pipe, so ProgressLog writes a line every 2 steps
         lines.append(line)
@@ -62,8 +78,12 @@ def test_sigterm_saves_last_ckpt_at_a_batch_boundary_and_exits_143(tmp_path, dat
     assert record["status"] == "preempted" and record["step"] == step
     assert f"Run stopped by SIGTERM at step {step}; resume with ckpt_path=" in out
     wandb_dir = next((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    summary = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json",
-                              str(wandb_dir)], capture_output=True, text=True, check=True)
+    summary = subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json", str(wandb_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     info = json.loads(summary.stdout)
     assert info["exit_code"] == 143 and info["state"] == "failed"
 
@@ -81,18 +101,32 @@ def test_ctrl_c_stops_after_the_batch_saves_last_ckpt_and_exits_130(tmp_path, da
 def test_a_slurm_time_limit_signal_saves_requeues_and_the_restart_resumes(tmp_path, data_dir):
     bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol.log"
     bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
     (bin_dir / "scontrol").chmod(0o755)
-    slurm = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1",
-             "SLURM_JOB_NAME": "scitok", "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
-             "SLURM_NODEID": "0"}
+    slurm = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "scitok",
+        "SLURM_NODELIST": "localhost",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+    }
     code, out = train_until_signal(tmp_path / "run", data_dir, signal.SIGUSR1, "logger=none", env=slurm)
     assert code == 143, out[-3000:]
     assert calls.read_text().split() == ["requeue", "4242"]
     step = assert_resumable_last(tmp_path / "run", 8)
     # SLURM starts the same script again with SLURM_RESTART_COUNT=1: same run dir, no ckpt_path given
-    code, out = train_until_signal(tmp_path / "run", data_dir, None, "logger=none", "test=false",
-                                   f"trainer.max_steps={step + 2}", env={**slurm, "SLURM_RESTART_COUNT": "1"})
+    code, out = train_until_signal(
+        tmp_path / "run",
+        data_dir,
+        None,
+        "logger=none",
+        "test=false",
+        f"trainer.max_steps={step + 2}",
+        env={**slurm, "SLURM_RESTART_COUNT": "1"},
+    )
     assert code == 0, out[-3000:]
     assert f"resuming from {tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}" in out
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step + 2
@@ -112,9 +146,13 @@ def test_unreadable_checkpoints_are_refused_by_name(real_ckpt, make_cfg, tmp_pat
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.ckpt")
     state_only = torch.load(real_ckpt, weights_only=True)
     torch.save({"state_dict": state_only["state_dict"]}, tmp_path / "weights_only.ckpt")
-    cases = {empty: "is empty", garbage: "cannot be read", truncated: "cannot be read",
-             tmp_path / "foreign.ckpt": "is not a Lightning checkpoint of a SciTok run",
-             tmp_path / "weights_only.ckpt": "holds weights but no training state to resume"}
+    cases = {
+        empty: "is empty",
+        garbage: "cannot be read",
+        truncated: "cannot be read",
+        tmp_path / "foreign.ckpt": "is not a Lightning checkpoint of a SciTok run",
+        tmp_path / "weights_only.ckpt": "holds weights but no training state to resume",
+    }
     for path, message in cases.items():
         with pytest.raises(ValueError, match=message) as err:
             check_checkpoint(str(path))
@@ -137,8 +175,9 @@ def test_a_corrupt_embedded_cache_is_regenerated(tmp_path, caplog):
     good = source.load(tmp_path)
     path = source.cache_path(tmp_path)
     path.write_bytes(path.read_bytes()[:1000])  # a cut-off copy
-    with pytest.raises(ValueError, match=f"{path}: the cached embedded fields cannot be read .* delete it to "
-                                         "regenerate"):
+    with pytest.raises(
+        ValueError, match=f"{path}: the cached embedded fields cannot be read .* delete it to regenerate"
+    ):
         source.load(tmp_path)
     source.prepare(tmp_path)  # what every run does first: it notices and regenerates
     assert "cannot be read" in caplog.text and "regenerating" in caplog.text
@@ -168,8 +207,16 @@ def test_sigterm_during_validation_stops_at_a_batch_boundary_and_resumes_exactly
                 self.sent = True
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    common = ["experiment=phaedra", "debug=fast", "logger=none", "test=false", "trainer.val_check_interval=4",
-              "scheduler.total_steps=8", "callbacks.ema.decay=0.9", "trainer.max_steps=8"]
+    common = [
+        "experiment=phaedra",
+        "debug=fast",
+        "logger=none",
+        "test=false",
+        "trainer.val_check_interval=4",
+        "scheduler.total_steps=8",
+        "callbacks.ema.decay=0.9",
+        "trainer.max_steps=8",
+    ]
     train(make_cfg(common, output_dir=tmp_path / "full"))
     with pytest.raises(SystemExit) as stopped:
         train(make_cfg(common, output_dir=tmp_path / "stopped"), extra_callbacks=[SigtermDuringValidation()])

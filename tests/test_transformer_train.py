@@ -24,8 +24,10 @@ def stores(experiment_run, tmp_path_factory, data_dir):
 
 def test_astro_transformer_trains_and_logs_per_modality(make_cfg, tmp_path, stores):
     store_dir, _ = stores
-    cfg = make_cfg(["experiment=astro_transformer", "debug=fast", f"data.store_dir={store_dir}", *SMALL],
-                   output_dir=tmp_path / "run")
+    cfg = make_cfg(
+        ["experiment=astro_transformer", "debug=fast", f"data.store_dir={store_dir}", *SMALL],
+        output_dir=tmp_path / "run",
+    )
     value = train(cfg)
     assert value is not None and np.isfinite(value)
     last, _ = wandb_history(tmp_path / "run")
@@ -62,9 +64,18 @@ def test_stores_made_with_another_tokenizer_are_refused(make_cfg, tmp_path, stor
 @pytest.mark.slow
 def test_transformer_resume_ends_with_the_same_weights(make_cfg, tmp_path, stores):
     store_dir, _ = stores
-    common = ["experiment=astro_transformer", f"data.store_dir={store_dir}", *SMALL, "logger=none", "test=false",
-              "trainer.val_check_interval=4", "scheduler.total_steps=8", "scheduler.warmup_steps=2",
-              "data.batch_size=4", "model.recon_positions=8"]  # few positions: the sampling matters
+    common = [
+        "experiment=astro_transformer",
+        f"data.store_dir={store_dir}",
+        *SMALL,
+        "logger=none",
+        "test=false",
+        "trainer.val_check_interval=4",
+        "scheduler.total_steps=8",
+        "scheduler.warmup_steps=2",
+        "data.batch_size=4",
+        "model.recon_positions=8",
+    ]  # few positions: the sampling matters
     train(make_cfg([*common, "trainer.max_steps=8"], output_dir=tmp_path / "full"))
     train(make_cfg([*common, "trainer.max_steps=4"], output_dir=tmp_path / "half"))
     half = tmp_path / "half" / "checkpoints" / "last.ckpt"
@@ -76,20 +87,25 @@ def test_transformer_resume_ends_with_the_same_weights(make_cfg, tmp_path, store
         assert torch.equal(value, resumed["state_dict"][name]), name
 
 
-@pytest.mark.parametrize(("experiment", "tokenizer", "error"), [("field_transformer", "phaedra", "rel_l1"),
-                                                                ("eeg_transformer", "eeg", "mse")])
-def test_field_and_eeg_transformers_log_data_space_errors(experiment, tokenizer, error, make_cfg, tmp_path,
-                                                          experiment_run):
+@pytest.mark.parametrize(
+    ("experiment", "tokenizer", "error"),
+    [("field_transformer", "phaedra", "rel_l1"), ("eeg_transformer", "eeg", "mse")],
+)
+def test_field_and_eeg_transformers_log_data_space_errors(
+    experiment, tokenizer, error, make_cfg, tmp_path, experiment_run
+):
     ckpt = experiment_run(tokenizer).last_ckpt
-    cfg = make_cfg([f"experiment={experiment}", "debug=fast", f"data.tokenizer_ckpt={ckpt}", *SMALL],
-                   output_dir=tmp_path / "run")
+    cfg = make_cfg(
+        [f"experiment={experiment}", "debug=fast", f"data.tokenizer_ckpt={ckpt}", *SMALL], output_dir=tmp_path / "run"
+    )
     value = train(cfg)
     assert value is not None and np.isfinite(value)
     last, _ = wandb_history(tmp_path / "run")
     modality = "field" if experiment == "field_transformer" else "eeg"
     expected = {"train/ce", f"val/accuracy/{modality}", f"val/perplexity/{modality}", f"test/accuracy/{modality}"}
-    expected |= {f"{stage}/{name}/{error}" for stage in ("val", "test") for name in ("forecast", "persistence",
-                                                                                     "tokenizer")}
+    expected |= {
+        f"{stage}/{name}/{error}" for stage in ("val", "test") for name in ("forecast", "persistence", "tokenizer")
+    }
     assert not expected - set(last), sorted(expected - set(last))
     # the persistence reference does not depend on the model: the same value at every validation
     assert np.isfinite(last[f"test/forecast/{error}"])
@@ -107,16 +123,30 @@ def test_without_a_checkpoint_the_tokenizer_is_trained_first_once(make_cfg, tmp_
     from tests.conftest import compose_cfg
 
     data_dir = tmp_path / "data"
-    overrides = ["experiment=field_transformer", "debug=fast", *SMALL, "logger=none", "seed=3",
-                 'data.train_tokenizer.overrides=["debug=fast","logger=none","test=false"]']
+    overrides = [
+        "experiment=field_transformer",
+        "debug=fast",
+        *SMALL,
+        "logger=none",
+        "seed=3",
+        'data.train_tokenizer.overrides=["debug=fast","logger=none","test=false"]',
+    ]
     cfg = compose_cfg(overrides, tmp_path / "run", data_dir)
     assert train(cfg) is not None
     (run_dir,) = (data_dir / "tokenizers").iterdir()
     child = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
     assert child["task_name"] == "phaedra" and child["seed"] == 3
     assert child["data"]["source"] == dict(cfg.data.source)  # the small source of this test, not phaedra's default
-    first = tokenizer_checkpoint(None, "PhaedraTokenizer", "phaedra", ["debug=fast", "logger=none", "test=false"],
-                                 data_dir, 3, train=False, source=dict(cfg.data.source))
+    first = tokenizer_checkpoint(
+        None,
+        "PhaedraTokenizer",
+        "phaedra",
+        ["debug=fast", "logger=none", "test=false"],
+        data_dir,
+        3,
+        train=False,
+        source=dict(cfg.data.source),
+    )
     assert first == (run_dir / "checkpoints" / "last.ckpt").resolve()
 
     def no_training(*args, **kwargs):

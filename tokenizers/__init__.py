@@ -12,6 +12,17 @@ from tokenizers.load import load_tokenizer
 from tokenizers.phaedra import PhaedraTokenizer
 from tokenizers.svqvae import SVQVAE
 
-__all__ = ["FSQ", "SVQVAE", "DataMetadata", "EEGTokenizer", "GalaxyImageTokenizer", "PhaedraTokenizer",
-           "ScalarQuantileTokenizer", "SpectrumTokenizer", "Tokenizer", "TokenizerOutput", "check_tokenizer",
-           "load_tokenizer"]
+__all__ = [
+    "FSQ",
+    "SVQVAE",
+    "DataMetadata",
+    "EEGTokenizer",
+    "GalaxyImageTokenizer",
+    "PhaedraTokenizer",
+    "ScalarQuantileTokenizer",
+    "SpectrumTokenizer",
+    "Tokenizer",
+    "TokenizerOutput",
+    "check_tokenizer",
+    "load_tokenizer",
+]

@@ -42,8 +42,16 @@ def robust_arcsinh(image: torch.Tensor) -> torch.Tensor:
     return torch.where(valid, out, torch.zeros_like(out)).view_as(image)
 
 
-def ellipse_weights(size: int, x0: torch.Tensor, y0: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                    theta: torch.Tensor, scale: float = 4.0, outside: float = 0.3) -> torch.Tensor:
+def ellipse_weights(
+    size: int,
+    x0: torch.Tensor,
+    y0: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    theta: torch.Tensor,
+    scale: float = 4.0,
+    outside: float = 0.3,
+) -> torch.Tensor:
     """Loss weights [B, 1, size, size]: 1 inside the ellipse of centre (x0, y0) (pixels; x = column, y = row),
     semi-axes scale·a and scale·b, major axis at angle theta (radians, counter-clockwise from +x), else `outside`."""
     coords = torch.arange(size, dtype=torch.float32)
@@ -71,8 +79,14 @@ class GalaxyImageTokenizer(nn.Module):
     centroids), so decode(encode(x)) == forward(x).recon. `reconstruct_from_latents` is always the continuous path.
     """
 
-    def __init__(self, bands: int = 6, latent_dim: int = 2, channels: Sequence[int] = (64, 128),
-                 codebook_size: int = 2048, norm_groups: int = 8):
+    def __init__(
+        self,
+        bands: int = 6,
+        latent_dim: int = 2,
+        channels: Sequence[int] = (64, 128),
+        codebook_size: int = 2048,
+        norm_groups: int = 8,
+    ):
         super().__init__()
         c0, c1 = channels
         self.bands, self.latent_dim, self.codebook_size = bands, latent_dim, codebook_size
@@ -81,11 +95,23 @@ class GalaxyImageTokenizer(nn.Module):
             return ResBlock(c, c, groups=norm_groups) if norm_groups else _PlainResBlock(c)
 
         self.encoder = nn.Sequential(
-            nn.Conv2d(bands, c0, 1), res(c0), nn.Conv2d(c0, c1, 4, stride=2, padding=1),
-            res(c1), nn.Conv2d(c1, c1, 4, stride=2, padding=1), res(c1), nn.Conv2d(c1, latent_dim, 1))
+            nn.Conv2d(bands, c0, 1),
+            res(c0),
+            nn.Conv2d(c0, c1, 4, stride=2, padding=1),
+            res(c1),
+            nn.Conv2d(c1, c1, 4, stride=2, padding=1),
+            res(c1),
+            nn.Conv2d(c1, latent_dim, 1),
+        )
         self.decoder = nn.Sequential(
-            nn.Conv2d(latent_dim, c1, 1), res(c1), nn.ConvTranspose2d(c1, c1, 4, stride=2, padding=1),
-            res(c1), nn.ConvTranspose2d(c1, c0, 4, stride=2, padding=1), res(c0), nn.Conv2d(c0, bands, 1))
+            nn.Conv2d(latent_dim, c1, 1),
+            res(c1),
+            nn.ConvTranspose2d(c1, c1, 4, stride=2, padding=1),
+            res(c1),
+            nn.ConvTranspose2d(c1, c0, 4, stride=2, padding=1),
+            res(c0),
+            nn.Conv2d(c0, bands, 1),
+        )
         self.register_buffer("codebook", torch.zeros(codebook_size, latent_dim))
         self.register_buffer("codebook_fitted", torch.zeros((), dtype=torch.bool))
 
@@ -103,13 +129,17 @@ class GalaxyImageTokenizer(nn.Module):
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.bands or x.shape[-1] % 4 or x.shape[-2] % 4:
-            raise ValueError(f"GalaxyImageTokenizer expects input of shape [B, {self.bands}, S, S] with S divisible "
-                             f"by 4, got {tuple(x.shape)}")
+            raise ValueError(
+                f"GalaxyImageTokenizer expects input of shape [B, {self.bands}, S, S] with S divisible "
+                f"by 4, got {tuple(x.shape)}"
+            )
 
     def _require_codebook(self) -> None:
         if not self.fitted:
-            raise RuntimeError("GalaxyImageTokenizer: the codebook is not fitted yet (stage 2 of "
-                               "experiment=astro_image fits it after the autoencoder trains)")
+            raise RuntimeError(
+                "GalaxyImageTokenizer: the codebook is not fitted yet (stage 2 of "
+                "experiment=astro_image fits it after the autoencoder trains)"
+            )
 
     def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, bands, S, S] -> continuous latents [B, latent_dim, S/4, S/4]."""
@@ -147,8 +177,9 @@ class GalaxyImageTokenizer(nn.Module):
         ids = tokens["image"]
         side = math.isqrt(ids.shape[1])
         if ids.ndim != 2 or side * side != ids.shape[1]:
-            raise ValueError(f"GalaxyImageTokenizer.decode expects image ids [B, h·w] of a square grid, "
-                             f"got {tuple(ids.shape)}")
+            raise ValueError(
+                f"GalaxyImageTokenizer.decode expects image ids [B, h·w] of a square grid, got {tuple(ids.shape)}"
+            )
         check_ids(ids, self.codebook_size, "image")
         zq = self.codebook[ids].view(len(ids), side, side, self.latent_dim).permute(0, 3, 1, 2)
         return self.decoder(zq)
@@ -165,8 +196,10 @@ class GalaxyImageTokenizer(nn.Module):
         result = fit_kmeans(latents, self.codebook_size, **kmeans)
         self.codebook.copy_(result.centroids.to(self.codebook))
         self.codebook_fitted.fill_(True)
-        return {"inertia_per_vector": result.inertia / min(len(latents), kmeans.get("max_vectors") or len(latents)),
-                "iterations": float(result.n_iter)}
+        return {
+            "inertia_per_vector": result.inertia / min(len(latents), kmeans.get("max_vectors") or len(latents)),
+            "iterations": float(result.n_iter),
+        }
 
 
 class _PlainResBlock(nn.Module):
@@ -188,9 +221,14 @@ def codebook_report(ids: torch.Tensor, size: int, sq_error: torch.Tensor | None 
     counts = torch.bincount(ids.flatten().long(), minlength=size).double()
     p = counts / counts.sum().clamp_min(1)
     entropy = float(-(p[p > 0] * torch.log2(p[p > 0])).sum())
-    out = {"used_codes": float((counts > 0).sum()), "usage": 100 * float((counts > 0).double().mean()),
-           "entropy_bits": entropy, "perplexity": 2**entropy, "perplexity_over_k": 2**entropy / size,
-           "top10_mass": float(p.topk(min(10, size)).values.sum())}
+    out = {
+        "used_codes": float((counts > 0).sum()),
+        "usage": 100 * float((counts > 0).double().mean()),
+        "entropy_bits": entropy,
+        "perplexity": 2**entropy,
+        "perplexity_over_k": 2**entropy / size,
+        "top10_mass": float(p.topk(min(10, size)).values.sum()),
+    }
     if sq_error is not None:
         out["quantization_mse"] = float(sq_error.double().mean())
     return out
@@ -218,8 +256,10 @@ class ScalarQuantileTokenizer(nn.Module):
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 2 or x.shape[1] != len(self.columns):
-            raise ValueError(f"ScalarQuantileTokenizer expects input of shape [B, {len(self.columns)}] "
-                             f"(columns {self.columns}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"ScalarQuantileTokenizer expects input of shape [B, {len(self.columns)}] "
+                f"(columns {self.columns}), got {tuple(x.shape)}"
+            )
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor) -> ScalarQuantileTokenizer:
@@ -307,8 +347,10 @@ class SpectrumTokenizer(nn.Module):
     def normalize(self, flux: torch.Tensor, ivar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (f' [B, L], p [B, L]) as in the class docstring."""
         if flux.ndim != 2 or flux.shape[1] != self.pixels or ivar.shape != flux.shape:
-            raise ValueError(f"SpectrumTokenizer expects flux and ivar of shape [B, {self.pixels}], got "
-                             f"{tuple(flux.shape)} and {tuple(ivar.shape)}")
+            raise ValueError(
+                f"SpectrumTokenizer expects flux and ivar of shape [B, {self.pixels}], got "
+                f"{tuple(flux.shape)} and {tuple(ivar.shape)}"
+            )
         valid = (ivar > 0) & torch.isfinite(flux) & torch.isfinite(ivar)
         clean = torch.where(valid, flux.float(), torch.zeros_like(flux, dtype=torch.float32))
         median = masked_median(clean, valid)[:, None]

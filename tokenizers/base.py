@@ -65,13 +65,18 @@ def check_tokenizer(tokenizer: Any) -> None:
     if isinstance(tokenizer, nn.Module) and type(tokenizer).forward is nn.Module.forward:
         missing.append("forward")  # nn.Module has a placeholder forward that only raises
     if missing:
-        raise TypeError(f"{name} does not follow the Tokenizer protocol (tokenizers/base.py): "
-                        f"missing {', '.join(missing)}")
+        raise TypeError(
+            f"{name} does not follow the Tokenizer protocol (tokenizers/base.py): missing {', '.join(missing)}"
+        )
     streams = tokenizer.streams
-    if (not isinstance(streams, dict) or not streams
-            or not all(isinstance(k, str) and isinstance(v, int) and v >= 1 for k, v in streams.items())):
-        raise TypeError(f"{name}.streams must be a non-empty dict of stream name -> vocabulary size (int >= 1), "
-                        f"got {streams!r}")
+    if (
+        not isinstance(streams, dict)
+        or not streams
+        or not all(isinstance(k, str) and isinstance(v, int) and v >= 1 for k, v in streams.items())
+    ):
+        raise TypeError(
+            f"{name}.streams must be a non-empty dict of stream name -> vocabulary size (int >= 1), got {streams!r}"
+        )
 
 
 def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
@@ -91,14 +96,11 @@ def check_ids(ids: torch.Tensor, size: int, what: str) -> None:
 def check_image_input(x: torch.Tensor, channels: int, multiple: int, name: str) -> None:
     """Raise ValueError unless x is [B, channels, H, W] with H and W divisible by `multiple`."""
     if x.ndim != 4 or x.shape[1] != channels:
-        raise ValueError(
-            f"{name} expects input of shape [B, {channels}, H, W], got {tuple(x.shape)}"
-        )
+        raise ValueError(f"{name} expects input of shape [B, {channels}, H, W], got {tuple(x.shape)}")
     H, W = x.shape[-2:]
     if H % multiple or W % multiple:
         raise ValueError(
-            f"{name} expects H and W divisible by its downsampling factor {multiple}, "
-            f"got {tuple(x.shape)}"
+            f"{name} expects H and W divisible by its downsampling factor {multiple}, got {tuple(x.shape)}"
         )
 
 
@@ -130,8 +132,10 @@ class DataMetadata:
 
     def __post_init__(self) -> None:
         if self.normalization == "standardize" and not (len(self.variables) == len(self.mean) == len(self.std)):
-            raise ValueError(f"DataMetadata: standardized data needs mean and std per variable, got "
-                             f"{len(self.variables)} variables, {len(self.mean)} means, {len(self.std)} stds")
+            raise ValueError(
+                f"DataMetadata: standardized data needs mean and std per variable, got "
+                f"{len(self.variables)} variables, {len(self.mean)} means, {len(self.std)} stds"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

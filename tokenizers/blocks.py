@@ -23,8 +23,13 @@ class ResBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, dropout: float = 0.0, groups: int = 32):
         super().__init__()
         self.body = nn.Sequential(
-            group_norm(c_in, groups), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
-            group_norm(c_out, groups), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(c_out, c_out, 3, padding=1),
+            group_norm(c_in, groups),
+            nn.SiLU(),
+            nn.Conv2d(c_in, c_out, 3, padding=1),
+            group_norm(c_out, groups),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Conv2d(c_out, c_out, 3, padding=1),
         )
         self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
 
@@ -81,7 +86,8 @@ def _stage(c_in: int, c_out: int, n_blocks: int, attn: bool, dropout: float, gro
 
 def _mid(channels: int, dropout: float, groups: int) -> nn.Sequential:
     return nn.Sequential(
-        ResBlock(channels, channels, dropout, groups), AttnBlock(channels, groups),
+        ResBlock(channels, channels, dropout, groups),
+        AttnBlock(channels, groups),
         ResBlock(channels, channels, dropout, groups),
     )
 
@@ -93,9 +99,18 @@ class Encoder(nn.Module):
     the levels whose (training) resolution is listed in attn_resolutions.
     """
 
-    def __init__(self, in_channels: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
-                 attn_resolutions: Sequence[int], resolution: int, z_channels: int,
-                 dropout: float = 0.0, groups: int = 32):
+    def __init__(
+        self,
+        in_channels: int,
+        ch: int,
+        ch_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_resolutions: Sequence[int],
+        resolution: int,
+        z_channels: int,
+        dropout: float = 0.0,
+        groups: int = 32,
+    ):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         widths = [ch] + [ch * m for m in ch_mult]
@@ -108,8 +123,9 @@ class Encoder(nn.Module):
                 res //= 2
         self.levels = nn.Sequential(*levels)
         self.mid = _mid(widths[-1], dropout, groups)
-        self.out = nn.Sequential(group_norm(widths[-1], groups), nn.SiLU(),
-                                 nn.Conv2d(widths[-1], z_channels, 3, padding=1))
+        self.out = nn.Sequential(
+            group_norm(widths[-1], groups), nn.SiLU(), nn.Conv2d(widths[-1], z_channels, 3, padding=1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.mid(self.levels(self.conv_in(x))))
@@ -118,9 +134,18 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Mirror of Encoder with num_res_blocks+1 ResBlocks per level: [B, z, h, w] -> [B, out, h·f, w·f]."""
 
-    def __init__(self, out_channels: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
-                 attn_resolutions: Sequence[int], resolution: int, z_channels: int,
-                 dropout: float = 0.0, groups: int = 32):
+    def __init__(
+        self,
+        out_channels: int,
+        ch: int,
+        ch_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_resolutions: Sequence[int],
+        resolution: int,
+        z_channels: int,
+        dropout: float = 0.0,
+        groups: int = 32,
+    ):
         super().__init__()
         widths = [ch * m for m in ch_mult]
         self.conv_in = nn.Conv2d(z_channels, widths[-1], 3, padding=1)

@@ -21,8 +21,11 @@ class PatchGAN(nn.Module):
         for i in range(1, n_layers + 1):
             stride = 2 if i < n_layers else 1  # the last feature layer keeps the resolution
             out = ch * min(2**i, 8)
-            layers += [nn.Conv2d(width, out, 4, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out),
-                       nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.Conv2d(width, out, 4, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.LeakyReLU(0.2, True),
+            ]
             width = out
         layers.append(nn.Conv2d(width, 1, 4, stride=1, padding=1))
         self.net = nn.Sequential(*layers)
@@ -38,7 +41,5 @@ class PatchGAN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or min(x.shape[-2:]) < self.min_size:
-            raise ValueError(f"PatchGAN expects images [B, C, H, W] with H, W >= {self.min_size}, "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(f"PatchGAN expects images [B, C, H, W] with H, W >= {self.min_size}, got {tuple(x.shape)}")
         return self.net(x)
-

@@ -124,8 +124,11 @@ class EEGTokenizer(nn.Module):
         self.fsq = FSQ(levels)
         film_dim = cond_dim if use_conditioning else None
         dims = list(hidden_dims)
-        self.cond_mlp = nn.Sequential(nn.Linear(cond_dim, cond_dim), nn.SiLU(),
-                                      nn.Linear(cond_dim, cond_dim)) if use_conditioning else None
+        self.cond_mlp = (
+            nn.Sequential(nn.Linear(cond_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+            if use_conditioning
+            else None
+        )
         self.cond_dim = cond_dim
         self.in_proj = nn.Linear(patch_len, dims[0])
         self.encoder = MLPStack(dims, norm, activation, dropout, film_dim)
@@ -152,8 +155,10 @@ class EEGTokenizer(nn.Module):
         if self.cond_mlp is None:
             return None
         if sfreq is None:
-            raise ValueError("this EEGTokenizer conditions on the sampling rate (use_conditioning=true): "
-                             "pass sfreq=<Hz tensor [B]> (the batch key 'sfreq')")
+            raise ValueError(
+                "this EEGTokenizer conditions on the sampling rate (use_conditioning=true): "
+                "pass sfreq=<Hz tensor [B]> (the batch key 'sfreq')"
+            )
         sfreq = torch.as_tensor(sfreq, dtype=torch.float32, device=device).reshape(-1).expand(batch)
         if (sfreq <= 0).any():
             raise ValueError(f"sfreq must be positive Hz, got {sfreq.tolist()}")

@@ -41,14 +41,15 @@ def _nearest(x: torch.Tensor, centroids: torch.Tensor, c_norm: torch.Tensor) -> 
 def assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
     """x [N, D], centroids [K, D] -> (ids int64 [N] of the nearest centroid, squared distance [N] to it)."""
     if x.ndim != 2 or centroids.ndim != 2 or x.shape[1] != centroids.shape[1]:
-        raise ValueError(f"assign needs x [N, D] and centroids [K, D] of one D, got {tuple(x.shape)} and "
-                         f"{tuple(centroids.shape)}")
+        raise ValueError(
+            f"assign needs x [N, D] and centroids [K, D] of one D, got {tuple(x.shape)} and {tuple(centroids.shape)}"
+        )
     with full_precision(x.device):
         c = centroids.float()
         c_norm = c.pow(2).sum(1)
         ids, dist = [], []
         for start in range(0, len(x), chunk):
-            best_ids, best_dist = _nearest(x[start:start + chunk].float(), c, c_norm)
+            best_ids, best_dist = _nearest(x[start : start + chunk].float(), c, c_norm)
             ids.append(best_ids)
             dist.append(best_dist)
     return torch.cat(ids), torch.cat(dist)
@@ -81,9 +82,18 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> tor
     return x[torch.tensor(chosen, device=x.device)]
 
 
-def fit_kmeans(x: torch.Tensor, k: int, iters: int = 100, tol: float = 1e-3, batch_size: int | None = None,
-               max_vectors: int | None = None, per_cluster: int | None = 128, init_size: int | None = None,
-               seed: int = 0, chunk: int = 2048) -> KMeansResult:
+def fit_kmeans(
+    x: torch.Tensor,
+    k: int,
+    iters: int = 100,
+    tol: float = 1e-3,
+    batch_size: int | None = None,
+    max_vectors: int | None = None,
+    per_cluster: int | None = 128,
+    init_size: int | None = None,
+    seed: int = 0,
+    chunk: int = 2048,
+) -> KMeansResult:
     """K-means of the rows of x [N, D] on x's device.
 
     iters: Lloyd iterations (full batch) or mini-batch steps; tol: stop when the inertia falls by less than this
@@ -117,13 +127,14 @@ def fit_kmeans(x: torch.Tensor, k: int, iters: int = 100, tol: float = 1e-3, bat
     return KMeansResult(centroids, inertia, n_iter)
 
 
-def _nearest_candidates(x: torch.Tensor, centroids: torch.Tensor, m: int,
-                        chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _nearest_candidates(
+    x: torch.Tensor, centroids: torch.Tensor, m: int, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Full pass: (nearest ids [N], their squared distances [N], the m nearest centroid ids [N, m])."""
     c_norm = centroids.pow(2).sum(1)
     ids, dist, cand = [], [], []
     for start in range(0, len(x), chunk):
-        part = x[start:start + chunk]
+        part = x[start : start + chunk]
         top = torch.addmm(c_norm, part, centroids.T, alpha=-2).topk(m, dim=1, largest=False)
         ids.append(top.indices[:, 0])
         dist.append((top.values[:, 0] + part.pow(2).sum(1)).clamp_min(0))
@@ -131,21 +142,23 @@ def _nearest_candidates(x: torch.Tensor, centroids: torch.Tensor, m: int,
     return torch.cat(ids), torch.cat(dist), torch.cat(cand)
 
 
-def _nearest_among(x: torch.Tensor, centroids: torch.Tensor, cand: torch.Tensor,
-                   chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _nearest_among(
+    x: torch.Tensor, centroids: torch.Tensor, cand: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest of each row's candidate centroids cand [N, m]: (ids [N], squared distances [N])."""
     ids, dist = [], []
     for start in range(0, len(x), chunk):
-        c = cand[start:start + chunk]
-        d = (x[start:start + chunk, None, :] - centroids[c]).pow(2).sum(-1)  # [n, m]
+        c = cand[start : start + chunk]
+        d = (x[start : start + chunk, None, :] - centroids[c]).pow(2).sum(-1)  # [n, m]
         best = d.min(1)
         ids.append(c.gather(1, best.indices[:, None])[:, 0])
         dist.append(best.values)
     return torch.cat(ids), torch.cat(dist)
 
 
-def _lloyd(x: torch.Tensor, centroids: torch.Tensor, iters: int, tol: float, chunk: int,
-           candidates: int = 8, refresh: int = 8) -> tuple[torch.Tensor, int]:
+def _lloyd(
+    x: torch.Tensor, centroids: torch.Tensor, iters: int, tol: float, chunk: int, candidates: int = 8, refresh: int = 8
+) -> tuple[torch.Tensor, int]:
     """Lloyd steps. A full pass (every centroid) every `refresh` steps also keeps each row's `candidates` nearest
     centroids; the steps in between search only those (centroids move little between steps, so a row's nearest
     stays among them), which makes them ~K/candidates times cheaper. fit_kmeans ends with an exact assignment."""
@@ -171,8 +184,9 @@ def _lloyd(x: torch.Tensor, centroids: torch.Tensor, iters: int, tol: float, chu
     return centroids, iters
 
 
-def _mini_batch(x: torch.Tensor, centroids: torch.Tensor, steps: int, batch_size: int, generator: torch.Generator,
-                chunk: int) -> tuple[torch.Tensor, int]:
+def _mini_batch(
+    x: torch.Tensor, centroids: torch.Tensor, steps: int, batch_size: int, generator: torch.Generator, chunk: int
+) -> tuple[torch.Tensor, int]:
     seen = torch.zeros(len(centroids), device=x.device)
     for _ in range(steps):
         batch = x[torch.randint(len(x), (batch_size,), generator=generator).to(x.device)]

@@ -29,8 +29,17 @@ def build(spec: Any) -> Any:
 
 
 # what torch.load / np.load raise on a truncated, corrupt or foreign file (the unpickler fails in many ways)
-UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, IndexError, KeyError, TypeError, pickle.UnpicklingError,
-              zipfile.BadZipFile)
+UNREADABLE = (
+    OSError,
+    EOFError,
+    RuntimeError,
+    ValueError,
+    IndexError,
+    KeyError,
+    TypeError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+)
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
@@ -44,9 +53,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except UNREADABLE as e:
-        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
-                         f"it is truncated, corrupt or not a torch checkpoint; use another one (the run's "
-                         f"checkpoints/ folder keeps the best and the last)") from e
+        raise ValueError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
+            f"it is truncated, corrupt or not a torch checkpoint; use another one (the run's "
+            f"checkpoints/ folder keeps the best and the last)"
+        ) from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path} is not a Lightning checkpoint of a SciTok run (no 'state_dict'; found {found})")
@@ -69,11 +80,13 @@ def load_tokenizer(ckpt_path: str | Path, map_location: str | torch.device = "cp
     tokenizer = build(spec)
     check_tokenizer(tokenizer)
     prefix = "tokenizer."
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:  # a diverged run's weights would encode everything to one token
-        raise ValueError(f"{path}: {len(bad)} weight tensors are not finite (NaN/inf), e.g. {bad[:3]}: the run "
-                         f"diverged before this checkpoint; use an earlier one, or retrain with a lower optimizer.lr")
+        raise ValueError(
+            f"{path}: {len(bad)} weight tensors are not finite (NaN/inf), e.g. {bad[:3]}: the run "
+            f"diverged before this checkpoint; use an earlier one, or retrain with a lower optimizer.lr"
+        )
     tokenizer.load_state_dict(state)
     tokenizer.metadata = DataMetadata.from_dict(ckpt["data"]) if "data" in ckpt else None
     return tokenizer.eval()

@@ -45,8 +45,9 @@ class PhaedraTokenizer(nn.Module):
     ):
         super().__init__()
         if amp_levels is not None and amp_levels < 2:  # 0 would silently build the FSQ-only baseline
-            raise ValueError(f"amp_levels must be ≥ 2 fine amplitude levels, or null for the FSQ-only baseline; "
-                             f"got {amp_levels}")
+            raise ValueError(
+                f"amp_levels must be ≥ 2 fine amplitude levels, or null for the FSQ-only baseline; got {amp_levels}"
+            )
         self.in_channels = in_channels
         self.downsample_factor = 2 ** (len(ch_mult) - 1)
         self.morph = FSQ(morph_levels, gain=morph_gain, paper_parity=paper_parity)
@@ -54,8 +55,16 @@ class PhaedraTokenizer(nn.Module):
         self.z_channels = self.morph.dim + (1 if self.amp is not None else 0)
         self.commitment_weight = commitment_weight
         self.amp_range_weight = amp_range_weight
-        arch = dict(ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions,
-                    resolution=resolution, z_channels=self.z_channels, dropout=dropout, groups=norm_groups)
+        arch = dict(
+            ch=ch,
+            ch_mult=ch_mult,
+            num_res_blocks=num_res_blocks,
+            attn_resolutions=attn_resolutions,
+            resolution=resolution,
+            z_channels=self.z_channels,
+            dropout=dropout,
+            groups=norm_groups,
+        )
         self.encoder = Encoder(in_channels, **arch)
         self.decoder = Decoder(in_channels, **arch)
         self.quant_conv = nn.Conv2d(self.z_channels, self.z_channels, 3, padding=1)
@@ -85,7 +94,7 @@ class PhaedraTokenizer(nn.Module):
     def _quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         check_image_input(x, self.in_channels, self.downsample_factor, type(self).__name__)
         z = rearrange(self.quant_conv(self.encoder(x)), "b c h w -> b h w c")
-        z_morph, z_amp = z[..., : self.morph.dim], z[..., self.morph.dim:]
+        z_morph, z_amp = z[..., : self.morph.dim], z[..., self.morph.dim :]
         q_morph, ids_morph = self.morph(z_morph)
         codes, tokens, aux = [q_morph], {"morph": ids_morph}, {}
         if self.commitment_weight > 0:

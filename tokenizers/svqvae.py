@@ -49,14 +49,23 @@ class SVQVAE(nn.Module):
         self.in_channels, self.tile_batch = in_channels, tile_batch  # tiles per encoder/decoder call when tiling
         self.downsample_factor = 2 ** (len(ch_mult) - 1)
         # attention only in the mid blocks, i.e. at the lowest resolution
-        arch = dict(ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks, attn_resolutions=(), resolution=0,
-                    z_channels=z_channels, dropout=dropout, groups=norm_groups)
+        arch = dict(
+            ch=ch,
+            ch_mult=ch_mult,
+            num_res_blocks=num_res_blocks,
+            attn_resolutions=(),
+            resolution=0,
+            z_channels=z_channels,
+            dropout=dropout,
+            groups=norm_groups,
+        )
         self.encoder = Encoder(in_channels, **arch)
         self.decoder = Decoder(in_channels, **arch)
         self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
-        self.vq = CosineVectorQuantizer(codebook_size, embed_dim, beta=beta, entropy_weight=entropy_weight,
-                                        dead_code_interval=dead_code_interval)
+        self.vq = CosineVectorQuantizer(
+            codebook_size, embed_dim, beta=beta, entropy_weight=entropy_weight, dead_code_interval=dead_code_interval
+        )
 
     @property
     def streams(self) -> dict[str, int]:
@@ -126,8 +135,9 @@ class SVQVAE(nn.Module):
         tile_cells = max(tile_size // f, 4 * overlap_cells)  # small tiles: fewer, larger decode tiles ...
         tile_cells = min(tile_cells, max(tile_size // f, h, w))  # ... but no larger than the image needs
         padded = pad_to(z_q, max(tile_cells, h), max(tile_cells, w))
-        return overlap_add(self.decode_codes, padded, tile_cells, overlap_cells, f,
-                           self.tile_batch)[..., : h * f, : w * f]
+        return overlap_add(self.decode_codes, padded, tile_cells, overlap_cells, f, self.tile_batch)[
+            ..., : h * f, : w * f
+        ]
 
     def encode_tiled(self, x: torch.Tensor, tile_size: int = 256, overlap: int = 64) -> dict[str, torch.Tensor]:
         return {"tokens": self.quantize(self.latent_tiled(x, tile_size, overlap))[1]}
@@ -136,8 +146,9 @@ class SVQVAE(nn.Module):
         check_tiling(tile_size, overlap, self.downsample_factor)
         return self.decode_codes_tiled(self._codes(tokens), tile_size, overlap)
 
-    def reconstruct_tiled(self, x: torch.Tensor, tile_size: int = 256, overlap: int = 64,
-                          scales: Sequence[float] = (1.0,)) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
+    def reconstruct_tiled(
+        self, x: torch.Tensor, tile_size: int = 256, overlap: int = 64, scales: Sequence[float] = (1.0,)
+    ) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
         """For each scale s: the blended latent resized to round(h·s) × round(w·s), quantized and decoded;
         the image is exactly round(H·s) × round(W·s). Returns {s: (image, token ids [B, h_s, w_s])}."""
         H, W = x.shape[-2:]
@@ -153,7 +164,10 @@ class SVQVAE(nn.Module):
             image = self.decode_codes_tiled(z_q, tile_size, overlap)
             target = (max(1, round(H * s)), max(1, round(W * s)))
             if tuple(image.shape[-2:]) != target:
-                image = image[..., : target[0], : target[1]] if s == 1 else F.interpolate(
-                    image, size=target, mode="bilinear", align_corners=False)
+                image = (
+                    image[..., : target[0], : target[1]]
+                    if s == 1
+                    else F.interpolate(image, size=target, mode="bilinear", align_corners=False)
+                )
             out[s] = (image, ids)
         return out

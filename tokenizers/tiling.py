@@ -24,7 +24,8 @@ def check_tiling(tile: int, overlap: int, multiple: int) -> None:
         raise ValueError(f"need tile > overlap >= 0, got tile={tile}, overlap={overlap}")
     if tile % multiple or overlap % multiple:
         raise ValueError(
-            f"tile ({tile}) and overlap ({overlap}) must be multiples of the downsampling factor {multiple}")
+            f"tile ({tile}) and overlap ({overlap}) must be multiples of the downsampling factor {multiple}"
+        )
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -42,12 +43,16 @@ def axis_weights(tile: int, start: int, length: int, overlap: int, device: torch
     margin, ramp = overlap // 4, overlap - 2 * (overlap // 4)
     if overlap <= 0:
         return w
-    side = torch.cat([torch.full((margin,), 1e-3, device=device),
-                      (torch.arange(ramp, device=device, dtype=torch.float32) + 0.5) / ramp])
+    side = torch.cat(
+        [
+            torch.full((margin,), 1e-3, device=device),
+            (torch.arange(ramp, device=device, dtype=torch.float32) + 0.5) / ramp,
+        ]
+    )
     if start > 0:  # a neighbour before this tile
-        w[:overlap - margin] = torch.minimum(w[:overlap - margin], side)
+        w[: overlap - margin] = torch.minimum(w[: overlap - margin], side)
     if start + tile < length:  # a neighbour after it
-        w[tile - overlap + margin:] = torch.minimum(w[tile - overlap + margin:], side.flip(0))
+        w[tile - overlap + margin :] = torch.minimum(w[tile - overlap + margin :], side.flip(0))
     return w
 
 
@@ -60,8 +65,14 @@ def pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
-def overlap_add(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int,
-                scale: float, tile_batch: int = 1) -> torch.Tensor:
+def overlap_add(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    tile: int,
+    overlap: int,
+    scale: float,
+    tile_batch: int = 1,
+) -> torch.Tensor:
     """Apply `fn` to every tile of x [B, C, H, W] (H, W >= tile) and blend the outputs.
 
     fn maps a tile of `tile` pixels to one of `tile·scale` (scale = 1/f for an encoder, f for a decoder);
@@ -79,18 +90,20 @@ def overlap_add(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
     places = [(top, left) for top in tile_starts(H, tile, overlap) for left in tile_starts(W, tile, overlap)]
     acc = weight = None
     for first in range(0, len(places), tile_batch):
-        chunk = places[first:first + tile_batch]
-        tiles = torch.cat([x[..., top:top + tile, left:left + tile] for top, left in chunk])
+        chunk = places[first : first + tile_batch]
+        tiles = torch.cat([x[..., top : top + tile, left : left + tile] for top, left in chunk])
         ys = fn(tiles.contiguous(memory_format=torch.channels_last)).split(B)
         for (top, left), y in zip(chunk, ys, strict=True):
             if acc is None:
                 acc = y.new_zeros(*y.shape[:2], round(H * scale), round(W * scale))
                 weight = y.new_zeros(1, 1, *acc.shape[-2:])
             t, l = round(top * scale), round(left * scale)  # noqa: E741
-            w = (axis_weights(out_tile, t, acc.shape[-2], ramp, y.device)[:, None]
-                 * axis_weights(out_tile, l, acc.shape[-1], ramp, y.device)[None, :])
-            acc[..., t:t + out_tile, l:l + out_tile] += y * w
-            weight[..., t:t + out_tile, l:l + out_tile] += w
+            w = (
+                axis_weights(out_tile, t, acc.shape[-2], ramp, y.device)[:, None]
+                * axis_weights(out_tile, l, acc.shape[-1], ramp, y.device)[None, :]
+            )
+            acc[..., t : t + out_tile, l : l + out_tile] += y * w
+            weight[..., t : t + out_tile, l : l + out_tile] += w
     return acc / weight
 
 

@@ -21,8 +21,15 @@ from tokenizers.base import check_ids, full_precision
 
 
 class CosineVectorQuantizer(nn.Module):
-    def __init__(self, codebook_size: int = 16384, dim: int = 8, beta: float = 0.25, entropy_weight: float = 0.0,
-                 entropy_temperature: float = 0.01, dead_code_interval: int = 0):
+    def __init__(
+        self,
+        codebook_size: int = 16384,
+        dim: int = 8,
+        beta: float = 0.25,
+        entropy_weight: float = 0.0,
+        entropy_temperature: float = 0.01,
+        dead_code_interval: int = 0,
+    ):
         super().__init__()
         if codebook_size < 2 or dim < 1:
             raise ValueError(f"need codebook_size >= 2 and dim >= 1, got {codebook_size}, {dim}")

@@ -20,8 +20,14 @@ class ListSource:
 def recordings(n: int = 10, channels: int = 3, seconds: float = 2.0, sfreq: float = 256.0):
     rng = np.random.default_rng(0)
     t = np.arange(int(seconds * sfreq)) / sfreq
-    return [Recording((np.sin(2 * np.pi * (5 + i) * t) * (1 + i) + rng.normal(size=(channels, len(t))) * 0.1
-                       ).astype(np.float32), sfreq, f"rec{i}") for i in range(n)]
+    return [
+        Recording(
+            (np.sin(2 * np.pi * (5 + i) * t) * (1 + i) + rng.normal(size=(channels, len(t))) * 0.1).astype(np.float32),
+            sfreq,
+            f"rec{i}",
+        )
+        for i in range(n)
+    ]
 
 
 def test_split_by_recording_fixed_eval_patches_and_batches():
@@ -92,8 +98,17 @@ def write_edf(path: Path, data: np.ndarray, sfreq: int, labels: list[str]) -> No
     n_ch, n_samples = data.shape
     n_rec = n_samples // sfreq
     field = lambda values, width: "".join(str(v)[:width].ljust(width) for v in values)  # noqa: E731
-    header = (field(["0"], 8) + field(["X X X X"], 80) + field(["Startdate X X X X"], 80) + "01.01.2001.00.00"
-              + field([256 * (n_ch + 1)], 8) + field([""], 44) + field([n_rec], 8) + field([1], 8) + field([n_ch], 4))
+    header = (
+        field(["0"], 8)
+        + field(["X X X X"], 80)
+        + field(["Startdate X X X X"], 80)
+        + "01.01.2001.00.00"
+        + field([256 * (n_ch + 1)], 8)
+        + field([""], 44)
+        + field([n_rec], 8)
+        + field([1], 8)
+        + field([n_ch], 4)
+    )
     header += field(labels, 16) + field([""] * n_ch, 80) + field(["uV"] * n_ch, 8) + field([-1000] * n_ch, 8)
     header += field([1000] * n_ch, 8) + field([-32768] * n_ch, 8) + field([32767] * n_ch, 8)
     header += field([""] * n_ch, 80) + field([sfreq] * n_ch, 8) + field([""] * n_ch, 32)

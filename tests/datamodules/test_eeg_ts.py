@@ -36,12 +36,15 @@ def test_unlabelled_files(tmp_path):
     assert ts.data.shape == (2, 2, 4) and ts.labels == ["", ""]
 
 
-@pytest.mark.parametrize(("bad_line", "message"), [
-    ("1,2,x,4:5,6,7,8:up", r"x\.ts:10: channel 0: not a comma-separated list of numbers"),
-    ("1,2,3,4:up", r"x\.ts:10: 1 channels, but the first case has 2"),
-    ("1,2,3:5,6,7:up", r"x\.ts:10: channel lengths \[3\] differ"),
-    ("1,2,?,4:5,6,7,8:up", r"x\.ts:10: channel 0"),
-])
+@pytest.mark.parametrize(
+    ("bad_line", "message"),
+    [
+        ("1,2,x,4:5,6,7,8:up", r"x\.ts:10: channel 0: not a comma-separated list of numbers"),
+        ("1,2,3,4:up", r"x\.ts:10: 1 channels, but the first case has 2"),
+        ("1,2,3:5,6,7:up", r"x\.ts:10: channel lengths \[3\] differ"),
+        ("1,2,?,4:5,6,7,8:up", r"x\.ts:10: channel 0"),
+    ],
+)
 def test_a_malformed_line_is_named(tmp_path, bad_line, message):
     text = GOOD.replace("-1,-2,-3,-4.5:0,0,0,1e2:down", bad_line)
     with pytest.raises(ValueError, match=message):

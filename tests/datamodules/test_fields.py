@@ -31,11 +31,16 @@ def test_batch_dict_shapes_and_normalization(embedded):
     batch = next(iter(embedded.train_dataloader()))
     assert batch["field_variables_in"].shape == (4, 1, 32, 32)
     assert batch["field_variables_in_mean"].shape == batch["field_variables_in_std"].shape == (4, 1)
-    x = (batch["field_variables_out"] - batch["field_variables_in_mean"][..., None, None]) / \
-        batch["field_variables_in_std"][..., None, None]
+    x = (batch["field_variables_out"] - batch["field_variables_in_mean"][..., None, None]) / batch[
+        "field_variables_in_std"
+    ][..., None, None]
     assert torch.allclose(x, batch["field_variables_in"])
     assert embedded.metadata.variables == [
-        "navier_stokes/vorticity", "gray_scott/u", "gray_scott/v", "acoustic_wave/pressure"]
+        "navier_stokes/vorticity",
+        "gray_scott/u",
+        "gray_scott/v",
+        "acoustic_wave/pressure",
+    ]
 
 
 def test_split_is_by_trajectory_and_statistics_come_from_train_only(embedded):
@@ -87,8 +92,9 @@ def test_hdf5_in_the_wells_layout(tmp_path):
     assert next(iter(dm.val_dataloader()))["field_variables_in"].shape[1:] == (1, 16, 8)
 
 
-@pytest.mark.parametrize(("shape", "layout", "n_vars"), [((6, 8, 8), "auto", 1), ((5, 3, 8, 8), "NTHW", 1),
-                                                        ((5, 2, 8, 8), "NCHW", 2)])
+@pytest.mark.parametrize(
+    ("shape", "layout", "n_vars"), [((6, 8, 8), "auto", 1), ((5, 3, 8, 8), "NTHW", 1), ((5, 2, 8, 8), "NCHW", 2)]
+)
 def test_npy_layouts(tmp_path, shape, layout, n_vars):
     path = tmp_path / "x.npy"
     np.save(path, np.random.default_rng(0).normal(size=shape).astype(np.float32))
@@ -125,8 +131,9 @@ def test_nan_in_a_data_file_names_file_variable_and_sample(tmp_path):
         x[val_traj, t, 3, 3] = np.nan
         with h5py.File(tmp_path / f"late{t}.hdf5", "w") as f:
             f.create_dataset("t0_fields/vorticity", data=x)
-        dm = FieldDataModule(HDF5Fields(str(tmp_path / f"late{t}.hdf5")), data_dir=tmp_path / f"s{t}", batch_size=2,
-                             stats_frames=1)
+        dm = FieldDataModule(
+            HDF5Fields(str(tmp_path / f"late{t}.hdf5")), data_dir=tmp_path / f"s{t}", batch_size=2, stats_frames=1
+        )
         message = rf"late{t}\.hdf5: variable 'vorticity' holds NaN/Inf values at trajectory {val_traj}, time {t}"
         try:
             dm.setup()

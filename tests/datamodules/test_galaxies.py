@@ -58,8 +58,11 @@ def write_parquet(path, n=6, bands=3, size=16, drop=(), image_shape=None):
     g = np.random.default_rng(0)
     images = g.normal(size=(n, bands, size, size)).astype(np.float32) + 5
     columns = {
-        "object_id": np.arange(100, 100 + n), "image": [im.reshape(image_shape or im.shape).tolist() for im in images],
-        "a": np.full(n, 2.0), "b": np.full(n, 1.0), "theta": np.zeros(n),
+        "object_id": np.arange(100, 100 + n),
+        "image": [im.reshape(image_shape or im.shape).tolist() for im in images],
+        "a": np.full(n, 2.0),
+        "b": np.full(n, 1.0),
+        "theta": np.zeros(n),
         "mag_r": np.where(np.arange(n) == 0, np.nan, 18.0 + np.arange(n)),
     }
     pq.write_table(pa.table({k: v for k, v in columns.items() if k not in drop}), path)
@@ -68,8 +71,11 @@ def write_parquet(path, n=6, bands=3, size=16, drop=(), image_shape=None):
 
 def test_parquet_tables_load_with_their_catalog(tmp_path):
     images = write_parquet(tmp_path / "g.parquet")
-    dm = GalaxyDataModule(GalaxyParquet(str(tmp_path / "g.parquet"), bands=["g", "r", "i"],
-                                        catalog_columns=["mag_r"]), data_dir=str(tmp_path), bands=3)
+    dm = GalaxyDataModule(
+        GalaxyParquet(str(tmp_path / "g.parquet"), bands=["g", "r", "i"], catalog_columns=["mag_r"]),
+        data_dir=str(tmp_path),
+        bands=3,
+    )
     dm.setup("fit")
     assert dm.table.object_id.tolist() == list(range(100, 106))
     np.testing.assert_array_equal(dm.table.image, images)
@@ -79,11 +85,14 @@ def test_parquet_tables_load_with_their_catalog(tmp_path):
     np.testing.assert_array_equal(GalaxyParquet(str(flat), bands=["g", "r", "i"]).load(tmp_path).image, images)
 
 
-@pytest.mark.parametrize(("problem", "match"), [
-    ("column", r"missing required column\(s\) \['theta'\]"),
-    ("bands", r"row 0: expected 4 bands"),
-    ("nan", r"object 101 band 'r' has 1 NaN/Inf pixels"),
-])
+@pytest.mark.parametrize(
+    ("problem", "match"),
+    [
+        ("column", r"missing required column\(s\) \['theta'\]"),
+        ("bands", r"row 0: expected 4 bands"),
+        ("nan", r"object 101 band 'r' has 1 NaN/Inf pixels"),
+    ],
+)
 def test_bad_galaxy_tables_are_named(tmp_path, problem, match):
     path = tmp_path / "bad.parquet"
     if problem == "nan":

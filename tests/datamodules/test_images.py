@@ -36,7 +36,7 @@ def test_crops_are_random_per_epoch_flipped_and_evaluation_is_held_out():
         left, rest = rest % w_max, rest // w_max
         top, image = rest % h_max, rest // h_max
         assert left + 64 <= train.sizes[image, 1]  # inside the training columns
-        expected = images[image][:, top:top + 64, left:left + 64]
+        expected = images[image][:, top : top + 64, left : left + 64]
         assert torch.equal(crop, expected.flip(-1) if flip else expected)
 
 
@@ -91,7 +91,7 @@ def test_a_folder_is_read_lazily_and_equals_the_decoded_images(tmp_path):
         flip, rest = crop_id % 2, crop_id // 2
         left, rest = rest % train.w_max, rest // train.w_max
         top, image = rest % train.h_max, rest // train.h_max
-        expected = images[image][:, top:top + 32, left:left + 32]
+        expected = images[image][:, top : top + 32, left : left + 32]
         assert torch.equal(crop, expected.flip(-1) if flip else expected)
     assert len(train._open_cache) <= train.cache_images
     # a file cut short after setup: the batch that reads it names it

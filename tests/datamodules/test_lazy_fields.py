@@ -104,8 +104,9 @@ def test_workers_give_the_batches_of_the_main_process(folder, tmp_path):
         dm.setup()
         train = dm.train_dataloader()
         assert train.persistent_workers == (workers > 0)
-        batches[workers] = [b["field_variables_in"] for b in train] + [b["field_variables_in"]
-                                                                      for b in dm.val_dataloader()]
+        batches[workers] = [b["field_variables_in"] for b in train] + [
+            b["field_variables_in"] for b in dm.val_dataloader()
+        ]
     assert len(batches[0]) == len(batches[2]) > 2
     assert all(torch.equal(x, y) for x, y in zip(batches[0], batches[2], strict=True))
 
@@ -126,8 +127,11 @@ def test_npy_is_memory_mapped_and_equals_the_array(tmp_path):
 def test_broken_files_are_named_at_setup(folder, tmp_path):
     root, _ = folder
     write_h5(root / "part3.hdf5", n_traj=2, hw=(8, 8), seed=3)  # changes shape halfway through the folder
-    with pytest.raises(ValueError, match=r"part3.hdf5: variables \['u', 'v'\] of \[n_t, H, W\] \[3, 8, 8\], but "
-                                         r".*part0.hdf5 \(the first file of the folder\) has .* \[3, 8, 6\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"part3.hdf5: variables \['u', 'v'\] of \[n_t, H, W\] \[3, 8, 8\], but "
+        r".*part0.hdf5 \(the first file of the folder\) has .* \[3, 8, 6\]",
+    ):
         FieldDataModule(HDF5Fields(str(root)), data_dir=tmp_path).setup()
     write_h5(root / "part3.hdf5", n_traj=2, seed=3, names=("u",))  # a variable missing
     with pytest.raises(ValueError, match=r"part3.hdf5: variables \['u'\]"):

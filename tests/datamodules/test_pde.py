@@ -51,9 +51,11 @@ def test_the_embedded_fields_equal_their_stored_checksum():
     """The data a seed stands for must not change with the solvers' code (speed-ups, refactors): sums of a small
     configuration, recorded from these solvers (2026-11-23), to float32 storage rounding."""
     fields = EmbeddedFields(resolution=32, n_traj=4, n_frames=5, seed=3).generate()
-    stored = {"navier_stokes": (-2.4855617084540427e-06, 93527.66119449763, -4.506463281359089),
-              "gray_scott": (16801.277988963906, 12998.30810500537, 8402.553425472186),
-              "acoustic_wave": (1.9980106859946427, 46.18848119451522, 38.124348314267074)}
+    stored = {
+        "navier_stokes": (-2.4855617084540427e-06, 93527.66119449763, -4.506463281359089),
+        "gray_scott": (16801.277988963906, 12998.30810500537, 8402.553425472186),
+        "acoustic_wave": (1.9980106859946427, 46.18848119451522, 38.124348314267074),
+    }
     for name, (total, energy, weighted) in stored.items():
         v = fields[name].double()
         ramp = torch.linspace(0, 1, v.numel(), dtype=torch.float64).view(v.shape)

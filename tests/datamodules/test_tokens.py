@@ -11,11 +11,16 @@ from models import SPECIALS
 
 def store_of_three() -> TokenStore:
     """Object 10 has every modality, 11 no spectrum, 12 no catalog; 4 image, 2 catalog, 3 spectrum tokens."""
-    tokens = {"image": np.array([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]),
-              "catalog": np.array([[0, 1024], [5, 6], [0, 0]]),
-              "spectrum": np.array([[1, 2, 3], [0, 0, 0], [4, 5, 6]])}
-    present = {"image": np.ones(3, bool), "catalog": np.array([True, True, False]),
-               "spectrum": np.array([True, False, True])}
+    tokens = {
+        "image": np.array([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]),
+        "catalog": np.array([[0, 1024], [5, 6], [0, 0]]),
+        "spectrum": np.array([[1, 2, 3], [0, 0, 0], [4, 5, 6]]),
+    }
+    present = {
+        "image": np.ones(3, bool),
+        "catalog": np.array([True, True, False]),
+        "spectrum": np.array([True, False, True]),
+    }
     meta = {"vocab": {"image": 16, "catalog": 1025, "spectrum": 8}, "catalog_columns": ["mag_r", "redshift"]}
     return TokenStore(np.array([10, 11, 12]), tokens, present, meta)
 
@@ -23,14 +28,26 @@ def store_of_three() -> TokenStore:
 def test_sequences_follow_the_layout_and_keep_type_ids_fixed_when_a_modality_is_missing():
     store = store_of_three()
     vocab = galaxy_vocabulary(store.meta)
-    assert [f"{r.modality}/{r.stream}" for r in vocab.ranges] == ["image/image", "catalog/mag_r", "catalog/redshift",
-                                                                   "spectrum/spectrum"]
+    assert [f"{r.modality}/{r.stream}" for r in vocab.ranges] == [
+        "image/image",
+        "catalog/mag_r",
+        "catalog/redshift",
+        "spectrum/spectrum",
+    ]
     seqs = galaxy_sequences(store, vocab)
     BOS, EOS, SEP, MISS, PAD = (SPECIALS.index(s) for s in ("BOS", "EOS", "SEP", "MISS", "PAD"))
     image, mag_r, redshift, spectrum = vocab.ranges
     assert seqs.ids.shape == (3, 1 + 4 + 1 + 2 + 1 + 3 + 1)
-    full = [BOS, *(image.start + np.arange(4)), SEP, mag_r.start, redshift.start + 1024, SEP,
-            *(spectrum.start + np.array([1, 2, 3])), EOS]
+    full = [
+        BOS,
+        *(image.start + np.arange(4)),
+        SEP,
+        mag_r.start,
+        redshift.start + 1024,
+        SEP,
+        *(spectrum.start + np.array([1, 2, 3])),
+        EOS,
+    ]
     assert seqs.ids[0].tolist() == full and seqs.valid[0].all()
     assert seqs.types[0].tolist() == [0, 1, 1, 1, 1, 0, 2, 3, 0, 4, 4, 4, 0]
     # no spectrum: one MISS typed as the spectrum, then EOS, then padding
@@ -62,8 +79,9 @@ def token_datamodule(experiment: str, ckpt, data_dir, output_dir, extra=()):
 
     from tests.conftest import compose_cfg
 
-    cfg = compose_cfg([f"experiment={experiment}", "debug=fast", f"data.tokenizer_ckpt={ckpt}", *extra], output_dir,
-                      data_dir)
+    cfg = compose_cfg(
+        [f"experiment={experiment}", "debug=fast", f"data.tokenizer_ckpt={ckpt}", *extra], output_dir, data_dir
+    )
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -91,43 +109,47 @@ def test_field_pairs_are_present_then_future_frame_cell_by_cell(fields):
     assert (ids[:, 0] == BOS).all() and (ids[:, frame + 1] == SEP).all() and (ids[:, -1] == EOS).all()
     # each cell: its morph token then its amp token, typed by stream; both frames at the cells' positions
     assert batch["types"][0, 1:5].tolist() == [morph.type_id, amp.type_id] * 2
-    assert torch.equal(batch["positions"][0, 1:frame + 1], batch["positions"][0, frame + 2:-1])
+    assert torch.equal(batch["positions"][0, 1 : frame + 1], batch["positions"][0, frame + 2 : -1])
     assert batch["positions"][0, 1:7].tolist() == [1, 1, 2, 2, 3, 3]
     assert batch["target"][0].tolist() == [False] * (frame + 2) + [True] * (frame + 1)
     assert (batch["dst"] - batch["src"] == dm.delta).all()
     # the tokens are the tokenizer's of the normalized frames, in raster order of the cells
     var = dm.evaluator.var_id[batch["src"]]
-    x = (dm.evaluator.frames[batch["src"]] - dm.evaluator.mean[var][:, None, None, None]) \
-        / dm.evaluator.std[var][:, None, None, None]
+    x = (dm.evaluator.frames[batch["src"]] - dm.evaluator.mean[var][:, None, None, None]) / dm.evaluator.std[var][
+        :, None, None, None
+    ]
     with torch.no_grad():
         expected = tokenizer.encode(x)
-    got = dm.evaluator.to_tokens(ids[:, 1:frame + 1])
+    got = dm.evaluator.to_tokens(ids[:, 1 : frame + 1])
     assert torch.equal(got["morph"], expected["morph"]) and torch.equal(got["amp"], expected["amp"])
     # context: only the inputs that predict a future token carry one; slot 0 is the present token of the predicted
     # cell and stream, the next slot its upper-left neighbour (PAD for the first row), the last the cell's other
     # stream
     # the model reads MASK for the future frame (data.future_inputs=masked), the true tokens elsewhere
     inputs, MASK = batch["inputs"], SPECIALS.index("MASK")
-    assert (inputs[:, frame + 2:-1] == MASK).all()
-    assert torch.equal(inputs[:, :frame + 2], ids[:, :frame + 2]) and torch.equal(inputs[:, -1], ids[:, -1])
+    assert (inputs[:, frame + 2 : -1] == MASK).all()
+    assert torch.equal(inputs[:, : frame + 2], ids[:, : frame + 2]) and torch.equal(inputs[:, -1], ids[:, -1])
     context, PAD = batch["context"], SPECIALS.index("PAD")
     assert context.shape == (3, 2 * frame + 3, dm.context_slots) and dm.context_slots == 9 + 1
-    assert (context[:, :frame + 1] == PAD).all() and (context[:, -1] == PAD).all()
-    predicting = context[:, frame + 1:2 * frame + 1]  # the input before future token j: [3, frame, slots]
-    present = ids[:, 1:frame + 1]
+    assert (context[:, : frame + 1] == PAD).all() and (context[:, -1] == PAD).all()
+    predicting = context[:, frame + 1 : 2 * frame + 1]  # the input before future token j: [3, frame, slots]
+    present = ids[:, 1 : frame + 1]
     assert torch.equal(predicting[..., 0], present)
     width = got["morph"].shape[-1]
-    assert (predicting[:, :2 * width, 1] == PAD).all()  # the first row has no upper neighbours
+    assert (predicting[:, : 2 * width, 1] == PAD).all()  # the first row has no upper neighbours
     assert torch.equal(predicting[:, 2 * (width + 1), 1], present[:, 0])  # cell (1, 1) sees (0, 0): morph
     assert torch.equal(predicting[:, 2 * (width + 1) + 1, 1], present[:, 1])  # … and amp
-    assert torch.equal(predicting[:, 0::2, -1], present[:, 1::2]) and torch.equal(predicting[:, 1::2, -1],
-                                                                                present[:, 0::2])
+    assert torch.equal(predicting[:, 0::2, -1], present[:, 1::2]) and torch.equal(
+        predicting[:, 1::2, -1], present[:, 0::2]
+    )
 
 
 def test_field_pairs_never_share_a_trajectory_across_splits(fields):
     dm, _ = fields
-    frames = {s: set(torch.cat([dm.splits[s].tensors["src"], dm.splits[s].tensors["dst"]]).tolist())
-              for s in ("train", "val", "test")}
+    frames = {
+        s: set(torch.cat([dm.splits[s].tensors["src"], dm.splits[s].tensors["dst"]]).tolist())
+        for s in ("train", "val", "test")
+    }
     assert frames["train"] and frames["val"] and frames["test"]
     assert not frames["train"] & frames["val"] and not frames["train"] & frames["test"]
 
@@ -152,10 +174,13 @@ def test_encoded_fields_are_cached_by_checkpoint_hash(fields, data_dir, tmp_path
         token_datamodule("field_transformer", other, data_dir, tmp_path)
 
 
-@pytest.mark.parametrize(("experiment", "other", "expected"), [("field_transformer", "eeg", "PhaedraTokenizer"),
-                                                               ("eeg_transformer", "phaedra", "EEGTokenizer")])
-def test_a_checkpoint_of_another_tokenizer_is_refused_by_name(experiment, other, expected, experiment_run, data_dir,
-                                                             tmp_path):
+@pytest.mark.parametrize(
+    ("experiment", "other", "expected"),
+    [("field_transformer", "eeg", "PhaedraTokenizer"), ("eeg_transformer", "phaedra", "EEGTokenizer")],
+)
+def test_a_checkpoint_of_another_tokenizer_is_refused_by_name(
+    experiment, other, expected, experiment_run, data_dir, tmp_path
+):
     ckpt = experiment_run(other).last_ckpt
     with pytest.raises(ValueError, match=f"holds a .*Tokenizer; expected a {expected} checkpoint"):
         token_datamodule(experiment, ckpt, data_dir, tmp_path)
@@ -198,8 +223,9 @@ def test_a_debug_run_trains_its_tokenizer_with_the_same_debug_preset():
 
     assert parent_debug([]) == []  # no Hydra app (tests, scripts): nothing to forward
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["experiment=field_transformer", "debug=fast"],
-                      return_hydra_config=True)
+        cfg = compose(
+            config_name="train", overrides=["experiment=field_transformer", "debug=fast"], return_hydra_config=True
+        )
         plain = compose(config_name="train", overrides=["experiment=field_transformer"], return_hydra_config=True)
     try:
         HydraConfig.instance().set_config(cfg)
@@ -224,8 +250,9 @@ def test_field_frames_read_snapshots_from_the_files_in_dataset_variable_trajecto
     other = np.random.default_rng(1).normal(size=(3, 2, 8, 6)).astype(np.float32)  # NCHW: 3 samples of 2 variables
     np.save(tmp_path / "a.npy", data)
     np.save(tmp_path / "b.npy", other)
-    arrays = NpyFields(str(tmp_path / "a.npy"), "NTHW").open(tmp_path) + NpyFields(str(tmp_path / "b.npy"),
-                                                                                  "NCHW").open(tmp_path)
+    arrays = NpyFields(str(tmp_path / "a.npy"), "NTHW").open(tmp_path) + NpyFields(
+        str(tmp_path / "b.npy"), "NCHW"
+    ).open(tmp_path)
     frames = FieldFrames(arrays)
     expected = np.concatenate([data.reshape(20, 8, 6), other[:, 0], other[:, 1]])  # b: variable 0, then 1
     assert len(frames) == 26
@@ -235,8 +262,10 @@ def test_field_frames_read_snapshots_from_the_files_in_dataset_variable_trajecto
     var_id = torch.tensor([0] * 20 + [1] * 3 + [2] * 3)
     mean, std = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 4.0, 8.0])
     normalized = Normalized(frames, var_id, mean, std)[18:24]
-    assert torch.allclose(normalized[:, 0], (torch.from_numpy(expected[18:24]) - mean[var_id[18:24], None, None])
-                          / std[var_id[18:24], None, None])
+    assert torch.allclose(
+        normalized[:, 0],
+        (torch.from_numpy(expected[18:24]) - mean[var_id[18:24], None, None]) / std[var_id[18:24], None, None],
+    )
     key = frames.fingerprint()
     assert FieldFrames(arrays).fingerprint() == key
     np.save(tmp_path / "a.npy", data + 1)

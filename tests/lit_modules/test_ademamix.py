@@ -60,8 +60,15 @@ def test_the_multi_tensor_update_equals_the_per_tensor_one():
     runs = {}
     for foreach in (True, False):
         params = [torch.nn.Parameter(w.clone()) for w in start]
-        opt = AdEMAMix([{"params": params[:2]}, {"params": params[2:], "lr": 3e-3, "weight_decay": 0.0}], lr=1e-2,
-                       alpha=4.0, t_alpha=5, t_beta3=5, weight_decay=0.1, foreach=foreach)
+        opt = AdEMAMix(
+            [{"params": params[:2]}, {"params": params[2:], "lr": 3e-3, "weight_decay": 0.0}],
+            lr=1e-2,
+            alpha=4.0,
+            t_alpha=5,
+            t_beta3=5,
+            weight_decay=0.1,
+            foreach=foreach,
+        )
         gen = torch.Generator().manual_seed(1)
         for step in range(8):
             for i, p in enumerate(params):

@@ -23,9 +23,9 @@ class FieldOracle:
 
     def hidden(self, ids, types, positions=None, context=None):
         frame = (self.batch["ids"].shape[1] - 3) // 2
-        assert (ids[:, frame + 2:] == SPECIALS.index("MASK")).all()  # the future frame is never read
+        assert (ids[:, frame + 2 :] == SPECIALS.index("MASK")).all()  # the future frame is never read
         assert ids.shape == types.shape == positions.shape == context.shape[:2]
-        return 10.0 * F.one_hot(self.batch["ids"][:, 1:ids.shape[1] + 1], self.vocab_size).float()
+        return 10.0 * F.one_hot(self.batch["ids"][:, 1 : ids.shape[1] + 1], self.vocab_size).float()
 
     def output_weight(self):
         return torch.eye(self.vocab_size)
@@ -34,7 +34,7 @@ class FieldOracle:
         return logits.argmax(-1)
 
     def generate(self, prompt, layout, n_new, bounds=None, positions=None, context=None, pick="argmax"):
-        assert torch.equal(prompt, self.batch["ids"][:, :prompt.shape[1]])  # only the present frame is given
+        assert torch.equal(prompt, self.batch["ids"][:, : prompt.shape[1]])  # only the present frame is given
         assert prompt.shape[1] + n_new == self.batch["ids"].shape[1] - 1  # the whole future frame, less EOS
         return self.batch["ids"][:, :-1]
 
@@ -44,8 +44,9 @@ def rel_l1(pred, target):
 
 
 @pytest.mark.parametrize("future_inputs", ["masked", "tokens"])
-def test_field_forecast_of_the_true_tokens_is_the_tokenizer_reconstruction(future_inputs, experiment_run, data_dir,
-                                                                            tmp_path):
+def test_field_forecast_of_the_true_tokens_is_the_tokenizer_reconstruction(
+    future_inputs, experiment_run, data_dir, tmp_path
+):
     from tokenizers import load_tokenizer
 
     ckpt = experiment_run("phaedra").last_ckpt
@@ -67,15 +68,15 @@ def test_field_forecast_of_the_true_tokens_is_the_tokenizer_reconstruction(futur
         recon = tokenizer((future - mean) / std).recon * std + mean
     # the floor is the tokenizer's own reconstruction of the future field, in physical units
     tol = f32_tolerance(recon, layer_depth(tokenizer))
-    assert (tokenizer.decode(ev.to_tokens(batch["ids"][:, -ev.frame_len - 1:-1])) * std + mean
-            - recon).abs().max() <= tol
+    assert (
+        tokenizer.decode(ev.to_tokens(batch["ids"][:, -ev.frame_len - 1 : -1])) * std + mean - recon
+    ).abs().max() <= tol
     assert floor["rel_l1"].item() == pytest.approx(rel_l1(recon, future).item(), rel=1e-4)
     # increment: the present plus the decoded change between the present's tokens and the predicted ones
     with torch.no_grad():
         recon_present = tokenizer((present - mean) / std).recon * std + mean
     increment = metrics["increment"].compute()
-    assert increment["rel_l1"].item() == pytest.approx(rel_l1(present + recon - recon_present, future).item(),
-                                                       rel=1e-4)
+    assert increment["rel_l1"].item() == pytest.approx(rel_l1(present + recon - recon_present, future).item(), rel=1e-4)
 
 
 class NearestCodeOracle(nn.Module):
@@ -88,7 +89,7 @@ class NearestCodeOracle(nn.Module):
         self.lo, self.codes, self.batch = r.start, codes, batch
         self.config = SimpleNamespace(code_dim=0)  # logits from the head (the argmax pick)
         weight = torch.zeros(vocab.size, codes.shape[1] + 1)
-        weight[r.start:r.stop] = torch.cat([codes, codes.pow(2).sum(1, keepdim=True)], 1)
+        weight[r.start : r.stop] = torch.cat([codes, codes.pow(2).sum(1, keepdim=True)], 1)
         self.head = nn.Linear(codes.shape[1] + 1, vocab.size, bias=False)
         self.head.weight.data = weight
 

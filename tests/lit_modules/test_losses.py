@@ -7,8 +7,11 @@ import torch.nn.functional as F
 from lit_modules.losses import ReconstructionLoss, hinge_d_loss, hinge_g_loss
 from tokenizers.svqvae import SVQVAE
 
-GAN = {"discriminator": {"_target_": "tokenizers.discriminator.PatchGAN", "in_channels": 3, "ch": 8, "n_layers": 3},
-       "start_step": 0, "weight": 0.5}
+GAN = {
+    "discriminator": {"_target_": "tokenizers.discriminator.PatchGAN", "in_channels": 3, "ch": 8, "n_layers": 3},
+    "start_step": 0,
+    "weight": 0.5,
+}
 
 
 def small_svqvae() -> SVQVAE:
@@ -91,7 +94,8 @@ def test_adaptive_weight_balances_the_gradients_at_the_last_layer():
     g_adv = torch.autograd.grad(lam * adversarial, tokenizer.last_layer, retain_graph=True)[0]
     assert float(g_adv.norm()) == pytest.approx(float(g_rec.norm()), rel=1e-2)  # λ·adv pulls as hard as rec
     assert float(loss.adaptive_weight(10 * mse, adversarial, tokenizer.last_layer)) == pytest.approx(
-        10 * float(lam), rel=1e-2)  # scaling the reconstruction scales λ
+        10 * float(lam), rel=1e-2
+    )  # scaling the reconstruction scales λ
     # in the loss: the codebook/commitment terms do not count as reconstruction
     full = loss(out.recon, x, out.aux_losses, step=0, last_layer=tokenizer.last_layer)
     assert float(full.extras["gan_adaptive_weight"]) == pytest.approx(float(lam), rel=1e-4)

@@ -32,8 +32,11 @@ def test_field_errors_match_a_hand_computation_over_two_batches():
     psnr = [10 * math.log10((ti.max() - ti.min()) ** 2 / np.mean(ei**2)) for ti, ei in zip(t, e, strict=True)]
     assert got["psnr"] == pytest.approx(np.mean(psnr), rel=1e-9)
     ssim = [
-        float(structural_similarity_index_measure(torch.tensor(pi[None]), torch.tensor(ti[None]),
-                                                  data_range=float(ti.max() - ti.min())))
+        float(
+            structural_similarity_index_measure(
+                torch.tensor(pi[None]), torch.tensor(ti[None]), data_range=float(ti.max() - ti.min())
+            )
+        )
         for pi, ti in zip(p, t, strict=True)
     ]
     assert got["ssim"] == pytest.approx(np.mean(ssim), abs=1e-5)
@@ -127,8 +130,12 @@ def test_signal_errors_match_a_hand_computation():
 
     rng = np.random.default_rng(3)
     t = np.arange(256) / 256
-    target = np.stack([np.sin(2 * np.pi * 10 * t) + 0.3 * rng.normal(size=256),
-                       np.sin(2 * np.pi * 3 * t) * 2 + 0.1 * rng.normal(size=256)])
+    target = np.stack(
+        [
+            np.sin(2 * np.pi * 10 * t) + 0.3 * rng.normal(size=256),
+            np.sin(2 * np.pi * 3 * t) * 2 + 0.1 * rng.normal(size=256),
+        ]
+    )
     pred = target + 0.2 * rng.normal(size=target.shape)
     sfreq = np.array([256.0, 128.0])
     metric = SignalErrors(groups=2)

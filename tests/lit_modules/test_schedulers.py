@@ -36,6 +36,9 @@ def test_bad_schedule_arguments_raise():
 
 
 def test_a_warmup_longer_than_the_run_names_the_keys_to_change():
-    with pytest.raises(ValueError, match=r"scheduler.warmup_steps=100, scheduler.total_steps=40 \(which follows "
-                                         r"trainer.max_steps\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"scheduler.warmup_steps=100, scheduler.total_steps=40 \(which follows "
+        r"trainer.max_steps\)",
+    ):
         WarmupCosine(100, 40)

@@ -4,8 +4,14 @@ import torch
 from lit_modules.adapters import FieldAdapter
 from lit_modules.tokenizer_module import TokenizerModule
 
-TOKENIZER = {"_target_": "tokenizers.phaedra.PhaedraTokenizer", "ch": 16, "ch_mult": [1, 2], "num_res_blocks": 1,
-             "attn_resolutions": [], "resolution": 16}
+TOKENIZER = {
+    "_target_": "tokenizers.phaedra.PhaedraTokenizer",
+    "ch": 16,
+    "ch_mult": [1, 2],
+    "num_res_blocks": 1,
+    "attn_resolutions": [],
+    "resolution": 16,
+}
 OPTIM = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
 SCHED = {"_target_": "lit_modules.schedulers.constant", "_partial_": True}
 
@@ -24,22 +30,36 @@ def test_hyperparameters_are_plain_and_the_loss_defaults_to_l1_plus_mse():
 
 
 def test_a_module_that_breaks_the_tokenizer_protocol_is_refused_naming_what_it_lacks():
-    with pytest.raises(TypeError, match=r"NotATokenizer does not follow the Tokenizer protocol .*"
-                                        r"missing streams, encode, decode, code_vectors"):
+    with pytest.raises(
+        TypeError,
+        match=r"NotATokenizer does not follow the Tokenizer protocol .*"
+        r"missing streams, encode, decode, code_vectors",
+    ):
         TokenizerModule({"_target_": "tests.lit_modules.test_tokenizer_module.NotATokenizer"}, OPTIM, SCHED)
     with pytest.raises(TypeError, match="missing .*forward"):  # nn.Module's forward only raises
         TokenizerModule({"_target_": "torch.nn.Module"}, OPTIM, SCHED)
-    gan = {"start_step": 0, "adaptive_weight": True,
-           "discriminator": {"_target_": "tokenizers.discriminator.PatchGAN", "in_channels": 1, "ch": 8}}
+    gan = {
+        "start_step": 0,
+        "adaptive_weight": True,
+        "discriminator": {"_target_": "tokenizers.discriminator.PatchGAN", "in_channels": 1, "ch": 8},
+    }
     with pytest.raises(ValueError, match="adaptive_weight needs a tokenizer with a `last_layer`; EEGTokenizer"):
-        TokenizerModule({"_target_": "tokenizers.eeg.EEGTokenizer"}, OPTIM, SCHED,
-                        loss={"_target_": "lit_modules.losses.ReconstructionLoss", "gan": gan})
+        TokenizerModule(
+            {"_target_": "tokenizers.eeg.EEGTokenizer"},
+            OPTIM,
+            SCHED,
+            loss={"_target_": "lit_modules.losses.ReconstructionLoss", "gan": gan},
+        )
 
 
 def test_the_field_adapter_targets_the_normalized_field():
     raw = torch.randn(2, 1, 16, 16) * 3 + 5
-    batch = {"field_variables_in": (raw - 5) / 3, "field_variables_out": raw,
-             "field_variables_in_mean": torch.full((2, 1), 5.0), "field_variables_in_std": torch.full((2, 1), 3.0)}
+    batch = {
+        "field_variables_in": (raw - 5) / 3,
+        "field_variables_out": raw,
+        "field_variables_in_mean": torch.full((2, 1), 5.0),
+        "field_variables_in_std": torch.full((2, 1), 3.0),
+    }
     example = FieldAdapter().unpack(batch)
     assert example.cond == {} and example.x is batch["field_variables_in"]
     assert torch.allclose(example.target, example.x)
@@ -63,8 +83,11 @@ def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_one_intact(tmp
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint_io.torch, "save", disk_full)
-    with pytest.raises(OSError, match=r"writing checkpoint .*last.ckpt failed \(No space left on device\); the "
-                                      r"previous last.ckpt, if any, is unchanged"):
+    with pytest.raises(
+        OSError,
+        match=r"writing checkpoint .*last.ckpt failed \(No space left on device\); the "
+        r"previous last.ckpt, if any, is unchanged",
+    ):
         io.save_checkpoint({"step": 2}, target)
     monkeypatch.undo()
     assert torch.load(target, weights_only=True) == {"step": 1}

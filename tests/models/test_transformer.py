@@ -15,7 +15,7 @@ def test_vocabulary_ranges_do_not_overlap_and_type_ids_are_fixed():
     covered = torch.zeros(vocab.size, dtype=torch.long)
     covered[: len(SPECIALS)] += 1
     for r in vocab.ranges:
-        covered[r.start:r.stop] += 1
+        covered[r.start : r.stop] += 1
     assert torch.all(covered == 1)  # every id in exactly one range
     assert [r.type_id for r in vocab.ranges] == [1, 2, 3, 4]
     ids = vocab.to_global("catalog", "redshift", torch.tensor([0, 1024]))
@@ -32,8 +32,9 @@ def test_vocabulary_ranges_do_not_overlap_and_type_ids_are_fixed():
 
 def tiny(vocab_size=50, n_types=3, **kw) -> Transformer:
     torch.manual_seed(0)
-    return Transformer(TransformerConfig(vocab_size=vocab_size, n_types=n_types, max_len=64, d_model=32, n_layers=2,
-                                         n_heads=4, **kw)).eval()
+    return Transformer(
+        TransformerConfig(vocab_size=vocab_size, n_types=n_types, max_len=64, d_model=32, n_layers=2, n_heads=4, **kw)
+    ).eval()
 
 
 @pytest.mark.parametrize("norm", ["layer", "rms"])
@@ -129,8 +130,7 @@ def test_explicit_positions_keep_the_causal_mask_and_the_cache_exact():
     context[:, 7:13, 0] = ids[:, 1:7]  # the input before each future token carries the present token of its cell
     context[:, 8:13, 1] = ids[:, 1:6]  # … and of the cell before it
     cached = model.generate(prompt, layout, 6, bounds=bounds, positions=positions, context=context)
-    uncached = model.generate(prompt, layout, 6, bounds=bounds, positions=positions, context=context,
-                              use_cache=False)
+    uncached = model.generate(prompt, layout, 6, bounds=bounds, positions=positions, context=context, use_cache=False)
     assert torch.equal(cached, uncached)
     with pytest.raises(ValueError, match="codes must be"):
         model.set_codes(torch.zeros(40, 2))

@@ -41,8 +41,9 @@ def test_robust_arcsinh_matches_a_hand_computation_over_valid_pixels():
 
 def test_ellipse_weights_match_a_hand_computation():
     # an ellipse at (x0, y0) = (10, 9), semi-axes 4·2 = 8 and 4·1 = 4, major axis at 90° (along +y, the rows)
-    w = ellipse_weights(20, *(torch.tensor([v]) for v in (10.0, 9.0, 2.0, 1.0, math.pi / 2)), scale=4.0,
-                        outside=0.3)[0, 0]
+    w = ellipse_weights(20, *(torch.tensor([v]) for v in (10.0, 9.0, 2.0, 1.0, math.pi / 2)), scale=4.0, outside=0.3)[
+        0, 0
+    ]
     assert w.shape == (20, 20)
     assert w[9, 10] == 1  # the centre (row y0, column x0)
     assert w[9 + 7, 10] == 1 and w[9 - 7, 10] == 1  # 7 pixels along the major axis (rows): inside
@@ -56,8 +57,7 @@ def test_ellipse_weights_match_a_hand_computation():
 
 def fitted_image_tokenizer(bands: int = 3, size: int = 16, k: int = 64) -> tuple[GalaxyImageTokenizer, torch.Tensor]:
     torch.manual_seed(0)
-    tokenizer = GalaxyImageTokenizer(bands=bands, latent_dim=2, channels=(8, 16), codebook_size=k,
-                                     norm_groups=4).eval()
+    tokenizer = GalaxyImageTokenizer(bands=bands, latent_dim=2, channels=(8, 16), codebook_size=k, norm_groups=4).eval()
     x = torch.randn(6, bands, size, size)
     with torch.no_grad():
         z = tokenizer.encode_latents(x)

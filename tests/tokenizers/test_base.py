@@ -29,15 +29,23 @@ def test_malformed_streams_are_named():
 
 def test_build_handles_nested_targets_lists_and_plain_values():
     fsq = "tokenizers.fsq.FSQ"
-    built = build({"_target_": "builtins.dict", "_partial_": False, "quantizer": {"_target_": fsq, "levels": [3, 2]},
-                   "many": [{"_target_": fsq, "levels": [4]}, 7], "plain": {"a": 1}})
+    built = build(
+        {
+            "_target_": "builtins.dict",
+            "_partial_": False,
+            "quantizer": {"_target_": fsq, "levels": [3, 2]},
+            "many": [{"_target_": fsq, "levels": [4]}, 7],
+            "plain": {"a": 1},
+        }
+    )
     assert isinstance(built["quantizer"], FSQ) and built["quantizer"].levels == [3, 2]
     assert isinstance(built["many"][0], FSQ) and built["many"][1] == 7 and built["plain"] == {"a": 1}
 
 
 def test_data_metadata_round_trips_and_refuses_statistics_that_do_not_match_the_variables():
-    meta = DataMetadata(kind="fields", normalization="standardize", variables=["a/u", "a/v"], mean=[0.0, 1.0],
-                        std=[1.0, 2.0])
+    meta = DataMetadata(
+        kind="fields", normalization="standardize", variables=["a/u", "a/v"], mean=[0.0, 1.0], std=[1.0, 2.0]
+    )
     assert DataMetadata.from_dict(meta.to_dict()) == meta
     assert all(isinstance(v, str | list) for v in meta.to_dict().values())  # plain: loads with weights_only=True
     with pytest.raises(ValueError, match="2 variables, 1 means"):

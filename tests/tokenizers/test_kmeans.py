@@ -41,8 +41,9 @@ def test_inertia_within_one_percent_of_scikit_learn(k):
     ours = fit_kmeans(x, k)
     theirs = MiniBatchKMeans(k, random_state=0, n_init=1, batch_size=1024).fit(x.numpy()).inertia_
     assert ours.inertia <= 1.01 * theirs
-    assert ours.centroids.shape == (k, 8) and ours.inertia == pytest.approx(float(assign(x, ours.centroids)[1].sum()),
-                                                                             rel=1e-4)
+    assert ours.centroids.shape == (k, 8) and ours.inertia == pytest.approx(
+        float(assign(x, ours.centroids)[1].sum()), rel=1e-4
+    )
 
 
 def test_mini_batch_subset_and_seed():

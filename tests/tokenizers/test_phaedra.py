@@ -45,8 +45,9 @@ def test_fsq_baseline_has_one_stream_and_eight_latent_channels():
         fsq.code_vectors("amp")
     # 0 (or 1) levels is not a way to ask for the baseline: refused by name
     for levels in (0, 1):
-        with pytest.raises(ValueError,
-                           match=f"amp_levels must be ≥ 2 .* or null for the FSQ-only baseline; got {levels}"):
+        with pytest.raises(
+            ValueError, match=f"amp_levels must be ≥ 2 .* or null for the FSQ-only baseline; got {levels}"
+        ):
             PhaedraTokenizer(**SMALL, amp_levels=levels)
 
 

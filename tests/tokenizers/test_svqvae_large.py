@@ -25,8 +25,15 @@ def trained() -> SVQVAE:
     torch.manual_seed(0)
     # the smallest model and run that reconstruct well: with fewer steps the error stays near the mean colour's,
     # with smaller crops the 256-pixel tiles are out of distribution
-    model = SVQVAE(ch=8, ch_mult=[1, 2, 2, 4], num_res_blocks=1, z_channels=16, codebook_size=256, norm_groups=4,
-                   dead_code_interval=25)
+    model = SVQVAE(
+        ch=8,
+        ch_mult=[1, 2, 2, 4],
+        num_res_blocks=1,
+        z_channels=16,
+        codebook_size=256,
+        norm_groups=4,
+        dead_code_interval=25,
+    )
     images = [x for x, _ in BundledImages([b for b in BUNDLED if b != "coffee"]).load()]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
     g = torch.Generator().manual_seed(0)
@@ -35,7 +42,7 @@ def trained() -> SVQVAE:
         for _ in range(16):
             im = images[int(torch.randint(len(images), (1,), generator=g))]
             top, left = (int(torch.randint(n - 64 + 1, (1,), generator=g)) for n in im.shape[1:])
-            crops.append(im[:, top:top + 64, left:left + 64])
+            crops.append(im[:, top : top + 64, left : left + 64])
         x = torch.stack(crops)
         out = model(x)
         loss = F.mse_loss(out.recon, x) + sum(out.aux_losses.values())

@@ -110,8 +110,12 @@ def test_batched_channels_last_tiles_equal_tile_by_tile():
     on contiguous (NCHW) tiles (float32 rounding only): a conv net with per-sample GroupNorm, as encoder (scale 1/4)
     and as decoder-like map (scale 1), 2 images at once."""
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GroupNorm(4, 8), torch.nn.SiLU(),
-                              torch.nn.Conv2d(8, 4, 3, padding=1)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.GroupNorm(4, 8),
+        torch.nn.SiLU(),
+        torch.nn.Conv2d(8, 4, 3, padding=1),
+    ).eval()
     down = torch.nn.Sequential(net, torch.nn.AvgPool2d(4))
     x = torch.rand(2, 3, 72, 136)
     seen = []
