@@ -5,7 +5,7 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tests.conftest import EXPERIMENTS, KINDS
+from tests.helpers import EXPERIMENTS, describe
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -22,7 +22,7 @@ def test_experiment_composes_and_instantiates(make_cfg, experiment, debug):
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
     assert trainer.max_steps == cfg.trainer.max_steps
-    if not KINDS[experiment]["cpu"]:
+    if not describe(experiment)["cpu"]:
         return  # built on the meta device in tests/test_contract.py
     module = instantiate(cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, _recursive_=False)
     optim = module.configure_optimizers()

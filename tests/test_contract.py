@@ -15,7 +15,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.conftest import CPU_EXPERIMENTS, EXPERIMENTS, KINDS, ROOT, compose_cfg, f32_tolerance, layer_depth
+from tests.helpers import EXPERIMENTS, ROOT, compose_cfg, cpu_experiments, describe, f32_tolerance, layer_depth
 from tokenizers import check_tokenizer, load_tokenizer
 
 
@@ -44,9 +44,9 @@ def check_code_vectors(tokenizer) -> None:
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_tokenizer_contract(experiment, experiment_run, tmp_path, data_dir):
-    if not KINDS[experiment]["tokenizer"]:
+    if not describe(experiment)["tokenizer"]:
         pytest.skip(f"{experiment} trains no tokenizer")
-    if not KINDS[experiment]["cpu"]:  # with this test's data dir: its data is built for the example input
+    if not describe(experiment)["cpu"]:  # with this test's data dir: its data is built for the example input
         return check_on_the_meta_device(compose_cfg([f"experiment={experiment}", "debug=fast"], tmp_path, data_dir))
     run = experiment_run(experiment)
     datamodule = run.datamodule
@@ -115,7 +115,7 @@ def test_load_tokenizer_in_plain_python(experiment_run, tmp_path):
     """A user's script: load_tokenizer, encode, decode — with neither Hydra nor Lightning imported — for the
     checkpoint of every CPU-sized experiment (one Python process for all of them)."""
     jobs, expected = [], []
-    for experiment in CPU_EXPERIMENTS:
+    for experiment in cpu_experiments():
         run = experiment_run(experiment)
         datamodule = run.datamodule
         example = example_input(datamodule)

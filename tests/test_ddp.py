@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 
 from datamodules.common import EpochShuffleSampler
-from tests.conftest import ROOT, SMALL_DATA
+from tests.helpers import ROOT, SMALL_DATA
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 import datamodules.token_store as token_store
 from datamodules.token_store import TokenStore, file_sha256
 from encode import encode
-from tests.conftest import CPU_EXPERIMENTS, ROOT, SMALL_DATA
+from tests.helpers import ROOT, SMALL_DATA, describe
 from tokenizers import load_tokenizer
 
 EXPERIMENT = "astro_image"  # the one experiment whose checkpoint encode.py takes
@@ -85,7 +85,7 @@ def test_an_interrupted_export_leaves_no_store_that_is_read_later(experiment_run
 def test_export_errors_name_the_problem(experiment_run, tmp_path, data_dir):
     with pytest.raises(FileNotFoundError, match="image_ckpt=.*nope.ckpt does not exist"):
         encode(encode_cfg(tmp_path / "nope.ckpt", tmp_path / "tokens", data_dir))
-    other = next(e for e in ("phaedra", "eeg", "svqvae") if e in CPU_EXPERIMENTS)  # another tokenizer's checkpoint
+    other = next(e for e in ("phaedra", "eeg", "svqvae") if describe(e)["cpu"])  # another tokenizer's checkpoint
     with pytest.raises(ValueError, match="expected a GalaxyImageTokenizer"):
         encode(encode_cfg(experiment_run(other).last_ckpt, tmp_path / "tokens", data_dir))
     with pytest.raises(FileNotFoundError, match="encode.py writes it"):

@@ -20,7 +20,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import sweep
-from tests.conftest import ROOT, SMALL_DATA, compose_cfg
+from tests.helpers import ROOT, SMALL_DATA, compose_cfg
 
 SMALL_FIELDS = SMALL_DATA["datamodules.sources.EmbeddedFields"]
 SPECS = sorted(p.stem for p in (ROOT / "conf" / "sweep").glob("*.yaml"))

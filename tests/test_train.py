@@ -21,7 +21,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import Logger
 
-from tests.conftest import CPU_EXPERIMENTS, EXPERIMENTS, KINDS, ROOT, assert_same_final_weights
+from tests.helpers import EXPERIMENTS, ROOT, assert_same_final_weights, cpu_experiments, describe
 from tokenizers import load_tokenizer
 from train import train
 
@@ -53,7 +53,7 @@ def wandb_history(run_dir: Path) -> tuple[dict, list[dict]]:
     return last, rows
 
 
-ONE_PER_KIND = list({KINDS[e]["kind"]: e for e in reversed(CPU_EXPERIMENTS)}.values())  # the first of each kind
+ONE_PER_KIND = list({describe(e)["kind"]: e for e in reversed(cpu_experiments())}.values())  # the first of each kind
 
 
 def metric_names(adapter) -> set[str]:
@@ -62,7 +62,7 @@ def metric_names(adapter) -> set[str]:
         return set(adapter.metric(0).compute())
 
 
-@pytest.mark.parametrize("experiment", CPU_EXPERIMENTS)
+@pytest.mark.parametrize("experiment", cpu_experiments())
 def test_every_experiment_trains_checkpoints_and_logs_its_metrics(experiment, experiment_run):
     run_ = experiment_run(experiment)
     assert isinstance(run_.value, float) and np.isfinite(run_.value)
@@ -70,7 +70,7 @@ def test_every_experiment_trains_checkpoints_and_logs_its_metrics(experiment, ex
     assert "last.ckpt" in ckpts and any(c.startswith("step") for c in ckpts)
     assert (run_.dir / "config_resolved.yaml").is_file()
     ckpt = torch.load(run_.last_ckpt, weights_only=True)  # plain hyperparameters only
-    assert ckpt["global_step"] == run_.cfg.trainer.max_steps and ckpt["data"]["kind"] == KINDS[experiment]["kind"]
+    assert ckpt["global_step"] == run_.cfg.trainer.max_steps and ckpt["data"]["kind"] == describe(experiment)["kind"]
 
     datamodule = run_.datamodule
     adapter, tokenizer = datamodule.adapter, instantiate(run_.cfg.model.tokenizer)
@@ -99,7 +99,7 @@ def test_every_experiment_trains_checkpoints_and_logs_its_metrics(experiment, ex
         assert any(k.startswith(f"val/{adapter.progress_bar[0]}/") for k in per_group), sorted(last)
 
 
-@pytest.mark.parametrize("experiment", [e for e in CPU_EXPERIMENTS if KINDS[e]["gan"]])
+@pytest.mark.parametrize("experiment", cpu_experiments(gan=True))
 def test_the_discriminator_switches_on_at_its_start_step(make_cfg, tmp_path, experiment):
     _, value = run(make_cfg, [f"experiment={experiment}", "model.loss.gan.start_step=3"], tmp_path / "gan")
     assert np.isfinite(value)
@@ -116,7 +116,7 @@ def test_the_discriminator_switches_on_at_its_start_step(make_cfg, tmp_path, exp
     assert all(ckpt["optimizer_states"][0]["state"][i]["step"] == 3 for i in disc_group["params"])
 
 
-@pytest.mark.parametrize("experiment", [e for e in CPU_EXPERIMENTS if KINDS[e]["codebook"]])
+@pytest.mark.parametrize("experiment", cpu_experiments(codebook=True))
 def test_the_stage_two_codebook_is_fitted_at_the_end_logged_and_checkpointed(experiment, experiment_run):
     run_ = experiment_run(experiment)
     last, rows = wandb_history(run_.dir)
@@ -148,9 +148,9 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(make_cfg, tmp
     # the interrupted run is the same run stopped at step 4 (mid-epoch): its schedule still spans 8 steps.
     # Where the experiment has them: EMA with a short horizon (so it moves), the discriminator from step 2, the
     # codebook fitted at step 6 after the interruption (then 2 steps of decoder-only stage 3).
-    extra = ["callbacks.ema.decay=0.9"] if KINDS[experiment]["ema"] else []
-    extra += ["model.loss.gan.start_step=2"] if KINDS[experiment]["gan"] else []
-    extra += ["callbacks.codebook.at_step=6"] if KINDS[experiment]["codebook"] else []
+    extra = ["callbacks.ema.decay=0.9"] if describe(experiment)["ema"] else []
+    extra += ["model.loss.gan.start_step=2"] if describe(experiment)["gan"] else []
+    extra += ["callbacks.codebook.at_step=6"] if describe(experiment)["codebook"] else []
     common = [
         f"experiment={experiment}",
         "logger=none",
@@ -173,7 +173,7 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(make_cfg, tmp
     assert not torch.equal(half[last_key][name], full[last_key][name])
 
 
-MISMATCHES = [(e, other) for e in ONE_PER_KIND for other in ONE_PER_KIND if KINDS[other]["kind"] != KINDS[e]["kind"]]
+MISMATCHES = [(e, o) for e in ONE_PER_KIND for o in ONE_PER_KIND if describe(o)["kind"] != describe(e)["kind"]]
 
 
 @pytest.mark.parametrize(("experiment", "other"), MISMATCHES)
@@ -183,7 +183,7 @@ def test_a_model_and_data_that_cannot_work_together_fail_before_training(make_cf
     from omegaconf.errors import InterpolationKeyError
 
     cfg = make_cfg([f"experiment={experiment}", "debug=fast", "logger=none"], output_dir=tmp_path / "run")
-    cfg.data = data = KINDS[other]["data"]
+    cfg.data = data = describe(other)["data"]
     with pytest.raises((ValueError, InterpolationKeyError)) as err:
         train(cfg)
     if isinstance(err.value, InterpolationKeyError):
@@ -309,7 +309,7 @@ def test_last_checkpoint_is_the_latest_state_even_off_the_validation_grid(make_c
     assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step0000003.ckpt"]
 
 
-@pytest.mark.parametrize("experiment", [e for e in CPU_EXPERIMENTS if KINDS[e]["tiles"]])
+@pytest.mark.parametrize("experiment", cpu_experiments(tiles=True))
 def test_a_large_image_is_tokenized_and_reconstructed_by_encode_image(experiment, experiment_run, tmp_path):
     from PIL import Image
 

@@ -19,7 +19,7 @@ import torch
 
 from datamodules.sources import EmbeddedFields
 from datamodules.token_store import TokenStore
-from tests.conftest import ROOT, SMALL_DATA, assert_same_final_weights
+from tests.helpers import ROOT, SMALL_DATA, assert_same_final_weights
 from tokenizers import load_tokenizer
 from train import check_checkpoint, train
 

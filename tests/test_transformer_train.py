@@ -8,7 +8,7 @@ import torch
 
 from datamodules.token_store import TokenStore
 from encode import encode
-from tests.conftest import CPU_EXPERIMENTS
+from tests.helpers import describe
 from tests.test_encode import encode_cfg
 from tests.test_train import wandb_history
 from train import train
@@ -49,7 +49,7 @@ def test_missing_stores_name_the_command_that_makes_them(make_cfg, tmp_path):
 
 def test_stores_made_with_another_tokenizer_are_refused(make_cfg, tmp_path, stores, experiment_run):
     _, paths = stores
-    other = next(e for e in ("phaedra", "eeg", "svqvae") if e in CPU_EXPERIMENTS)
+    other = next(e for e in ("phaedra", "eeg", "svqvae") if describe(e)["cpu"])
     moved = {}
     for split, path in paths.items():
         store = TokenStore.load(path)
@@ -120,7 +120,7 @@ def test_without_a_checkpoint_the_tokenizer_is_trained_first_once(make_cfg, tmp_
     import yaml
 
     from datamodules.tokens import tokenizer_checkpoint
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     data_dir = tmp_path / "data"
     overrides = [

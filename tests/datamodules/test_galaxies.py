@@ -12,7 +12,7 @@ from tokenizers.astro import robust_arcsinh
 
 @pytest.fixture(scope="module")
 def embedded(data_dir):
-    source = EmbeddedGalaxies(n_objects=128, spectrum_pixels=128)  # the tests' small set (tests/conftest.py)
+    source = EmbeddedGalaxies(n_objects=128, spectrum_pixels=128)  # the tests' small set (tests/helpers.py)
     return source, source.load(data_dir)
 
 

@@ -77,7 +77,7 @@ def test_tokens_outside_their_vocabulary_are_refused():
 def token_datamodule(experiment: str, ckpt, data_dir, output_dir, extra=()):
     from hydra.utils import instantiate
 
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     cfg = compose_cfg(
         [f"experiment={experiment}", "debug=fast", f"data.tokenizer_ckpt={ckpt}", *extra], output_dir, data_dir
@@ -219,7 +219,7 @@ def test_a_debug_run_trains_its_tokenizer_with_the_same_debug_preset():
     from hydra.core.hydra_config import HydraConfig
 
     from datamodules.tokens import parent_debug
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     assert parent_debug([]) == []  # no Hydra app (tests, scripts): nothing to forward
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.vocab import SPECIALS
-from tests.conftest import f32_tolerance, layer_depth
 from tests.datamodules.test_tokens import token_datamodule
+from tests.helpers import f32_tolerance, layer_depth
 
 
 class FieldOracle:

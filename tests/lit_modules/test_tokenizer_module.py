@@ -142,7 +142,7 @@ def test_flop_count_includes_attention_in_either_memory_format(channels_last):
 def test_channels_last_puts_weights_and_image_batches_in_nhwc_with_the_same_values():
     """model.channels_last=true: NHWC weights and inputs; the encoder and decoder compute the same values (float32
     rounding: other kernels). Inputs that are not images (EEG rows) pass unchanged."""
-    from tests.conftest import f32_tolerance, layer_depth
+    from tests.helpers import f32_tolerance, layer_depth
 
     torch.manual_seed(0)
     plain_module = TokenizerModule(TOKENIZER, OPTIM, SCHED)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from models import SPECIALS, Transformer, TransformerConfig, Vocabulary
-from tests.conftest import f32_tolerance
+from tests.helpers import f32_tolerance
 
 STREAMS = {"image": {"image": 2048}, "catalog": {"mag_r": 1025, "redshift": 1025}, "spectrum": {"spectrum": 64}}
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import EPS32
+from tests.helpers import EPS32
 from tokenizers.astro import (
     GalaxyImageTokenizer,
     ScalarQuantileTokenizer,

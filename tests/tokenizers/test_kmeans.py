@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.cluster import MiniBatchKMeans
 
-from tests.conftest import EPS32
+from tests.helpers import EPS32
 from tokenizers.kmeans import assign, fit_kmeans
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import f32_tolerance, layer_depth
+from tests.helpers import f32_tolerance, layer_depth
 from tokenizers.svqvae import SVQVAE
 from tokenizers.tiling import axis_weights, overlap_add, seam_ratio, tile_starts
 
