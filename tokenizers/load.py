@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,19 +14,69 @@ from torch import nn
 
 from tokenizers.base import DataMetadata, check_tokenizer
 
+# A file (checkpoint, store) is data: it may name only classes of SciTok's own tokenizer package, never any other
+# importable name (`subprocess.run`, `os.system`), because people share checkpoints. No tokenizer spec needs a class
+# from elsewhere (activations and norms are chosen by name), so no torch class is on the list.
+ALLOWED_PACKAGE = "tokenizers"
+_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
-def build(spec: Any) -> Any:
-    """Plain config -> objects: every dict with `_target_: pkg.mod.Name` becomes Name(**its built kwargs), at any
-    depth (lists and dicts are walked); keys starting with "_" are Hydra's and are left out."""
+
+class UnsafeTargetError(ValueError):
+    """A file names a `_target_` outside the allowlist: nothing was imported or called."""
+
+
+def allowed_class(target: Any, source: str = "the spec") -> type:
+    """The class `target` ("tokenizers.fsq.FSQ") names, if the allowlist permits it: an nn.Module subclass defined in
+    SciTok's `tokenizers` package (not a name one of its modules imports from elsewhere). Anything else raises
+    UnsafeTargetError naming `source` and the target, before any import outside the package."""
+    module_name, _, attr = target.rpartition(".") if isinstance(target, str) else ("", "", "")
+    refuse = UnsafeTargetError(
+        f"{source} names _target_ {target!r}, which SciTok refuses to import or call: a file may only name "
+        f"tokenizer classes of SciTok's own '{ALLOWED_PACKAGE}' package (e.g. tokenizers.phaedra.PhaedraTokenizer). "
+        f"Nothing was run; if you trust this file's origin, build the tokenizer in your code and load its state_dict"
+    )
+    if not (
+        isinstance(target, str) and _DOTTED_NAME.fullmatch(target) and module_name.split(".")[0] == ALLOWED_PACKAGE
+    ):
+        raise refuse
+    try:
+        module = importlib.import_module(module_name)  # a module of our own package: importing it runs only our code
+    except ImportError:
+        raise refuse from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__.split(".")[0] == ALLOWED_PACKAGE):
+        raise refuse
+    return cls
+
+
+def build(spec: Any, source: str = "the spec") -> Any:
+    """Plain config -> objects: every dict with `_target_: tokenizers.mod.Name` becomes Name(**its built kwargs), at
+    any depth (lists and dicts are walked); keys starting with "_" are Hydra's and are left out. Every target is
+    checked against the allowlist (allowed_class) before anything is built; `source` names the file in errors."""
+    check_targets(spec, source)
+    return _build(spec)
+
+
+def check_targets(spec: Any, source: str = "the spec") -> None:
+    """Raise UnsafeTargetError if any `_target_` in spec (at any depth) is not on the allowlist."""
     if isinstance(spec, list):
-        return [build(v) for v in spec]
+        for v in spec:
+            check_targets(v, source)
+    elif isinstance(spec, dict):
+        if "_target_" in spec:
+            allowed_class(spec["_target_"], source)
+        for k, v in spec.items():
+            if k != "_target_":
+                check_targets(v, source)
+
+
+def _build(spec: Any) -> Any:
+    if isinstance(spec, list):
+        return [_build(v) for v in spec]
     if not isinstance(spec, dict):
         return spec
-    kwargs = {k: build(v) for k, v in spec.items() if not k.startswith("_")}
-    if "_target_" not in spec:
-        return kwargs
-    module_name, _, attr = spec["_target_"].rpartition(".")
-    return getattr(importlib.import_module(module_name), attr)(**kwargs)
+    kwargs = {k: _build(v) for k, v in spec.items() if not k.startswith("_")}
+    return allowed_class(spec["_target_"])(**kwargs) if "_target_" in spec else kwargs
 
 
 # what torch.load / np.load raise on a truncated, corrupt or foreign file (the unpickler fails in many ways)
@@ -77,7 +128,7 @@ def load_tokenizer(ckpt_path: str | Path, map_location: str | torch.device = "cp
         spec = ckpt["hyper_parameters"]["tokenizer"]
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a SciTok TokenizerModule checkpoint (no hyper_parameters.tokenizer)") from e
-    tokenizer = build(spec)
+    tokenizer = build(spec, source=f"checkpoint {path} (hyper_parameters.tokenizer)")
     check_tokenizer(tokenizer)
     prefix = "tokenizer."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}

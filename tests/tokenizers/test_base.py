@@ -31,9 +31,7 @@ def test_build_handles_nested_targets_lists_and_plain_values():
     fsq = "tokenizers.fsq.FSQ"
     built = build(
         {
-            "_target_": "builtins.dict",
-            "_partial_": False,
-            "quantizer": {"_target_": fsq, "levels": [3, 2]},
+            "quantizer": {"_target_": fsq, "levels": [3, 2], "_partial_": False},
             "many": [{"_target_": fsq, "levels": [4]}, 7],
             "plain": {"a": 1},
         }
