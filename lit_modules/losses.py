@@ -181,9 +181,9 @@ def code_matrix(ranges: list, codes: dict[str, torch.Tensor], vocab_size: int) -
 
 
 class ExpectedCodeLoss(nn.Module):
-    """The transformer's reconstruction loss (specs/transformer.md): for each (modality, stream) range r of the
-    vocabulary with code vectors C_r [V_r, D_r] (the tokenizer's `code_vectors`, standardized per dimension over the
-    V_r codes so that streams are comparable),
+    """The transformer's reconstruction loss (README, "Downstream transformers"): for each (modality, stream) range r
+    of the vocabulary with code vectors C_r [V_r, D_r] (the tokenizer's `code_vectors`, standardized per dimension
+    over the V_r codes so that streams are comparable),
 
         p = softmax(logits restricted to r's ids)      ê = p @ Ĉ_r      loss_r = mean((ê − Ĉ_r[target])²)
 

@@ -1,4 +1,4 @@
-"""Astronomy tokenizers (specs/astro.md): multi-band galaxy images (autoencoder + KMeans codebook), catalog scalars
+"""Astronomy tokenizers (README: "Galaxies"): multi-band galaxy images (autoencoder + KMeans codebook), catalog scalars
 (quantile bins) and spectra (KMeans over per-pixel features). Each follows the Tokenizer protocol (tokenizers/base.py).
 
     GalaxyImageTokenizer     [B, bands, S, S] robust-arcsinh image -> {"image": [B, (S/4)²]} ids of a K-means codebook
