@@ -1,5 +1,5 @@
-"""Callbacks: W&B media (reconstruction panels, codebook histograms), last.ckpt, progress lines for logs without a
-terminal; `batch_size` for Lightning's ThroughputMonitor.
+"""Callbacks: W&B media (reconstruction panels, codebook histograms), last.ckpt, a progress bar counting steps and
+progress lines for logs without a terminal; `batch_size` for Lightning's ThroughputMonitor.
 
 Media logging is best effort: a logger failure is reported as a warning and never stops training.
 """
@@ -14,31 +14,15 @@ import warnings
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, WeightAveraging
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from lit_modules.panels import LABEL_KEYS, reconstruction_panels
 
 
 def _wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
     return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-
-
-def reconstruction_panel(inputs: torch.Tensor, *recons: torch.Tensor) -> np.ndarray:
-    """inputs and one or more reconstructions: [N, C, H, W] -> uint8 rows of input | recon … | |error of the last
-    recon|: [N·H, (2 + len(recons))·W, 3] for RGB (C = 3), else [N·H, …] from channel 0. Every tile of a row shares
-    the input's min–max scale; the error is scaled by the same range.
-    """
-    rgb = inputs.shape[1] == 3
-    rows = []
-    for x, *ys in zip(inputs.float().cpu(), *(r.float().cpu() for r in recons), strict=True):
-        if not rgb:
-            x, ys = x[:1], [y[:1] for y in ys]
-        lo, rng = x.min(), (x.max() - x.min()).clamp_min(1e-12)
-        tiles = [(x - lo) / rng, *((y - lo) / rng for y in ys), (ys[-1] - x).abs() / rng]
-        rows.append(torch.cat([t.clamp(0, 1) for t in tiles], dim=2))  # [C, H, (2 + R)·W]
-    panel = torch.cat(rows, dim=1).permute(1, 2, 0)  # [N·H, (2 + R)·W, C]
-    panel = panel if rgb else panel[..., 0]
-    return (panel.numpy() * 255).astype(np.uint8)
 
 
 def id_histogram(counts: torch.Tensor, max_bins: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -52,32 +36,17 @@ def id_histogram(counts: torch.Tensor, max_bins: int = 512) -> tuple[np.ndarray,
     return binned, edges
 
 
-def signal_panel(inputs: torch.Tensor, recons: torch.Tensor, height: int = 64) -> np.ndarray:
-    """inputs, recons: [N, P] -> uint8 [N·height, P] image: input in white, reconstruction in grey, one row
-    per signal on the input's min–max scale (where the two overlap the input is drawn on top)."""
-    rows = []
-    for x, y in zip(inputs.float().cpu(), recons.float().cpu(), strict=True):
-        lo, rng = x.min(), (x.max() - x.min()).clamp_min(1e-12)
-        img = np.zeros((height, x.shape[0]), dtype=np.uint8)
-        for signal, shade in ((y, 128), (x, 255)):
-            rows_px = ((1 - ((signal - lo) / rng).clamp(0, 1)) * (height - 1)).round().long().numpy()
-            for t in range(len(rows_px)):  # vertical segment from the previous point: a connected trace
-                a, b = sorted((rows_px[t - 1] if t else rows_px[t], rows_px[t]))
-                img[a : b + 1, t] = shade
-        rows.append(img)
-    return np.concatenate(rows, axis=0)
-
-
 def batch_size(batch: dict[str, torch.Tensor]) -> int:
     """Samples in a batch dict (every value has them on its first axis), for ThroughputMonitor."""
     return len(next(iter(batch.values())))
 
 
 class MediaLogger(L.Callback):
-    """Per validation epoch: a panel (one per group of three bands for multi-band images) of `n_samples`
-    input | recon | error from the first validation batch's
-    outputs ({"input", "recon"}), and one histogram of token counts per stream from the module's
-    `codebook_counts` ({stream: counts [V]} of the last evaluation epoch; TokenizerModule keeps it)."""
+    """Per validation epoch: panels of `n_samples` input | reconstruction | error from the first validation batch
+    (lit_modules/panels.py, drawn by the module's data kind: fields in colour maps named by variable, EEG as traces,
+    images as images), and one histogram of token counts per stream from the module's `codebook_counts` ({stream:
+    counts [V]} of the last evaluation epoch; TokenizerModule keeps it). The panels take the step's outputs
+    ({"input", "recon"}) and the batch's LABEL_KEYS (each sample's variable, its σ, its rate)."""
 
     def __init__(self, n_samples: int = 4):
         self.n_samples = n_samples
@@ -85,7 +54,8 @@ class MediaLogger(L.Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if batch_idx == 0 and isinstance(outputs, dict):
-            self._batch = {k: v[: self.n_samples].detach().cpu() for k, v in outputs.items()}
+            labels = {k: batch[k] for k in LABEL_KEYS if isinstance(batch, dict) and k in batch}
+            self._batch = {k: v[: self.n_samples].detach().cpu() for k, v in {**outputs, **labels}.items()}
 
     def on_validation_end(self, trainer, pl_module) -> None:
         loggers = _wandb_loggers(trainer)
@@ -96,20 +66,10 @@ class MediaLogger(L.Callback):
 
             media = {}
             if self._batch is not None:
-                inputs, recons = self._batch["input"], self._batch["recon"]
-                caption = "input | reconstruction | |error| (per-row target range)"
-                if inputs.ndim == 2:  # 1-D patches
-                    media["val/reconstructions"] = wandb.Image(
-                        signal_panel(inputs, recons), caption="input (white) and reconstruction (grey)"
-                    )
-                elif inputs.shape[1] <= 3:
-                    media["val/reconstructions"] = wandb.Image(reconstruction_panel(inputs, recons), caption=caption)
-                else:  # multi-band: one panel per group of three bands
-                    for first in range(0, inputs.shape[1], 3):
-                        bands = slice(first, min(first + 3, inputs.shape[1]))
-                        media[f"val/reconstructions/bands_{first}-{bands.stop - 1}"] = wandb.Image(
-                            reconstruction_panel(inputs[:, bands], recons[:, bands]), caption=caption
-                        )
+                metadata = getattr(pl_module, "metadata", None)
+                kind, variables = (metadata.kind, metadata.variables) if metadata is not None else (None, [])
+                for suffix, (image, caption) in reconstruction_panels(self._batch, kind, variables).items():
+                    media[f"val/reconstructions{suffix}"] = wandb.Image(image, caption=caption)
             for stream, counts in getattr(pl_module, "codebook_counts", {}).items():  # streams that saw tokens
                 media[f"val/codebook_histogram/{stream}"] = wandb.Histogram(np_histogram=id_histogram(counts))
             for lg in loggers:
@@ -151,6 +111,34 @@ class LatestCheckpoint(ModelCheckpoint):
                     if isinstance(callback, WeightAveraging):
                         callback.on_validation_epoch_end(trainer, pl_module)
             self.on_train_end(trainer, pl_module)
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich bar, counting optimizer steps against trainer.max_steps in a step-bounded run (max_steps > 0):
+    one bar for the whole run, "step ━━━━ 40/100", instead of a bar per epoch titled "Epoch 8/-2" (such runs have
+    max_epochs -1). Other runs keep Lightning's epoch bar."""
+
+    def _step_bounded(self) -> bool:
+        return self.trainer.max_steps > 0
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return self.trainer.max_steps if self._step_bounded() else super().total_train_batches
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if not self._step_bounded():
+            return super()._get_train_description(current_epoch)
+        return f"{'step':{len(self.validation_description)}}"  # padded as Lightning's: no flicker beside "Validation"
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._step_bounded() and self.train_progress_bar_id is not None:
+            return  # Lightning resets the bar to 0 (and its clock) every epoch; the step bar runs on
+        super().on_train_epoch_start(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        # Lightning draws batch_idx + 1 as the bar's count: hand it the optimizer steps done instead
+        done = trainer.global_step - 1 if self._step_bounded() else batch_idx
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, done)
 
 
 progress = logging.getLogger("scitok.progress")

@@ -25,7 +25,8 @@ import warnings
 import lightning as L
 import torch
 
-from lit_modules.callbacks import _wandb_loggers, reconstruction_panel
+from lit_modules.callbacks import _wandb_loggers
+from lit_modules.panels import reconstruction_panel
 from tokenizers.astro import codebook_report
 
 log = logging.getLogger("scitok")
