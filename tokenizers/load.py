@@ -6,6 +6,7 @@ import importlib
 import pickle
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,17 @@ from torch import nn
 
 from tokenizers.base import DataMetadata, check_tokenizer
 
-# A file (checkpoint, store) is data: it may name only classes of SciTok's own tokenizer package, never any other
-# importable name (`subprocess.run`, `os.system`), because people share checkpoints. No tokenizer spec needs a class
-# from elsewhere (activations and norms are chosen by name), so no torch class is on the list.
-ALLOWED_PACKAGE = "tokenizers"
+# A file (checkpoint, store) is data: it may name only SciTok's own classes, never any other importable name
+# (`subprocess.run`, `os.system`), because people share checkpoints. An allowlist maps a package (or module) to the
+# kind of object a file may name in it; the object must be defined there, not merely imported into it. A tokenizer
+# spec needs no class from elsewhere (activations and norms are chosen by name), so no torch class is on its list.
+
+
+def is_module_class(obj: object) -> bool:
+    return isinstance(obj, type) and issubclass(obj, nn.Module)
+
+
+TOKENIZER_TARGETS: dict[str, Callable[[object], bool]] = {"tokenizers": is_module_class}
 _DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
@@ -25,49 +33,56 @@ class UnsafeTargetError(ValueError):
     """A file names a `_target_` outside the allowlist: nothing was imported or called."""
 
 
-def allowed_class(target: Any, source: str = "the spec") -> type:
-    """The class `target` ("tokenizers.fsq.FSQ") names, if the allowlist permits it: an nn.Module subclass defined in
-    SciTok's `tokenizers` package (not a name one of its modules imports from elsewhere). Anything else raises
-    UnsafeTargetError naming `source` and the target, before any import outside the package."""
+def _within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def allowed_target(target: Any, source: str = "the spec", allowed: dict | None = None) -> Any:
+    """The object `target` ("tokenizers.fsq.FSQ") names, if the allowlist permits it: for some `package` of `allowed`
+    (default TOKENIZER_TARGETS), the target's module lies in it, the object is defined in it (not a name one of its
+    modules imports from elsewhere) and `allowed[package](object)` holds. Anything else raises UnsafeTargetError
+    naming `source` and the target; nothing outside the allowed packages is imported."""
+    allowed = TOKENIZER_TARGETS if allowed is None else allowed
     module_name, _, attr = target.rpartition(".") if isinstance(target, str) else ("", "", "")
     refuse = UnsafeTargetError(
         f"{source} names _target_ {target!r}, which SciTok refuses to import or call: a file may only name "
-        f"tokenizer classes of SciTok's own '{ALLOWED_PACKAGE}' package (e.g. tokenizers.phaedra.PhaedraTokenizer). "
-        f"Nothing was run; if you trust this file's origin, build the tokenizer in your code and load its state_dict"
+        f"SciTok's own classes ({', '.join(f'{p}.*' for p in allowed)}; e.g. tokenizers.phaedra.PhaedraTokenizer). "
+        f"Nothing was run; if you trust this file's origin, build the model in your code and load its state_dict"
     )
-    if not (
-        isinstance(target, str) and _DOTTED_NAME.fullmatch(target) and module_name.split(".")[0] == ALLOWED_PACKAGE
-    ):
+    packages = [
+        p for p in allowed if isinstance(target, str) and _DOTTED_NAME.fullmatch(target) and _within(module_name, p)
+    ]
+    if not packages:
         raise refuse
     try:
-        module = importlib.import_module(module_name)  # a module of our own package: importing it runs only our code
+        module = importlib.import_module(module_name)  # inside an allowed package: importing it runs only its code
     except ImportError:
         raise refuse from None
-    cls = getattr(module, attr, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__.split(".")[0] == ALLOWED_PACKAGE):
+    obj = getattr(module, attr, None)
+    if not any(_within(getattr(obj, "__module__", None) or "", p) and allowed[p](obj) for p in packages):
         raise refuse
-    return cls
+    return obj
 
 
 def build(spec: Any, source: str = "the spec") -> Any:
     """Plain config -> objects: every dict with `_target_: tokenizers.mod.Name` becomes Name(**its built kwargs), at
     any depth (lists and dicts are walked); keys starting with "_" are Hydra's and are left out. Every target is
-    checked against the allowlist (allowed_class) before anything is built; `source` names the file in errors."""
+    checked against the allowlist (allowed_target) before anything is built; `source` names the file in errors."""
     check_targets(spec, source)
     return _build(spec)
 
 
-def check_targets(spec: Any, source: str = "the spec") -> None:
-    """Raise UnsafeTargetError if any `_target_` in spec (at any depth) is not on the allowlist."""
+def check_targets(spec: Any, source: str = "the spec", allowed: dict | None = None) -> None:
+    """Raise UnsafeTargetError if any `_target_` in spec (at any depth) is not on the allowlist (allowed_target)."""
     if isinstance(spec, list):
         for v in spec:
-            check_targets(v, source)
+            check_targets(v, source, allowed)
     elif isinstance(spec, dict):
         if "_target_" in spec:
-            allowed_class(spec["_target_"], source)
+            allowed_target(spec["_target_"], source, allowed)
         for k, v in spec.items():
             if k != "_target_":
-                check_targets(v, source)
+                check_targets(v, source, allowed)
 
 
 def _build(spec: Any) -> Any:
@@ -76,7 +91,7 @@ def _build(spec: Any) -> Any:
     if not isinstance(spec, dict):
         return spec
     kwargs = {k: _build(v) for k, v in spec.items() if not k.startswith("_")}
-    return allowed_class(spec["_target_"])(**kwargs) if "_target_" in spec else kwargs
+    return allowed_target(spec["_target_"])(**kwargs) if "_target_" in spec else kwargs
 
 
 # what torch.load / np.load raise on a truncated, corrupt or foreign file (the unpickler fails in many ways)

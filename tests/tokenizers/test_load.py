@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tokenizers import FSQ, load_tokenizer
-from tokenizers.load import UnsafeTargetError, allowed_class, build
+from tokenizers.load import UnsafeTargetError, allowed_target, build
 
 
 def checkpoint(path: Path, spec: dict) -> Path:
@@ -54,14 +54,14 @@ def test_a_malicious_checkpoint_is_refused_before_anything_runs(tmp_path, name):
 def test_refused_targets_import_nothing_outside_the_package(monkeypatch):
     monkeypatch.delitem(sys.modules, "antigravity", raising=False)  # a module with a side effect on import
     with pytest.raises(UnsafeTargetError):
-        allowed_class("antigravity.fly")
+        allowed_target("antigravity.fly")
     with pytest.raises(UnsafeTargetError):
-        allowed_class("tokenizers.nope.Missing")  # a module of ours that does not exist
+        allowed_target("tokenizers.nope.Missing")  # a module of ours that does not exist
     with pytest.raises(UnsafeTargetError):
-        allowed_class(["not", "a", "name"])
+        allowed_target(["not", "a", "name"])
     assert "antigravity" not in sys.modules
 
 
 def test_our_tokenizer_classes_are_allowed_also_through_their_reexport():
-    assert allowed_class("tokenizers.fsq.FSQ") is FSQ and allowed_class("tokenizers.FSQ") is FSQ
+    assert allowed_target("tokenizers.fsq.FSQ") is FSQ and allowed_target("tokenizers.FSQ") is FSQ
     assert isinstance(build({"_target_": "tokenizers.fsq.FSQ", "levels": [3]}), FSQ)
