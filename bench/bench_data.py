@@ -120,7 +120,7 @@ def measure_tokens(path: str, data_dir: str, batches: int) -> dict:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from train import keep_freed_memory
+    from lit_modules.memory import keep_freed_memory
 
     keep_freed_memory()  # as train.py does
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import report, tokenizer_spec  # noqa: E402
 from lit_modules.ademamix import AdEMAMix  # noqa: E402
-from train import keep_freed_memory  # noqa: E402
+from lit_modules.memory import keep_freed_memory  # noqa: E402
 
 
 def sync(device: str) -> None:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import lit_modules  # noqa: E402,F401 - resolvers
 from bench.report import report  # noqa: E402
-from train import keep_freed_memory  # noqa: E402
+from lit_modules.memory import keep_freed_memory  # noqa: E402
 
 
 class StepTimer(L.Callback):

@@ -1,4 +1,4 @@
-"""Checkpoints written atomically on any filesystem.
+"""Checkpoints written atomically on any filesystem, and checked before a run resumes from one.
 
 Lightning's TorchCheckpointIO writes through an fsspec transaction: a temporary file in $TMPDIR, then a move.
 Across filesystems (a run dir on network storage or a scratch disk) the move is a copy, which a full disk or a kill
@@ -17,6 +17,8 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from tokenizers.load import read_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -41,3 +43,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                     f"{path.name}, if any, is unchanged",
                 ) from e
             raise
+
+
+def check_checkpoint(path: str) -> None:
+    """Refuse, before any work, a ckpt_path that cannot resume a run: missing, empty, corrupt, or no Lightning
+    training state (a state_dict alone, e.g. from encode.py or another tool)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ckpt_path={path} does not exist; nothing to resume from")
+    ckpt = read_checkpoint(path, mmap=True)
+    missing = [k for k in ("loops", "optimizer_states", "global_step") if k not in ckpt]
+    if missing:
+        raise ValueError(
+            f"ckpt_path={path} holds weights but no training state to resume ({', '.join(missing)} "
+            f"missing): resume from a run's checkpoints/last.ckpt"
+        )

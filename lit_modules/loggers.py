@@ -1,12 +1,33 @@
-"""W&B logger: online when the user is logged in or sets WANDB_MODE=online, offline otherwise."""
+"""Loggers that never stop a run (one that fails to start is dropped), and the W&B logger: online when the user
+is logged in or sets WANDB_MODE=online, offline otherwise."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
-from lightning.pytorch.loggers import WandbLogger
-from omegaconf import OmegaConf
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("scitok")
+
+
+def start_loggers(group: DictConfig | None, cfg: DictConfig) -> list[Logger]:
+    """Build each logger of the config's `logger` group and log the resolved config `cfg` to it; a logger that fails
+    is dropped with a warning, because a logger failure must never stop training."""
+    started = []
+    for name, spec in (group or {}).items():
+        if spec is None or "_target_" not in spec:
+            continue
+        try:
+            logger = instantiate(spec)
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            started.append(logger)
+        except Exception as e:  # any failure: the run goes on without this logger
+            log.warning("logger %r failed to start and is disabled for this run: %r", name, e)
+    return started
 
 
 def wandb_is_online() -> bool:

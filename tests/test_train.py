@@ -364,7 +364,7 @@ def test_keep_freed_memory_reuses_large_blocks_without_page_faults():
     import resource
     import sys
 
-    from train import keep_freed_memory
+    from lit_modules.memory import keep_freed_memory
 
     if not sys.platform.startswith("linux") or not keep_freed_memory():
         pytest.skip("glibc only")

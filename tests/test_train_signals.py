@@ -19,9 +19,10 @@ import torch
 
 from datamodules.sources import EmbeddedFields
 from datamodules.token_store import TokenStore
+from lit_modules.checkpoint_io import check_checkpoint
 from tests.helpers import ROOT, SMALL_DATA, assert_same_final_weights
 from tokenizers import load_tokenizer
-from train import check_checkpoint, train
+from train import train
 
 SMALL = SMALL_DATA["datamodules.sources.EmbeddedFields"]
 
