@@ -42,20 +42,44 @@ def batch_size(batch: dict[str, torch.Tensor]) -> int:
 
 
 class MediaLogger(L.Callback):
-    """Per validation epoch: panels of `n_samples` input | reconstruction | error from the first validation batch
-    (lit_modules/panels.py, drawn by the module's data kind: fields in colour maps named by variable, EEG as traces,
-    images as images), and one histogram of token counts per stream from the module's `codebook_counts` ({stream:
-    counts [V]} of the last evaluation epoch; TokenizerModule keeps it). The panels take the step's outputs
-    ({"input", "recon"}) and the batch's LABEL_KEYS (each sample's variable, its σ, its rate)."""
+    """Per validation epoch: panels of `n_samples` input | reconstruction | error (lit_modules/panels.py, drawn by
+    the module's data kind: fields in colour maps named by variable, EEG as traces, images as images), and one
+    histogram of token counts per stream from the module's `codebook_counts` ({stream: counts [V]} of the last
+    evaluation epoch; TokenizerModule keeps it).
+
+    The rows: the first sample of each variable the validation reaches (batches carrying "variable_id"; validation
+    order is fixed, and its first batch often holds one variable only), then the first batch's leading samples.
+    A row holds the step's outputs ({"input", "recon"}) and the batch's LABEL_KEYS (its variable, σ, rate)."""
 
     def __init__(self, n_samples: int = 4):
         self.n_samples = n_samples
-        self._batch: dict[str, torch.Tensor] | None = None
+        self._distinct: list[dict[str, torch.Tensor]] = []  # one sample per variable, in validation order
+        self._first: list[dict[str, torch.Tensor]] = []  # the first batch's other leading samples
+        self._variables: set[int] = set()
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._distinct, self._first, self._variables = [], [], set()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if batch_idx == 0 and isinstance(outputs, dict):
-            labels = {k: batch[k] for k in LABEL_KEYS if isinstance(batch, dict) and k in batch}
-            self._batch = {k: v[: self.n_samples].detach().cpu() for k, v in {**outputs, **labels}.items()}
+        if not _wandb_loggers(trainer) or not trainer.is_global_zero or not isinstance(outputs, dict):
+            return
+        if batch_idx > 0 and len(self._variables) >= self.n_samples:
+            return
+        try:
+            rows = {**outputs, **{k: batch[k] for k in LABEL_KEYS if isinstance(batch, dict) and k in batch}}
+            distinct = []
+            if "variable_id" in rows:
+                for i, v in enumerate(rows["variable_id"].tolist()):
+                    if v not in self._variables and len(self._variables) < self.n_samples:
+                        self._variables.add(v)
+                        distinct.append(i)
+            first = (
+                [] if batch_idx else [i for i in range(min(self.n_samples, len(rows["input"]))) if i not in distinct]
+            )
+            for picks, into in ((distinct, self._distinct), (first, self._first)):
+                into += [{k: v[i].detach().cpu() for k, v in rows.items()} for i in picks]
+        except Exception as e:  # a panel must never stop training
+            warnings.warn(f"W&B media: validation samples not kept for the panel: {e!r}", stacklevel=1)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         loggers = _wandb_loggers(trainer)
@@ -65,10 +89,12 @@ class MediaLogger(L.Callback):
             import wandb
 
             media = {}
-            if self._batch is not None:
+            rows = (self._distinct + self._first)[: self.n_samples]
+            if rows:
+                panel = {k: torch.stack([row[k] for row in rows]) for k in rows[0]}
                 metadata = getattr(pl_module, "metadata", None)
                 kind, variables = (metadata.kind, metadata.variables) if metadata is not None else (None, [])
-                for suffix, (image, caption) in reconstruction_panels(self._batch, kind, variables).items():
+                for suffix, (image, caption) in reconstruction_panels(panel, kind, variables).items():
                     media[f"val/reconstructions{suffix}"] = wandb.Image(image, caption=caption)
             for stream, counts in getattr(pl_module, "codebook_counts", {}).items():  # streams that saw tokens
                 media[f"val/codebook_histogram/{stream}"] = wandb.Histogram(np_histogram=id_histogram(counts))

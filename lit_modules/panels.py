@@ -53,29 +53,45 @@ def _extend(y: np.ndarray, vmin: float, vmax: float) -> str:
 def field_figure(inputs: torch.Tensor, recons: torch.Tensor, titles: Sequence[str]) -> Figure:
     """inputs, recons: [N, 1, H, W] (channel 0 drawn) -> a row per sample: input | reconstruction | error
     (reconstruction − input). Input and reconstruction share the input's scale (`field_scale`) and one colour bar;
-    the error has its own scale, symmetric about 0. titles[i] heads row i (variable and error of the sample)."""
-    n = len(inputs)
-    fig = Figure(figsize=(3 * TILE_INCHES + 2.4, n * (TILE_INCHES + 0.75)), dpi=DPI, layout="constrained")
-    rows = fig.subfigures(n, 1, squeeze=False)[:, 0]
-    for row, x, y, title in zip(rows, inputs.float().cpu(), recons.float().cpu(), titles, strict=True):
+    the error has its own scale, symmetric about 0. titles[i] heads row i (variable and error of the sample).
+
+    Laid out by hand in inches (tiles of TILE_INCHES on their short side, fixed room for colour-bar labels): the
+    constrained layout solver let labels run off the edge and costs most of the drawing time."""
+    h, w = inputs.shape[-2:]
+    scale = min(TILE_INCHES / min(h, w), 2.5 * TILE_INCHES / max(h, w))  # a long strip stays within 2.5 tiles
+    tw, th = w * scale, h * scale
+    pad, gap, bar, labels, head = 0.15, 0.12, 0.15, 0.7, 0.6  # inches: margin, tile–bar gap, bar, its labels, titles
+    fig_w = pad + tw + pad + tw + gap + bar + labels + tw + gap + bar + labels
+    row_h = th + head + 0.2
+    fig = Figure(figsize=(fig_w, len(inputs) * row_h), dpi=DPI)
+    fig_h = fig.get_figheight()
+
+    def axes(left: float, top: float, width: float, height: float):
+        return fig.add_axes((left / fig_w, (fig_h - top - height) / fig_h, width / fig_w, height / fig_h))
+
+    for i, (x, y, title) in enumerate(zip(inputs.float().cpu(), recons.float().cpu(), titles, strict=True)):
         x, y = x[0].numpy(), y[0].numpy()
         err = y - x
         cmap, vmin, vmax = field_scale(x)
         emax = max(float(np.abs(err).max()), 1e-12)
-        row.suptitle(title, fontsize=11, fontweight="bold")
-        axes = row.subplots(1, 3)
+        top = i * row_h + head
+        fig.text(0.5, 1 - (i * row_h + 0.08) / fig_h, title, ha="center", va="top", fontsize=11, fontweight="bold")
+        lefts = (pad, 2 * pad + tw, 2 * pad + 2 * tw + gap + bar + labels)
         tiles = (
             ("input", x, cmap, vmin, vmax),
             ("reconstruction", y, cmap, vmin, vmax),
             ("reconstruction − input", err, ERROR_CMAP, -emax, emax),
         )
-        for ax, (name, img, cm, lo, hi) in zip(axes, tiles, strict=True):
-            ax.imshow(img, cmap=cm, vmin=lo, vmax=hi, interpolation="nearest", origin="lower")
+        images = []
+        for left, (name, img, cm, lo, hi) in zip(lefts, tiles, strict=True):
+            ax = axes(left, top, tw, th)
+            images.append(ax.imshow(img, cmap=cm, vmin=lo, vmax=hi, interpolation="nearest", origin="lower"))
             ax.set_title(name, fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
-        row.colorbar(axes[1].images[0], ax=axes[:2], shrink=0.9, extend=_extend(y, vmin, vmax))
-        row.colorbar(axes[2].images[0], ax=axes[2], shrink=0.9)
+        for image, left, extend in ((images[1], lefts[1], _extend(y, vmin, vmax)), (images[2], lefts[2], "neither")):
+            colorbar = fig.colorbar(image, cax=axes(left + tw + gap, top, bar, th), extend=extend)
+            colorbar.ax.tick_params(labelsize=8)
     return fig
 
 

@@ -14,7 +14,9 @@ from tokenizers.base import DataMetadata
 
 
 def field_module() -> SimpleNamespace:
-    meta = DataMetadata(kind="fields", normalization="standardize", variables=["ns/u", "sw/h"], mean=[0, 1], std=[1, 2])
+    meta = DataMetadata(
+        kind="fields", normalization="standardize", variables=["ns/u", "sw/h", "burgers/u"], mean=[0] * 3, std=[1] * 3
+    )
     return SimpleNamespace(metadata=meta, codebook_counts={"tokens": torch.arange(8.0)})
 
 
@@ -22,44 +24,58 @@ def trainer_with(logger) -> SimpleNamespace:
     return SimpleNamespace(loggers=[logger], is_global_zero=True, sanity_checking=False, global_step=3)
 
 
-def field_batch(n: int = 6) -> tuple[dict, dict]:
-    """(validation step outputs, batch) of a field run."""
+def field_batch(variable_ids: list[int]) -> tuple[dict, dict]:
+    """(validation step outputs, batch) of a field run: an RMSE of 0.1, every variable's σ 2 (nRMSE 5 %)."""
+    n = len(variable_ids)
     x = torch.randn(n, 1, 16, 16)
     outputs = {"input": x, "recon": x + 0.1}
     batch = {
         "field_variables_in": x,
-        "variable_id": torch.tensor([1, 0] * (n // 2)),
+        "variable_id": torch.tensor(variable_ids),
         "field_variables_in_std": torch.full((n, 1), 2.0),
     }
     return outputs, batch
 
 
-def test_media_logger_logs_a_field_panel_that_names_the_variables():
+def validate(media: MediaLogger, trainer, module, batches) -> None:
+    media.on_validation_epoch_start(trainer, module)
+    for i, (outputs, batch) in enumerate(batches):
+        media.on_validation_batch_end(trainer, module, outputs, batch, batch_idx=i)
+    media.on_validation_end(trainer, module)
+
+
+def test_the_field_panel_shows_each_variable_then_the_first_batch_and_names_them():
     logger, media = MagicMock(spec=WandbLogger), MediaLogger(n_samples=4)
     trainer, module = trainer_with(logger), field_module()
-    outputs, batch = field_batch()
-    media.on_validation_batch_end(trainer, module, outputs, batch, batch_idx=0)
-    media.on_validation_batch_end(trainer, module, {"input": 0 * outputs["input"]}, batch, batch_idx=1)  # not kept
-    media.on_validation_end(trainer, module)
+    validate(media, trainer, module, [field_batch([1, 0, 1, 0]), field_batch([0, 1]), field_batch([2, 2])])
     (logged,), _ = logger.experiment.log.call_args
     assert logged["trainer/global_step"] == 3 and "val/codebook_histogram/tokens" in logged
     panel = logged["val/reconstructions"]
-    assert panel._caption.split("; ") == ["sw/h · nRMSE 5 %", "ns/u · nRMSE 5 %"] * 2  # the first 4 samples
+    names = ["sw/h", "ns/u", "burgers/u", "sw/h"]  # a row per variable in validation order, then batch 0's third
+    assert panel._caption.split("; ") == [f"{name} · nRMSE 5 %" for name in names]
     assert panel.image.width >= 3 * 200  # three tiles of ≥ 2 inches at 100 dpi
 
 
-@pytest.mark.parametrize("failure", ["panel", "logger"])
-def test_a_media_failure_is_a_warning_not_an_error(failure):
+@pytest.mark.parametrize(
+    ("failure", "message"),
+    [
+        ("samples", "not kept for the panel"),  # outputs that cannot be split into samples
+        ("panel", "W&B media logging failed and was skipped"),  # a reconstruction of another size
+        ("logger", "W&B media logging failed and was skipped"),
+    ],
+)
+def test_a_media_failure_is_a_warning_not_an_error(failure, message):
     logger, media = MagicMock(spec=WandbLogger), MediaLogger()
     trainer, module = trainer_with(logger), field_module()
-    outputs, batch = field_batch()
-    if failure == "panel":
-        outputs["recon"] = outputs["recon"][:1]  # a reconstruction that does not match its input
+    outputs, batch = field_batch([0, 1, 2, 0])
+    if failure == "samples":
+        outputs["recon"] = outputs["recon"][:1]
+    elif failure == "panel":
+        outputs["recon"] = outputs["recon"][..., :8]
     else:
         logger.experiment.log.side_effect = OSError("disk full")
-    media.on_validation_batch_end(trainer, module, outputs, batch, batch_idx=0)
-    with pytest.warns(UserWarning, match="W&B media logging failed and was skipped"):
-        media.on_validation_end(trainer, module)
+    with pytest.warns(UserWarning, match=message):
+        validate(media, trainer, module, [(outputs, batch)])
 
 
 class Recorder(L.Callback):
