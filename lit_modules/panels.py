@@ -34,9 +34,10 @@ def render(fig: Figure) -> np.ndarray:
 
 def field_scale(x: np.ndarray) -> tuple[str, float, float]:
     """A field's colour map and range (cmap, vmin, vmax): diverging and symmetric about 0 when it has both signs,
-    so 0 is the map's centre colour; else sequential over its min–max."""
+    so 0 is the map's centre colour; else sequential over its min–max. A sign reaching under 1 % of the other's
+    extent is a solver's round-off (Gray–Scott's v dips to −5e-5 of 0.4), not a signed field."""
     lo, hi = float(x.min()), float(x.max())
-    if lo < 0 < hi:
+    if min(-lo, hi) > 0.01 * max(-lo, hi):
         m = max(-lo, hi)
         return SIGNED_CMAP, -m, m
     if hi <= lo:  # a constant field: any non-empty range draws it in one colour

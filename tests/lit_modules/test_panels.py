@@ -83,6 +83,8 @@ def test_a_signed_field_is_drawn_in_a_diverging_map_whose_centre_colour_is_zero(
 def test_a_field_of_one_sign_gets_a_sequential_map_over_its_range():
     assert field_scale(np.array([0.5, 1.0, 3.0])) == (UNSIGNED_CMAP, 0.5, 3.0)
     assert field_scale(np.array([0.0, 2.0])) == (UNSIGNED_CMAP, 0.0, 2.0)
+    assert field_scale(np.array([-5e-5, 0.4]))[0] == UNSIGNED_CMAP  # round-off below 0 does not make it signed
+    assert field_scale(np.array([-0.2, 0.27])) == (SIGNED_CMAP, -0.27, 0.27)
     cmap, lo, hi = field_scale(np.full(3, 7.0))  # constant: still a valid range
     assert cmap == UNSIGNED_CMAP and lo == 7.0 and hi > lo
 
