@@ -9,31 +9,22 @@ containers only, so checkpoints load with torch's `weights_only=True`.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils import flop_counter as flop_counter_formulas
 from torch.utils.flop_counter import FlopCounterMode
 
 from lit_modules.adapters import BatchAdapter, ModelInput
+from lit_modules.common import STAGES, SciTokModule, describe, grouped_values, plain
 from lit_modules.losses import LossOutput
-from lit_modules.metrics import CodebookUsage, GroupedSums
+from lit_modules.metrics import CodebookUsage
 from tokenizers.base import DataMetadata, HasLastLayer, TokenizerOutput, check_tokenizer
-
-STAGES = ("val", "test")
-
-
-def plain(cfg: Any) -> Any:
-    """DictConfig/ListConfig -> resolved dict/list; anything else unchanged."""
-    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
-
-
-def describe(obj: Any) -> str:
-    return f"{type(obj).__name__} ({type(obj).__module__}.{type(obj).__qualname__})"
 
 
 def flop_counter() -> FlopCounterMode:
@@ -53,7 +44,7 @@ def flop_counter() -> FlopCounterMode:
     )
 
 
-class TokenizerModule(L.LightningModule):
+class TokenizerModule(SciTokModule):
     """Trains `tokenizer` to reconstruct the adapter's target with `loss` (default: L1 + MSE).
 
     optimizer / scheduler: `_partial_` configs called with the parameters / the optimizer; the scheduler steps
@@ -82,16 +73,7 @@ class TokenizerModule(L.LightningModule):
         super().__init__()
         tokenizer, optimizer, scheduler = plain(tokenizer), plain(optimizer), plain(scheduler)
         loss = plain(loss) or {"_target_": "lit_modules.losses.ReconstructionLoss"}
-        self.save_hyperparameters(
-            dict(
-                tokenizer=tokenizer,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                loss=loss,
-                compile=compile,
-                channels_last=channels_last,
-            )
-        )
+        self.save_hyperparameters()  # every argument as reassigned above: plain containers only
         self.tokenizer = instantiate(tokenizer)
         check_tokenizer(self.tokenizer)
         self.loss = instantiate(loss, _recursive_=False)  # the loss builds its discriminator only when it is on
@@ -234,45 +216,29 @@ class TokenizerModule(L.LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         return self._eval_step(batch, "test")
 
-    def _log_epoch(self, stage: str) -> None:
-        values = {f"{stage}/{k}": v.float() for k, v in self._with_groups(self.metrics[stage]).items()}
+    def log_epoch(self, stage: str) -> None:
+        """The reconstruction metrics and each stream's codebook statistics, overall and per group."""
+        values = grouped_values(self.metrics[stage], self.groups, f"{stage}/")
         self.metrics[stage].reset()
         self.codebook_counts = {}
         for name, metric in self.usage[stage].items():
-            stats = self._with_groups(metric, f"/{name}")
-            if stats[f"usage/{name}"] > 0:  # a stream without tokens this epoch (astro codebook before stage 2)
-                values.update({f"{stage}/{k}": v.float() for k, v in stats.items()})
+            stats = grouped_values(metric, self.groups, f"{stage}/", f"/{name}")
+            if stats[f"{stage}/usage/{name}"] > 0:  # a stream without tokens this epoch (astro codebook before stage 2)
+                values.update(stats)
                 self.codebook_counts[name] = metric.counts.sum(0).detach().cpu()
             metric.reset()
         shown = {f"{stage}/{k}" for k in self.adapter.progress_bar}
         for key, value in values.items():
             self.log(key, value, prog_bar=key in shown)
 
-    def _with_groups(self, metric: GroupedSums | CodebookUsage, suffix: str = "") -> dict[str, torch.Tensor]:
-        """ "<name><suffix>" over all samples, and "<name><suffix>/<group>" per group that saw data."""
-        values = {f"{k}{suffix}": v for k, v in metric.compute().items()}
-        if self.groups:
-            for group, stats in zip(self.groups, metric.compute_groups(), strict=True):
-                values.update({f"{k}{suffix}/{group}": v for k, v in (stats or {}).items()})
-        return values
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-
     # ---- optimization and checkpoints -----------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
-        params: Any = self.tokenizer.parameters()
-        if self.loss.discriminator is not None:  # one optimizer, one parameter group per model (see the class doc)
-            params = [
-                {"params": list(self.tokenizer.parameters()), "name": "tokenizer"},
-                {"params": list(self.loss.discriminator.parameters()), "name": "discriminator"},
-            ]
-        optimizer = instantiate(self.hparams.optimizer)(params=params)
-        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+    def optimized_parameters(self) -> Iterable[nn.Parameter] | list[dict[str, Any]]:
+        if self.loss.discriminator is None:
+            return self.tokenizer.parameters()
+        return [  # one optimizer, one parameter group per model (see the class doc)
+            {"params": list(self.tokenizer.parameters()), "name": "tokenizer"},
+            {"params": list(self.loss.discriminator.parameters()), "name": "discriminator"},
+        ]
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """With a discriminator the tokenizer's and the discriminator's gradients are clipped separately."""

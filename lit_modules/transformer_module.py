@@ -24,22 +24,21 @@ without them positions are 0 … L−1, there is no context, every non-PAD token
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from lit_modules.common import STAGES, SciTokModule, describe, grouped_values, plain
 from lit_modules.losses import ExpectedCodeLoss, code_matrix
 from lit_modules.metrics import TokenErrors
-from lit_modules.tokenizer_module import STAGES, describe, plain
 from models import Transformer, TransformerConfig, Vocabulary
 
 
-class TransformerModule(L.LightningModule):
+class TransformerModule(SciTokModule):
     def __init__(
         self,
         transformer: dict | DictConfig,
@@ -52,24 +51,9 @@ class TransformerModule(L.LightningModule):
         compile: bool = False,
     ):
         super().__init__()
-        transformer, optimizer, scheduler, recon_weight = (
-            plain(transformer),
-            plain(optimizer),
-            plain(scheduler),
-            plain(recon_weight),
-        )
-        self.save_hyperparameters(
-            dict(
-                transformer=transformer,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                recon_weight=recon_weight,
-                recon_positions=recon_positions,
-                data_space_batches=data_space_batches,
-                code_embedding=code_embedding,
-                compile=compile,
-            )
-        )
+        transformer, optimizer, scheduler = plain(transformer), plain(optimizer), plain(scheduler)
+        recon_weight = plain(recon_weight)
+        self.save_hyperparameters()  # every argument as reassigned above: plain containers only
         self.net: Transformer | None = None
         self.recon: ExpectedCodeLoss | None = None
         self.vocab: Vocabulary | None = None
@@ -186,32 +170,21 @@ class TransformerModule(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, batch_idx, "test")
 
-    def _log_epoch(self, stage: str) -> None:
-        metric = self.metrics[stage]
-        values = {f"{stage}/{k}": v.float() for k, v in metric.compute().items()}
-        for name, stats in zip(["special", *self.modalities], metric.compute_groups(), strict=True):
-            values.update({f"{stage}/{k}/{name}": v.float() for k, v in (stats or {}).items()})
-        metric.reset()
+    def log_epoch(self, stage: str) -> None:
+        """Token metrics overall, for the special tokens and per modality; the data-space errors overall and per
+        evaluator group (a single group: the overall values alone)."""
+        values = grouped_values(self.metrics[stage], ["special", *self.modalities], f"{stage}/")
+        self.metrics[stage].reset()
         for name, errors in self.data_metrics[stage].items() if stage in self.data_metrics else []:
             if not errors.update_called:
                 continue
-            values.update({f"{stage}/{name}/{k}": v.float() for k, v in errors.compute().items()})
-            groups = self.evaluator.groups if len(self.evaluator.groups) > 1 else []  # one group: the totals
-            for group, stats in zip(groups, errors.compute_groups()[: len(groups)], strict=True):
-                values.update({f"{stage}/{name}/{k}/{group}": v.float() for k, v in (stats or {}).items()})
+            groups = self.evaluator.groups if len(self.evaluator.groups) > 1 else []
+            values.update(grouped_values(errors, groups, f"{stage}/{name}/"))
             errors.reset()
         self.log_dict(values)
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = instantiate(self.hparams.optimizer)(params=self.net.parameters())
-        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+    def optimized_parameters(self) -> Iterable[nn.Parameter]:
+        return self.net.parameters()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vocab"] = self.vocab.to_dict()

@@ -1,0 +1,64 @@
+"""What the LightningModules share (TokenizerModule, TransformerModule): configs kept as plain hyperparameters, one
+optimizer whose scheduler steps per optimizer step, and the evaluation epoch's metrics over all samples and per
+group."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from lit_modules.metrics import CodebookUsage, GroupedSums
+
+STAGES = ("val", "test")
+
+
+def plain(cfg: Any) -> Any:
+    """DictConfig/ListConfig -> resolved dict/list; anything else unchanged."""
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+
+
+def describe(obj: Any) -> str:
+    return f"{type(obj).__name__} ({type(obj).__module__}.{type(obj).__qualname__})"
+
+
+def grouped_values(
+    metric: GroupedSums | CodebookUsage, groups: Sequence[str], prefix: str, suffix: str = ""
+) -> dict[str, torch.Tensor]:
+    """The metric's epoch values in float32 as "<prefix><name><suffix>" over all samples, and as
+    "<prefix><name><suffix>/<group>" for each of `groups` (one name per metric group) that saw data; with no
+    groups, the overall values alone."""
+    values = {f"{prefix}{k}{suffix}": v.float() for k, v in metric.compute().items()}
+    if groups:
+        for group, stats in zip(groups, metric.compute_groups(), strict=True):
+            values.update({f"{prefix}{k}{suffix}/{group}": v.float() for k, v in (stats or {}).items()})
+    return values
+
+
+class SciTokModule(L.LightningModule):
+    """The base of SciTok's LightningModules. Their hyperparameters hold `optimizer` and `scheduler`, `_partial_`
+    configs called with the parameters / the optimizer; the scheduler steps once per optimizer step. A subclass says
+    what the optimizer updates (`optimized_parameters`) and what an evaluation epoch logs at its end (`log_epoch`)."""
+
+    def optimized_parameters(self) -> Iterable[torch.nn.Parameter] | list[dict[str, Any]]:
+        """The optimizer's `params`: parameters, or parameter groups (dicts with "params")."""
+        raise NotImplementedError
+
+    def log_epoch(self, stage: str) -> None:
+        """Log the epoch's metrics of `stage` ("val" or "test") and reset them."""
+        raise NotImplementedError
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = instantiate(self.hparams.optimizer)(params=self.optimized_parameters())
+        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_epoch("test")
