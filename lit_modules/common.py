@@ -5,6 +5,7 @@ group."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -13,8 +14,25 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lit_modules.metrics import CodebookUsage, GroupedSums
+from tokenizers.load import check_targets, is_module_class, read_checkpoint
 
 STAGES = ("val", "test")
+
+
+def is_optimizer_class(obj: object) -> bool:
+    return isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer)
+
+
+# What the hyper-parameters of a shared checkpoint may name for load_from_checkpoint to build: SciTok's own models,
+# losses, optimizer and schedules, and torch's optimizers (tokenizers.load holds the rule and its reason).
+MODULE_TARGETS = {
+    "tokenizers": is_module_class,
+    "models": is_module_class,
+    "lit_modules.losses": is_module_class,
+    "lit_modules.ademamix": is_optimizer_class,
+    "lit_modules.schedulers": callable,
+    "torch.optim": is_optimizer_class,
+}
 
 
 def plain(cfg: Any) -> Any:
@@ -43,6 +61,22 @@ class SciTokModule(L.LightningModule):
     """The base of SciTok's LightningModules. Their hyperparameters hold `optimizer` and `scheduler`, `_partial_`
     configs called with the parameters / the optimizer; the scheduler steps once per optimizer step. A subclass says
     what the optimizer updates (`optimized_parameters`) and what an evaluation epoch logs at its end (`log_epoch`)."""
+
+    @classmethod
+    def load_from_checkpoint(
+        cls, checkpoint_path: str | Path, map_location: Any = None, hparams_file: str | Path | None = None, **kwargs
+    ) -> SciTokModule:
+        """Lightning's load_from_checkpoint, once every `_target_` in the checkpoint's hyper-parameters (and in
+        `hparams_file`, which replaces them) is on MODULE_TARGETS: building the module instantiates them, and a
+        shared file must not run code. Anything else raises tokenizers.load.UnsafeTargetError naming the file and
+        the target, before anything is built. Keyword arguments are the caller's own and are not checked."""
+        hparams = read_checkpoint(checkpoint_path, mmap=True).get("hyper_parameters", {})
+        check_targets(hparams, f"checkpoint {checkpoint_path} (hyper_parameters)", MODULE_TARGETS)
+        if hparams_file is not None:
+            check_targets(
+                OmegaConf.to_container(OmegaConf.load(hparams_file)), f"hparams_file {hparams_file}", MODULE_TARGETS
+            )
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, **kwargs)
 
     def optimized_parameters(self) -> Iterable[torch.nn.Parameter] | list[dict[str, Any]]:
         """The optimizer's `params`: parameters, or parameter groups (dicts with "params")."""

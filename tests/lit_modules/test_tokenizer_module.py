@@ -161,3 +161,45 @@ def test_channels_last_puts_weights_and_image_batches_in_nhwc_with_the_same_valu
             ref = getattr(plain_module.tokenizer, part)(inp)
             got = getattr(nhwc.tokenizer, part)(nhwc.model_input(inp))
             assert torch.allclose(got, ref, rtol=0, atol=f32_tolerance(ref, layer_depth(getattr(nhwc.tokenizer, part))))
+
+
+def lightning_checkpoint(path, module: TokenizerModule, **hparams) -> str:
+    """What ModelCheckpoint writes, as far as load_from_checkpoint reads it; `hparams` replace hyper-parameters."""
+    import lightning as L
+
+    ckpt = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": {**dict(module.hparams), **hparams},
+        "pytorch-lightning_version": L.__version__,
+    }
+    torch.save(ckpt, path)
+    return str(path)
+
+
+def test_load_from_checkpoint_builds_a_checkpoint_of_our_own_classes(tmp_path):
+    module = TokenizerModule(TOKENIZER, OPTIM, SCHED)
+    loaded = TokenizerModule.load_from_checkpoint(lightning_checkpoint(tmp_path / "ok.ckpt", module))
+    for name, value in module.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[name]), name
+
+
+def test_load_from_checkpoint_refuses_a_checkpoint_that_would_run_code(tmp_path):
+    import sys
+
+    from tokenizers.load import UnsafeTargetError
+
+    marker = tmp_path / "pwned"
+    payload = {"_target_": "subprocess.run", "args": [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]}
+    module = TokenizerModule(TOKENIZER, OPTIM, SCHED)
+    loss = {"_target_": "lit_modules.losses.ReconstructionLoss", "gan": {"discriminator": payload}}
+    cases = {"optimizer": {"optimizer": payload}, "nested in the loss": {"loss": loss}}
+    for name, hparams in cases.items():
+        path = lightning_checkpoint(tmp_path / "evil.ckpt", module, **hparams)
+        with pytest.raises(UnsafeTargetError, match=r"evil\.ckpt \(hyper_parameters\) names _target_ 'subprocess.run'"):
+            TokenizerModule.load_from_checkpoint(path)
+        assert not marker.exists(), name
+    (tmp_path / "evil.yaml").write_text(f"scheduler:\n  _target_: os.system\n  command: touch {marker}\n")
+    ok = lightning_checkpoint(tmp_path / "ok.ckpt", module)
+    with pytest.raises(UnsafeTargetError, match=r"hparams_file .*evil\.yaml names _target_ 'os.system'"):
+        TokenizerModule.load_from_checkpoint(ok, hparams_file=tmp_path / "evil.yaml")
+    assert not marker.exists()
