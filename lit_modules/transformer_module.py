@@ -106,9 +106,9 @@ class TransformerModule(SciTokModule):
         self, batch: dict[str, torch.Tensor], stage: str | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(mean CE over non-PAD targets, expected-code loss per stream). Each target's logits are restricted to its
-        own id range (specs/transformer.md): the LM head is applied to one range at a time, so a position costs
-        d·V_range instead of d·V — the full 15k-id head made the galaxy sequences head-bound. With a stage, the
-        epoch's token metrics are updated too."""
+        own id range (README, "Downstream transformers"): the LM head is applied to one range at a time, so a
+        position costs d·V_range instead of d·V — the full 15k-id head made the galaxy sequences head-bound. With a
+        stage, the epoch's token metrics are updated too."""
         ids, types, valid = batch["ids"], batch["types"], batch["valid"]
         given = {k: batch[k][:, :-1] for k in ("positions", "context") if k in batch}
         key_valid = None if bool(valid.all()) else valid[:, :-1]  # no padding: SDPA's fused causal kernel
