@@ -48,7 +48,10 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, 1, C, H * W).transpose(-1, -2).unbind(1)
+        # q, k, v [B, 1, HW, C] with unit stride along C: SDPA's fused (flash) kernels need it, on CPU and GPU, and
+        # otherwise fall back to materializing the [HW, HW] attention matrix (slower, and memory that grows as HW²)
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(-1, -2).contiguous()
+        q, k, v = qkv.unsqueeze(2).unbind(1)
         h = F.scaled_dot_product_attention(q, k, v)  # [B, 1, HW, C]
         return x + self.out(h.transpose(-1, -2).reshape(B, C, H, W))
 
