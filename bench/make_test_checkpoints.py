@@ -1,6 +1,6 @@
 """Train the small checkpoints that tests judge quality on, once, and write them under tests/data/.
 
-    python bench/make_test_checkpoints.py            # writes tests/data/svqvae_tiny.pt (about 2.5 CPU-minutes)
+    python bench/make_test_checkpoints.py            # writes tests/data/svqvae_tiny.pt (minutes on a CPU)
 
 A test that trained its model itself would judge weights that depend on the CPU's float rounding along the whole
 training trajectory; judged on weights fixed on disk, only the rounding of one inference differs between CPUs.
