@@ -47,6 +47,25 @@ def layer_depth(model: torch.nn.Module) -> int:
     return sum(1 for m in model.modules() if next(m.parameters(recurse=False), None) is not None)
 
 
+def assert_same_ids_up_to_ties(
+    ids: torch.Tensor, reference: torch.Tensor, vectors: torch.Tensor, codes: torch.Tensor, error: float
+) -> None:
+    """ids, reference: [N] the code ids two float32 paths chose for the same N vectors (other batch or tile shapes
+    sum in another order); vectors: [N, D] the reference path's vectors; codes: [V, D]; error: a bound on how far
+    (Euclidean) a vector may move between the paths. Where the ids differ, the vector must be that near a tie: a
+    move of `error` changes its squared distance to a code x by at most 2·error·|v − x| + error², so the two codes'
+    distances may differ by at most the sum of that for both. Rounding may pick the other code of a tie, nothing
+    more; exact equality would hold only on the CPU the test was written on."""
+    ids, reference = ids.reshape(-1), reference.reshape(-1)
+    differ = (ids != reference).nonzero().squeeze(1)
+    v = vectors.double()[differ]
+    a, b = codes.double()[ids[differ]], codes.double()[reference[differ]]
+    dist_a, dist_b = (v - a).norm(dim=1), (v - b).norm(dim=1)
+    allowed = 2 * error * (dist_a + dist_b) + 2 * error**2
+    gap = (dist_a**2 - dist_b**2).abs()
+    assert bool((gap <= allowed).all()), f"{len(differ)} ids differ, not near ties: gaps {gap} > allowed {allowed}"
+
+
 def assert_same_final_weights(
     full_dir: Path, resumed_dir: Path, steps: int, keys: tuple[str, ...] | None = None
 ) -> dict:
