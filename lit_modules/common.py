@@ -5,12 +5,15 @@ group."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.core.saving import load_hparams_from_tags_csv, load_hparams_from_yaml
+from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 from omegaconf import OmegaConf
 
 from lit_modules.metrics import CodebookUsage, GroupedSums
@@ -62,20 +65,23 @@ class SciTokModule(L.LightningModule):
     configs called with the parameters / the optimizer; the scheduler steps once per optimizer step. A subclass says
     what the optimizer updates (`optimized_parameters`) and what an evaluation epoch logs at its end (`log_epoch`)."""
 
-    @classmethod
+    @_restricted_classmethod
     def load_from_checkpoint(
         cls, checkpoint_path: str | Path, map_location: Any = None, hparams_file: str | Path | None = None, **kwargs
     ) -> SciTokModule:
-        """Lightning's load_from_checkpoint, once every `_target_` in the checkpoint's hyper-parameters (and in
-        `hparams_file`, which replaces them) is on MODULE_TARGETS: building the module instantiates them, and a
-        shared file must not run code. Anything else raises tokenizers.load.UnsafeTargetError naming the file and
-        the target, before anything is built. Keyword arguments are the caller's own and are not checked."""
-        hparams = read_checkpoint(checkpoint_path, mmap=True).get("hyper_parameters", {})
-        check_targets(hparams, f"checkpoint {checkpoint_path} (hyper_parameters)", MODULE_TARGETS)
+        """Lightning's load_from_checkpoint, once the whole checkpoint (hyper-parameters under every key Lightning
+        reads them from, the current and the legacy ones) and `hparams_file` (read by Lightning's own reader for its
+        extension) name no `_target_` off MODULE_TARGETS and hold no OmegaConf interpolation: building the module
+        instantiates them, and a shared file must not run code. Anything else raises tokenizers.load.
+        UnsafeTargetError naming the file and the target, before anything is built. `checkpoint_path` is a local
+        file; keyword arguments are the caller's own and are not checked."""
+        check_targets(read_checkpoint(checkpoint_path, mmap=True), f"checkpoint {checkpoint_path}", MODULE_TARGETS)
         if hparams_file is not None:
-            check_targets(
-                OmegaConf.to_container(OmegaConf.load(hparams_file)), f"hparams_file {hparams_file}", MODULE_TARGETS
+            suffix = Path(hparams_file).suffix.lower()
+            read = (
+                load_hparams_from_tags_csv if suffix == ".csv" else partial(load_hparams_from_yaml, use_omegaconf=False)
             )
+            check_targets(read(hparams_file), f"hparams_file {hparams_file}", MODULE_TARGETS)
         return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, **kwargs)
 
     def optimized_parameters(self) -> Iterable[torch.nn.Parameter] | list[dict[str, Any]]:

@@ -73,14 +73,22 @@ def build(spec: Any, source: str = "the spec") -> Any:
 
 
 def check_targets(spec: Any, source: str = "the spec", allowed: dict | None = None) -> None:
-    """Raise UnsafeTargetError if any `_target_` in spec (at any depth) is not on the allowlist (allowed_target)."""
-    if isinstance(spec, list):
+    """Raise UnsafeTargetError if any `_target_` in spec (at any depth) is not on the allowlist (allowed_target), or
+    any string holds an OmegaConf interpolation: Hydra resolves `${oc.create:{_target_: …}}` into a new target after
+    any check. SciTok saves specs resolved, so a file of its own holds none."""
+    if isinstance(spec, str) and "${" in spec:
+        raise UnsafeTargetError(
+            f"{source} holds the interpolation {spec[:120]!r}, which SciTok refuses to resolve: resolving it could "
+            f"build or read anything (a new _target_, an environment variable). Nothing was run"
+        )
+    if isinstance(spec, list | tuple):
         for v in spec:
             check_targets(v, source, allowed)
     elif isinstance(spec, dict):
         if "_target_" in spec:
             allowed_target(spec["_target_"], source, allowed)
         for k, v in spec.items():
+            check_targets(k, source, allowed)
             if k != "_target_":
                 check_targets(v, source, allowed)
 

@@ -192,14 +192,28 @@ def test_load_from_checkpoint_refuses_a_checkpoint_that_would_run_code(tmp_path)
     payload = {"_target_": "subprocess.run", "args": [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]}
     module = TokenizerModule(TOKENIZER, OPTIM, SCHED)
     loss = {"_target_": "lit_modules.losses.ReconstructionLoss", "gan": {"discriminator": payload}}
-    cases = {"optimizer": {"optimizer": payload}, "nested in the loss": {"loss": loss}}
-    for name, hparams in cases.items():
+    cases = {
+        "optimizer": ({"optimizer": payload}, "names _target_ 'subprocess.run'"),
+        "nested in the loss": ({"loss": loss}, "names _target_ 'subprocess.run'"),
+        # Hydra resolves interpolations before it instantiates: this one would build the payload after any check
+        "interpolation": ({"tokenizer": {**TOKENIZER, "ch": "${oc.create:{_target_: subprocess.run}}"}}, "interpol"),
+    }
+    for name, (hparams, error) in cases.items():
         path = lightning_checkpoint(tmp_path / "evil.ckpt", module, **hparams)
-        with pytest.raises(UnsafeTargetError, match=r"evil\.ckpt \(hyper_parameters\) names _target_ 'subprocess.run'"):
+        with pytest.raises(UnsafeTargetError, match=rf"evil\.ckpt .*{error}"):
             TokenizerModule.load_from_checkpoint(path)
         assert not marker.exists(), name
-    (tmp_path / "evil.yaml").write_text(f"scheduler:\n  _target_: os.system\n  command: touch {marker}\n")
+    # the legacy key Lightning still reads its hyper-parameters from
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": {}, "hparams": {"tokenizer": payload, "optimizer": {}, "scheduler": {}}}, legacy)
+    with pytest.raises(UnsafeTargetError, match=r"legacy\.ckpt names _target_ 'subprocess.run'"):
+        TokenizerModule.load_from_checkpoint(legacy)
     ok = lightning_checkpoint(tmp_path / "ok.ckpt", module)
-    with pytest.raises(UnsafeTargetError, match=r"hparams_file .*evil\.yaml names _target_ 'os.system'"):
-        TokenizerModule.load_from_checkpoint(ok, hparams_file=tmp_path / "evil.yaml")
+    (tmp_path / "evil.yaml").write_text(f"scheduler:\n  _target_: os.system\n  command: touch {marker}\n")
+    (tmp_path / "evil.csv").write_text(
+        f"key,value\nscheduler,\"{{'_target_': 'os.system', 'command': 'touch {marker}'}}\"\n"
+    )
+    for hparams_file in ("evil.yaml", "evil.csv"):  # each read as Lightning reads it
+        with pytest.raises(UnsafeTargetError, match=rf"hparams_file .*{hparams_file} names _target_ 'os.system'"):
+            TokenizerModule.load_from_checkpoint(ok, hparams_file=tmp_path / hparams_file)
     assert not marker.exists()
