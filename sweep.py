@@ -40,6 +40,8 @@ import lightning as L
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from lit_modules.run_record import RUN_RECORD
+
 ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("scitok.sweep")
 
@@ -49,7 +51,7 @@ log = logging.getLogger("scitok.sweep")
 
 def read_run(run_dir: Path) -> dict:
     """The run.json that train.train writes in every run dir; a run that left none (killed) reads as such."""
-    path = Path(run_dir) / "run.json"
+    path = Path(run_dir) / RUN_RECORD
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

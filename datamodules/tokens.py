@@ -574,7 +574,7 @@ class FieldTokenDataModule(TokenizerSequences):
     at the other cells within r of it on every grid axis ((2r + 1)^d − 1, PAD outside the grid), then the cell's
     other streams. The model starts from persistence (slot 0's embedding is its input at first) and has the local
     stencil of the present, from which a PDE's next state mostly follows, without learning 2-D neighbourhoods
-    through attention; attention is left for what moves further (README: field_transformer, what each change did).
+    through attention; attention is left for what moves further (README: what got field_transformer there).
 
     Future inputs (`future_inputs`): "masked" (default) puts MASK where the future frame's tokens would be read
     (batch "inputs"; the targets stay in "ids"), so every future token is predicted from the present alone, as it

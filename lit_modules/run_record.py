@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import traceback
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_modules.signals import EXIT_CODES
+
 RUN_RECORD = "run.json"
-STATUS = {143: "preempted", 130: "interrupted"}  # the exit codes of lit_modules.signals.SignalStop
+STATUS = {EXIT_CODES[signal.SIGTERM]: "preempted", EXIT_CODES[signal.SIGINT]: "interrupted"}
 
 
 class RunRecord:
