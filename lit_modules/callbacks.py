@@ -63,8 +63,9 @@ class MediaLogger(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not _wandb_loggers(trainer) or not trainer.is_global_zero or not isinstance(outputs, dict):
             return
-        if batch_idx > 0 and len(self._variables) >= self.n_samples:
-            return
+        found_all = len(self._variables) >= self._wanted(pl_module)
+        if batch_idx > 0 and (found_all or not isinstance(batch, dict) or "variable_id" not in batch):
+            return  # nothing left to find: later batches cost no copy and no device sync
         try:
             rows = {**outputs, **{k: batch[k] for k in LABEL_KEYS if isinstance(batch, dict) and k in batch}}
             distinct = []
@@ -80,6 +81,15 @@ class MediaLogger(L.Callback):
                 into += [{k: v[i].detach().cpu() for k, v in rows.items()} for i in picks]
         except Exception as e:  # a panel must never stop training
             warnings.warn(f"W&B media: validation samples not kept for the panel: {e!r}", stacklevel=1)
+
+    def _wanted(self, pl_module) -> int:
+        """How many distinct variables the rows can show: n_samples, or fewer where the data has fewer."""
+        metadata = getattr(pl_module, "metadata", None)
+        return (
+            min(self.n_samples, len(metadata.variables))
+            if metadata is not None and metadata.variables
+            else self.n_samples
+        )
 
     def on_validation_end(self, trainer, pl_module) -> None:
         loggers = _wandb_loggers(trainer)
