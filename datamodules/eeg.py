@@ -173,7 +173,7 @@ class RowStore:
     index, start in `data`, length and the fraction of its samples that are zero (datamodules filter on it, so the
     store does not depend on their max_zero_fraction)."""
 
-    VERSION = 2
+    VERSION = 3  # 3: resampling extends the ends by odd reflection instead of zeros
 
     def __init__(
         self, index: dict[str, np.ndarray], n_recordings: int, data: np.ndarray | None = None, path: Path | None = None

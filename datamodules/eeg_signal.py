@@ -35,13 +35,18 @@ def robust_zscore(x: np.ndarray, eps: float = 1e-8) -> np.ndarray:
 
 
 def resample(x: np.ndarray, from_hz: float, to_hz: float) -> np.ndarray:
-    """Polyphase resampling (anti-aliased) of [C, T] from `from_hz` to `to_hz` along time."""
+    """Polyphase resampling (anti-aliased) of [C, T] from `from_hz` to `to_hz` along time; output sample n lies at
+    t = n / to_hz (the first at t = 0, as the input's)."""
     if from_hz <= 0 or to_hz <= 0:
         raise ValueError(f"sampling rates must be positive, got {from_hz} -> {to_hz}")
     ratio = Fraction(to_hz / from_hz).limit_denominator(1000)
     if ratio == 1:
         return np.asarray(x, dtype=np.float32)
-    return resample_poly(x, ratio.numerator, ratio.denominator, axis=-1).astype(np.float32)
+    # The filter reaches 10 or more input samples past each end. scipy's default zero padding pulls the ends towards 0;
+    # an odd extension (antireflect: x[-k] = 2·x[0] − x[k]) keeps value and slope there: the least edge error of
+    # scipy's padtypes (line, smooth, mean, reflect ...) on sines and sines on a trend. It crashes (SIGFPE) at T = 1.
+    padtype = "antireflect" if np.shape(x)[-1] > 1 else "edge"
+    return resample_poly(x, ratio.numerator, ratio.denominator, axis=-1, padtype=padtype).astype(np.float32)
 
 
 def patch_offsets(n_samples: int, patch_len: int, stride: int) -> np.ndarray:
