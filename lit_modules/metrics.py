@@ -13,6 +13,35 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from tokenizers.base import check_ids
 
 
+def ssim_shifted(pred: torch.Tensor, target: torch.Tensor, rng: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Per-sample SSIM of pred and target ([N, C, H, W]) with data range R = `rng` ([N]), both first shifted by the
+    target sample's minimum m, so that a constant offset of the data never changes it: SSIM(x̂ − m, x − m; L = R),
+    R = max(x_s) − min(x_s) of the target sample, which then spans [0, R] like an image in [0, L].
+
+    Why the shift: SSIM's luminance term (2μx̂μx + C1) / (μx̂² + μx² + C1) is not shift-invariant. On raw data far
+    from zero (pressure at 101325 ± 40 Pa: μ ≈ 2500 R) it is ≈ 1 whatever the means, so the value would depend on
+    where the variable's zero lies; shifted, it compares the means above the target's minimum, the same for an
+    offset of 0 or 1e5·R. Why it is exact enough: the shift is taken in float64 (a float32 input's difference from
+    m is exact there) and only (x − m) / R, in ~[0, 1], is cast to float32 for SSIM, where float32's cancellation
+    in E[x²] − E[x]² (~1e-7) is small against C2 = 0.03². On the raw data that error grows with the offset
+    squared and swamps C2 (SSIM far below −1). Dividing by R with L = 1 equals L = R (SSIM is scale-invariant
+    when L scales with the data).
+
+    SSIM is torchmetrics' structural_similarity_index_measure with its defaults: C1 = (0.01 L)², C2 = (0.03 L)²,
+    a Gaussian window σ 1.5 of 2·int(3.5σ + 0.5) + 1 = 11 taps per axis (`kernel_size` is ignored with a
+    Gaussian), population (not sample) covariances, each image reflect-padded by 5 (torch's "reflect",
+    d c b | a b c d) so that every pixel is a window centre, and the SSIM map averaged over all pixels.
+    scikit-image's structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False) has the
+    same window but drops a 5-pixel border before averaging: its map equals this one on the interior, and its
+    value equals this one on inputs np.pad(·, 5, mode="reflect"). `kwargs` go to torchmetrics (sigma=(0.1, 1.5)
+    for 1-D signals as [N, 1, 1, P]: a 1-tap window along the unit axis).
+    """
+    shape = (-1,) + (1,) * (target.ndim - 1)
+    low, scale = target.flatten(1).amin(1).double().view(shape), rng.double().view(shape)
+    shift = lambda x: ((x.double() - low) / scale).float()  # noqa: E731
+    return structural_similarity_index_measure(shift(pred), shift(target), data_range=1.0, reduction="none", **kwargs)
+
+
 class GroupedSums(Metric):
     """Sum states kept per group (e.g. per variable or sampling rate), reduced by summation across processes.
 
@@ -83,7 +112,9 @@ class FieldErrors(GroupedSums):
         nmae   = Σ|x̂−x|/σ / n ·100                 nrmse = sqrt(Σ((x̂−x)/σ)² / n) ·100
         rel_l1 = Σ|x̂−x| / Σ|x| ·100                rel_l2 = sqrt(Σ(x̂−x)² / Σx²) ·100
         psnr   = mean over samples of 10·log10(R² / mse_s), R = max(x_s) − min(x_s) of the target sample
-        ssim   = mean over samples of SSIM(x̂_s, x_s) (Gaussian 11×11, σ 1.5) with data range R as above
+        ssim   = mean over samples of SSIM(x̂_s − m_s, x_s − m_s) (Gaussian 11×11, σ 1.5, reflect-padded, over all
+                 pixels) with data range R as above, m_s = min(x_s): both shifted by the target's minimum so that
+                 an offset never changes it (see ssim_shifted)
     The data range is per sample because physical fields have no fixed range (DESIGN.md). PSNR and
     SSIM are undefined for a constant target: samples with R ≤ 1e-6·σ are left out of both means
     (`n_flat` counts them).
@@ -119,15 +150,7 @@ class FieldErrors(GroupedSums):
         pred, target, err, rng, group = pred[ok], target[ok], err[ok], rng[ok], group[ok]
         mse = err.pow(2).mean(dim=dims)
         self._add("psnr", group, 10 * torch.log10(rng.pow(2) / mse.clamp_min(1e-30)))
-        # SSIM with range R on (x̂, x) equals SSIM with range 1 on (x̂/R, x/R) (scale-, not shift-invariant)
-        scale = rng[:, None, None, None]
-        self._add(
-            "ssim",
-            group,
-            structural_similarity_index_measure(
-                (pred / scale).float(), (target / scale).float(), data_range=1.0, reduction="none"
-            ),
-        )
+        self._add("ssim", group, ssim_shifted(pred, target, rng))
 
     @staticmethod
     def values(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -206,7 +229,7 @@ class SignalErrors(GroupedSums):
         snr_db  = 10·log10(Σx² / Σ(x̂−x)²) over the epoch
         psnr    = mean over patches of 10·log10(R² / mse_p), R = max − min of the target patch
         ssim    = mean over patches of 1-D SSIM (Gaussian window 11, σ 1.5, ends reflect-padded so every
-                  sample is a window centre) with range R
+                  sample is a window centre) with range R, both shifted by the target patch's minimum (ssim_shifted)
         pearson = mean over patches of the correlation of x̂ and x
         psd_err/<band> = Σ_patches |P̂_b − P_b| / Σ_patches P_b ·100, P_b the |rFFT|² power in the EEG band
     Patches with R ≤ 1e-6 (flat) are left out of psnr, ssim and pearson.
@@ -235,15 +258,8 @@ class SignalErrors(GroupedSums):
         pred, target, err, rng, group = pred[ok], target[ok], err[ok], rng[ok], group[ok]
         self._add("n_patches", group, torch.ones_like(group))
         self._add("psnr", group, 10 * torch.log10(rng.pow(2) / err.pow(2).mean(-1).clamp_min(1e-30)))
-        scale = rng[:, None]
-        ssim = structural_similarity_index_measure(  # [N, 1, 1, P]; σ 0.1 makes the unit axis a 1-tap window
-            (pred / scale).float()[:, None, None],
-            (target / scale).float()[:, None, None],
-            data_range=1.0,
-            sigma=(0.1, 1.5),
-            reduction="none",
-        )
-        self._add("ssim", group, ssim)
+        # [N, 1, 1, P]; σ 0.1 makes the unit axis a 1-tap window
+        self._add("ssim", group, ssim_shifted(pred[:, None, None], target[:, None, None], rng, sigma=(0.1, 1.5)))
         pc, tc = pred - pred.mean(-1, keepdim=True), target - target.mean(-1, keepdim=True)
         pearson = (pc * tc).sum(-1) / (pc.norm(dim=-1) * tc.norm(dim=-1)).clamp_min(1e-30)
         self._add("pearson", group, pearson)
@@ -267,7 +283,9 @@ class SignalErrors(GroupedSums):
 class ImageErrors(GroupedSums):
     """Reconstructions of images in [0, 1] ([N, C, H, W]), data range fixed at 1:
     mse  over every pixel;  psnr = mean over images of 10·log10(1 / mse_i);
-    ssim = mean over images of SSIM (Gaussian 11×11, σ 1.5, data range 1)
+    ssim = mean over images of SSIM (Gaussian 11×11, σ 1.5, data range 1; see ssim_shifted), unshifted: a fixed
+    range has no offset to remove (pixels lie within L of 0, so float32 is as exact as SSIM's usual [0, 1]
+    setting), and the luminance term on absolute intensity is the standard image SSIM that papers report
     """
 
     sums = ("sq_err", "psnr", "ssim")

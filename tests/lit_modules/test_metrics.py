@@ -5,7 +5,12 @@ import pytest
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from lit_modules.metrics import CodebookUsage, FieldErrors
+from lit_modules.metrics import CodebookUsage, FieldErrors, ssim_shifted
+
+# SSIM runs in float32 on data shifted and scaled to ~[0, 1]: a rounding there (2^-23 of the unit range) over
+# SSIM's smallest denominator C2 = 0.03² bounds each pixel's error, hence the mean's
+SSIM_TOL = 2**-23 / 0.03**2  # 9.3e-5
+OFFSETS = (0.0, 10.0, 1e3, 1e5)  # × the sample's range
 
 
 def test_field_errors_match_a_hand_computation_over_two_batches():
@@ -31,15 +36,15 @@ def test_field_errors_match_a_hand_computation_over_two_batches():
     assert got["rel_l2"] == pytest.approx(100 * np.sqrt((e**2).sum() / (t**2).sum()), rel=1e-9)
     psnr = [10 * math.log10((ti.max() - ti.min()) ** 2 / np.mean(ei**2)) for ti, ei in zip(t, e, strict=True)]
     assert got["psnr"] == pytest.approx(np.mean(psnr), rel=1e-9)
-    ssim = [
+    ssim = [  # both shifted by the target's minimum (ssim_shifted)
         float(
             structural_similarity_index_measure(
-                torch.tensor(pi[None]), torch.tensor(ti[None]), data_range=float(ti.max() - ti.min())
+                torch.tensor(pi[None] - ti.min()), torch.tensor(ti[None] - ti.min()), data_range=float(np.ptp(ti))
             )
         )
         for pi, ti in zip(p, t, strict=True)
     ]
-    assert got["ssim"] == pytest.approx(np.mean(ssim), abs=1e-5)
+    assert got["ssim"] == pytest.approx(np.mean(ssim), abs=SSIM_TOL)
 
 
 def test_per_group_values_equal_the_metric_on_that_group_alone():
@@ -149,8 +154,8 @@ def test_signal_errors_match_a_hand_computation():
     assert got["psnr"] == pytest.approx(np.mean(10 * np.log10(ranges**2 / (e**2).mean(1))), rel=1e-9)
     pearson = [np.corrcoef(p, x)[0, 1] for p, x in zip(pred, target, strict=True)]
     assert got["pearson"] == pytest.approx(np.mean(pearson), rel=1e-9)
-    ssim = [ssim_1d_reference(p / r, x / r, 1.0) for p, x, r in zip(pred, target, ranges, strict=True)]
-    assert got["ssim"] == pytest.approx(np.mean(ssim), abs=1e-5)
+    ssim = [ssim_1d_reference(p - x.min(), x - x.min(), r) for p, x, r in zip(pred, target, ranges, strict=True)]
+    assert got["ssim"] == pytest.approx(np.mean(ssim), abs=SSIM_TOL)
     # alpha band (8-13 Hz) of the first patch at 256 Hz: bins 8..12; at 128 Hz the bin width is 0.5 Hz
     power = lambda s: np.abs(np.fft.rfft(s)) ** 2  # noqa: E731
     freqs = [np.fft.rfftfreq(256, 1 / f) for f in sfreq]
@@ -177,3 +182,73 @@ def test_image_errors_use_a_fixed_data_range_of_one():
     assert got["psnr"] == pytest.approx(float((-10 * torch.log10(mse)).mean()), rel=1e-9)
     ssim = structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
     assert got["ssim"] == pytest.approx(float(ssim.mean()), abs=1e-6)
+
+
+def smooth_field_pair(seed: int, n: int = 2, size: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 [n, 1, size, size] targets spanning exactly [0, 1] (smoothed noise) and noisy reconstructions."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.avg_pool2d(torch.randn(n, 1, size + 8, size + 8, generator=gen, dtype=torch.float64), 9, 1)
+    lo, hi = x.amin((1, 2, 3), keepdim=True), x.amax((1, 2, 3), keepdim=True)
+    target = (x - lo) / (hi - lo)
+    return target + 0.05 * torch.randn(target.shape, generator=gen, dtype=torch.float64), target
+
+
+def field_ssim(pred: torch.Tensor, target: torch.Tensor) -> float:
+    metric = FieldErrors()
+    metric.update(pred, target, torch.ones(len(target), 1, dtype=target.dtype))
+    return float(metric.compute()["ssim"])
+
+
+def test_field_ssim_is_the_same_for_any_offset():
+    """Offsets 0, 10, 1e3, 1e5 × the range (float64 data, so the offset data are exact): the same SSIM, that of
+    the float64 reference on the offset-free data (issue 23: unshifted, a field at 1e3 × its range gave −135)."""
+    pred, target = smooth_field_pair(5)
+    reference = structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none").mean()
+    assert 0.5 < float(reference) < 1
+    for k in OFFSETS:
+        assert field_ssim(pred + k, target + k) == pytest.approx(float(reference), abs=SSIM_TOL), k
+        scale = 40.0  # and a range other than 1: SSIM with L = R is scale-invariant
+        assert field_ssim(scale * (pred + k), scale * (target + k)) == pytest.approx(float(reference), abs=SSIM_TOL)
+        assert field_ssim(target + k, target + k) == pytest.approx(1.0, abs=1e-6), k
+
+
+def test_field_ssim_of_a_pressure_field_near_101325_pa():
+    """A float32 field of 101325 ± 40 Pa (as a datamodule gives it; issue 23 logged val/ssim −15.13): SSIM in
+    [0, 1] and equal to that of the same field less 101325 (exact in float32), 1 against itself."""
+    pred, target = smooth_field_pair(6)
+    pressure_pred, pressure = (101325 + 80 * (pred - 0.5)).float(), (101325 + 80 * (target - 0.5)).float()
+    got = field_ssim(pressure_pred, pressure)
+    assert 0 <= got <= 1
+    assert got == pytest.approx(field_ssim(pressure_pred - 101325, pressure - 101325), abs=SSIM_TOL)
+    assert field_ssim(pressure, pressure) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_signal_ssim_is_the_same_for_any_offset():
+    from lit_modules.metrics import SignalErrors
+
+    rng = np.random.default_rng(7)
+    target = np.cumsum(rng.normal(size=(3, 200)), -1)  # drifting patches
+    pred = target + 0.3 * rng.normal(size=target.shape)
+    ranges = np.ptp(target, -1, keepdims=True)
+    reference = np.mean(
+        [ssim_1d_reference(p - x.min(), x - x.min(), np.ptp(x)) for p, x in zip(pred, target, strict=True)]
+    )
+    for k in OFFSETS:
+        metric = SignalErrors()
+        metric.update(torch.tensor(pred + k * ranges), torch.tensor(target + k * ranges), torch.full((3,), 256.0))
+        assert float(metric.compute()["ssim"]) == pytest.approx(reference, abs=SSIM_TOL), k
+
+
+def test_field_ssim_equals_scikit_image():
+    """scikit-image (gaussian_weights, σ 1.5, population covariance) drops a 5-pixel border; ours reflect-pads by 5
+    and averages every pixel: equal on the interior, and equal overall when scikit-image gets the padded fields.
+    Ours on a field offset by 1e3 × its range; scikit-image on the field with its minimum at 0."""
+    from skimage.metrics import structural_similarity
+
+    pred, target = smooth_field_pair(8, n=1)
+    p, t = pred[0, 0].numpy(), target[0, 0].numpy()  # t spans [0, 1]
+    kw = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
+    padded = structural_similarity(np.pad(p, 5, mode="reflect"), np.pad(t, 5, mode="reflect"), **kw)
+    assert field_ssim(pred + 1e3, target + 1e3) == pytest.approx(padded, abs=SSIM_TOL)
+    _, ssim_map = ssim_shifted(pred + 1e3, target + 1e3, torch.ones(1), return_full_image=True)
+    assert float(ssim_map[..., 5:-5, 5:-5].mean()) == pytest.approx(structural_similarity(p, t, **kw), abs=SSIM_TOL)
