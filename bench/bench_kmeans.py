@@ -1,12 +1,14 @@
-"""K-means codebook fit: tokenizers.kmeans (torch) against scikit-learn's MiniBatchKMeans on the same vectors.
+"""K-means codebook fit: tokenizers.kmeans (torch) against scikit-learn's KMeans (defaults: k-means++, Lloyd) and
+MiniBatchKMeans (the codebook callback's `backend=sklearn`) on the same vectors.
 
-    python bench/bench_kmeans.py                       # K = 256 and 2048 on 100k vectors of dimension 16
-    python bench/bench_kmeans.py --n 200000 --dim 8 --ks 2048
+    python bench/bench_kmeans.py                       # K = 256 and 2048, D = 2 and 16, on 100k vectors
+    python bench/bench_kmeans.py --n 200000 --dims 8 --ks 2048
 
-The vectors: by default a seeded mixture of 500 anisotropic Gaussians; `--latents CKPT` takes the latent vectors of
-a trained astro_image checkpoint on the embedded galaxies' train split (--data-dir: where that set is cached).
-Every inertia is Σ over all the vectors of the squared distance to the nearest centroid, computed the same way for
-every method. Prints inertia and wall time per method and writes bench/results/kmeans.json.
+The vectors: by default a seeded mixture of 500 anisotropic Gaussians per dimension; `--latents CKPT` takes the
+latent vectors of a trained astro_image checkpoint on the embedded galaxies' train split (--data-dir: where that set
+is cached; --dims is then ignored). Every inertia is Σ over all the vectors of the squared distance to the nearest
+centroid, computed the same way for every method. Prints inertia, its ratio to KMeans' and wall time per method and
+writes bench/results/kmeans.json.
 """
 
 from __future__ import annotations
@@ -63,11 +65,6 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-# fit_kmeans' defaults run Lloyd to convergence (tol 1e-3, ≤ 100 steps, ≤ 128 vectors per cluster); this budget
-# stops early, as MiniBatchKMeans does
-FAST = {"iters": 15, "per_cluster": 64}
-
-
 def inertia(x: torch.Tensor, centroids: torch.Tensor) -> float:
     return float(assign(x, centroids)[1].double().sum())
 
@@ -75,52 +72,68 @@ def inertia(x: torch.Tensor, centroids: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--dims", type=int, nargs="+", default=[2, 16])
     parser.add_argument("--ks", type=int, nargs="+", default=[256, 2048])
     parser.add_argument("--latents", default=None, help="an astro_image checkpoint: fit its galaxy latents")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "kmeans.json"))
     args = parser.parse_args()
-    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.cluster import KMeans, MiniBatchKMeans
 
-    x = galaxy_latents(args.latents, args.data_dir, args.n) if args.latents else latent_like(args.n, args.dim)
+    if args.latents:
+        data = {"galaxy latents": galaxy_latents(args.latents, args.data_dir, args.n)}
+    else:
+        data = {f"mixture, D = {dim}": latent_like(args.n, dim) for dim in args.dims}
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    cpu = platform.processor() or "cpu"
     rows = []
-    for k in args.ks:
-        sk, t_sk = timed(lambda k=k: MiniBatchKMeans(k, random_state=0, n_init=1, batch_size=4096).fit(x.numpy()))
-        rows.append(
-            {
-                "method": "sklearn MiniBatchKMeans (cpu)",
-                "k": k,
-                "seconds": t_sk,
-                "inertia": inertia(x, torch.as_tensor(sk.cluster_centers_, dtype=torch.float32)),
+    for name, x in data.items():
+        for k in args.ks:
+            sklearn = {
+                "sklearn KMeans": lambda k=k, x=x: KMeans(k, random_state=0).fit(x.numpy()),
+                "sklearn MiniBatchKMeans": lambda k=k, x=x: MiniBatchKMeans(
+                    k, random_state=0, n_init=1, batch_size=4096
+                ).fit(x.numpy()),
             }
-        )
-        for dev in dict.fromkeys(["cpu", device]):
-            xd = x.to(dev)
-            for name, kwargs in (
-                ("torch Lloyd", {}),
-                ("torch Lloyd, 15 steps, 64/cluster", FAST),
-                ("torch mini-batch", {"batch_size": 4096, "iters": 300}),
-            ):
-                res, t = timed(lambda k=k, kwargs=kwargs, xd=xd: fit_kmeans(xd, k, **kwargs))
+            fits = {f"{method} (cpu)": (fit, cpu) for method, fit in sklearn.items()}
+            for dev in dict.fromkeys(["cpu", device]):
+                xd = x.to(dev)
+                where = torch.cuda.get_device_name() if dev == "cuda" else cpu
+                fits[f"torch Lloyd ({dev})"] = (lambda k=k, xd=xd: fit_kmeans(xd, k), where)
+                fits[f"torch mini-batch ({dev})"] = (
+                    lambda k=k, xd=xd: fit_kmeans(xd, k, batch_size=4096, iters=300),
+                    where,
+                )
+            for method, (fit, where) in fits.items():
+                res, t = timed(fit)
+                centroids = res.centroids.cpu() if method.startswith("torch") else torch.as_tensor(res.cluster_centers_)
                 rows.append(
-                    {"method": f"{name} ({dev})", "k": k, "inertia": inertia(x, res.centroids.cpu()), "seconds": t}
+                    {
+                        "data": name,
+                        "dim": x.shape[1],
+                        "method": method,
+                        "k": k,
+                        "seconds": t,
+                        "inertia": inertia(x, centroids.float()),
+                        "device": where,
+                    }
                 )
     for row in rows:
-        ref = next(r for r in rows if r["k"] == row["k"] and r["method"].startswith("sklearn"))
+        ref = next(
+            r for r in rows if (r["data"], r["k"], r["method"]) == (row["data"], row["k"], "sklearn KMeans (cpu)")
+        )
         row["vs_sklearn"] = row["inertia"] / ref["inertia"]
         row["speedup"] = ref["seconds"] / row["seconds"]
-        row["device"] = torch.cuda.get_device_name() if "cuda" in row["method"] else platform.processor() or "cpu"
     report(
-        f"k-means on {len(x)} vectors of dimension {x.shape[1]}" + (" (galaxy latents)" if args.latents else ""),
+        f"k-means on {args.n} vectors" + (" (galaxy latents)" if args.latents else ""),
         {
-            "method": "{method}",
+            "data": "{data}",
             "K": "{k}",
-            "inertia": "{inertia:.4g}",
-            "inertia / sklearn": "{vs_sklearn:.4f}",
+            "method": "{method}",
+            "inertia": "{inertia:.5g}",
+            "inertia / KMeans": "{vs_sklearn:.4f}",
             "seconds": "{seconds:.2f}",
-            "speed-up": "{speedup:.1f}x",
+            "speed-up vs KMeans": "{speedup:.1f}x",
         },
         rows,
         args.out,

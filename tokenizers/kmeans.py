@@ -5,11 +5,13 @@ or mini-batch updates. A plain function on a tensor (no Lightning), for codebook
     ids, sq_dist = assign(x, result.centroids)      # nearest centroid per vector, int64 [N], its squared distance
 
 Distances use ‖x‖² − 2 x·c + ‖c‖² in chunks of 2048 rows (one fused matmul per chunk, small enough that the
-[2048, K] block stays in cache), accumulated in fp32 with autocast off. Seeding (as scikit-learn's, on a random
-subset of `init_size` rows): each new centroid is the best of 2 + ⌊ln K⌋ candidates drawn with probability ∝ D²,
-D the distance to the nearest centroid so far.
-Lloyd (on at most `per_cluster`·K rows): centroids ← cluster means; a cluster left empty takes the vector farthest
-from its centroid; between full passes each row searches only its few nearest centroids of the last full pass.
+[2048, K] block stays in cache), accumulated in fp32 with autocast off. Seeding (as scikit-learn's, on every
+row unless `init_size` is set): each new centroid is the best of 2 + ⌊ln K⌋ candidates drawn with probability ∝ D²,
+D the distance to the nearest centroid so far. Seeding among a subset of a few rows per cluster leaves Lloyd in a
+far worse optimum once K is large (bench/README.md has the figures).
+Lloyd (on all rows, or at most `per_cluster`·K of them): centroids ← cluster means; a cluster left empty takes the
+vector farthest from its centroid; between full passes each row searches only its few nearest centroids of the last
+full pass.
 Mini-batch (batch_size set): each centroid moves towards the batch mean of its vectors with step
 n_batch / n_seen (Sculley 2010).
 """
@@ -58,14 +60,17 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 2048) -> tuple
 def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """Greedy k-means++ seeding: [K, D] centroids chosen among the rows of x [N, D] (fp32).
 
-    One [N, trials] distance matmul per centroid: candidates are drawn by inverting the cumulative D² (searchsorted,
-    cheaper than multinomial), and the chosen candidate's column updates D² without a second pass."""
+    One [trials, N] distance matmul per centroid: candidates are drawn by inverting the cumulative D² (searchsorted,
+    cheaper than multinomial), and the chosen candidate's row updates D² without a second pass. Rows run along the
+    last axis because [N, trials] with a small D is a skinny matmul many times slower on CPU than its transpose. Memory:
+    x transposed plus [trials, N] floats, trials = 2 + ⌊ln K⌋ (9 at K = 2048)."""
     n = len(x)
     trials = 2 + int(math.log(k))
+    x_t = x.T.contiguous()  # [D, N]
     x_norm = x.pow(2).sum(1)
     first = int(torch.randint(n, (1,), generator=generator))
     chosen = [first]
-    closest = (x_norm - 2 * x @ x[first] + x_norm[first]).clamp_min(0)
+    closest = (x_norm - 2 * x[first] @ x_t + x_norm[first]).clamp_min(0)  # [N]: D² to the nearest centroid so far
     uniform = torch.rand(k, trials, generator=generator, dtype=torch.float64).to(x.device)
     for i in range(1, k):
         cumulative = closest.double().cumsum(0)
@@ -74,11 +79,11 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> tor
             candidates = torch.searchsorted(cumulative, uniform[i] * total).clamp_max(n - 1)
         else:  # every row coincides with a centroid already
             candidates = (uniform[i] * n).long().clamp_max(n - 1)
-        d = torch.addmm(x_norm[candidates][None, :] + x_norm[:, None], x, x[candidates].T, alpha=-2).clamp_min(0)
-        updated = torch.minimum(d, closest[:, None])  # [N, trials]: D² if each candidate were added
-        best = int(updated.sum(0).argmin())
+        d = torch.addmm(x_norm, x[candidates], x_t, alpha=-2).add_(x_norm[candidates][:, None]).clamp_min_(0)
+        torch.minimum(d, closest, out=d)  # [trials, N]: D² if each candidate were added
+        best = int(d.sum(1).argmin())
         chosen.append(int(candidates[best]))
-        closest = updated[:, best]
+        closest = d[best]
     return x[torch.tensor(chosen, device=x.device)]
 
 
@@ -86,10 +91,10 @@ def fit_kmeans(
     x: torch.Tensor,
     k: int,
     iters: int = 100,
-    tol: float = 1e-3,
+    tol: float = 1e-4,
     batch_size: int | None = None,
     max_vectors: int | None = None,
-    per_cluster: int | None = 128,
+    per_cluster: int | None = None,
     init_size: int | None = None,
     seed: int = 0,
     chunk: int = 2048,
@@ -99,9 +104,9 @@ def fit_kmeans(
     iters: Lloyd iterations (full batch) or mini-batch steps; tol: stop when the inertia falls by less than this
     fraction in a Lloyd step; batch_size: None for Lloyd, else mini-batch k-means with batches of this size;
     max_vectors: use a seeded random subset of at most this many rows of x (the returned inertia is over it);
-    per_cluster: Lloyd steps see a seeded random subset of at most per_cluster·K of those rows (None: all) — as
-    many as a cluster mean needs, so the cost no longer grows with N; the final assignment and inertia use all;
-    init_size: rows the k-means++ seeding chooses among (default max(2K, 4096)).
+    per_cluster: Lloyd steps see a seeded random subset of at most per_cluster·K of those rows (None: all), so the
+    cost no longer grows with N, at the price of centroids fitted to fewer rows; the final assignment and inertia use
+    all; init_size: a seeded random subset of this many rows for the k-means++ seeding to choose among (None: all).
     """
     if x.ndim != 2 or not x.is_floating_point():
         raise ValueError(f"fit_kmeans needs float vectors [N, D], got {x.dtype} {tuple(x.shape)}")
@@ -118,7 +123,7 @@ def fit_kmeans(
 
     with full_precision(x.device):
         x = subset(x.float(), max_vectors)
-        centroids = kmeans_plus_plus(subset(x, init_size or max(2 * k, 4096)), k, generator)
+        centroids = kmeans_plus_plus(subset(x, init_size), k, generator)
         if batch_size is None:
             centroids, n_iter = _lloyd(subset(x, per_cluster and per_cluster * k), centroids, iters, tol, chunk)
         else:
@@ -161,12 +166,16 @@ def _lloyd(
 ) -> tuple[torch.Tensor, int]:
     """Lloyd steps. A full pass (every centroid) every `refresh` steps also keeps each row's `candidates` nearest
     centroids; the steps in between search only those (centroids move little between steps, so a row's nearest
-    stays among them), which makes them ~K/candidates times cheaper. fit_kmeans ends with an exact assignment."""
+    stays among them), which makes them ~K/candidates times cheaper. A top-k over K costs several plain passes, so
+    for K up to 32·candidates every step is a plain full pass instead. fit_kmeans ends with an exact assignment."""
     k, previous = len(centroids), math.inf
     m = min(candidates, k)
+    search = k > 32 * m
     cand = None
     for it in range(1, iters + 1):
-        if cand is None or (it - 1) % refresh == 0 or m == k:
+        if not search:
+            ids, dist = assign(x, centroids, chunk)
+        elif (it - 1) % refresh == 0:
             ids, dist, cand = _nearest_candidates(x, centroids, m, chunk)
         else:
             ids, dist = _nearest_among(x, centroids, cand, chunk)
