@@ -215,6 +215,12 @@ EEG_BANDS_HZ = {
 }
 
 
+def pearson(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[..., P] -> [...]: the correlation of pred and target along the last axis (0 where one is flat)."""
+    pc, tc = pred - pred.mean(-1, keepdim=True), target - target.mean(-1, keepdim=True)
+    return (pc * tc).sum(-1) / (pc.norm(dim=-1) * tc.norm(dim=-1)).clamp_min(1e-30)
+
+
 def band_powers(x: torch.Tensor, sfreq: torch.Tensor) -> torch.Tensor:
     """x: [N, P] patches, sfreq: [N] Hz -> [N, 5] power per EEG band (|rFFT|², bins with lo ≤ f < hi)."""
     power = torch.fft.rfft(x.double(), dim=-1).abs().pow(2)  # [N, P//2+1]
@@ -260,9 +266,7 @@ class SignalErrors(GroupedSums):
         self._add("psnr", group, 10 * torch.log10(rng.pow(2) / err.pow(2).mean(-1).clamp_min(1e-30)))
         # [N, 1, 1, P]; σ 0.1 makes the unit axis a 1-tap window
         self._add("ssim", group, ssim_shifted(pred[:, None, None], target[:, None, None], rng, sigma=(0.1, 1.5)))
-        pc, tc = pred - pred.mean(-1, keepdim=True), target - target.mean(-1, keepdim=True)
-        pearson = (pc * tc).sum(-1) / (pc.norm(dim=-1) * tc.norm(dim=-1)).clamp_min(1e-30)
-        self._add("pearson", group, pearson)
+        self._add("pearson", group, pearson(pred, target))
 
     @staticmethod
     def values(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -14,6 +14,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lit_modules.metrics import pearson
+
 SIGNED_CMAP = "RdBu_r"  # a field with both signs: diverging, its white centre at 0
 UNSIGNED_CMAP = "viridis"  # a field of one sign (a density, a height): sequential over its range
 ERROR_CMAP = "PuOr_r"  # reconstruction − input, centred at 0; not the field's map, so the two are not confused
@@ -134,9 +136,7 @@ def signal_titles(inputs: torch.Tensor, recons: torch.Tensor, sfreq: torch.Tenso
     """'patch 2 · 256 Hz · MSE 0.031 · r 0.93' per patch: MSE and Pearson r as val/mse and val/pearson define them
     (lit_modules/metrics.py SignalErrors), on the normalized signal."""
     x, y = inputs.float(), recons.float()
-    mse = (y - x).pow(2).mean(1)
-    xc, yc = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
-    r = (xc * yc).sum(1) / (xc.norm(dim=1) * yc.norm(dim=1)).clamp_min(1e-30)
+    mse, r = (y - x).pow(2).mean(1), pearson(y, x)
     rates = [f" · {float(f):g} Hz" for f in sfreq] if sfreq is not None else [""] * len(x)
     return [
         f"patch {i}{rate} · MSE {m:.3g} · r {c:.3f}"
