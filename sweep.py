@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
+import inspect
 import json
 import logging
 import math
@@ -277,6 +279,19 @@ class SpecError(ValueError):
 
 
 PARAM_TYPES = ("float", "int", "choice")
+# Every key a spec may have, with what reads it; anything else is a typo that would otherwise be ignored silently
+# (`trails: 2` ran the default 20 trials).
+SPEC_KEYS = ("name", "overrides", "metric", "direction", "trials", "seed", "params", "pruner", "project")
+PARAM_KEYS = ("type", "low", "high", "log", "values")
+
+
+def refuse_unknown_keys(where: str, keys, allowed: Sequence[str]) -> None:
+    """SpecError naming the first key of `keys` not in `allowed`, with the closest allowed one and all of them."""
+    for key in keys:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SpecError(f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}")
 
 
 def load_spec(name_or_path: str) -> DictConfig:
@@ -288,6 +303,7 @@ def load_spec(name_or_path: str) -> DictConfig:
         known = sorted(p.stem for p in (ROOT / "conf" / "sweep").glob("*.yaml"))
         raise SpecError(f"no sweep spec {path}; the shipped ones are {known}")
     spec = OmegaConf.load(path)
+    refuse_unknown_keys(str(path), spec.keys(), SPEC_KEYS)
     spec.setdefault("name", path.stem)
     for key in ("metric", "direction", "params"):
         if key not in spec:
@@ -295,6 +311,7 @@ def load_spec(name_or_path: str) -> DictConfig:
     if spec.direction not in ("minimize", "maximize"):
         raise SpecError(f"{path}: direction must be minimize or maximize, got {spec.direction!r}")
     for key, p in spec.params.items():
+        refuse_unknown_keys(f"{path}: params.{key}", p.keys(), PARAM_KEYS)
         kind = p.get("type")
         if kind not in PARAM_TYPES:
             raise SpecError(f"{path}: params.{key}.type must be one of {PARAM_TYPES}, got {kind!r}")
@@ -302,9 +319,16 @@ def load_spec(name_or_path: str) -> DictConfig:
             raise SpecError(f"{path}: params.{key} (choice) needs a non-empty `values` list")
         if kind != "choice" and not ("low" in p and "high" in p and p.low < p.high):
             raise SpecError(f"{path}: params.{key} ({kind}) needs low < high, got {p.get('low')}, {p.get('high')}")
+    if spec.get("pruner"):  # the keyword arguments of optuna's MedianPruner
+        import optuna
+
+        pruner_keys = tuple(inspect.signature(optuna.pruners.MedianPruner).parameters)
+        refuse_unknown_keys(f"{path}: pruner", spec.pruner.keys(), pruner_keys)
     spec.setdefault("overrides", [])
     spec.setdefault("trials", 20)
     spec.setdefault("seed", 0)
+    if spec.seed is not None and (type(spec.seed) is not int or spec.seed < 0):
+        raise SpecError(f"{path}: seed must be an integer >= 0 or null (a random search), got {spec.seed!r}")
     return spec
 
 

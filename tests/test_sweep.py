@@ -69,6 +69,22 @@ def test_every_shipped_spec_names_keys_of_its_experiment(name):
         ),
         ({"params": {"optimizer.lr": {"type": "float", "low": 2, "high": 1}}}, r"needs low < high, got 2, 1"),
         ({"params": {"model.x": {"type": "choice"}}}, r"params.model.x \(choice\) needs a non-empty `values`"),
+        # a typo is refused by name, not ignored (`trails: 2` ran the default 20 trials)
+        (
+            {"trails": 2},
+            r"spec.yaml: unknown key 'trails' \(did you mean 'trials'\?\); allowed: name, overrides, metric, "
+            r"direction, trials, seed, params, pruner, project$",
+        ),
+        ({"budget": 5}, r"unknown key 'budget'; allowed: name,"),
+        (
+            {"params": {"optimizer.lr": {"type": "float", "low": 1, "high": 2, "logg": True}}},
+            r"params.optimizer.lr: unknown key 'logg' \(did you mean 'log'\?\); allowed: type, low, high, log, values",
+        ),
+        (
+            {"pruner": {"n_startup_trial": 4}},
+            r"pruner: unknown key 'n_startup_trial' \(did you mean 'n_startup_trials'",
+        ),
+        ({"seed": -1}, r"seed must be an integer >= 0 or null"),
     ],
 )
 def test_a_bad_spec_is_refused_by_name(tmp_path, fields, message):
