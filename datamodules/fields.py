@@ -136,12 +136,12 @@ class FieldDataModule(SplitDataModule):
         split_trajs, var_offset = [], []
         for k, a in enumerate(arrays):
             n_traj, n_t = a.shape[:2]
-            if n_traj < 3:
+            if a.splits is None and n_traj < 3:
                 raise ValueError(
                     f"{a.origin}: {n_traj} trajectories cannot be split by trajectory into "
-                    "train/val/test; need at least 3 (for independent snapshots use layout NHW)"
+                    f"train/val/test; need at least 3{a.few_trajectories_hint}"
                 )
-            idx = split_indices(n_traj, self.split, self.seed)
+            idx = a.splits if a.splits is not None else split_indices(n_traj, self.split, self.seed)
             split_trajs.append(idx)
             var_offset.append(len(self.variable_names))
             self.variable_names += [f"{a.name}/{v}" for v in a.variables]

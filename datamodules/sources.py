@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datamodules import pde
+from datamodules import pde, well
 from datamodules.common import file_stamp, find_files
 from tokenizers.load import UNREADABLE
 
@@ -129,7 +129,11 @@ class FieldArrays:
     """One dataset of 2-D fields, [n_traj, n_t, n_vars, H, W], read a few snapshots at a time.
 
     Picklable for DataLoader workers: subclasses open their files on first read in each process and drop the
-    handles when pickled. `files` lists the files it reads (fingerprints for the statistics cache)."""
+    handles when pickled. `files` lists the files it reads (fingerprints for the statistics cache). `splits`: the
+    trajectories of each split when the data fixes them (a Well dataset's folders), else None: re-split by seed."""
+
+    splits: dict[str, torch.Tensor] | None = None
+    few_trajectories_hint = ""  # how this kind of source gets more trajectories, for the "need at least 3" error
 
     def __init__(
         self, name: str, variables: list[str], shape: tuple[int, int, int, int], origin: str, files: list[Path]
@@ -196,21 +200,35 @@ class TensorArrays(FieldArrays):
 
 
 class HDF5Arrays(FieldArrays):
-    """`t0_fields/<variable>` [n_traj, n_t, H, W] of one HDF5 file, or of several with the same variables and
-    [n_t, H, W] (a folder of The Well's files: one dataset, the files' trajectories one after the other). One
-    snapshot is one read of one chunk-aligned slice; each worker process opens its own handles."""
+    """The variables of one HDF5 file in The Well's layout (datamodules/well.py), or of several with the same
+    variables and [n_t, H, W] (a folder of The Well's files: one dataset, the files' trajectories one after the
+    other). One snapshot is one read of one chunk-aligned slice; each worker process opens its own handles.
+
+    splits: the trajectories of each split when the files come from a Well dataset's train/ valid/ test/ folders."""
+
+    few_trajectories_hint = (
+        "; or give a Well dataset's folder with train/ valid/ test/, whose files are used as the splits as they are"
+    )
 
     def __init__(
-        self, name: str, variables: list[str], files: list[Path], n_trajs: list[int], frame_shape: tuple[int, int, int]
+        self,
+        name: str,
+        variables: list[well.WellVariable],
+        files: list[Path],
+        n_trajs: list[int],
+        frame_shape: tuple[int, int, int],
+        splits: dict[str, torch.Tensor] | None = None,
     ):
         self.first_traj = np.cumsum([0, *n_trajs])  # file k holds trajectories first_traj[k] … first_traj[k+1] − 1
+        self.sources = list(variables)
         super().__init__(
             name,
-            variables,
+            [v.name for v in variables],
             (int(self.first_traj[-1]), *frame_shape),
             str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} files)",
             files,
         )
+        self.splits = splits
 
     def _file_of(self, traj: int) -> int:
         return int(np.searchsorted(self.first_traj, traj, side="right") - 1)
@@ -234,16 +252,13 @@ class HDF5Arrays(FieldArrays):
     def _read(self, traj, t, var):
         out = np.empty((len(traj), *self.hw), np.float32)
         for i, (g, ti, v) in enumerate(zip(traj.tolist(), t.tolist(), var.tolist(), strict=True)):
-            k = self._file_of(g)
+            k, source = self._file_of(g), self.sources[v]
             try:
-                self._handle(k)["t0_fields"][self.variables[v]].read_direct(
-                    out, np.s_[g - int(self.first_traj[k]), ti], np.s_[i]
-                )
+                source.read(self._handle(k), g - int(self.first_traj[k]), ti, out[i])
             except (OSError, KeyError) as e:
                 raise ValueError(
-                    f"{self.files[k]}: reading t0_fields/{self.variables[v]} at trajectory "
-                    f"{g - int(self.first_traj[k])}, time {ti} failed ({e}): the file is truncated or "
-                    f"corrupt"
+                    f"{self.files[k]}: reading {source.group}/{source.field} ({source.name}) at trajectory "
+                    f"{g - int(self.first_traj[k])}, time {ti} failed ({e}): the file is truncated or corrupt"
                 ) from e
         return out
 
@@ -252,6 +267,8 @@ class MmapArrays(FieldArrays):
     """A .npy array read a snapshot at a time: one positioned read (os.pread) of its bytes, which the kernel serves
     in one request where a memory map would fault in 4 KB pages one by one (several times slower from a cold disk).
     Fortran-ordered arrays, whose snapshots are not contiguous, are read through the memory map instead."""
+
+    few_trajectories_hint = "; for independent snapshots set data.source.layout=NHW"
 
     def __init__(self, path: Path, layout: str, shape: tuple[int, ...], variables: list[str]):
         self.path, self.layout = path, layout
@@ -299,72 +316,81 @@ def same_frames(arrays: list[FieldArrays]) -> None:
 
 
 class HDF5Fields:
-    """The Well layout: `t0_fields/<variable>` arrays [n_traj, n_t, H, W] in one .hdf5/.h5 file, or a folder of
-    such files with the same variables and [n_t, H, W] (one dataset named after the folder; The Well's
-    `data/train/*.hdf5`). Read lazily (HDF5Arrays)."""
+    """HDF5 files in The Well's layout (datamodules/well.py: t0, t1 and t2 fields, one variable per component),
+    read lazily (HDF5Arrays). `path` is one file, a folder of files with the same variables and [n_t, H, W] (one
+    dataset), or a Well dataset's folder with train/ valid/ test/ (directly or under data/).
 
-    def __init__(self, path: str | None = None, variables: list[str] | None = None):
-        self.path, self.variables = path, variables
+    splits: "folders" uses a Well dataset's train/ valid/ test/ files as the splits; "trajectories" re-splits every
+    file under `path` by trajectory (data.split, seeded); "auto" (default) is "folders" when `path` has them.
+    variables: null (every time-varying field) or a list of variable names (`velocity_x`) or field names
+    (`velocity`: all its components). Variables are named `<dataset_name>/<variable>`: the files' `dataset_name`
+    attribute, else the file or folder name."""
+
+    split_modes = ("auto", "folders", "trajectories")
+
+    def __init__(self, path: str | None = None, variables: list[str] | None = None, splits: str = "auto"):
+        if splits not in self.split_modes:
+            raise ValueError(f"data.source.splits must be one of {self.split_modes}, got {splits!r}")
+        self.path, self.variables, self.splits = path, variables, splits
 
     def prepare(self, data_dir: str | Path) -> None:
-        find_files(self.path, (".hdf5", ".h5"), "HDF5Fields")
+        self._files_by_split()
 
-    def _inspect(self, f: Path) -> tuple[list[str], int, tuple[int, int, int]]:
-        """(variables, n_traj, (n_t, H, W)) of one file, checked; its last snapshots are read to catch truncation."""
-        import h5py
-
-        try:
-            h5 = h5py.File(f, "r")
-        except OSError as e:
-            raise ValueError(f"{f}: not a readable HDF5 file ({e})") from e
-        with h5:
-            if "t0_fields" not in h5:
-                raise ValueError(f"{f}: no group 't0_fields' (The Well layout: t0_fields/<name> [n_traj, n_t, H, W])")
-            names = list(self.variables or sorted(h5["t0_fields"].keys()))
-            if not names:
-                raise ValueError(f"{f}: t0_fields holds no variables")
-            shapes = {}
-            for name in names:
-                if name not in h5["t0_fields"]:
-                    raise ValueError(f"{f}: no dataset 't0_fields/{name}' (has {sorted(h5['t0_fields'])})")
-                a = h5["t0_fields"][name]
-                if a.ndim != 4:
-                    raise ValueError(f"{f}: t0_fields/{name} should be [n_traj, n_t, H, W], got shape {a.shape}")
-                if a.dtype.kind == "c":
-                    raise ValueError(
-                        f"{f}: t0_fields/{name} holds complex values ({a.dtype}); SciTok's fields are "
-                        f"real: store the real and imaginary parts as two variables"
-                    )
-                if a.dtype.kind not in "fiu":
-                    raise ValueError(f"{f}: t0_fields/{name} holds {a.dtype} values, not numbers")
-                shapes[name] = a.shape
-                if a.size:
-                    try:
-                        a[-1, -1]
-                    except OSError as e:
-                        raise ValueError(
-                            f"{f}: t0_fields/{name} cannot be read to its end ({e}): the file is truncated or corrupt"
-                        ) from e
-            if len(set(shapes.values())) > 1:
-                raise ValueError(f"{f}: t0_fields variables differ in shape: {shapes}")
-            shape = next(iter(shapes.values()))
-            return names, shape[0], tuple(shape[1:])
+    def _files_by_split(self) -> dict[str, list[Path]]:
+        """{"train": [...], "val": [...], "test": [...]} from a Well dataset's folders, or {"all": [...]}."""
+        files = find_files(self.path, (".hdf5", ".h5"), "HDF5Fields")
+        root = Path(self.path).expanduser()
+        folders = well.split_folders(root) if root.is_dir() and self.splits != "trajectories" else None
+        if folders is None:
+            if self.splits == "folders":
+                raise ValueError(
+                    f"data.source.splits=folders needs a Well dataset's train/ valid/ test/ folders under {root} "
+                    f"(or {root / 'data'}); set data.source.splits=trajectories to re-split its files by trajectory"
+                )
+            return {"all": files}
+        return {split: find_files(folder, (".hdf5", ".h5"), "HDF5Fields") for split, folder in folders.items()}
 
     def open(self, data_dir: str | Path) -> list[FieldArrays]:
-        files = find_files(self.path, (".hdf5", ".h5"), "HDF5Fields")
-        names, n_traj, frame = self._inspect(files[0])
-        n_trajs = [n_traj]
+        by_split = self._files_by_split()
+        files = [f for part in by_split.values() for f in part]
+        first = well.inspect(files[0], self.variables)
+        described = [first]
         for f in files[1:]:
-            names_f, n_traj_f, frame_f = self._inspect(f)
-            if names_f != names or frame_f != frame:
+            d = well.inspect(f, self.variables)
+            if d.names != first.names or (d.n_t, *d.hw) != (first.n_t, *first.hw):
                 raise ValueError(
-                    f"{f}: variables {names_f} of [n_t, H, W] {list(frame_f)}, but {files[0]} (the first "
-                    f"file of the folder) has {names} of {list(frame)}; the files of one folder form "
-                    f"one dataset and must agree"
+                    f"{f}: variables {d.names} of [n_t, H, W] {[d.n_t, *d.hw]}, but {files[0]} (the first "
+                    f"file of the folder) has {first.names} of {[first.n_t, *first.hw]}; the files of one dataset "
+                    f"must agree"
                 )
-            n_trajs.append(n_traj_f)
-        name = files[0].stem if len(files) == 1 else Path(self.path).expanduser().name
-        return [HDF5Arrays(name, names, files, n_trajs, frame)]
+            if d.dataset_name != first.dataset_name:
+                raise ValueError(
+                    f"{f}: dataset_name {d.dataset_name!r}, but {files[0]} has {first.dataset_name!r}; "
+                    "one folder holds one dataset"
+                )
+            described.append(d)
+        root = Path(self.path).expanduser()
+        name = first.dataset_name or (
+            files[0].stem if not root.is_dir() else (root.parent.name if root.name == "data" else root.name)
+        )
+        if first.constants:
+            log.warning(
+                "%s: skipping the time-constant fields %s: SciTok's tokenizers take the time-varying fields %s",
+                name,
+                first.constants,
+                first.names,
+            )
+        n_trajs = [d.n_traj for d in described]
+        splits = None
+        if "all" not in by_split:
+            bounds = np.cumsum([0, *(sum(d.n_traj for d in described if d.path in part) for part in by_split.values())])
+            splits = {s: torch.arange(int(bounds[i]), int(bounds[i + 1])) for i, s in enumerate(by_split)}
+            log.info(
+                "%s: splits from the dataset's folders, %s trajectories (data.split is not used)",
+                name,
+                {s: len(idx) for s, idx in splits.items()},
+            )
+        return [HDF5Arrays(name, first.variables, files, n_trajs, (first.n_t, *first.hw), splits)]
 
 
 class NpyFields:
@@ -442,4 +468,6 @@ class NpyFields:
         shapes = {tuple(a.shape) for a in arrays}
         if len(shapes) > 1:
             raise ValueError(f"{path}: arrays {keys} differ in shape: {sorted(shapes)}")
-        return [TensorArrays(path.stem, keys, torch.cat(arrays, dim=2), str(path))]
+        out = TensorArrays(path.stem, keys, torch.cat(arrays, dim=2), str(path))
+        out.few_trajectories_hint = MmapArrays.few_trajectories_hint
+        return [out]

@@ -41,6 +41,7 @@ def test_user_data_configs_inherit_the_defaults_and_swap_the_source(make_cfg, tm
         "_target_": "datamodules.sources.HDF5Fields",
         "path": "/my/run.hdf5",
         "variables": None,
+        "splits": "auto",
     }
     eeg, files = make_cfg(["data=eeg"]), make_cfg(["data=eeg_files", "data.source.path=/my/edf"])
     assert set(files.data.source) == {"_target_", "path", "picks"}  # none of the SCP source's keys
