@@ -17,6 +17,7 @@ modification times, the split and the sample: a second run starts at once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -201,10 +202,22 @@ class FieldDataModule(SplitDataModule):
                     if split == "train":
                         mean.append(m)
                         std.append(max(sd, 1e-12))
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"mean": mean, "std": std, "key": key}))
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"mean": mean, "std": std, "key": key}))
+            os.replace(tmp, path)
+        except OSError as e:  # a read-only or full data dir: the cache only saves the next run this pass
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            log.warning(
+                "field statistics computed in %.1f s but not cached: %s cannot be written (%s); the next run "
+                "computes them again (make paths.data_dir writable, or run once where it is)",
+                time.perf_counter() - start,
+                path,
+                e,
+            )
+            return mean, std
         log.info("field statistics in %.1f s, cached in %s", time.perf_counter() - start, path)
         return mean, std
 

@@ -84,6 +84,63 @@ def test_statistics_are_cached_by_file_and_modification_time(folder, tmp_path, m
         FieldDataModule(HDF5Fields(str(root)), data_dir=tmp_path, batch_size=2).setup()
 
 
+@pytest.fixture
+def read_only(monkeypatch):
+    """read_only(folder): every write, rename or mkdir under `folder` raises EROFS, as on a read-only mount (chmod
+    does not stop root, who runs these tests in CI containers)."""
+    import builtins
+    import errno
+    import io
+    import pathlib
+
+    folders = []
+
+    def guard(path, what):
+        if any(pathlib.Path(os.path.abspath(path)).is_relative_to(f) for f in folders):
+            raise OSError(errno.EROFS, f"Read-only file system ({what})", str(path))
+
+    real_open, real_replace, real_mkdir = builtins.open, os.replace, pathlib.Path.mkdir
+
+    def open_(file, mode="r", *args, **kwargs):
+        if isinstance(file, str | os.PathLike) and any(c in mode for c in "wax+"):
+            guard(file, "open")
+        return real_open(file, mode, *args, **kwargs)
+
+    def replace(src, dst, *args, **kwargs):
+        guard(dst, "rename")
+        return real_replace(src, dst, *args, **kwargs)
+
+    def mkdir(self, *args, **kwargs):
+        guard(self, "mkdir")
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(io, "open", open_)  # pathlib opens files through io.open
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    return lambda folder: folders.append(pathlib.Path(folder).resolve())
+
+
+def test_a_read_only_data_dir_works(folder, tmp_path, read_only, caplog):
+    """With its statistics cached, a read-only data dir is only read; without, the statistics are computed, used and
+    not cached, with a warning naming the file."""
+    root, _ = folder
+    first = FieldDataModule(HDF5Fields(str(root)), data_dir=tmp_path / "cached", batch_size=2)
+    first.setup()
+    read_only(tmp_path / "cached")
+    read_only(tmp_path / "empty")
+    with pytest.raises(OSError, match="Read-only"):  # the simulation holds
+        (tmp_path / "cached" / "x").write_text("x")
+    again = FieldDataModule(HDF5Fields(str(root)), data_dir=tmp_path / "cached", batch_size=2)
+    again.setup()
+    assert again.metadata.mean == first.metadata.mean
+    fresh = FieldDataModule(HDF5Fields(str(root)), data_dir=tmp_path / "empty", batch_size=2)
+    fresh.setup()
+    assert fresh.metadata.mean == first.metadata.mean
+    assert "not cached: " in caplog.text and "Read-only file system" in caplog.text
+    assert not (tmp_path / "empty").exists()
+
+
 def test_statistics_from_a_seeded_sample_of_the_train_snapshots(folder, tmp_path):
     root, whole = folder
     a = FieldDataModule(HDF5Fields(str(root)), data_dir=tmp_path / "a", batch_size=2, stats_frames=4)
