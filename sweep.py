@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -431,6 +432,46 @@ def suggest(trial, params: DictConfig) -> dict:
     return out
 
 
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler's seed for trial `number` of a spec seeded `seed` (mixed: neighbouring trials get unrelated
+    streams)."""
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+def trial_seeded_tpe(seed: int | None):
+    """Optuna's TPE sampler, with its random state seeded for each trial from (spec seed, trial number).
+
+    Not one sampler seeded once per process: every start (a resume, a second worker) replayed the same random
+    stream, so a resumed sweep re-ran its first trials and two workers proposed identical trials in pairs. The
+    storage hands out each trial number once, over every worker and every resume, so no two trials share a random
+    state, no worker identity is needed, and a single fresh worker repeats its first trials exactly (seed=None:
+    random every time). TPE keeps no other state between trials (it re-reads the study), so a fresh one per trial
+    changes nothing else."""
+    import optuna
+
+    class TrialSeededTPE(optuna.samplers.BaseSampler):
+        def __init__(self):
+            self.tpe = optuna.samplers.TPESampler(seed=seed)
+
+        def before_trial(self, study, trial) -> None:  # optuna calls this first, with the trial's number
+            self.tpe = optuna.samplers.TPESampler(seed=None if seed is None else trial_seed(seed, trial.number))
+            self.tpe.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self.tpe.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self.tpe.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self.tpe.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self.tpe.after_trial(study, trial, state, values)
+
+    return TrialSeededTPE()
+
+
 def open_study(spec: DictConfig, storage: str, study_name: str):
     """Create the study or load it (a re-run resumes it; several workers share it). Stale trials of a killed worker
     (no heartbeat for 2 minutes) are marked failed when the next trial starts."""
@@ -445,7 +486,7 @@ def open_study(spec: DictConfig, storage: str, study_name: str):
         engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {},
     )
     pruner = optuna.pruners.MedianPruner(**(OmegaConf.to_container(spec.pruner) if spec.get("pruner") else {}))
-    sampler = optuna.samplers.TPESampler(seed=None if spec.seed is None else int(spec.seed))
+    sampler = trial_seeded_tpe(spec.seed)
     for attempt in range(5):  # two workers starting at once: one creates, the other loads
         try:
             return optuna.create_study(

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -211,6 +212,66 @@ def test_a_nan_metric_is_a_failed_trial_and_the_search_goes_on(tmp_path, monkeyp
     study = sweep.run_optuna(spec, [], trials=3, sweep_dir=tmp_path / "sweep")
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
     assert study.best_trial.number == 2 and study.best_value == 0.25
+
+
+def fake_trials(monkeypatch, seconds: float = 0.0) -> list[str]:
+    """run_trial replaced by a trivial objective (the learning rate is the metric): the search, not training.
+    Returns the list that gets the name of the thread that ran each trial."""
+    threads = []
+
+    def run_trial(spec, base, params, run_dir, group, name, callbacks=None):
+        threads.append(threading.current_thread().name)
+        time.sleep(seconds)
+        return params["optimizer.lr"], {}
+
+    monkeypatch.setattr(sweep, "run_trial", run_trial)
+    return threads
+
+
+def points(trials) -> list[tuple]:
+    return [tuple(sorted(t.params.items())) for t in trials]
+
+
+def test_a_resumed_sweep_proposes_new_points_and_a_fresh_one_repeats_its_first(tmp_path, monkeypatch):
+    """Every start used to seed its sampler from the spec alone, so the same command after Ctrl+C re-ran the first
+    trials' parameters; the random state is now seeded from (spec seed, trial number)."""
+    fake_trials(monkeypatch)
+    spec = sweep.load_spec(str(spec_file(tmp_path)))
+    first = points(sweep.run_optuna(spec, [], trials=2, sweep_dir=tmp_path / "a").trials)
+    resumed = points(sweep.run_optuna(spec, [], trials=4, sweep_dir=tmp_path / "a").trials)  # a new sampler
+    assert resumed[:2] == first and len(set(resumed)) == 4
+    # a fresh study with the same seed proposes the same first trials; another seed, others
+    assert points(sweep.run_optuna(spec, [], trials=2, sweep_dir=tmp_path / "b").trials) == first
+    spec.seed = 1
+    assert not set(points(sweep.run_optuna(spec, [], trials=2, sweep_dir=tmp_path / "c").trials)) & set(first)
+
+
+def test_two_workers_on_one_storage_never_propose_the_same_trial(tmp_path, monkeypatch):
+    """Two workers at once (threads here, processes in use) on one study: with one seed per process they proposed
+    identical trials in pairs."""
+    ran_in = fake_trials(monkeypatch, seconds=0.02)
+    spec = sweep.load_spec(str(spec_file(tmp_path)))
+    sweep_dir = tmp_path / "sweep"
+    sweep.run_optuna(spec, [], trials=0, sweep_dir=sweep_dir)  # creates the study (and the SQLite tables) once
+    start, errors = threading.Barrier(2), []
+
+    def worker() -> None:
+        start.wait()
+        try:
+            sweep.run_optuna(spec, [], trials=8, sweep_dir=sweep_dir)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    trials = optuna.load_study(study_name="spec", storage=f"sqlite:///{sweep_dir / 'study.db'}").trials
+    assert len(trials) >= 8 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len(set(points(trials))) == len(trials), points(trials)
+    assert len(set(ran_in)) == 2, "both workers ran trials"
 
 
 def sweep_command(spec: Path, sweep_dir: Path, data_dir: Path, trials: int) -> list[str]:
