@@ -13,10 +13,14 @@ dir (`sweeps/<name>/trial-<n>`), with its own W&B run in the sweep's W&B group.
 
 Optuna: the study lives in `--storage` (default: SQLite in the sweep dir), so re-running the command resumes it
 (until `--trials` trials have finished, counting every worker's), and processes on one storage share one study.
-A trial whose run fails, or whose metric is NaN, is recorded as failed and the search goes on; a trial whose
-validation metric is worse than the median of earlier trials at the same step is pruned (stopped at that
-validation: OptunaPruning below). At the end: the best trial's parameters, run dir and checkpoint, and a table of
-every trial (printed with rich, written to the sweep dir as trials.csv, with metric-vs-parameter plots).
+The sampler's random state is seeded per trial from (spec seed, trial number), so resumed and parallel workers
+never repeat a trial, and one fresh worker repeats its first trials exactly. A trial whose run fails, or whose
+metric is NaN, is recorded as failed and the search goes on; a trial whose validation metric is worse than the
+median of earlier trials at the same step is pruned (stopped at that validation: OptunaPruning below). Ctrl+C ends
+the sweep with status 130 at any moment; the trial it stopped is marked failed ("interrupted", not counted). Trials
+that a dead worker left running are marked failed when a worker starts (fail_stale_trials). At the end: the best
+trial's parameters, run dir and checkpoint, and a table of every trial (printed with rich, written to the sweep dir
+as trials.csv, with metric-vs-parameter plots).
 
 `GridSummary` is the Hydra callback (conf/hydra/default.yaml) that does the same for `--multirun` grids: after
 every job it rewrites <sweep dir>/summary.csv and summary.png from the jobs' run.json, and at the end prints the
@@ -32,7 +36,11 @@ import inspect
 import json
 import logging
 import math
+import os
+import signal
+import socket
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -44,6 +52,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lit_modules.run_record import RUN_RECORD
+from lit_modules.signals import EXIT_CODES
 
 ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("scitok.sweep")
@@ -472,17 +481,80 @@ def trial_seeded_tpe(seed: int | None):
     return TrialSeededTPE()
 
 
+# A running trial's worker writes a heartbeat into the storage every HEARTBEAT_S; a RUNNING trial without one for
+# GRACE_S belongs to a dead worker (killed, crashed, its machine lost) and is marked failed.
+HEARTBEAT_S, GRACE_S = 30, 120
+
+
+def this_machine() -> str:
+    """Where a process id names one process: the host name, and on Linux the PID namespace (containers on one host
+    can share a host name, never their pids)."""
+    try:
+        return f"{socket.gethostname()} {os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return socket.gethostname()
+
+
+def worker_is_gone(worker: dict | None) -> bool:
+    """Whether the worker that started a trial has surely exited: it ran on this machine and its pid is gone. Any
+    other case (another machine, a pid that exists, maybe reused) is left to the heartbeat: a live worker's trial is
+    never failed."""
+    if not worker or worker.get("machine") != this_machine():
+        return False
+    try:
+        os.kill(worker["pid"], 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, under another user
+        return False
+    return False
+
+
+def describe_worker(worker: dict | None) -> str:
+    return f"pid {worker['pid']} on {worker['machine'].split()[0]}" if worker else "unknown worker"
+
+
+def log_stale_trial(study, trial) -> None:
+    """Optuna's heartbeat_stale_trial_callback: it has just marked `trial` failed."""
+    log.warning(
+        "trial %d was left running by %s, silent for over %d s: marked failed",
+        trial.number,
+        describe_worker(trial.user_attrs.get("worker")),
+        GRACE_S,
+    )
+
+
+def fail_stale_trials(study) -> None:
+    """Mark failed, naming each in the log, the trials that dead workers left RUNNING: at once when the worker ran on
+    this machine and its process is gone (a killed sweep restarted at once would otherwise wait GRACE_S), else once
+    its heartbeat is GRACE_S old (optuna's check, which also runs before every trial)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker")
+        if worker_is_gone(worker):
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)  # it may have just finished
+            log.warning(
+                "trial %d was left running by %s, which has exited: marked failed",
+                trial.number,
+                describe_worker(worker),
+            )
+    optuna.storages.fail_stale_trials(study)
+
+
 def open_study(spec: DictConfig, storage: str, study_name: str):
-    """Create the study or load it (a re-run resumes it; several workers share it). Stale trials of a killed worker
-    (no heartbeat for 2 minutes) are marked failed when the next trial starts."""
+    """Create the study or load it (a re-run resumes it; several workers share it), with a heartbeat for every
+    running trial (fail_stale_trials)."""
     import optuna
 
     # the heartbeat (stale trials of killed workers marked failed) is "experimental" in optuna 5; we rely on it
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     rdb = optuna.storages.RDBStorage(
         storage,
-        heartbeat_interval=30,
-        grace_period=120,
+        heartbeat_interval=HEARTBEAT_S,
+        grace_period=GRACE_S,
+        heartbeat_stale_trial_callback=log_stale_trial,
         engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {},
     )
     pruner = optuna.pruners.MedianPruner(**(OmegaConf.to_container(spec.pruner) if spec.get("pruner") else {}))
@@ -503,9 +575,46 @@ def open_study(spec: DictConfig, storage: str, study_name: str):
 
 
 def finished(study) -> int:
+    """Trials that count toward --trials: complete, pruned or failed, but not the failed ones that a signal stopped
+    (Ctrl+C, SIGTERM): their parameters were never judged."""
     from optuna.trial import TrialState
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    return sum(not t.user_attrs.get("interrupted") for t in done)
+
+
+def interruption(e: BaseException) -> str | None:
+    """The signal behind an exception that stops a trial: Ctrl+C's KeyboardInterrupt, or train's SystemExit(130 or
+    143) after a signal stopped its run at a batch end (lit_modules/signals.py). None for a failure."""
+    if isinstance(e, KeyboardInterrupt):
+        return "SIGINT"
+    if isinstance(e, SystemExit):
+        return next((signal.Signals(s).name for s, code in EXIT_CODES.items() if code == e.code), None)
+    return None
+
+
+class CtrlC:
+    """While a sweep runs, Ctrl+C raises KeyboardInterrupt as usual (it stops whatever runs: a trial's setup, the
+    sampler, a storage call) and is also remembered, because a KeyboardInterrupt can be dropped on the way: one
+    raised in a finalizer (Lightning's Profiler.__del__, in optuna's gc.collect after a trial) is only printed, and
+    the sweep went on to its last trial and exited 0. During a trial's fit, train's own handler (SignalStop) takes
+    over: it stops at the batch end, saves last.ckpt and raises SystemExit(130)."""
+
+    def __init__(self):
+        self.pressed, self.previous = False, None
+
+    def __enter__(self) -> CtrlC:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            self.previous = signal.signal(signal.SIGINT, self.on_sigint)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def on_sigint(self, signum, frame) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
 
 
 def run_optuna(
@@ -518,17 +627,38 @@ def run_optuna(
     before: Callable | None = None,
 ):
     """Run trials until the study has `trials` finished ones (complete, pruned or failed, counted over every worker
-    on the storage). Returns the study. `before(study)` runs once the study is open (tests enqueue trials there)."""
+    on the storage; `finished`). Returns the study. `before(study)` runs once the study is open (tests enqueue
+    trials there).
+
+    Ctrl+C, at any moment, ends the sweep with SystemExit(130) (a SIGTERM during a trial's fit: 143): the trial in
+    flight is marked failed and "interrupted", which does not count toward `trials`, so the same command goes on
+    with fresh trials. Trials that dead workers left running are marked failed at the start (fail_stale_trials)."""
     import optuna
+    from optuna.trial import TrialState
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
     study = open_study(spec, storage, study_name or spec.name)
+    fail_stale_trials(study)
     if before is not None:
         before(study)
     log.info("study %r in %s: %d of %d trials finished", study.study_name, storage, finished(study), trials)
+    worker = {"machine": this_machine(), "pid": os.getpid()}  # who runs a trial, for fail_stale_trials
+    in_flight = {}  # this worker's current trial
 
     def objective(trial) -> float:
+        in_flight["trial"] = trial
+        trial.set_user_attr("worker", worker)
+        try:
+            return run(trial)
+        except BaseException as e:
+            if interruption(e):  # a trial the user stopped: its parameters were not judged
+                trial.set_user_attr("interrupted", interruption(e))
+            raise
+
+    def run(trial) -> float:
+        if ctrl_c.pressed:  # Ctrl+C while optuna created this trial, and dropped on the way: do not start it
+            raise KeyboardInterrupt
         params = suggest(trial, spec.params)
         run_dir = sweep_dir / f"trial-{trial.number}"
         trial.set_user_attr("run_dir", str(run_dir))
@@ -551,13 +681,37 @@ def run_optuna(
             return float("nan")
         return value
 
-    def enough(study, trial) -> None:
+    def enough(study, trial) -> None:  # optuna calls it once a trial is recorded
+        in_flight.clear()
         if finished(study) >= trials:
             study.stop()
 
-    while finished(study) < trials:
-        # catch: a trial whose run raises is recorded as FAIL (with the error in the log) and the next one starts
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[enough], gc_after_trial=True)
+    with CtrlC() as ctrl_c:
+        try:
+            while not ctrl_c.pressed and finished(study) < trials:
+                # catch: a trial whose run raises is recorded as FAIL (with the error in the log) and the next starts
+                study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[enough], gc_after_trial=True)
+        except BaseException as e:
+            # optuna fails the trial on a KeyboardInterrupt but lets train's SystemExit(130/143) pass with the trial
+            # still RUNNING: fail it here (a no-op when optuna did, or when the signal came between trials)
+            trial = in_flight.get("trial")
+            if (
+                trial is not None
+                and study.tell(trial, state=TrialState.FAIL, skip_if_finished=True).state.name == "FAIL"
+            ):
+                why = interruption(e)
+                log.warning(
+                    "trial %d stopped by %s: marked failed%s (run dir: %s)",
+                    trial.number,
+                    why or repr(e),
+                    ", not counted toward --trials; the same command goes on with new trials" if why else "",
+                    trial.user_attrs.get("run_dir"),
+                )
+            if isinstance(e, KeyboardInterrupt):
+                raise SystemExit(EXIT_CODES[signal.SIGINT]) from e
+            raise
+    if ctrl_c.pressed:  # a Ctrl+C that was dropped on the way, between trials
+        raise SystemExit(EXIT_CODES[signal.SIGINT])
     return study
 
 
@@ -569,7 +723,9 @@ def trial_rows(study, study_metric: str) -> list[dict]:
         rows.append(
             {
                 "name": f"trial-{t.number}",
-                "status": t.state.name,
+                "status": f"{t.state.name} ({t.user_attrs['interrupted']})"
+                if "interrupted" in t.user_attrs
+                else t.state.name,
                 "params": t.params,
                 "metrics": with_best(record.get("metrics", {}), study_metric, t.value),
                 "run_dir": run_dir,
@@ -682,6 +838,14 @@ def run_wandb(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return cli(argv)
+    except KeyboardInterrupt:  # Ctrl+C outside the trials (starting, the final report): the status a shell expects
+        log.warning("interrupted")
+        return EXIT_CODES[signal.SIGINT]
+
+
+def cli(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -274,6 +275,137 @@ def test_two_workers_on_one_storage_never_propose_the_same_trial(tmp_path, monke
     assert len(set(ran_in)) == 2, "both workers ran trials"
 
 
+def left_running(study, worker: dict) -> int:
+    """A trial that `worker` started and left RUNNING, with one heartbeat (what a worker's heartbeat thread writes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna: "Heartbeat of storage is supposed to be used with Study.optimize"
+        trial = study.ask()
+    trial.set_user_attr("worker", worker)
+    study._storage.record_heartbeat(trial._trial_id)
+    return trial.number
+
+
+def test_trials_of_dead_workers_are_failed_at_the_start_and_a_live_workers_kept(tmp_path, monkeypatch, caplog):
+    fake_trials(monkeypatch)
+    spec = sweep.load_spec(str(spec_file(tmp_path)))
+    sweep_dir = tmp_path / "sweep"
+    study = sweep.run_optuna(spec, [], trials=0, sweep_dir=sweep_dir)
+    here = sweep.this_machine()
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()  # its pid is gone once it has been waited for
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        dead = left_running(study, {"machine": here, "pid": exited.pid})
+        live = left_running(study, {"machine": here, "pid": alive.pid})
+        elsewhere = left_running(study, {"machine": "node7 pid:[4026531836]", "pid": alive.pid + 1})
+        with caplog.at_level(logging.WARNING, logger="scitok.sweep"):
+            study = sweep.run_optuna(spec, [], trials=2, sweep_dir=sweep_dir)
+    finally:
+        alive.kill()
+        alive.wait()
+    states = {t.number: t.state.name for t in study.trials}
+    assert states[dead] == "FAIL" and states[live] == "RUNNING" and states[elsewhere] == "RUNNING"
+    assert f"trial {dead} was left running by pid " in caplog.text and "which has exited: marked failed" in caplog.text
+    assert f"trial {live} " not in caplog.text and f"trial {elsewhere} " not in caplog.text
+    # another machine's trial: failed once its heartbeat is older than the grace period (short here)
+    monkeypatch.setattr(sweep, "GRACE_S", 1)
+    time.sleep(2.5)  # SQLite's clock counts whole seconds
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="scitok.sweep"):
+        study = sweep.run_optuna(spec, [], trials=3, sweep_dir=sweep_dir)
+    assert study.trials[elsewhere].state.name == "FAIL"
+    assert f"trial {elsewhere} was left running by pid {alive.pid + 1} on node7, silent for over 1 s" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("stop", "code", "signal_name"),
+    [
+        (SystemExit(130), 130, "SIGINT"),  # train after Ctrl+C in fit: last.ckpt saved, SystemExit(130)
+        (KeyboardInterrupt(), 130, "SIGINT"),  # Ctrl+C before fit (composing, loading data) or after it
+        (SystemExit(143), 143, "SIGTERM"),  # train after SIGTERM in fit
+    ],
+)
+def test_a_signal_during_a_trial_ends_the_sweep_with_its_code_and_fails_the_trial(
+    tmp_path, monkeypatch, caplog, stop, code, signal_name
+):
+    values = iter([0.5, stop, 0.25, 0.125])
+
+    def run_trial(*args, **kwargs):
+        value = next(values)
+        if isinstance(value, BaseException):
+            raise value
+        return value, {}
+
+    monkeypatch.setattr(sweep, "run_trial", run_trial)
+    spec = sweep.load_spec(str(spec_file(tmp_path)))
+    sweep_dir = tmp_path / "sweep"
+    with caplog.at_level(logging.WARNING, logger="scitok.sweep"), pytest.raises(SystemExit) as exit_:
+        sweep.run_optuna(spec, [], trials=3, sweep_dir=sweep_dir)
+    assert exit_.value.code == code
+    study = optuna.load_study(study_name="spec", storage=f"sqlite:///{sweep_dir / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]  # not left RUNNING
+    assert study.trials[1].user_attrs["interrupted"] == signal_name
+    assert f"trial 1 stopped by {signal_name}: marked failed, not counted toward --trials" in caplog.text
+    # the same command goes on: the interrupted trial does not count, so two more run
+    study = sweep.run_optuna(spec, [], trials=3, sweep_dir=sweep_dir)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    rows = sweep.trial_rows(study, spec.metric)
+    assert rows[1]["status"] == f"FAIL ({signal_name})"
+
+
+@pytest.fixture
+def sigint_caught_by_the_test():
+    """While a test sends itself SIGINT: a handler that only counts, so a sweep that forgot to install its own cannot
+    stop the test session."""
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    yield caught
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_between_trials_ends_the_sweep_with_130(tmp_path, monkeypatch, sigint_caught_by_the_test):
+    fake_trials(monkeypatch)
+    counted, sent = sweep.finished, []
+
+    def finished(study) -> int:  # called between trials: Ctrl+C right after the first one is recorded
+        n = counted(study)
+        if n == 1 and not sent:
+            sent.append(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return n
+
+    monkeypatch.setattr(sweep, "finished", finished)
+    spec = sweep.load_spec(str(spec_file(tmp_path)))
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as exit_:
+        sweep.run_optuna(spec, [], trials=3, sweep_dir=tmp_path / "sweep")
+    assert exit_.value.code == 130 and sent and not sigint_caught_by_the_test
+    study = optuna.load_study(study_name="spec", storage=f"sqlite:///{tmp_path / 'sweep' / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    assert signal.getsignal(signal.SIGINT) is handler  # the sweep put the previous handler back
+
+
+def test_a_ctrl_c_that_a_library_drops_still_ends_the_sweep(tmp_path, monkeypatch, sigint_caught_by_the_test):
+    """A KeyboardInterrupt raised in a finalizer is only printed (seen: Lightning's Profiler.__del__ during the gc
+    after a trial, and the sweep ran to its last trial and exited 0): the sweep remembers the Ctrl+C itself."""
+    calls = []
+
+    def run_trial(*args, **kwargs):
+        calls.append(1)
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:  # what a finalizer does with it
+            pass
+        return 0.5, {}
+
+    monkeypatch.setattr(sweep, "run_trial", run_trial)
+    spec = sweep.load_spec(str(spec_file(tmp_path)))
+    with pytest.raises(SystemExit) as exit_:
+        sweep.run_optuna(spec, [], trials=3, sweep_dir=tmp_path / "sweep")
+    assert exit_.value.code == 130 and len(calls) == 1  # no trial after the Ctrl+C
+    assert not sigint_caught_by_the_test  # the sweep's handler got it, not the test's
+
+
 def sweep_command(spec: Path, sweep_dir: Path, data_dir: Path, trials: int) -> list[str]:
     return [
         sys.executable,
@@ -338,6 +470,8 @@ def test_a_killed_sweep_resumes_its_study_and_two_workers_share_one(tmp_path, da
     numbers = [t.number for t in trials]
     assert numbers == list(range(len(numbers)))  # one numbering, no duplicates
     assert [t.params for t in trials[: len(before)]] == [t.params for t in before]  # the first run's trials kept
+    assert len(set(points(trials))) == len(trials)  # neither the resumed nor the second worker repeats a trial
+    assert not [t.number for t in trials if t.state.name == "RUNNING"]  # the killed worker's trial: failed at start
     assert sum(t.state.name in ("COMPLETE", "PRUNED", "FAIL") for t in trials) >= 5
     assert "best trial" in third.stdout
     assert {Path(t.user_attrs["run_dir"]).name for t in trials if t.state.name == "COMPLETE"} <= {
