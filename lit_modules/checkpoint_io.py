@@ -4,12 +4,15 @@ Lightning's TorchCheckpointIO writes through an fsspec transaction: a temporary 
 Across filesystems (a run dir on network storage or a scratch disk) the move is a copy, which a full disk or a kill
 can cut short, leaving a truncated last.ckpt that will not load. Here the temporary file lies next to the
 checkpoint, is flushed to disk, and replaces it with os.replace (atomic within one filesystem); on any error it is
-deleted and the previous checkpoint is left as it was.
+deleted and the previous checkpoint is left as it was. A full disk or quota ends the run with an OSError that says so
+(torch.save reports it as a RuntimeError, "unexpected pos", with the cause deep in its chain).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,10 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tokenizers.load import read_checkpoint
+
+# what a full disk or an exceeded quota looks like in an error's chain (torch.save raises a RuntimeError, "unexpected
+# pos", whose context is the OSError of the file write)
+DISK_FULL = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -35,7 +42,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException as e:
+            written = tmp.stat().st_size if tmp.exists() else 0
             tmp.unlink(missing_ok=True)
+            full = disk_full(e)
+            if full is not None:
+                last = path.parent / "last.ckpt"  # what a run resumes from (callbacks.last_checkpoint)
+                advice = "Free space (or set paths.output_dir to a larger disk)"
+                if last.exists():
+                    advice += f", then resume with ckpt_path={last}"
+                raise OSError(
+                    full,
+                    f"disk full: writing checkpoint {path} failed ({DISK_FULL[full]}); the previous {path.name}, if "
+                    f"any, is unchanged. {_size(shutil.disk_usage(path.parent).free)} free in {path.parent} once the "
+                    f"partial file ({_size(written)}) was removed. {advice}",
+                ) from e
             if isinstance(e, OSError):
                 raise OSError(
                     e.errno,
@@ -43,6 +63,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                     f"{path.name}, if any, is unchanged",
                 ) from e
             raise
+
+
+def disk_full(error: BaseException) -> int | None:
+    """errno.ENOSPC or EDQUOT if `error` or an exception in its chain (__cause__, __context__) says the disk or the
+    quota is full, by errno or by text (torch's writer reports it in a RuntimeError's message); None otherwise."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            return error.errno
+        for number, text in DISK_FULL.items():
+            if text in str(error):
+                return number
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def check_checkpoint(path: str) -> None:
