@@ -32,6 +32,7 @@ import lit_modules  # noqa: F401 - registers the ${auto_precision:} resolver
 from lit_modules.checkpoint_io import check_checkpoint
 from lit_modules.loggers import start_loggers
 from lit_modules.memory import keep_freed_memory
+from lit_modules.preflight import check_trainer_limits
 from lit_modules.run_record import RunRecord, record_fit, record_progress, scalar_metrics
 from lit_modules.signals import SignalStop, slurm_plugins, slurm_resume_path
 
@@ -75,6 +76,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> float | None:
 def _fit_and_test(cfg: DictConfig, record: dict, extra_callbacks: list) -> float | None:
     run_dir = Path(cfg.paths.output_dir)
     last = run_dir / "checkpoints" / "last.ckpt"  # where callbacks.model_checkpoint saves the latest state
+    check_trainer_limits(cfg)  # before anything is built: a run that would train nothing
     print_config_tree(cfg, run_dir if rank_zero_only.rank == 0 else None)
     if cfg.keep_freed_memory and not keep_freed_memory():
         log.info("keep_freed_memory: this C library has no glibc mallopt; its allocator is left as it is")

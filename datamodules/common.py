@@ -42,6 +42,14 @@ def check_split(split: Sequence[float]) -> tuple[float, float, float]:
     return tuple(split)
 
 
+def check_batch_size(value: object, key: str) -> int:
+    """A batch size from the config: a whole number ≥ 1 (torch's DataLoader would refuse 0 or −4 later, at the first
+    batch, without the config key)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key} must be a whole number of samples ≥ 1, got {value!r}")
+    return value
+
+
 def split_indices(n: int, split: Sequence[float], seed: int) -> dict[str, torch.Tensor]:
     """A seeded permutation of range(n) cut into train/val/test (each of val and test gets at least one)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -162,7 +170,11 @@ class SplitDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.adapter = adapter
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.batch_size = check_batch_size(batch_size, "data.batch_size")
+        # null: evaluate in training batches
+        self.eval_batch_size = (
+            batch_size if eval_batch_size is None else check_batch_size(eval_batch_size, "data.eval_batch_size")
+        )
         self.split, self.seed, self.num_workers = check_split(split), seed, num_workers
         self.splits: dict[str, Dataset] = {}
         self.train_sampler: EpochSampler | None = None

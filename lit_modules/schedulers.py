@@ -15,11 +15,17 @@ class WarmupCosine:
     """Multiplier of the base LR: linear 0→1 over `warmup_steps`, then cosine 1→`min_ratio` at `total_steps`."""
 
     def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
-        if total_steps <= 0 or not 0 <= warmup_steps <= total_steps:
+        if total_steps <= 0:  # a run bounded by epochs (trainer.max_steps=-1): no warm-up length can help
             raise ValueError(
-                f"warmup_cosine needs 0 <= warmup_steps <= total_steps and total_steps > 0, got "
-                f"scheduler.warmup_steps={warmup_steps}, scheduler.total_steps={total_steps} (which "
-                f"follows trainer.max_steps): lower scheduler.warmup_steps for a short run"
+                f"warmup_cosine needs the run's length in optimizer steps, got scheduler.total_steps={total_steps} "
+                f"(which follows trainer.max_steps): set trainer.max_steps > 0 (or scheduler.total_steps), or use "
+                f"scheduler=constant"
+            )
+        if not 0 <= warmup_steps <= total_steps:
+            raise ValueError(
+                f"warmup_cosine needs 0 <= warmup_steps <= total_steps, got scheduler.warmup_steps={warmup_steps}, "
+                f"scheduler.total_steps={total_steps} (which follows trainer.max_steps): lower "
+                f"scheduler.warmup_steps for a short run"
             )
         self.warmup_steps, self.total_steps, self.min_ratio = warmup_steps, total_steps, min_ratio
 

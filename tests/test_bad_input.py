@@ -5,12 +5,75 @@ that fills while a checkpoint is written. Every refusal before training leaves n
 from __future__ import annotations
 
 import errno
+import json
 import re
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 
 from lit_modules.checkpoint_io import AtomicCheckpointIO
+from lit_modules.schedulers import WarmupCosine
+from tests.helpers import ROOT
+from train import train
+
+
+@contextmanager
+def on_the_command_line(overrides: list[str]):
+    """HydraConfig as under `python train.py <overrides>` (the Compose API of tests records none): the config-group
+    choices that messages name (experiment=…, model=…, data=…)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        HydraConfig.instance().set_config(compose(config_name="train", overrides=overrides, return_hydra_config=True))
+    try:
+        yield
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def refusal(make_cfg, run_dir: Path, overrides: list[str], error=ValueError) -> str:
+    """The message train() on `overrides` (+ debug=fast, no logger) fails with, run as `python train.py <overrides>`,
+    once it is clear that it failed before training and recorded so."""
+    cfg = make_cfg([*overrides, "debug=fast", "logger=none"], output_dir=run_dir)
+    with on_the_command_line(overrides), pytest.raises(error) as err:
+        train(cfg)
+    assert not (run_dir / "checkpoints").exists()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    return str(err.value)
+
+
+# ---- c, d. settings that train nothing --------------------------------------------------------------------------
+@pytest.mark.parametrize("setting", ["data.batch_size=0", "data.batch_size=-4", "data.eval_batch_size=0"])
+def test_a_batch_size_below_one_is_refused_by_its_key(make_cfg, tmp_path, setting):
+    key, value = setting.split("=")
+    message = refusal(make_cfg, tmp_path / "run", [setting], error=Exception)  # Hydra wraps the datamodule's error
+    assert f"{key} must be a whole number of samples ≥ 1, got {value}" in message
+
+
+STEPS = r"Set trainer.max_steps > 0, or trainer.max_steps=-1 with trainer.max_epochs > 0 to train a number of epochs"
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (["scheduler=constant", "trainer.max_steps=0"], rf"trainer.max_steps=0: a training run needs .* step. {STEPS}"),
+        (["scheduler=warmup_cosine", "trainer.max_steps=0"], r"trainer.max_steps=0: a training run needs at least"),
+        (["trainer.max_steps=-3"], rf"trainer.max_steps=-3: a training run needs at least one optimizer step. {STEPS}"),
+        (["trainer.max_steps=-1", "trainer.max_epochs=-1"], rf"max_epochs=-1: the run would never end. {STEPS}"),
+        (["trainer.max_epochs=0"], r"trainer.max_epochs=0 trains nothing: set it > 0, or -1 for no epoch limit"),
+    ],
+)
+def test_trainer_limits_that_train_nothing_are_refused_by_their_keys(make_cfg, tmp_path, settings, expected):
+    message = refusal(make_cfg, tmp_path / "run", settings)
+    assert re.search(expected, message), message
+
+
+def test_warmup_cosine_without_a_step_count_asks_for_one_not_a_shorter_warmup():
+    with pytest.raises(ValueError, match=r"scheduler.total_steps=-1 \(which follows trainer.max_steps\)") as err:
+        WarmupCosine(2, -1)  # trainer.max_steps=-1: a run bounded by epochs
+    assert "set trainer.max_steps > 0" in str(err.value) and "lower scheduler.warmup_steps" not in str(err.value)
 
 
 # ---- e. a full disk while a checkpoint is written ---------------------------------------------------------------
