@@ -32,7 +32,7 @@ import lit_modules  # noqa: F401 - registers the ${auto_precision:} resolver
 from lit_modules.checkpoint_io import check_checkpoint
 from lit_modules.loggers import start_loggers
 from lit_modules.memory import keep_freed_memory
-from lit_modules.preflight import check_trainer_limits
+from lit_modules.preflight import build_datamodule, check_model_fits_data, check_trainer_limits
 from lit_modules.run_record import RunRecord, record_fit, record_progress, scalar_metrics
 from lit_modules.signals import SignalStop, slurm_plugins, slurm_resume_path
 
@@ -76,13 +76,15 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> float | None:
 def _fit_and_test(cfg: DictConfig, record: dict, extra_callbacks: list) -> float | None:
     run_dir = Path(cfg.paths.output_dir)
     last = run_dir / "checkpoints" / "last.ckpt"  # where callbacks.model_checkpoint saves the latest state
-    check_trainer_limits(cfg)  # before anything is built: a run that would train nothing
+    # refusals that need nothing built: each names the config keys (and for a mismatch, model and data)
+    check_model_fits_data(cfg)
+    check_trainer_limits(cfg)
     print_config_tree(cfg, run_dir if rank_zero_only.rank == 0 else None)
     if cfg.keep_freed_memory and not keep_freed_memory():
         log.info("keep_freed_memory: this C library has no glibc mallopt; its allocator is left as it is")
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     module = instantiate(cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, _recursive_=False)
     callbacks = _instantiate_all(cfg.get("callbacks")) + list(extra_callbacks)
     loggers = start_loggers(cfg.get("logger"), cfg)

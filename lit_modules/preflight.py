@@ -5,7 +5,79 @@ data=…, where Hydra ran the command) and the classes they build."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import re
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationKeyError
+
+
+def group_choices() -> dict[str, str]:
+    """The config group options this run was composed from ({"experiment": "eeg", "model": "eeg", "data": "fields"});
+    empty outside a Hydra app (the Compose API of tests and scripts records none)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {str(k): str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+
+
+def chosen(*groups: str) -> str:
+    """'experiment=eeg, model=eeg': the options chosen for `groups`; empty outside a Hydra app."""
+    choices = group_choices()
+    return ", ".join(f"{group}={choices[group]}" for group in groups if group in choices)
+
+
+def model_side(cfg: DictConfig) -> str:
+    """'model config experiment=eeg, model=eeg (tokenizers.eeg.EEGTokenizer)', or 'model tokenizers.eeg.EEGTokenizer'
+    outside a Hydra app: what the run trains, by its configs and class."""
+    model = cfg.model
+    target = model.tokenizer.get("_target_") if "tokenizer" in model else model.get("_target_")
+    named = chosen("experiment", "model")
+    return f"model config {named} ({target})" if named else f"model {target}"
+
+
+def data_side(cfg: DictConfig) -> str:
+    """'data config data=fields (datamodules.fields.FieldDataModule)', or 'data datamodules.fields.FieldDataModule'
+    outside a Hydra app: the data config and the datamodule it builds."""
+    named, target = chosen("data"), cfg.data.get("_target_")
+    return f"data config {named} ({target})" if named else f"data {target}"
+
+
+def check_model_fits_data(cfg: DictConfig) -> None:
+    """Refuse a config whose model (or any setting outside data) interpolates a data key the chosen data config lacks
+    (`model.tokenizer.patch_len: ${data.patch_len}` on image data): OmegaConf would only say the key is missing, not
+    that model and data do not belong together."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationKeyError as e:
+        missing = re.search(r"Interpolation key '([^']+)' not found", str(e))
+        if missing is None or not missing.group(1).startswith("data.") or str(e.full_key).startswith("data."):
+            raise
+        raise ValueError(
+            f"{model_side(cfg)} cannot train on {data_side(cfg)}: {e.full_key} reads ${{{missing.group(1)}}}, which "
+            f"this data config does not have. Use the data the model is made for (its experiment's), or a model made "
+            f"for this data"
+        ) from None
+
+
+def build_datamodule(cfg: DictConfig):
+    """instantiate(cfg.data); a setting the datamodule does not take (an experiment's `data:` block, written for its
+    own data config, applied to another one) is refused naming the key, the data config and the experiment."""
+    try:
+        return instantiate(cfg.data)
+    except InstantiationException as e:
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(e.__cause__))
+        if not isinstance(e.__cause__, TypeError) or unexpected is None:
+            raise
+        where = re.search(r"full_key: (\S+)", str(e))
+        key = f"{where.group(1) if where else 'data'}.{unexpected.group(1)}"
+        raise ValueError(
+            f"{model_side(cfg)} cannot train on {data_side(cfg)}: {key} is set (by the experiment, for "
+            f"the data it is made for, or on the command line), but this data config has no such setting. Use the "
+            f"experiment's own data, or drop the key with ~{key}"
+        ) from e
 
 
 def check_trainer_limits(cfg: DictConfig) -> None:

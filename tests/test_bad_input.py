@@ -44,6 +44,48 @@ def refusal(make_cfg, run_dir: Path, overrides: list[str], error=ValueError) -> 
     return str(err.value)
 
 
+# ---- a. model and data that do not belong together --------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("experiment", "data", "model_class", "data_class", "reads"),
+    [
+        (
+            "eeg",
+            "fields",
+            "tokenizers.eeg.EEGTokenizer",
+            "datamodules.fields.FieldDataModule",
+            "patch_len: data.patch_len",
+        ),
+        (
+            "astro_image",
+            "images",
+            "tokenizers.astro.GalaxyImageTokenizer",
+            "datamodules.images.ImageDataModule",
+            "bands: data.source.bands",
+        ),
+    ],
+)
+def test_a_model_config_reading_a_key_the_data_config_lacks_names_model_data_and_key(
+    make_cfg, tmp_path, experiment, data, model_class, data_class, reads
+):
+    message = refusal(make_cfg, tmp_path / "run", [f"experiment={experiment}", f"data={data}"])
+    setting, key = reads.split(": ")
+    assert message.startswith(
+        f"model config experiment={experiment}, model={experiment} ({model_class}) cannot train on data config "
+        f"data={data} "
+        f"({data_class}): model.tokenizer.{setting} reads ${{{key}}}, which this data config does not have"
+    ), message
+
+
+def test_an_experiments_data_setting_on_other_data_names_the_key_experiment_and_data(make_cfg, tmp_path):
+    """svqvae_paper sets data.crop for its image data; on fields data that key means nothing."""
+    message = refusal(make_cfg, tmp_path / "run", ["experiment=svqvae_paper", "data=fields"])
+    assert message.startswith(
+        "model config experiment=svqvae_paper, model=svqvae_paper (tokenizers.svqvae.SVQVAE) cannot train on data "
+        "config data=fields (datamodules.fields.FieldDataModule): data.crop is set"
+    ), message
+    assert "~data.crop" in message
+
+
 # ---- c, d. settings that train nothing --------------------------------------------------------------------------
 @pytest.mark.parametrize("setting", ["data.batch_size=0", "data.batch_size=-4", "data.eval_batch_size=0"])
 def test_a_batch_size_below_one_is_refused_by_its_key(make_cfg, tmp_path, setting):
