@@ -32,7 +32,7 @@ import lit_modules  # noqa: F401 - registers the ${auto_precision:} resolver
 from lit_modules.checkpoint_io import check_checkpoint
 from lit_modules.loggers import start_loggers
 from lit_modules.memory import keep_freed_memory
-from lit_modules.preflight import build_datamodule, check_model_fits_data, check_trainer_limits
+from lit_modules.preflight import build_datamodule, check_model_fits_data, check_trainer_limits, this_run
 from lit_modules.run_record import RunRecord, record_fit, record_progress, scalar_metrics
 from lit_modules.signals import SignalStop, slurm_plugins, slurm_resume_path
 
@@ -79,6 +79,9 @@ def _fit_and_test(cfg: DictConfig, record: dict, extra_callbacks: list) -> float
     # refusals that need nothing built: each names the config keys (and for a mismatch, model and data)
     check_model_fits_data(cfg)
     check_trainer_limits(cfg)
+    ckpt_path = cfg.ckpt_path if cfg.ckpt_path is not None else slurm_resume_path(last)
+    if ckpt_path is not None:
+        check_checkpoint(ckpt_path, cfg.model, this_run())
     print_config_tree(cfg, run_dir if rank_zero_only.rank == 0 else None)
     if cfg.keep_freed_memory and not keep_freed_memory():
         log.info("keep_freed_memory: this C library has no glibc mallopt; its allocator is left as it is")
@@ -94,9 +97,6 @@ def _fit_and_test(cfg: DictConfig, record: dict, extra_callbacks: list) -> float
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     exit_code, value = None, None
     try:
-        ckpt_path = cfg.ckpt_path if cfg.ckpt_path is not None else slurm_resume_path(last)
-        if ckpt_path is not None:
-            check_checkpoint(ckpt_path)
         with SignalStop(trainer) as stop:
             if stop.call(trainer.fit, module, datamodule=datamodule, ckpt_path=ckpt_path):
                 value = record_fit(record, trainer, last, cfg.optimized_metric)

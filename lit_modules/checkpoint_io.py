@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import OmegaConf
 
 from tokenizers.load import read_checkpoint
 
+TRANSFORMER_MODULE = "lit_modules.transformer_module.TransformerModule"
 # what a full disk or an exceeded quota looks like in an error's chain (torch.save raises a RuntimeError, "unexpected
 # pos", whose context is the OSError of the file write)
 DISK_FULL = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}
@@ -84,9 +87,34 @@ def _size(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def check_checkpoint(path: str) -> None:
-    """Refuse, before any work, a ckpt_path that cannot resume a run: missing, empty, corrupt, or no Lightning
-    training state (a state_dict alone, e.g. from encode.py or another tool)."""
+def held_model(hparams: Any) -> str | None:
+    """The class a model's hyper-parameters (a checkpoint's, or a run's model config) build: the tokenizer's
+    `_target_` (TokenizerModule), or TransformerModule; None for neither (another tool's checkpoint). Read as data:
+    nothing is imported."""
+    if not isinstance(hparams, dict):
+        return None
+    tokenizer = hparams.get("tokenizer")
+    if isinstance(tokenizer, dict) and isinstance(tokenizer.get("_target_"), str):
+        return tokenizer["_target_"]
+    return TRANSFORMER_MODULE if "transformer" in hparams else None
+
+
+def recorded_task(config: Path) -> str | None:
+    """The task_name (for a preset: the experiment's name) in a run's config_resolved.yaml (train.py writes it in
+    the run dir, beside checkpoints/); None where there is none. Read as plain YAML: nothing is resolved."""
+    try:
+        task = yaml.safe_load(config.read_text()).get("task_name")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return task if isinstance(task, str) else None
+
+
+def check_checkpoint(path: str, model: Any = None, run: str = "this run") -> None:
+    """Refuse, before any work, a ckpt_path that cannot resume a run: missing, empty, corrupt, no Lightning training
+    state (a state_dict alone, e.g. from encode.py or another tool), or, given the run's `model` config, the
+    weights of another model (an EEGTokenizer's checkpoint for a Phaedra run): its tokenizer class (or
+    TransformerModule) read from the checkpoint's hyper-parameters as data, nothing built. `run` names the run in the
+    message (train.py: "this run (experiment=…, model=…)")."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"ckpt_path={path} does not exist; nothing to resume from")
     ckpt = read_checkpoint(path, mmap=True)
@@ -95,4 +123,16 @@ def check_checkpoint(path: str) -> None:
         raise ValueError(
             f"ckpt_path={path} holds weights but no training state to resume ({', '.join(missing)} "
             f"missing): resume from a run's checkpoints/last.ckpt"
+        )
+    if model is None:
+        return
+    held = held_model(ckpt.get("hyper_parameters"))
+    built = held_model(OmegaConf.to_container(model, resolve=True) if OmegaConf.is_config(model) else model)
+    if held is not None and held != built:
+        config = Path(path).parent.parent / "config_resolved.yaml"
+        task = recorded_task(config)
+        trained_by = f" (written by a run with task_name={task}; its config: {config})" if task else ""
+        raise ValueError(
+            f"ckpt_path={path} holds a {held}{trained_by}, but {run} builds a {built}: none of its weights would "
+            f"load. Resume with the config that checkpoint was trained with, or leave ckpt_path unset to start afresh"
         )

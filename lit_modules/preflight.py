@@ -38,6 +38,12 @@ def model_side(cfg: DictConfig) -> str:
     return f"model config {named} ({target})" if named else f"model {target}"
 
 
+def this_run() -> str:
+    """'this run (experiment=phaedra, model=phaedra)', or 'this run' outside a Hydra app."""
+    named = chosen("experiment", "model")
+    return f"this run ({named})" if named else "this run"
+
+
 def data_side(cfg: DictConfig) -> str:
     """'data config data=fields (datamodules.fields.FieldDataModule)', or 'data datamodules.fields.FieldDataModule'
     outside a Hydra app: the data config and the datamodule it builds."""

@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from lit_modules.checkpoint_io import AtomicCheckpointIO
+from lit_modules.checkpoint_io import AtomicCheckpointIO, check_checkpoint
 from lit_modules.schedulers import WarmupCosine
 from tests.helpers import ROOT
 from train import train
@@ -84,6 +84,35 @@ def test_an_experiments_data_setting_on_other_data_names_the_key_experiment_and_
         "config data=fields (datamodules.fields.FieldDataModule): data.crop is set"
     ), message
     assert "~data.crop" in message
+
+
+# ---- b. resuming from another model's checkpoint ----------------------------------------------------------------
+def save_training_checkpoint(path: Path, hyper_parameters: dict) -> Path:
+    """A checkpoint with the keys a resume reads (training state, hyper-parameters), no weights."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"state_dict": {}, "loops": {}, "optimizer_states": [], "global_step": 6}
+    torch.save({**state, "hyper_parameters": hyper_parameters}, path)
+    return path
+
+
+def test_resuming_from_another_models_checkpoint_names_both_classes_and_the_run(make_cfg, tmp_path):
+    eeg = save_training_checkpoint(
+        tmp_path / "eeg_run" / "checkpoints" / "last.ckpt",
+        {"tokenizer": {"_target_": "tokenizers.eeg.EEGTokenizer", "patch_len": 32}, "optimizer": {}},
+    )
+    (tmp_path / "eeg_run" / "config_resolved.yaml").write_text("task_name: eeg\nseed: 0\n")
+    message = refusal(make_cfg, tmp_path / "run", ["experiment=phaedra", f"ckpt_path={eeg}"])
+    assert message.startswith(
+        f"ckpt_path={eeg} holds a tokenizers.eeg.EEGTokenizer (written by a run with task_name=eeg; its config: "
+        f"{tmp_path / 'eeg_run' / 'config_resolved.yaml'}), but this run (experiment=phaedra, model=phaedra) builds a "
+        f"tokenizers.phaedra.PhaedraTokenizer"
+    ), message
+
+    phaedra = make_cfg(["experiment=phaedra"]).model
+    check_checkpoint(str(eeg), make_cfg(["experiment=eeg"]).model)  # the model it holds: accepted
+    transformer = save_training_checkpoint(tmp_path / "t.ckpt", {"transformer": {"d_model": 8}})
+    with pytest.raises(ValueError, match=r"t.ckpt holds a lit_modules.transformer_module.TransformerModule, but this"):
+        check_checkpoint(str(transformer), phaedra)
 
 
 # ---- c, d. settings that train nothing --------------------------------------------------------------------------
