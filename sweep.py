@@ -534,7 +534,10 @@ def fail_stale_trials(study) -> None:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker")
         if worker_is_gone(worker):
-            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)  # it may have just finished
+            try:
+                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            except optuna.exceptions.UpdateFinishedTrialError:  # another worker starting now failed it first
+                continue
             log.warning(
                 "trial %d was left running by %s, which has exited: marked failed",
                 trial.number,
