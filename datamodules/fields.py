@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.adapters import BatchAdapter, FieldAdapter
 from datamodules.common import EpochShuffleSampler, SplitDataModule, split_indices
 from datamodules.sources import FieldArrays, describe_arrays, same_frames
-from lit_modules.adapters import BatchAdapter, FieldAdapter
 from tokenizers.base import DataMetadata
 
 log = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.adapters import BatchAdapter, GalaxyImageAdapter
 from datamodules.common import EpochShuffleSampler, SplitDataModule, file_stamp, find_files, split_indices
 from datamodules.galaxy_sim import CATALOG_COLUMNS, LSST_BANDS, default_workers, simulate
-from lit_modules.adapters import BatchAdapter, GalaxyImageAdapter
 from tokenizers.astro import ellipse_weights, robust_arcsinh
 from tokenizers.base import DataMetadata
 from tokenizers.load import UNREADABLE

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.adapters import BatchAdapter, ImageAdapter
 from datamodules.common import EpochSampler, SplitDataModule, find_files
-from lit_modules.adapters import BatchAdapter, ImageAdapter
 from tokenizers.base import DataMetadata
 
 log = logging.getLogger(__name__)

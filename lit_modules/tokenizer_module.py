@@ -2,7 +2,7 @@
 
 What is specific lives elsewhere: the tokenizer (an nn.Module following tokenizers.base.Tokenizer, built from
 `tokenizer`), its loss (an nn.Module built from `loss`, lit_modules/losses.py) and the data's batch adapter
-(lit_modules/adapters.py, chosen by the data config and taken from the datamodule). Hyperparameters are plain
+(datamodules/adapters.py, chosen by the data config and taken from the datamodule). Hyperparameters are plain
 containers only, so checkpoints load with torch's `weights_only=True`.
 """
 
@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils import flop_counter as flop_counter_formulas
 from torch.utils.flop_counter import FlopCounterMode
 
-from lit_modules.adapters import BatchAdapter, ModelInput
+from datamodules.adapters import BatchAdapter, ModelInput
 from lit_modules.common import STAGES, SciTokModule, describe, grouped_values, plain
 from lit_modules.losses import LossOutput
 from lit_modules.metrics import CodebookUsage
@@ -108,7 +108,7 @@ class TokenizerModule(SciTokModule):
         if not isinstance(getattr(datamodule, "adapter", None), BatchAdapter):
             raise TypeError(
                 f"TokenizerModule trains from a datamodule with a batch `adapter` "
-                f"(lit_modules/adapters.py); got {describe(datamodule)}"
+                f"(datamodules/adapters.py); got {describe(datamodule)}"
             )
         self.adapter, self.metadata = datamodule.adapter, datamodule.metadata
         example = self.check_data(datamodule)

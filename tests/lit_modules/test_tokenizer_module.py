@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lit_modules.adapters import FieldAdapter
+from datamodules.adapters import FieldAdapter
 from lit_modules.tokenizer_module import TokenizerModule
 
 TOKENIZER = {
@@ -100,7 +100,7 @@ def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_one_intact(tmp
 def test_counting_training_flops_changes_nothing_and_counts_the_convolutions():
     """The FLOP count runs on a copy with the RNG state restored (a resumed run must see the state an uninterrupted
     one does). Its count: 2·(multiply-adds) of every conv/matmul forward, about twice that backward."""
-    from lit_modules.adapters import ModelInput
+    from datamodules.adapters import ModelInput
 
     torch.manual_seed(0)
     module = TokenizerModule(TOKENIZER, OPTIM, SCHED)

@@ -1,6 +1,8 @@
-"""Batch adapters: how a data kind's batch becomes the tokenizer's input, condition and loss target, and which
-metrics judge the reconstruction. The *data* config chooses its adapter (`data.adapter._target_`), because the
-data decides its batch format; the generic TokenizerModule takes it from the datamodule.
+"""Batch adapters: how a data kind's batch becomes the tokenizer's input, condition and loss target, and how the
+reconstruction is handed to the metrics that judge it. The *data* config chooses its adapter
+(`data.adapter._target_`) and names its metric (`data.adapter.metric`, a `_partial_` torchmetrics class from
+lit_modules/metrics.py), because the data decides its batch format and what an error means; the generic
+TokenizerModule takes both from the datamodule. Data code never imports lit_modules: the config builds the metric.
 
 An adapter is stateless; TokenizerModule keeps the metric states (one `metric(groups)` per stage):
     kind                                       the data kind ("fields", "eeg", "images", "galaxy_images")
@@ -8,17 +10,18 @@ An adapter is stateless; TokenizerModule keeps the metric states (one `metric(gr
                                                kwargs; weight: the loss's per-value weights (or None)
     groups(metadata) -> [name]                 metric groups (variables, sampling rates); [] for one group
     group_of(batch) -> [B] or None             each sample's group id (also splits the codebook statistics)
-    metric(n_groups) -> GroupedSums            a fresh metric for one stage
+    metric(n_groups) -> metric                 a fresh metric for one stage (data.adapter.metric(groups=...))
     update(metric, recon, batch, group) -> {"input", "recon"}   accumulate; returns the media panel's tensors
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from lit_modules.metrics import FieldErrors, GroupedSums, ImageErrors, SignalErrors
 from tokenizers.base import DataMetadata
 
 Batch = dict[str, torch.Tensor]
@@ -36,10 +39,15 @@ class ModelInput:
 
 
 class BatchAdapter:
+    """metric: builds one stage's metric from `groups=` (data.adapter.metric: `_partial_` lit_modules.metrics class);
+    None for an adapter that only unpacks batches (encoding, tests of data code)."""
+
     kind: str
-    metric_cls: type[GroupedSums]
     group_key: str | None = None  # the batch key that holds each sample's group id
     progress_bar: tuple[str, ...] = ()  # metrics shown in the progress bar
+
+    def __init__(self, metric: Callable[..., Any] | None = None):
+        self.metric_factory = metric
 
     def unpack(self, batch: Batch) -> ModelInput:
         raise NotImplementedError
@@ -50,12 +58,15 @@ class BatchAdapter:
     def group_of(self, batch: Batch) -> torch.Tensor | None:
         return batch[self.group_key] if self.group_key is not None else None
 
-    def metric(self, n_groups: int) -> GroupedSums:
-        return self.metric_cls(groups=max(1, n_groups))
+    def metric(self, n_groups: int):
+        if self.metric_factory is None:
+            raise ValueError(
+                f"{type(self).__name__} has no metric: set data.adapter.metric (e.g. {{_target_: "
+                f"lit_modules.metrics.FieldErrors, _partial_: true}}) to train or evaluate on this data"
+            )
+        return self.metric_factory(groups=max(1, n_groups))
 
-    def update(
-        self, metric: GroupedSums, recon: torch.Tensor, batch: Batch, group: torch.Tensor | None
-    ) -> dict[str, torch.Tensor]:
+    def update(self, metric, recon: torch.Tensor, batch: Batch, group: torch.Tensor | None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -66,7 +77,7 @@ class FieldAdapter(BatchAdapter):
     """2-D physical fields (Phaedra's batch dict, datamodules/fields.py): the loss compares with the normalized
     field; metrics are in physical units, per variable."""
 
-    kind, metric_cls, group_key, progress_bar = "fields", FieldErrors, "variable_id", ("psnr", "nrmse")
+    kind, group_key, progress_bar = "fields", "variable_id", ("psnr", "nrmse")
 
     def unpack(self, batch: Batch) -> ModelInput:
         mean, std = batch["field_variables_in_mean"], batch["field_variables_in_std"]
@@ -87,7 +98,7 @@ class SignalAdapter(BatchAdapter):
     """1-D patches (EEG, datamodules/eeg.py): {"x": [B, P] normalized, "sfreq": [B] Hz, "rate_id": [B]}; the
     sampling rate is the tokenizer's condition; metrics on the normalized signal, per rate when there are several."""
 
-    kind, metric_cls, group_key, progress_bar = "eeg", SignalErrors, "rate_id", ("pearson", "mse")
+    kind, group_key, progress_bar = "eeg", "rate_id", ("pearson", "mse")
 
     def unpack(self, batch: Batch) -> ModelInput:
         return ModelInput(batch["x"], {"sfreq": batch["sfreq"]}, batch["x"])
@@ -103,7 +114,7 @@ class SignalAdapter(BatchAdapter):
 class ImageAdapter(BatchAdapter):
     """Images in [0, 1] (datamodules/images.py): {"image": [B, C, H, W]}; PSNR/SSIM with data range 1."""
 
-    kind, metric_cls, progress_bar = "images", ImageErrors, ("psnr", "ssim")
+    kind, progress_bar = "images", ("psnr", "ssim")
 
     def unpack(self, batch: Batch) -> ModelInput:
         return ModelInput(batch["image"], {}, batch["image"])
@@ -120,7 +131,7 @@ class GalaxyImageAdapter(BatchAdapter):
     mask-weighted MSE; metrics (FieldErrors with σ = 1: the normalized image is already in units of its robust
     scale) on the normalized image, PSNR/SSIM with each sample's own range (max − min), as for physical fields."""
 
-    kind, metric_cls, progress_bar = "galaxy_images", FieldErrors, ("psnr", "nrmse")
+    kind, progress_bar = "galaxy_images", ("psnr", "nrmse")
 
     def unpack(self, batch: Batch) -> ModelInput:
         return ModelInput(batch["image"], {}, batch["image"], batch["weight"])
