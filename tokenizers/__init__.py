@@ -8,7 +8,7 @@ from tokenizers.astro import GalaxyImageTokenizer, ScalarQuantileTokenizer, Spec
 from tokenizers.base import DataMetadata, Tokenizer, TokenizerOutput, check_tokenizer
 from tokenizers.eeg import EEGTokenizer
 from tokenizers.fsq import FSQ
-from tokenizers.load import load_tokenizer
+from tokenizers.load import load_tokenizer, save_tokenizer
 from tokenizers.phaedra import PhaedraTokenizer
 from tokenizers.svqvae import SVQVAE
 
@@ -25,4 +25,5 @@ __all__ = [
     "TokenizerOutput",
     "check_tokenizer",
     "load_tokenizer",
+    "save_tokenizer",
 ]

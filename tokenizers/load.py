@@ -1,12 +1,16 @@
-"""Load a trained tokenizer from a SciTok checkpoint without Hydra or Lightning in the caller's code."""
+"""Save and load SciTok tokenizer checkpoints without Hydra or Lightning in the caller's code, and atomic_write, the
+one way every layer writes a file that others read."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import pickle
 import re
+import shutil
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,46 @@ import torch
 from torch import nn
 
 from tokenizers.base import DataMetadata, check_tokenizer
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, fsync: bool = False) -> Iterator[Path]:
+    """`with atomic_write(path) as tmp:` write a file or a folder at `tmp`; when the block ends without an error it
+    becomes `path` in one rename, so a reader finds the old `path` or the new one, never half of one.
+
+    tmp is `<folder of path>/.<name>.tmp-<pid>` (the same filesystem: os.replace is atomic there; a leftover of a
+    killed process with the same pid is removed first). The folder of `path` is created. fsync=True flushes the
+    file's bytes to disk before the rename (what a crash of the machine must not lose: checkpoints). On any error,
+    in the block or in the rename (also KeyboardInterrupt), the temporary is removed, `path` is left as it was and
+    the error propagates. A folder replaces only a missing or empty `path` (os.replace refuses a full one).
+    np.save appends ".npy" to a name without it: give it an open file (`open(tmp, "wb")`) or np.lib.format.open_memmap.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _remove(tmp)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        if fsync and tmp.is_file():
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    """Delete a temporary file or folder if it is there; a failure to (a read-only disk) never hides the error that
+    is being raised."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+
 
 # A file (checkpoint, store) is data: it may name only SciTok's own classes, never any other importable name
 # (`subprocess.run`, `os.system`), because people share checkpoints. An allowlist maps a package (or module) to the
@@ -136,6 +180,32 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path} is not a Lightning checkpoint of a SciTok run (no 'state_dict'; found {found})")
     return ckpt
+
+
+def save_tokenizer(tokenizer: nn.Module, spec: dict, metadata: DataMetadata | None, path: str | Path) -> Path:
+    """Write `tokenizer` as a checkpoint that load_tokenizer reads, in TokenizerModule's layout:
+    {"hyper_parameters": {"tokenizer": spec}, "state_dict": {"tokenizer.<k>": tensor}, "data": metadata.to_dict()}
+    ("data" left out for metadata None). `spec` is the plain config that builds it ({"_target_":
+    "tokenizers.astro.SpectrumTokenizer", **kwargs}); it must pass the allowlist that load_tokenizer applies and
+    name the tokenizer's own class, so that a file that would not load back is never written. Written atomically
+    (atomic_write); returns `path`."""
+    path = Path(path)
+    check_targets(spec, source=f"the spec of {path}")
+    cls = allowed_target(spec.get("_target_") if isinstance(spec, dict) else None, source=f"the spec of {path}")
+    if cls is not type(tokenizer):
+        raise ValueError(
+            f"save_tokenizer({path}): the spec builds {spec['_target_']}, but the tokenizer is a "
+            f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}: its weights would not load into it"
+        )
+    ckpt = {
+        "hyper_parameters": {"tokenizer": spec},
+        "state_dict": {f"tokenizer.{k}": v for k, v in tokenizer.state_dict().items()},
+    }
+    if metadata is not None:
+        ckpt["data"] = metadata.to_dict()
+    with atomic_write(path) as tmp:
+        torch.save(ckpt, tmp)
+    return path
 
 
 def load_tokenizer(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
