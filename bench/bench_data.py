@@ -48,28 +48,29 @@ def smooth_fields(rng: np.random.Generator, n: int) -> np.ndarray:
 def make_file(fmt: str, gb: float, folder: Path) -> Path:
     import h5py
 
+    from tokenizers.load import atomic_write
+
     n_snap = int(gb * 2**30 / SNAPSHOT)
     path = folder / f"fields_{gb:g}gb.{'hdf5' if fmt == 'hdf5' else 'npy'}"
     if path.exists():
         return path
     rng = np.random.default_rng(0)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if fmt == "hdf5":
-        n_traj = max(3, n_snap // (2 * N_T))
-        with h5py.File(tmp, "w") as f:
-            for name in ("u", "v"):
-                ds = f.create_dataset(
-                    f"t0_fields/{name}", shape=(n_traj, N_T, HW, HW), dtype="f4", chunks=(1, 1, HW, HW)
-                )
-                for traj in range(n_traj):
-                    ds[traj] = smooth_fields(rng, N_T)
-    else:
-        a = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_snap, HW, HW))
-        for start in range(0, n_snap, 1024):
-            a[start : start + 1024] = smooth_fields(rng, min(1024, n_snap - start))
-        a.flush()
-        del a
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        if fmt == "hdf5":
+            n_traj = max(3, n_snap // (2 * N_T))
+            with h5py.File(tmp, "w") as f:
+                for name in ("u", "v"):
+                    ds = f.create_dataset(
+                        f"t0_fields/{name}", shape=(n_traj, N_T, HW, HW), dtype="f4", chunks=(1, 1, HW, HW)
+                    )
+                    for traj in range(n_traj):
+                        ds[traj] = smooth_fields(rng, N_T)
+        else:
+            a = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_snap, HW, HW))
+            for start in range(0, n_snap, 1024):
+                a[start : start + 1024] = smooth_fields(rng, min(1024, n_snap - start))
+            a.flush()
+            del a
     return path
 
 

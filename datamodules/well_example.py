@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from datamodules import pde
+from tokenizers.load import atomic_write
 
 DATASET_NAME = "incompressible_flow"
 RHO, U0, P0 = 1.2, 5.0, 101325.0  # air density [kg/m³], velocity scale [m/s], ambient pressure [Pa]
@@ -56,8 +56,7 @@ def write_well_file(path: Path, vorticity: torch.Tensor, t: np.ndarray, viscosit
     velocity, pressure = flow_fields(vorticity)
     n_traj, n = vorticity.shape[0], vorticity.shape[-1]
     coords = np.linspace(0, 2 * math.pi, n, endpoint=False, dtype=np.float32)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_write(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs.update(
                 dataset_name=DATASET_NAME,
@@ -99,9 +98,6 @@ def write_well_file(path: Path, vorticity: torch.Tensor, t: np.ndarray, viscosit
                     chunks = (1, 1, n, n, *values.shape[4:]) if time_varying else None  # one snapshot per chunk
                     ds = g.create_dataset(name, data=values, chunks=chunks)
                     ds.attrs.update(dim_varying=[True, True], sample_varying=True, time_varying=time_varying)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_well_dataset(

@@ -3,7 +3,7 @@
 Lightning's TorchCheckpointIO writes through an fsspec transaction: a temporary file in $TMPDIR, then a move.
 Across filesystems (a run dir on network storage or a scratch disk) the move is a copy, which a full disk or a kill
 can cut short, leaving a truncated last.ckpt that will not load. Here the temporary file lies next to the
-checkpoint, is flushed to disk, and replaces it with os.replace (atomic within one filesystem); on any error it is
+checkpoint, is flushed to disk, and replaces it in one rename (tokenizers.load.atomic_write); on any error it is
 deleted and the previous checkpoint is left as it was. A full disk or quota ends the run with an OSError that says so
 (torch.save reports it as a RuntimeError, "unexpected pos", with the cause deep in its chain).
 """
@@ -11,7 +11,6 @@ deleted and the previous checkpoint is left as it was. A full disk or quota ends
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
-from tokenizers.load import read_checkpoint
+from tokenizers.load import atomic_write, read_checkpoint
 
 TRANSFORMER_MODULE = "lit_modules.transformer_module.TransformerModule"
 # what a full disk or an exceeded quota looks like in an error's chain (torch.save raises a RuntimeError, "unexpected
@@ -36,17 +35,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)  # object stores: Lightning's way
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        written = 0  # bytes of the partial file, for the message (atomic_write removes it)
         try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            with atomic_write(path, fsync=True) as tmp, open(tmp, "wb") as f:
+                try:
+                    torch.save(checkpoint, f)
+                except BaseException:
+                    written = f.tell()
+                    raise
         except BaseException as e:
-            written = tmp.stat().st_size if tmp.exists() else 0
-            tmp.unlink(missing_ok=True)
             full = disk_full(e)
             if full is not None:
                 last = path.parent / "last.ckpt"  # what a run resumes from (callbacks.last_checkpoint)

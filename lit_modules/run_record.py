@@ -5,7 +5,6 @@ the final val/test metrics. Grid summaries (`--multirun`, sweep.GridSummary) and
 from __future__ import annotations
 
 import json
-import os
 import signal
 import traceback
 from pathlib import Path
@@ -14,6 +13,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_modules.signals import EXIT_CODES
+from tokenizers.load import atomic_write
 
 RUN_RECORD = "run.json"
 STATUS = {EXIT_CODES[signal.SIGTERM]: "preempted", EXIT_CODES[signal.SIGINT]: "interrupted"}
@@ -41,11 +41,9 @@ class RunRecord:
 
 
 def write_run_record(run_dir: Path, record: dict) -> None:
-    """<run_dir>/run.json, written to a temporary name and renamed: a reader never sees half a record."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{RUN_RECORD}.tmp"
-    tmp.write_text(json.dumps(record, indent=1, default=str))
-    os.replace(tmp, run_dir / RUN_RECORD)
+    """<run_dir>/run.json, written atomically (atomic_write): a reader never sees half a record."""
+    with atomic_write(run_dir / RUN_RECORD) as tmp:
+        tmp.write_text(json.dumps(record, indent=1, default=str))
 
 
 def scalar_metrics(metrics: dict) -> dict[str, float]:
