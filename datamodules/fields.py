@@ -17,11 +17,8 @@ modification times, the split and the sample: a second run starts at once.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,9 +28,10 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.adapters import BatchAdapter, FieldAdapter
-from datamodules.common import EpochShuffleSampler, SplitDataModule, split_indices
+from datamodules.common import EpochShuffleSampler, SplitDataModule, cache_key, split_indices
 from datamodules.sources import FieldArrays, describe_arrays, same_frames
 from tokenizers.base import DataMetadata
+from tokenizers.load import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +177,7 @@ class FieldDataModule(SplitDataModule):
             "seed": self.seed,
             "version": 1,
         }
-        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        path = self.data_dir / "stats" / f"fields-{digest}.json"
+        path = self.data_dir / "stats" / f"fields-{cache_key(key)}.json"
         if path.is_file():
             try:
                 cached = json.loads(path.read_text())
@@ -202,14 +199,10 @@ class FieldDataModule(SplitDataModule):
                     if split == "train":
                         mean.append(m)
                         std.append(max(sd, 1e-12))
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"mean": mean, "std": std, "key": key}))
-            os.replace(tmp, path)
+            with atomic_write(path) as tmp:
+                tmp.write_text(json.dumps({"mean": mean, "std": std, "key": key}))
         except OSError as e:  # a read-only or full data dir: the cache only saves the next run this pass
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
             log.warning(
                 "field statistics computed in %.1f s but not cached: %s cannot be written (%s); the next run "
                 "computes them again (make paths.data_dir writable, or run once where it is)",
@@ -223,6 +216,31 @@ class FieldDataModule(SplitDataModule):
 
     def make_train_sampler(self) -> EpochShuffleSampler:
         return EpochShuffleSampler(len(self.splits["train"]), self.seed)
+
+    # ---- for encode.py: a split's samples, what each row is, and what they depend on ------------------------------
+    def use_statistics(self, metadata: DataMetadata) -> None:
+        """Normalize with a tokenizer's statistics (its training split's), which must describe these variables."""
+        if metadata.normalization != "standardize" or metadata.variables != self.variable_names:
+            raise ValueError(
+                f"the tokenizer was trained on variables {metadata.variables} ({metadata.normalization}); this data "
+                f"has {self.variable_names}: give the data it was trained on (data=..., data.source.path=...)"
+            )
+        for samples in self.splits.values():
+            samples.mean = torch.tensor(metadata.mean, dtype=torch.float64).float()
+            samples.std = torch.tensor(metadata.std, dtype=torch.float64).float()
+        self._stats = (list(metadata.mean), list(metadata.std))
+
+    def encode_set(self, split: str) -> tuple[FieldSamples, np.ndarray, dict]:
+        """(samples of `split` in their fixed order: variable, trajectory, time; index [N] of (dataset, variable,
+        trajectory, time) per row; what they depend on: files, variables and each dataset's trajectories)."""
+        samples = self.splits[split]
+        rows = samples.rows.numpy()
+        index = np.empty(len(rows), [("dataset", "i4"), ("variable", "i4"), ("trajectory", "i8"), ("time", "i4")])
+        index["dataset"], index["trajectory"], index["time"] = rows[:, 0], rows[:, 1], rows[:, 2]
+        index["variable"] = samples.variable_id(samples.rows).numpy()
+        trajectories = {a.name: sorted(set(rows[rows[:, 0] == k, 1].tolist())) for k, a in enumerate(samples.arrays)}
+        about = {**describe_arrays(samples.arrays), "variables": self.variable_names, "trajectories": trajectories}
+        return samples, index, about
 
     @property
     def metadata(self) -> DataMetadata:

@@ -13,10 +13,9 @@ outside), "row": [B] the object's row}. `datamodule.table` keeps every modality 
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,11 +27,18 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.adapters import BatchAdapter, GalaxyImageAdapter
-from datamodules.common import EpochShuffleSampler, SplitDataModule, file_stamp, find_files, split_indices
+from datamodules.common import (
+    EpochShuffleSampler,
+    SplitDataModule,
+    cache_key,
+    file_stamp,
+    find_files,
+    split_indices,
+)
 from datamodules.galaxy_sim import CATALOG_COLUMNS, LSST_BANDS, default_workers, simulate
 from tokenizers.astro import ellipse_weights, robust_arcsinh
 from tokenizers.base import DataMetadata
-from tokenizers.load import UNREADABLE
+from tokenizers.load import UNREADABLE, atomic_write
 
 log = logging.getLogger(__name__)
 ELLIPSE = ("x0", "y0", "a", "b", "theta")
@@ -111,11 +117,15 @@ class GalaxyTable:
         return self
 
 
-def rename_into_place(tmp: Path, path: Path, last_written: str) -> None:
-    """Publish the finished folder `tmp` as `path` in one rename. If another process got there first (the rename
-    fails on a non-empty target) and its folder is complete (has `last_written`), theirs is identical: keep it."""
+@contextlib.contextmanager
+def folder_written_once(path: Path, last_written: str) -> Iterator[Path]:
+    """atomic_write for a folder: yields the new empty temporary folder, published as `path` in one rename. If
+    another process got there first (the rename fails on a non-empty target) and its folder is complete (has
+    `last_written`), theirs is identical: it is kept and ours removed."""
     try:
-        os.rename(tmp, path)
+        with atomic_write(path) as tmp:
+            tmp.mkdir()
+            yield tmp
     except OSError:
         if not (path / last_written).is_file():
             raise
@@ -150,8 +160,7 @@ class EmbeddedGalaxies:
         self.workers = workers or default_workers()
 
     def cache_dir(self, data_dir: str | Path) -> Path:
-        digest = hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:10]
-        return Path(data_dir) / f"galaxies_{digest}"
+        return Path(data_dir) / f"galaxies_{cache_key(self.params)}"
 
     def prepare(self, data_dir: str | Path) -> Path:
         path = self.cache_dir(data_dir)
@@ -178,16 +187,10 @@ class EmbeddedGalaxies:
             p["seed"],
             self.workers,
         )
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
+        with folder_written_once(path, "meta.json") as tmp:
             for key, value in arrays.items():
                 np.save(tmp / f"{key}.npy", value)
             (tmp / "meta.json").write_text(json.dumps({**self.params, "catalog_columns": list(CATALOG_COLUMNS)}))
-            rename_into_place(tmp, path, "meta.json")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         log.info(
             "built the embedded galaxy set (%d objects) in %.0f s: %s",
             len(arrays["object_id"]),
@@ -229,8 +232,7 @@ def cached_galaxies(
     yields (file, columns) a few objects at a time; the images of every part must have the first part's shape.
     The folder is keyed by the files (paths, sizes, modification times) and the settings, and written under a
     temporary name, then renamed."""
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(data_dir) / "galaxies_user" / f"{kind}-{digest}"
+    path = Path(data_dir) / "galaxies_user" / f"{kind}-{cache_key(key)}"
     if (path / "columns.npz").is_file():
         try:
             with np.load(path / "columns.npz", allow_pickle=False) as f:
@@ -239,10 +241,7 @@ def cached_galaxies(
         except UNREADABLE as e:  # a cache: convert again
             log.warning("galaxy cache %s cannot be read (%s); converting the files again", path, e)
             shutil.rmtree(path, ignore_errors=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with folder_written_once(path, "columns.npz") as tmp:
         image, done, columns, first = None, 0, {}, None
         for f, part in parts():
             if image is None:
@@ -265,9 +264,6 @@ def cached_galaxies(
         image.flush()
         del image
         np.savez(tmp / "columns.npz", **{k: np.concatenate(v) for k, v in columns.items()})
-        rename_into_place(tmp, path, "columns.npz")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("converted %d %s galaxies into %s (images memory-mapped from there)", n, kind, path)
     return cached_galaxies(data_dir, kind, key, n, parts)
 

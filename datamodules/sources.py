@@ -9,8 +9,6 @@ The token pipelines (datamodules/tokens.py) read the same arrays a batch of snap
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -20,8 +18,8 @@ import numpy as np
 import torch
 
 from datamodules import pde, well
-from datamodules.common import file_stamp, find_files
-from tokenizers.load import UNREADABLE
+from datamodules.common import cache_key, file_stamp, find_files
+from tokenizers.load import UNREADABLE, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +52,9 @@ def validate(fs: FieldSet) -> FieldSet:
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:
-    """Write to a temporary name in the same folder, then rename: readers never see a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    """torch.save through atomic_write: readers never see a half file."""
+    with atomic_write(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class EmbeddedFields:
@@ -76,8 +69,7 @@ class EmbeddedFields:
         self.params = dict(resolution=resolution, n_traj=n_traj, n_frames=n_frames, seed=seed)
 
     def cache_path(self, data_dir: str | Path) -> Path:
-        digest = hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:10]
-        return Path(data_dir) / f"embedded_fields_{digest}.pt"
+        return Path(data_dir) / f"embedded_fields_{cache_key(self.params)}.pt"
 
     def generate(self) -> dict[str, torch.Tensor]:
         p = self.params

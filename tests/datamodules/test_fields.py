@@ -1,3 +1,4 @@
+import hashlib
 import re
 
 import h5py
@@ -5,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.common import EpochShuffleSampler, split_indices
+from datamodules.common import EpochShuffleSampler, cache_key, split_indices
 from datamodules.fields import FieldDataModule
 from datamodules.sources import EmbeddedFields, HDF5Fields, NpyFields
 
@@ -25,6 +26,14 @@ def test_embedded_cache_is_written_atomically_and_reused(embedded):
     stamp = (embedded.data_dir / files[0]).stat().st_mtime_ns
     embedded.source.prepare(embedded.data_dir)
     assert (embedded.data_dir / files[0]).stat().st_mtime_ns == stamp
+
+
+def test_cache_key_is_the_sha256_of_the_canonical_json():
+    obj = {"b": [1, 2.5, None], "a": "µ"}
+    canonical = '{"a":"µ","b":[1,2.5,null]}'
+    assert cache_key(obj) == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    assert cache_key({"a": "µ", "b": [1, 2.5, None]}, n=64) == hashlib.sha256(canonical.encode()).hexdigest()
+    assert cache_key(obj) != cache_key({**obj, "b": [1, 2.5]})
 
 
 def test_batch_dict_shapes_and_normalization(embedded):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.galaxies import EmbeddedGalaxies, GalaxyDataModule, GalaxyFits, GalaxyParquet
+from datamodules.galaxies import EmbeddedGalaxies, GalaxyDataModule, GalaxyFits, GalaxyParquet, folder_written_once
 from datamodules.galaxy_sim import CATALOG_COLUMNS, read_sdss_catalog
 from tokenizers.astro import robust_arcsinh
 
@@ -151,3 +151,17 @@ def test_users_cutouts_are_converted_once_and_read_memory_mapped(tmp_path, monke
     fits.PrimaryHDU(g.normal(size=(2, 16, 16)).astype(np.float32)).writeto(folder / "c5.fits")  # another size
     with pytest.raises(ValueError, match=r"c5.fits: images of shape \(2, 16, 16\), but .*c0.fits has \(2, 12, 12\)"):
         GalaxyFits(str(folder), bands=["g", "r"]).load(tmp_path / "data")
+
+
+def test_a_folder_another_process_completed_first_is_kept(tmp_path):
+    theirs = tmp_path / "galaxies_x"
+    theirs.mkdir()
+    (theirs / "meta.json").write_text("theirs")
+    with folder_written_once(theirs, "meta.json") as tmp:
+        (tmp / "meta.json").write_text("ours")
+    assert (theirs / "meta.json").read_text() == "theirs" and [p.name for p in tmp_path.iterdir()] == ["galaxies_x"]
+    (theirs / "meta.json").unlink()
+    (theirs / "half.npy").write_text("")  # not complete: not theirs to keep
+    with pytest.raises(OSError), folder_written_once(theirs, "meta.json") as tmp:
+        (tmp / "meta.json").write_text("ours")
+    assert [p.name for p in tmp_path.iterdir()] == ["galaxies_x"]
