@@ -10,7 +10,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from tokenizers.base import check_ids
+from tokenizers.base import check_ids, codebook_stats
 
 
 def ssim_shifted(pred: torch.Tensor, target: torch.Tensor, rng: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -167,8 +167,8 @@ class FieldErrors(GroupedSums):
 
 class CodebookUsage(Metric):
     """Histogram of token ids over the epoch, per group (e.g. per variable or sampling rate), and from it
-    (p = counts / Σcounts):  usage = 100·|{i: counts_i > 0}| / V,  entropy_bits = −Σ p log2 p,
-    perplexity = 2^entropy_bits. compute() uses the histogram summed over groups.
+    tokenizers.base.codebook_stats (p = counts / Σcounts):  usage = 100·|{i: counts_i > 0}| / V,
+    entropy_bits = −Σ p log2 p,  perplexity = 2^entropy_bits. compute() uses the histogram summed over groups.
     """
 
     full_state_update = False
@@ -187,23 +187,12 @@ class CodebookUsage(Metric):
         flat = (group.long()[:, None] * self.codebook_size + per_sample).flatten()
         self.counts += torch.bincount(flat, minlength=self.groups * self.codebook_size).view(self.groups, -1)
 
-    @staticmethod
-    def stats(counts: torch.Tensor) -> dict[str, torch.Tensor]:
-        counts = counts.double()
-        p = counts / counts.sum().clamp_min(1)
-        entropy = -(p[p > 0] * torch.log2(p[p > 0])).sum()
-        return {
-            "usage": 100 * (counts > 0).double().mean(),
-            "entropy_bits": entropy,
-            "perplexity": torch.exp2(entropy),
-        }
-
     def compute(self) -> dict[str, torch.Tensor]:
-        return self.stats(self.counts.sum(0))
+        return codebook_stats(self.counts.sum(0))
 
     def compute_groups(self) -> list[dict[str, torch.Tensor] | None]:
         with self.sync_context():
-            return [self.stats(c) if c.sum() > 0 else None for c in self.counts]
+            return [codebook_stats(c) if c.sum() > 0 else None for c in self.counts]
 
 
 EEG_BANDS_HZ = {

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from tokenizers.base import TokenizerOutput, check_ids, full_precision
+from tokenizers.base import TokenizerOutput, check_ids, codebook_stats, full_precision
 from tokenizers.blocks import ResBlock
 from tokenizers.kmeans import assign, fit_kmeans
 
@@ -215,19 +215,16 @@ class _PlainResBlock(nn.Module):
 
 # ---- codebook statistics ------------------------------------------------------------------------------
 def codebook_report(ids: torch.Tensor, size: int, sq_error: torch.Tensor | None = None) -> dict[str, float]:
-    """From token ids (any shape) of a codebook of `size`: used codes (count and %), entropy (bits), perplexity
-    2^H, perplexity / K, the share of the 10 most frequent codes (top10_mass), and the mean squared quantization
-    error per vector when `sq_error` (one value per id) is given."""
+    """From token ids (any shape) of a codebook of `size`: used codes (count), codebook_stats (usage %, entropy
+    bits, perplexity 2^H), perplexity / K, the share of the 10 most frequent codes (top10_mass), and the mean
+    squared quantization error per vector when `sq_error` (one value per id) is given."""
     counts = torch.bincount(ids.flatten().long(), minlength=size).double()
-    p = counts / counts.sum().clamp_min(1)
-    entropy = float(-(p[p > 0] * torch.log2(p[p > 0])).sum())
+    stats = {k: float(v) for k, v in codebook_stats(counts).items()}
     out = {
         "used_codes": float((counts > 0).sum()),
-        "usage": 100 * float((counts > 0).double().mean()),
-        "entropy_bits": entropy,
-        "perplexity": 2**entropy,
-        "perplexity_over_k": 2**entropy / size,
-        "top10_mass": float(p.topk(min(10, size)).values.sum()),
+        **stats,
+        "perplexity_over_k": stats["perplexity"] / size,
+        "top10_mass": float((counts / counts.sum().clamp_min(1)).topk(min(10, size)).values.sum()),
     }
     if sq_error is not None:
         out["quantization_mse"] = float(sq_error.double().mean())

@@ -93,6 +93,17 @@ def check_ids(ids: torch.Tensor, size: int, what: str) -> None:
         raise ValueError(f"{what} ids must lie in [0, {size}), got [{lo}, {hi}]")
 
 
+def codebook_stats(counts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Statistics of a codebook's use from its histogram `counts` [V] (how often each id occurred), with
+    p = counts / Σcounts:  usage = 100·|{i: counts_i > 0}| / V (%),  entropy_bits = −Σ_{p_i > 0} p_i log2 p_i,
+    perplexity = 2^entropy_bits (the number of equally used codes with that entropy). float64 scalars; all 0
+    for an empty histogram except perplexity (1)."""
+    counts = counts.double()
+    p = counts / counts.sum().clamp_min(1)
+    entropy = -(p[p > 0] * torch.log2(p[p > 0])).sum()
+    return {"usage": 100 * (counts > 0).double().mean(), "entropy_bits": entropy, "perplexity": torch.exp2(entropy)}
+
+
 def check_image_input(x: torch.Tensor, channels: int, multiple: int, name: str) -> None:
     """Raise ValueError unless x is [B, channels, H, W] with H and W divisible by `multiple`."""
     if x.ndim != 4 or x.shape[1] != channels:

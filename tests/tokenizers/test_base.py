@@ -1,9 +1,12 @@
 """The contract's pieces: the protocol check, nested builds for load_tokenizer, DataMetadata."""
 
+import math
+
 import pytest
+import torch
 
 from tokenizers import FSQ, DataMetadata, EEGTokenizer, Tokenizer, check_tokenizer
-from tokenizers.base import HasLastLayer
+from tokenizers.base import HasLastLayer, codebook_stats
 from tokenizers.load import build
 from tokenizers.svqvae import SVQVAE
 
@@ -48,3 +51,15 @@ def test_data_metadata_round_trips_and_refuses_statistics_that_do_not_match_the_
     assert all(isinstance(v, str | list) for v in meta.to_dict().values())  # plain: loads with weights_only=True
     with pytest.raises(ValueError, match="2 variables, 1 means"):
         DataMetadata(kind="fields", normalization="standardize", variables=["a/u", "a/v"], mean=[0.0], std=[1.0])
+
+
+def test_codebook_stats_equal_a_hand_computation():
+    # ids 0, 0, 1, 3 of a codebook of 8: p = (1/2, 1/4, 0, 1/4, 0, 0, 0, 0)
+    stats = codebook_stats(torch.tensor([2, 1, 0, 1, 0, 0, 0, 0]))
+    entropy = -(0.5 * math.log2(0.5) + 2 * 0.25 * math.log2(0.25))  # 1.5 bits
+    assert entropy == 1.5
+    assert float(stats["usage"]) == 100 * 3 / 8
+    assert float(stats["entropy_bits"]) == pytest.approx(entropy, abs=1e-12)
+    assert float(stats["perplexity"]) == pytest.approx(2**entropy, abs=1e-12)
+    empty = codebook_stats(torch.zeros(4, dtype=torch.long))
+    assert [float(empty[k]) for k in ("usage", "entropy_bits", "perplexity")] == [0.0, 0.0, 1.0]
