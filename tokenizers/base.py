@@ -115,21 +115,32 @@ def check_image_input(x: torch.Tensor, channels: int, multiple: int, name: str) 
         )
 
 
+# every normalization a DataMetadata may name (documented in its docstring; __post_init__ refuses any other)
+NORMALIZATIONS = ("standardize", "robust", "ems", "unit_range", "robust_arcsinh", "none")
+
+
 @dataclass(frozen=True)
 class DataMetadata:
     """What a tokenizer's inputs were in training: one schema for every data kind, saved in every checkpoint
     (as a plain dict under "data") and returned by `load_tokenizer` as `tokenizer.metadata`.
 
-    kind:          the data kind, i.e. its batch adapter: "fields", "eeg", "images" or "galaxy_images"
-    normalization: how a sample was normalized before the tokenizer saw it:
+    kind:          the data kind. For a TokenizerModule it is its batch adapter's (datamodules/adapters.py):
+                   "fields", "eeg", "images" or "galaxy_images"; the tokenizers encode.py fits for galaxies write
+                   "galaxy_catalog" (catalog scalars, ScalarQuantileTokenizer) and "galaxy_spectra"
+                   (SpectrumTokenizer)
+    normalization: how a sample was normalized before the tokenizer saw it, one of NORMALIZATIONS:
                    "standardize"  x' = (x − mean[v]) / std[v] with the train split's statistics of variable v
-                   "robust"       per channel and recording: (x − median) / (1.4826·MAD)  (no global statistics)
+                   "robust"       per channel and recording (EEG) or per spectrum (galaxy_spectra):
+                                  (x − median) / (1.4826·MAD)  (no global statistics)
                    "ems"          per channel and recording: exponential moving standardization
                    "unit_range"   values scaled to [0, 1] (8/16-bit images by their dtype, float images min–max)
                    "robust_arcsinh"  per object and band: asinh((x − median) / (3·MAD + 1e-6)) over the valid
                                   pixels (tokenizers.astro.robust_arcsinh; no global statistics)
+                   "none"         the values as they are (galaxy_catalog: the tokenizer's quantile bins are fitted
+                                  on the raw columns)
     variables:     names of the variables a sample can be (fields: "<dataset>/<variable>"; images: colour
-                   channels; EEG: [] since every channel is tokenized alike)
+                   channels; galaxy images: bands; galaxy_catalog: catalog columns; galaxy_spectra: ["flux"];
+                   EEG: [] since every channel is tokenized alike)
     mean, std:     per variable, aligned with `variables`, for "standardize"; [] otherwise
     rates:         sampling rates in Hz that training saw (EEG); [] otherwise
     """
@@ -142,6 +153,11 @@ class DataMetadata:
     rates: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"DataMetadata: normalization {self.normalization!r} is not one of the documented "
+                f"{', '.join(map(repr, NORMALIZATIONS))} (tokenizers/base.py); add a new one there with its definition"
+            )
         if self.normalization == "standardize" and not (len(self.variables) == len(self.mean) == len(self.std)):
             raise ValueError(
                 f"DataMetadata: standardized data needs mean and std per variable, got "

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tokenizers import FSQ, DataMetadata, EEGTokenizer, Tokenizer, check_tokenizer
-from tokenizers.base import HasLastLayer, codebook_stats
+from tokenizers.base import NORMALIZATIONS, HasLastLayer, codebook_stats
 from tokenizers.load import build
 from tokenizers.svqvae import SVQVAE
 
@@ -63,3 +63,13 @@ def test_codebook_stats_equal_a_hand_computation():
     assert float(stats["perplexity"]) == pytest.approx(2**entropy, abs=1e-12)
     empty = codebook_stats(torch.zeros(4, dtype=torch.long))
     assert [float(empty[k]) for k in ("usage", "entropy_bits", "perplexity")] == [0.0, 0.0, 1.0]
+
+
+def test_data_metadata_refuses_an_undocumented_normalization():
+    with pytest.raises(ValueError, match=r"normalization 'zscore' is not one of the documented 'standardize'.*'none'"):
+        DataMetadata(kind="fields", normalization="zscore")
+    for name in NORMALIZATIONS:  # each is defined in the schema's docstring, and accepted
+        assert f'"{name}"' in DataMetadata.__doc__
+        assert DataMetadata(kind="galaxy_catalog", normalization=name, variables=[], mean=[], std=[]).normalization
+    for kind in ("fields", "eeg", "images", "galaxy_images", "galaxy_catalog", "galaxy_spectra"):
+        assert f'"{kind}"' in DataMetadata.__doc__
