@@ -25,6 +25,7 @@ from lit_modules.common import STAGES, SciTokModule, describe, grouped_values, p
 from lit_modules.losses import LossOutput
 from lit_modules.metrics import CodebookUsage
 from tokenizers.base import DataMetadata, HasLastLayer, TokenizerOutput, check_tokenizer
+from tokenizers.load import put_metadata
 
 
 def flop_counter() -> FlopCounterMode:
@@ -255,5 +256,4 @@ class TokenizerModule(SciTokModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The data's metadata (DataMetadata as a plain dict) travels with the checkpoint, for load_tokenizer."""
-        if self.metadata is not None:
-            checkpoint["data"] = self.metadata.to_dict()
+        put_metadata(checkpoint, self.metadata)

@@ -182,6 +182,13 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return ckpt
 
 
+def put_metadata(checkpoint: dict, metadata: DataMetadata | None) -> None:
+    """Store `metadata` in `checkpoint` where load_tokenizer reads it: a plain dict under "data" (loads with
+    weights_only=True); nothing for None (a tokenizer trained without a datamodule)."""
+    if metadata is not None:
+        checkpoint["data"] = metadata.to_dict()
+
+
 def save_tokenizer(tokenizer: nn.Module, spec: dict, metadata: DataMetadata | None, path: str | Path) -> Path:
     """Write `tokenizer` as a checkpoint that load_tokenizer reads, in TokenizerModule's layout:
     {"hyper_parameters": {"tokenizer": spec}, "state_dict": {"tokenizer.<k>": tensor}, "data": metadata.to_dict()}
@@ -201,8 +208,7 @@ def save_tokenizer(tokenizer: nn.Module, spec: dict, metadata: DataMetadata | No
         "hyper_parameters": {"tokenizer": spec},
         "state_dict": {f"tokenizer.{k}": v for k, v in tokenizer.state_dict().items()},
     }
-    if metadata is not None:
-        ckpt["data"] = metadata.to_dict()
+    put_metadata(ckpt, metadata)
     with atomic_write(path) as tmp:
         torch.save(ckpt, tmp)
     return path
