@@ -1,12 +1,19 @@
-"""Encode a galaxy data set into token stores, one per split: `python encode.py image_ckpt=<astro_image ckpt>`.
+"""Tokens as files: `python encode.py ckpt=<tokenizer checkpoint>` writes a token store per split.
 
-For the data config's galaxies (default: the embedded set), this
-1. fits the catalog-scalar tokenizer (quantile bins) and the spectrum tokenizer (K-means) on the train split, or
-   reuses them: they are saved in out_dir as checkpoints named after the data fingerprint, loadable with
-   `tokenizers.load_tokenizer` like any other;
-2. encodes every requested split with those and the trained image tokenizer into
-   `<out_dir>/<split>-<key>.npz` (datamodules/token_store.py), the key made from the sha256 of each tokenizer
-   checkpoint and the data's fingerprint: a second run with the same tokenizers and data reuses the stores.
+The checkpoint says which tokenizer it holds and the data kind it was trained on. The data are those of the
+checkpoint's training run (its `config_resolved.yaml`, read as data: only SciTok's own classes may be named) unless
+`data=<config>` is given; `splits=[train,val,test]`, `out_dir=` (default: `<checkpoint folder>/<checkpoint
+name>-tokens/`), and the `paths` and `trainer` groups of train.py (`trainer=ddp_cpu` encodes in 2 processes).
+
+- Fields, EEG (any tokenizer whose data kind is "fields" or "eeg"): every sample of each split through
+  `tokenizer.encode` in Lightning's predict loop (lit_modules/encoding.py) into `<out_dir>/<split>/`
+  (datamodules/token_store.py: `<stream>.npy` memory-mapped, `index.npy`, `meta.json`). The samples are normalized
+  with the checkpoint's statistics. A store whose key (checkpoint sha256, data, split) matches is reused.
+- Galaxies (an `astro_image` checkpoint): fits the catalog-scalar tokenizer (quantile bins) and the spectrum
+  tokenizer (K-means) on the train split, or reuses them (checkpoints in out_dir named after the data fingerprint,
+  loadable with `tokenizers.load_tokenizer`), and encodes every split with the three into
+  `<out_dir>/<split>-<key>.npz` (TokenStore; out_dir by default `<paths.data_dir>/tokens`), read by
+  `experiment=astro_transformer`.
 Stores and tokenizers are written atomically. Runs on the GPU when there is one.
 """
 
@@ -14,34 +21,31 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from datamodules.common import SplitDataModule, cache_key
 from datamodules.galaxies import GalaxyDataModule
-from datamodules.sources import atomic_torch_save
-from datamodules.token_store import TokenStore, arrays_fingerprint, file_sha256
-from tokenizers import load_tokenizer
+from datamodules.token_store import SplitStore, SplitStoreWriter, TokenStore, arrays_fingerprint, file_sha256
+from lit_modules.encoding import EncodeData, EncodeModule, ShardWriter, merge_shards, shard_folder
+from tokenizers import load_tokenizer, save_tokenizer
 from tokenizers.astro import GalaxyImageTokenizer, ScalarQuantileTokenizer, SpectrumTokenizer
 from tokenizers.base import DataMetadata
+from tokenizers.load import check_targets
 
 log = logging.getLogger("scitok.encode")
 
-
-def save_tokenizer(tokenizer: torch.nn.Module, spec: dict, metadata: DataMetadata, path: Path) -> Path:
-    """A checkpoint in TokenizerModule's layout (hyper_parameters.tokenizer, state_dict 'tokenizer.*', data), so
-    load_tokenizer reads it; written under a temporary name and renamed."""
-    ckpt = {
-        "hyper_parameters": {"tokenizer": spec},
-        "state_dict": {f"tokenizer.{k}": v for k, v in tokenizer.state_dict().items()},
-        "data": metadata.to_dict(),
-    }
-    atomic_torch_save(ckpt, path)
-    return path
+# What a data config read from a file may name: SciTok's datamodules, sources and adapters, and its metrics.
+DATA_TARGETS = {
+    "datamodules": lambda obj: isinstance(obj, type),
+    "lit_modules.metrics": lambda obj: isinstance(obj, type),
+}
 
 
 def fit_scalars(data: GalaxyDataModule, bins: int, out_dir: Path, fingerprint: str) -> Path | None:
@@ -134,33 +138,19 @@ def presence(table, rows: np.ndarray, tokens: dict[str, np.ndarray]) -> dict[str
     return present
 
 
-def encode(cfg: DictConfig) -> dict[str, Path]:
-    """Write (or find) the token store of every split in cfg.splits; returns split -> store path."""
+def encode_galaxies(cfg: DictConfig, image_ckpt: Path, image_tokenizer: GalaxyImageTokenizer, data) -> dict[str, Path]:
+    """Write (or find) the galaxy token store of every split in cfg.splits; returns split -> store path."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    image_ckpt = Path(cfg.image_ckpt)
-    if not image_ckpt.is_file():
-        raise FileNotFoundError(
-            f"image_ckpt={image_ckpt} does not exist (train one: python train.py experiment=astro_image)"
-        )
-    image_tokenizer = load_tokenizer(image_ckpt)
-    if not isinstance(image_tokenizer, GalaxyImageTokenizer):
-        raise ValueError(
-            f"image_ckpt={image_ckpt} holds a {type(image_tokenizer).__name__}; expected a "
-            f"GalaxyImageTokenizer (a checkpoint of experiment=astro_image)"
-        )
     if not image_tokenizer.fitted:
         raise ValueError(
-            f"image_ckpt={image_ckpt}: its GalaxyImageTokenizer has no fitted codebook (a checkpoint "
+            f"ckpt={image_ckpt}: its GalaxyImageTokenizer has no fitted codebook (a checkpoint "
             f"from before stage 2); use the run's checkpoints/last.ckpt"
         )
-    data: GalaxyDataModule = instantiate(cfg.data)
-    data.prepare_data()
-    data.setup("fit")
     table = data.table
     unknown = sorted(set(cfg.splits) - set(data.rows))
     if unknown:
         raise ValueError(f"splits: unknown {unknown}; choose from {sorted(data.rows)}")
-    out_dir = Path(cfg.out_dir)
+    out_dir = output_dir(cfg, image_ckpt, galaxies=True)
     fingerprint = arrays_fingerprint(
         table.object_id,
         table.image,
@@ -210,6 +200,124 @@ def encode(cfg: DictConfig) -> dict[str, Path]:
         log.info("wrote %s: %d objects, %s", path, n, {k: v.shape[1] for k, v in tokens.items()})
     (out_dir / "latest.json").write_text(json.dumps({k: str(v) for k, v in stores.items()}, indent=2))
     return stores
+
+
+def output_dir(cfg: DictConfig, ckpt: Path, galaxies: bool = False) -> Path:
+    """cfg.out_dir, or by default `<checkpoint folder>/<checkpoint name>-tokens/` (the tokens beside their
+    tokenizer); galaxies: `<paths.data_dir>/tokens/`, where experiment=astro_transformer looks for its stores."""
+    if cfg.get("out_dir"):
+        return Path(cfg.out_dir)
+    return Path(cfg.paths.data_dir) / "tokens" if galaxies else ckpt.parent / f"{ckpt.stem}-tokens"
+
+
+def training_data_config(ckpt: Path) -> dict:
+    """The data config of the run that wrote `ckpt` (its run dir's config_resolved.yaml, which train.py writes), as
+    plain data whose `_target_`s must be SciTok's own (a shared file must not run code)."""
+    resolved = ckpt.parent.parent / "config_resolved.yaml"
+    if not resolved.is_file():
+        raise FileNotFoundError(
+            f"ckpt={ckpt}: no {resolved} to take the training data from (a checkpoint outside its run dir); "
+            "name the data: data=<config> (e.g. data=fields_hdf5 data.source.path=/my/run.hdf5)"
+        )
+    data = OmegaConf.to_container(OmegaConf.load(resolved), resolve=False).get("data")
+    if not isinstance(data, dict):
+        raise ValueError(f"{resolved} has no data config; name the data: data=<config>")
+    check_targets(data, source=f"{resolved} (data)", allowed=DATA_TARGETS)
+    return data
+
+
+def build_data(cfg: DictConfig, ckpt: Path) -> SplitDataModule:
+    spec = cfg.data if cfg.get("data") is not None else training_data_config(ckpt)
+    datamodule = instantiate(spec)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def encode(cfg: DictConfig) -> dict[str, Path]:
+    """Write (or find) the token store of every split in cfg.splits for the tokenizer in cfg.ckpt; returns split ->
+    store path."""
+    ckpt = Path(cfg.ckpt)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"ckpt={ckpt} does not exist (train a tokenizer: python train.py experiment=phaedra)")
+    tokenizer = load_tokenizer(ckpt)
+    meta = tokenizer.metadata
+    if meta is None:
+        raise ValueError(f"ckpt={ckpt} holds no data metadata (written before DataMetadata): retrain it")
+    datamodule = build_data(cfg, ckpt)
+    kind = getattr(datamodule.adapter, "kind", None)
+    if kind != meta.kind:
+        raise ValueError(
+            f"ckpt={ckpt} holds a {type(tokenizer).__name__} trained on {meta.kind} data; the data config gives "
+            f"{kind} data ({type(datamodule).__name__}): give data=<a {meta.kind} data config>"
+        )
+    unknown = sorted(set(cfg.splits) - {"train", "val", "test"})
+    if unknown:
+        raise ValueError(f"splits: unknown {unknown}; choose from ['test', 'train', 'val']")
+    if isinstance(tokenizer, GalaxyImageTokenizer):
+        return encode_galaxies(cfg, ckpt, tokenizer, datamodule)
+    if not hasattr(datamodule, "encode_set"):
+        raise ValueError(f"encode.py cannot yet export {meta.kind} data ({type(datamodule).__name__})")
+    datamodule.use_statistics(meta)
+    out_dir, sha = output_dir(cfg, ckpt), file_sha256(ckpt)
+    stores = {}
+    for split in cfg.splits:
+        stores[split] = encode_split_store(cfg, ckpt, sha, tokenizer, datamodule, split, out_dir / split)
+    return stores
+
+
+def encode_split_store(
+    cfg: DictConfig, ckpt: Path, sha: str, tokenizer: torch.nn.Module, datamodule, split: str, path: Path
+) -> Path:
+    """One split's store at `path`: reused when its key matches, else encoded through trainer.predict (every rank
+    its share into a shard; rank 0 merges them into the store and renames it into place)."""
+    dataset, index, about = datamodule.encode_set(split)
+    key = cache_key({"tokenizer_sha256": sha, "data": about, "split": split, "metadata": tokenizer.metadata.to_dict()})
+    if (path / "meta.json").is_file():
+        try:
+            if SplitStore.open(path).meta.get("key") == key:
+                log.info("reusing the token store %s", path)
+                return path
+        except (OSError, ValueError) as e:  # a store is a cache of tokens: write it again
+            log.warning("token store %s cannot be read (%s); writing it again", path, e)
+    with torch.no_grad():  # each stream's token grid, from one sample
+        example = datamodule.adapter.unpack(dataset.__getitems__([0]))
+        grids = {s: tuple(ids.shape[1:]) for s, ids in tokenizer.encode(example.x, **example.cond).items()}
+    streams = dict(tokenizer.streams)
+    shards = shard_folder(path)
+    writer = ShardWriter(shards, len(dataset), streams, grids)
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[writer], enable_checkpointing=False)
+    try:
+        trainer.predict(
+            EncodeModule(tokenizer, datamodule.adapter),
+            datamodule=EncodeData(dataset, int(cfg.batch_size), int(cfg.num_workers)),
+            return_predictions=False,
+        )
+    except BaseException:  # the shards of an export that did not finish are never read: remove them
+        shutil.rmtree(shards, ignore_errors=True)
+        raise
+    trainer.strategy.barrier()
+    if trainer.global_rank == 0:
+        with SplitStoreWriter(path, len(dataset), streams, grids) as store:
+            merge_shards(store, shards, trainer.world_size)
+            store.commit(
+                index,
+                {
+                    "key": key,
+                    "kind": tokenizer.metadata.kind,
+                    "split": split,
+                    "streams": streams,
+                    "grid": {s: list(g) for s, g in grids.items()},
+                    "tokenizer": {"class": type(tokenizer).__name__, "checkpoint": str(ckpt.resolve()), "sha256": sha},
+                    "normalization": tokenizer.metadata.to_dict(),
+                    "data": about,
+                    "rows": len(dataset),
+                    "index_columns": list(index.dtype.names),
+                },
+            )
+        log.info("wrote %s: %d rows, streams %s of grid %s", path, len(dataset), streams, grids)
+    trainer.strategy.barrier()
+    return path
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="encode")

@@ -19,12 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tokenizers.load import UNREADABLE
+from tokenizers.load import UNREADABLE, atomic_write
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -67,17 +68,11 @@ class TokenStore:
     def save(self, path: str | Path) -> Path:
         """Write atomically: a temporary file in the same folder, renamed when complete."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         arrays = {"object_id": self.object_id, "meta": np.array(json.dumps(self.meta))}
         arrays.update({f"tokens/{k}": v for k, v in self.tokens.items()})
         arrays.update({f"present/{k}": v for k, v in self.present.items()})
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
         return path
 
     @classmethod
@@ -98,3 +93,115 @@ class TokenStore:
         tokens = {n.split("/", 1)[1]: v for n, v in arrays.items() if n.startswith("tokens/")}
         present = {n.split("/", 1)[1]: v for n, v in arrays.items() if n.startswith("present/")}
         return cls(arrays["object_id"], tokens, present, json.loads(str(arrays["meta"])))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Token stores of encode.py: one folder per split, readable with numpy alone.
+#
+#   <out_dir>/<split>/<stream>.npy   [N, *grid] ids, the smallest unsigned dtype that holds the stream's vocabulary
+#                    index.npy       [N] structured: what each row is (fields: dataset, variable, trajectory, time;
+#                                    EEG: recording, channel, rate, start; galaxies: object_id; images: image, tile)
+#                    meta.json       format, kind, streams {name: vocabulary}, grid per stream, the tokenizer
+#                                    checkpoint and its sha256, the split's members, the normalization (DataMetadata),
+#                                    the data description, the key that decides reuse
+# A split is written into `.<split>.tmp-<pid>/` and renamed when complete: a reader never sees half a store, and a
+# killed export leaves only a temporary folder that the next run removes.
+
+STORE_FORMAT = "scitok-token-store/1"
+
+
+def id_dtype(vocabulary: int) -> np.dtype:
+    """The smallest unsigned integer dtype holding ids 0 … vocabulary − 1."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if vocabulary <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    return np.dtype(np.uint64)
+
+
+@dataclass
+class SplitStore:
+    """One split of a token store, memory-mapped: tokens[stream] [N, *grid], index [N] (structured), meta."""
+
+    path: Path
+    tokens: dict[str, np.ndarray]
+    index: np.ndarray
+    meta: dict
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @classmethod
+    def open(cls, path: str | Path) -> SplitStore:
+        """Open `<out_dir>/<split>` (nothing is read but headers); errors name the folder and what is wrong."""
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{path} is not a token store (no meta.json): write it with python encode.py")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError as e:
+            raise ValueError(f"{meta_path} cannot be read ({e}); write the store again (python encode.py)") from e
+        if meta.get("format") != STORE_FORMAT:
+            raise ValueError(f"{path}: store format {meta.get('format')!r}, this SciTok reads {STORE_FORMAT!r}")
+        try:
+            index = np.load(path / "index.npy", mmap_mode="r", allow_pickle=False)
+            tokens = {s: np.load(path / f"{s}.npy", mmap_mode="r", allow_pickle=False) for s in meta["streams"]}
+        except UNREADABLE as e:
+            raise ValueError(
+                f"{path}: a file of the store cannot be read ({e}); write it again (python encode.py)"
+            ) from e
+        for s, ids in tokens.items():
+            if len(ids) != len(index):
+                raise ValueError(f"{path}/{s}.npy has {len(ids)} rows, index.npy {len(index)}: the store is damaged")
+        return cls(path, tokens, index, meta)
+
+
+class SplitStoreWriter:
+    """Writes one split: `rows(...)` fills token rows at their positions (memory-mapped: any size), `commit(meta)`
+    writes index and meta and renames the folder into place. Used as a context manager, an error removes the
+    temporary folder."""
+
+    def __init__(self, path: str | Path, n_rows: int, streams: dict[str, int], grids: dict[str, tuple[int, ...]]):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):  # a killed export's leftovers
+            shutil.rmtree(stale, ignore_errors=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.tmp.mkdir()
+        self.streams, self.n_rows = dict(streams), n_rows
+        self.tokens = {
+            s: np.lib.format.open_memmap(self.tmp / f"{s}.npy", "w+", id_dtype(v), (n_rows, *grids[s]))
+            for s, v in streams.items()
+        }
+        self.written = np.zeros(n_rows, bool)
+
+    def rows(self, positions: np.ndarray, tokens: dict[str, np.ndarray]) -> None:
+        """Rows `positions` [n] of every stream: tokens[stream] [n, *grid] (ids checked against the vocabulary)."""
+        for s, ids in tokens.items():
+            if ids.size and (ids.min() < 0 or ids.max() >= self.streams[s]):
+                raise ValueError(f"stream {s!r}: ids outside [0, {self.streams[s]}) ({ids.min()}…{ids.max()})")
+            self.tokens[s][positions] = ids
+        self.written[positions] = True
+
+    def commit(self, index: np.ndarray, meta: dict) -> Path:
+        if not self.written.all():
+            raise RuntimeError(f"{self.path}: {int((~self.written).sum())} of {self.n_rows} rows were never written")
+        for m in self.tokens.values():
+            m.flush()
+        np.save(self.tmp / "index.npy", index, allow_pickle=False)
+        (self.tmp / "meta.json").write_text(json.dumps({"format": STORE_FORMAT, **meta}, indent=1))
+        self.tokens = {}
+        if self.path.exists():  # an older store of this split (another checkpoint or data): replaced
+            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+            os.replace(self.path, old)
+            shutil.rmtree(old)
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def __enter__(self) -> SplitStoreWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.tmp.exists():
+            self.tokens = {}
+            shutil.rmtree(self.tmp, ignore_errors=True)

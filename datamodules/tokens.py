@@ -146,7 +146,7 @@ class GalaxyTokenDataModule(SplitDataModule):
         if not index.is_file():
             raise FileNotFoundError(
                 f"no token stores in {self.store_dir} ({index.name} is missing): run "
-                f"`python encode.py image_ckpt=<an experiment=astro_image checkpoint>` first, or "
+                f"`python encode.py ckpt=<an experiment=astro_image checkpoint>` first, or "
                 f"point data.store_dir at its out_dir"
             )
         paths = json.loads(index.read_text())

@@ -20,7 +20,9 @@ def encode_cfg(ckpt, out_dir, data_dir):
         return compose(
             config_name="encode",
             overrides=[
-                f"image_ckpt={ckpt}",
+                f"ckpt={ckpt}",
+                "data=galaxies",
+                f"paths.output_dir={out_dir}",
                 f"out_dir={out_dir}",
                 f"paths.data_dir={data_dir}",
                 *small,
@@ -88,10 +90,10 @@ def test_an_interrupted_export_leaves_no_store_that_is_read_later(experiment_run
 
 
 def test_export_errors_name_the_problem(experiment_run, tmp_path, data_dir):
-    with pytest.raises(FileNotFoundError, match="image_ckpt=.*nope.ckpt does not exist"):
+    with pytest.raises(FileNotFoundError, match="ckpt=.*nope.ckpt does not exist"):
         encode(encode_cfg(tmp_path / "nope.ckpt", tmp_path / "tokens", data_dir))
     other = next(e for e in ("phaedra", "eeg", "svqvae") if describe(e)["cpu"])  # another tokenizer's checkpoint
-    with pytest.raises(ValueError, match="expected a GalaxyImageTokenizer"):
+    with pytest.raises(ValueError, match=r"trained on \w+ data; the data config gives galaxy_images data"):
         encode(encode_cfg(experiment_run(other).last_ckpt, tmp_path / "tokens", data_dir))
     with pytest.raises(FileNotFoundError, match="encode.py writes it"):
         TokenStore.load(tmp_path / "missing.npz")

@@ -43,7 +43,7 @@ def test_astro_transformer_trains_and_logs_per_modality(make_cfg, tmp_path, stor
 
 def test_missing_stores_name_the_command_that_makes_them(make_cfg, tmp_path):
     cfg = make_cfg(["experiment=astro_transformer", "debug=fast", f"data.store_dir={tmp_path}", *SMALL])
-    with pytest.raises(FileNotFoundError, match=r"python encode.py image_ckpt="):
+    with pytest.raises(FileNotFoundError, match=r"python encode.py ckpt="):
         train(cfg)
 
 
