@@ -293,3 +293,23 @@ class ImageDataModule(SplitDataModule):
     def make_train_sampler(self) -> CropSampler:
         train = self.splits["train"]
         return CropSampler(train.sizes, self.crop, self.crops_per_image, self.seed)
+
+    # ---- for encode.py: a split's samples, what each row is, and what they depend on ------------------------------
+    def use_statistics(self, metadata: DataMetadata) -> None:
+        """Images are scaled to [0, 1] on their own: nothing to take from the tokenizer."""
+
+    def encode_set(self, split: str) -> tuple[GridCrops, np.ndarray, dict]:
+        """(the split's crops on a fixed grid: validation and test as evaluated, train the non-overlapping crops of
+        each image's training columns; index [N] of (image, top, left) per row; the images and the crop)."""
+        crops = self.splits[split]
+        if isinstance(crops, RandomCrops):
+            places = [
+                (i, top, left)
+                for i, (h, cut) in enumerate(crops.sizes.tolist())
+                for top, left in grid_places((h, cut), 0, self.crop)
+            ]
+            crops = GridCrops(crops.refs, torch.tensor(places), self.crop)
+        index = np.empty(len(crops.places), [("image", "i4"), ("top", "i4"), ("left", "i4")])
+        index["image"], index["top"], index["left"] = crops.places.numpy().T
+        about = {"images": [[r.origin, list(r.size)] for r in crops.refs], "crop": self.crop, "holdout": self.holdout}
+        return crops, index, about

@@ -1,6 +1,6 @@
-"""encode.py for field and EEG tokenizers: a token store per split (memory-mapped ids of the smallest dtype, an index of
-what each row is, meta.json), ids equal to load_tokenizer(ckpt).encode on the same inputs, reuse, atomic writes,
-two processes writing one store equal to one process's, and errors that name the problem."""
+"""encode.py for field, EEG and image tokenizers: a token store per split (memory-mapped ids of the smallest dtype,
+an index of what each row is, meta.json), ids equal to load_tokenizer(ckpt).encode on the same inputs, reuse, atomic
+writes, two processes writing one store equal to one process's, and errors that name the problem."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from encode import encode
 from tests.helpers import ROOT, describe
 from tokenizers import load_tokenizer
 
-EXPERIMENTS = [e for e in ("phaedra", "fsq", "eeg", "eeg_film") if describe(e)["cpu"]]
+EXPERIMENTS = [e for e in ("phaedra", "fsq", "eeg", "eeg_film", "svqvae") if describe(e)["cpu"]]
 
 
 def encode_cfg(ckpt, out_dir, data_dir, *overrides):
@@ -46,7 +46,7 @@ def expected_ids(tokenizer, datamodule, dataset) -> dict[str, torch.Tensor]:
 def test_every_split_is_a_store_of_the_tokenizers_ids(experiment, experiment_run, tmp_path, data_dir, caplog):
     run = experiment_run(experiment)
     # the embedded EEG's train split is ~10⁵ patches: its val and test splits show the same at a tenth of the time
-    splits = ["train", "val", "test"] if describe(experiment)["kind"] == "fields" else ["val", "test"]
+    splits = ["val", "test"] if describe(experiment)["kind"] == "eeg" else ["train", "val", "test"]
     cfg = encode_cfg(run.last_ckpt, tmp_path / "tokens", data_dir, f"splits=[{','.join(splits)}]")
     stores = encode(cfg)
     assert set(stores) == set(splits)
