@@ -53,6 +53,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_modules.run_record import RUN_RECORD
 from lit_modules.signals import EXIT_CODES
+from tokenizers.load import atomic_write
 
 ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("scitok.sweep")
@@ -101,8 +102,7 @@ def format_value(value) -> str:
 def write_table(path: Path, rows: list[dict], params: list[str], metrics: list[str]) -> None:
     """rows: {"name", "status", "params": {key: value}, "metrics": {name: float}, "run_dir", "error"} -> CSV,
     atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_write(path) as tmp, tmp.open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["name", "status", *params, *metrics, "run_dir", "error"])
         for r in rows:
@@ -116,7 +116,6 @@ def write_table(path: Path, rows: list[dict], params: list[str], metrics: list[s
                     r.get("error"),
                 ]
             )
-    tmp.replace(path)
 
 
 def print_table(title: str, rows: list[dict], params: list[str], metrics: list[str], width: int = 4) -> None:
@@ -184,10 +183,9 @@ def plot_metric(path: Path, rows: list[dict], params: list[str], metric: str) ->
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return True
 
 

@@ -189,17 +189,10 @@ def train_peak_rss(fmt: str, path: Path, data_dir: Path) -> dict:
         "logger=none",
         f"hydra.run.dir={data_dir}/run-{path.stem}-{fmt}",
     ]
-    # a fresh wrapper process whose only child is the run: its RUSAGE_CHILDREN peak is the run's
-    wrapper = (
-        "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)"
-    )
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, cwd=ROOT)
-    if out.returncode:
-        raise RuntimeError(out.stdout[-2000:] + out.stderr[-3000:])
-    peak_kb = int(out.stdout.strip().splitlines()[-1])
-    return {"train_peak_rss_mb": peak_kb / 1024, "train_wall_s": time.perf_counter() - t0}
+    from bench.report import peak_rss_of
+
+    peak_mb, wall = peak_rss_of(cmd, ROOT)
+    return {"train_peak_rss_mb": peak_mb, "train_wall_s": wall}
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from datamodules.images import BUNDLED, BundledImages  # noqa: E402
+from tokenizers.load import atomic_write  # noqa: E402
 from tokenizers.svqvae import SVQVAE  # noqa: E402
 
 # The smallest SVQVAE and run that reconstruct well: with fewer steps the error stays near the mean colour's, with
@@ -56,10 +57,8 @@ def train_svqvae_tiny(steps: int = 600, crop: int = 64, batch: int = 16) -> SVQV
 
 def save(path: Path, config: dict, model: torch.nn.Module) -> None:
     """Written to a temporary name and renamed, so an interrupted run leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"config": config, "state_dict": model.state_dict()}, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        torch.save({"config": config, "state_dict": model.state_dict()}, tmp)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
 

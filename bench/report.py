@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -31,3 +34,18 @@ def tokenizer_spec(model: str) -> DictConfig:
         base = OmegaConf.load(conf / f"{spec.defaults[0]}.yaml")
         spec = OmegaConf.merge(base, {k: v for k, v in spec.items() if k != "defaults"})
     return spec.tokenizer
+
+
+def peak_rss_of(cmd: list[str], cwd: str | Path) -> tuple[float, float]:
+    """(peak RSS in MB, wall seconds) of the command `cmd`, run in a fresh wrapper process whose only child it is:
+    the wrapper's RUSAGE_CHILDREN peak is the command's (a parent's own peak would pass on to a forked child).
+    Raises RuntimeError with the end of its output if it fails."""
+    wrapper = (
+        "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)"
+    )
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, cwd=cwd)
+    if out.returncode:
+        raise RuntimeError(out.stdout[-2000:] + out.stderr[-3000:])
+    return int(out.stdout.strip().splitlines()[-1]) / 1024, time.perf_counter() - t0

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules.common import cache_key
 from tokenizers.load import UNREADABLE, atomic_write
 
 
@@ -58,8 +59,7 @@ class TokenStore:
 
     @staticmethod
     def key(split: str, tokenizer_hashes: dict[str, str], data_fingerprint: str) -> str:
-        text = json.dumps({"split": split, "tokenizers": tokenizer_hashes, "data": data_fingerprint}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return cache_key({"split": split, "tokenizers": tokenizer_hashes, "data": data_fingerprint})
 
     @staticmethod
     def path(out_dir: str | Path, split: str, key: str) -> Path:
@@ -156,10 +156,45 @@ class SplitStore:
         return cls(path, tokens, index, meta)
 
 
+class NpyRows:
+    """A .npy file of shape [n_rows, *row] written a block of consecutive rows at a time with positioned writes
+    (os.pwrite), and read back the same way: the rows pass through the page cache, never through this process's
+    memory map, so a writer's resident memory stays that of one block whatever the file's size."""
+
+    def __init__(self, path: Path, dtype: np.dtype | None = None, shape: tuple[int, ...] = ()):
+        """dtype and shape given: create the file (its size set, rows zero until written); None: open it to read."""
+        self.path = path
+        if dtype is not None:
+            self.dtype, self.shape = np.dtype(dtype), tuple(shape)
+            header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+            with open(path, "wb") as f:
+                np.lib.format.write_array_header_1_0(f, header)
+                self.offset = f.tell()
+        else:
+            with open(path, "rb") as f:
+                np.lib.format.read_magic(f)
+                self.shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                self.offset, self.dtype = f.tell(), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.fd = os.open(path, os.O_RDWR if dtype is not None else os.O_RDONLY)
+        if dtype is not None:
+            os.ftruncate(self.fd, self.offset + self.shape[0] * self.row_bytes)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        os.pwrite(self.fd, np.ascontiguousarray(rows, self.dtype).tobytes(), self.offset + start * self.row_bytes)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        data = os.pread(self.fd, (stop - start) * self.row_bytes, self.offset + start * self.row_bytes)
+        return np.frombuffer(data, self.dtype).reshape(stop - start, *self.shape[1:])
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class SplitStoreWriter:
-    """Writes one split: `rows(...)` fills token rows at their positions (memory-mapped: any size), `commit(meta)`
-    writes index and meta and renames the folder into place. Used as a context manager, an error removes the
-    temporary folder."""
+    """Writes one split: `rows(start, tokens)` writes consecutive rows (positioned writes: any size, the memory of a
+    block), `commit(index, meta)` writes index and meta and renames the folder into place. Used as a context
+    manager, an error removes the temporary folder."""
 
     def __init__(self, path: str | Path, n_rows: int, streams: dict[str, int], grids: dict[str, tuple[int, ...]]):
         self.path = Path(path)
@@ -169,28 +204,24 @@ class SplitStoreWriter:
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self.tmp.mkdir()
         self.streams, self.n_rows = dict(streams), n_rows
-        self.tokens = {
-            s: np.lib.format.open_memmap(self.tmp / f"{s}.npy", "w+", id_dtype(v), (n_rows, *grids[s]))
-            for s, v in streams.items()
-        }
-        self.written = np.zeros(n_rows, bool)
+        self.files = {s: NpyRows(self.tmp / f"{s}.npy", id_dtype(v), (n_rows, *grids[s])) for s, v in streams.items()}
+        self.n_written = 0
 
-    def rows(self, positions: np.ndarray, tokens: dict[str, np.ndarray]) -> None:
-        """Rows `positions` [n] of every stream: tokens[stream] [n, *grid] (ids checked against the vocabulary)."""
+    def rows(self, start: int, tokens: dict[str, np.ndarray]) -> None:
+        """Rows start … start + n − 1 of every stream: tokens[stream] [n, *grid] (ids checked against the
+        vocabulary)."""
         for s, ids in tokens.items():
             if ids.size and (ids.min() < 0 or ids.max() >= self.streams[s]):
                 raise ValueError(f"stream {s!r}: ids outside [0, {self.streams[s]}) ({ids.min()}…{ids.max()})")
-            self.tokens[s][positions] = ids
-        self.written[positions] = True
+            self.files[s].write(start, ids)
+        self.n_written += len(next(iter(tokens.values())))
 
     def commit(self, index: np.ndarray, meta: dict) -> Path:
-        if not self.written.all():
-            raise RuntimeError(f"{self.path}: {int((~self.written).sum())} of {self.n_rows} rows were never written")
-        for m in self.tokens.values():
-            m.flush()
+        if self.n_written != self.n_rows:
+            raise RuntimeError(f"{self.path}: {self.n_written} of {self.n_rows} rows were written")
+        self.close()
         np.save(self.tmp / "index.npy", index, allow_pickle=False)
         (self.tmp / "meta.json").write_text(json.dumps({"format": STORE_FORMAT, **meta}, indent=1))
-        self.tokens = {}
         if self.path.exists():  # an older store of this split (another checkpoint or data): replaced
             old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
             os.replace(self.path, old)
@@ -201,7 +232,12 @@ class SplitStoreWriter:
     def __enter__(self) -> SplitStoreWriter:
         return self
 
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.files = {}
+
     def __exit__(self, *exc) -> None:
+        self.close()
         if self.tmp.exists():
-            self.tokens = {}
             shutil.rmtree(self.tmp, ignore_errors=True)

@@ -18,7 +18,6 @@ column is a stream of its own (its ids mean values of that column). L = the leng
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -33,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datamodules.common import EpochShuffleSampler, SplitDataModule, TensorBatches, split_indices
+from datamodules.common import EpochShuffleSampler, SplitDataModule, TensorBatches, cache_key, split_indices
 from datamodules.sources import FieldArrays, describe_arrays
 from datamodules.token_store import TokenStore, arrays_fingerprint, file_sha256
 from models.vocab import SPECIAL_TYPE, SPECIALS, Vocabulary
-from tokenizers.load import UNREADABLE
+from tokenizers.load import UNREADABLE, atomic_write
 
 log = logging.getLogger("scitok")
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,7 +253,7 @@ def tokenizer_checkpoint(
     args = [f"experiment={train_experiment}", f"seed={seed}", *train_overrides]
     if source:  # the transformer's data source replaces the experiment's, whatever its class
         args[2:2] = ["~data.source", f"+data.source={hydra_value(source)}"]
-    key = hashlib.sha256(json.dumps(args).encode()).hexdigest()[:10]
+    key = cache_key(args)
     run_dir = Path(data_dir) / "tokenizers" / f"{train_experiment}-{key}"
     done = run_dir / "tokenizer.json"
     if done.is_file():
@@ -285,9 +284,8 @@ def tokenizer_checkpoint(
             f"training the {expected} failed (exit code {result.returncode}); its run dir is {run_dir}. "
             f"Run the command above to see why, or give data.tokenizer_ckpt=<path>"
         )
-    tmp = done.with_name(f".{done.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"checkpoint": str(last.resolve()), "command": command}, indent=1))
-    os.replace(tmp, done)
+    with atomic_write(done) as tmp:
+        tmp.write_text(json.dumps({"checkpoint": str(last.resolve()), "command": command}, indent=1))
     return last.resolve()
 
 
@@ -491,7 +489,7 @@ class FieldFrames:
 
     def fingerprint(self) -> str:
         """What the frames are: the files (path, size, modification time) and the datasets' shapes and variables."""
-        return hashlib.sha1(json.dumps(describe_arrays(self.arrays), sort_keys=True).encode()).hexdigest()
+        return cache_key(describe_arrays(self.arrays), n=64)
 
 
 class Normalized:
@@ -745,7 +743,7 @@ class StoredPatches:
         """What the patches are: the store (its cache file is named by the source's files and the preprocessing;
         a store in memory by its values), the patch length and the starts."""
         store = self.store.path.name if self.store.path is not None else arrays_fingerprint(self.store.data())
-        return hashlib.sha1(f"{store}|{self.patch_len}|{arrays_fingerprint(self.starts.numpy())}".encode()).hexdigest()
+        return cache_key([str(store), self.patch_len, arrays_fingerprint(self.starts.numpy())], n=64)
 
 
 class EEGTokenDataModule(TokenizerSequences):

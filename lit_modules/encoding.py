@@ -2,8 +2,9 @@
 over GPUs and nodes, and memory stays that of a batch at any data size.
 
 Each rank encodes the samples rank, rank + world, … of the split (the datamodules' own sharding, no padding) and
-writes their ids into its shard, memory-mapped, in the store's folder; `merge_shards` (rank 0, after all ranks are
-done) copies the shards into the split's store a chunk at a time. One process is the case world = 1.
+writes their ids into its shard beside the store's folder; `merge_shards` (rank 0, after all ranks are done)
+interleaves the shards into the split's store a chunk at a time. One process is the case world = 1. Shards and store
+are written with positioned writes, not memory maps, so resident memory is a batch's at any size.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.adapters import BatchAdapter
 from datamodules.common import batch_is_ready
-from datamodules.token_store import SplitStoreWriter, id_dtype
+from datamodules.token_store import NpyRows, SplitStoreWriter, id_dtype
 
 
 class Rows(Dataset):
@@ -73,43 +74,55 @@ def shard_folder(store: Path) -> Path:
 
 
 class ShardWriter(BasePredictionWriter):
-    """Writes each predicted batch into this rank's memory-mapped shard: `<shards>/rank<r>-<stream>.npy`
-    [rows of this rank, *grid], row i of rank r being the split's row r + i·world."""
+    """Writes each predicted batch into this rank's shard: `<shards>/rank<r>-<stream>.npy` [rows of this rank,
+    *grid], row i of rank r being the split's row r + i·world. A rank's batches are consecutive rows of its shard,
+    written with positioned writes (token_store.NpyRows): the memory of a batch, any split size."""
 
     def __init__(self, shards: Path, n_rows: int, streams: dict[str, int], grids: dict[str, tuple[int, ...]]):
         super().__init__(write_interval="batch")
         self.shards, self.n_rows, self.streams, self.grids = shards, n_rows, streams, grids
-        self.arrays: dict[str, np.ndarray] = {}
+        self.files: dict[str, NpyRows] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.rank, self.world = trainer.global_rank, trainer.world_size
         n_local = len(range(self.rank, self.n_rows, self.world))
         self.shards.mkdir(parents=True, exist_ok=True)
-        self.arrays = {
-            s: np.lib.format.open_memmap(
-                self.shards / f"rank{self.rank}-{s}.npy", "w+", id_dtype(v), (n_local, *self.grids[s])
-            )
+        self.files = {
+            s: NpyRows(self.shards / f"rank{self.rank}-{s}.npy", id_dtype(v), (n_local, *self.grids[s]))
             for s, v in self.streams.items()
         }
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         local = ((prediction["row"] - self.rank) // self.world).cpu().numpy()
+        if len(local) > 1 and not (np.diff(local) == 1).all():
+            raise RuntimeError(f"rank {self.rank}: a batch of rows that do not follow each other ({local[:4]}…)")
         for s, ids in prediction["tokens"].items():
-            self.arrays[s][local] = ids.cpu().numpy()
+            self.files[s].write(int(local[0]), ids.cpu().numpy())
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for a in self.arrays.values():
-            a.flush()
-        self.arrays = {}
+        for f in self.files.values():
+            f.close()
+        self.files = {}
 
 
 def merge_shards(writer: SplitStoreWriter, shards: Path, world: int, chunk: int = 4096) -> None:
-    """Copy every rank's shard into the split's store, `chunk` rows at a time; then remove the shards."""
+    """Interleave every rank's shard into the split's store (row r + i·world from row i of rank r), `chunk` rows of
+    each rank at a time; then remove the shards."""
     n = writer.n_rows
-    for rank in range(world):
-        positions = np.arange(rank, n, world)
-        arrays = {s: np.load(shards / f"rank{rank}-{s}.npy", mmap_mode="r") for s in writer.streams}
-        for start in range(0, len(positions), chunk):
-            part = slice(start, start + chunk)
-            writer.rows(positions[part], {s: np.asarray(a[part]) for s, a in arrays.items()})
+    files = {(r, s): NpyRows(shards / f"rank{r}-{s}.npy") for r in range(world) for s in writer.streams}
+    for start in range(0, n, chunk * world):  # final rows start … stop − 1: rows start/world … of every rank
+        stop = min(n, start + chunk * world)
+        block = {}
+        for s in writer.streams:
+            out = None
+            for r in range(world):
+                rows = range(start + r, stop, world)
+                part = files[r, s].read(start // world, start // world + len(rows))
+                if out is None:
+                    out = np.empty((stop - start, *part.shape[1:]), part.dtype)
+                out[r::world] = part
+            block[s] = out
+        writer.rows(start, block)
+    for f in files.values():
+        f.close()
     shutil.rmtree(shards)
