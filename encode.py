@@ -37,7 +37,7 @@ from lit_modules.encoding import EncodeData, EncodeModule, ShardWriter, merge_sh
 from tokenizers import load_tokenizer, save_tokenizer
 from tokenizers.astro import GalaxyImageTokenizer, ScalarQuantileTokenizer, SpectrumTokenizer
 from tokenizers.base import DataMetadata
-from tokenizers.load import check_targets
+from tokenizers.load import atomic_write, check_targets
 
 log = logging.getLogger("scitok.encode")
 
@@ -141,15 +141,7 @@ def presence(table, rows: np.ndarray, tokens: dict[str, np.ndarray]) -> dict[str
 def encode_galaxies(cfg: DictConfig, image_ckpt: Path, image_tokenizer: GalaxyImageTokenizer, data) -> dict[str, Path]:
     """Write (or find) the galaxy token store of every split in cfg.splits; returns split -> store path."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if not image_tokenizer.fitted:
-        raise ValueError(
-            f"ckpt={image_ckpt}: its GalaxyImageTokenizer has no fitted codebook (a checkpoint "
-            f"from before stage 2); use the run's checkpoints/last.ckpt"
-        )
     table = data.table
-    unknown = sorted(set(cfg.splits) - set(data.rows))
-    if unknown:
-        raise ValueError(f"splits: unknown {unknown}; choose from {sorted(data.rows)}")
     out_dir = output_dir(cfg, image_ckpt, galaxies=True)
     fingerprint = arrays_fingerprint(
         table.object_id,
@@ -198,7 +190,8 @@ def encode_galaxies(cfg: DictConfig, image_ckpt: Path, image_tokenizer: GalaxyIm
         )
         stores[split] = store.save(path)
         log.info("wrote %s: %d objects, %s", path, n, {k: v.shape[1] for k, v in tokens.items()})
-    (out_dir / "latest.json").write_text(json.dumps({k: str(v) for k, v in stores.items()}, indent=2))
+    with atomic_write(out_dir / "latest.json") as tmp:
+        tmp.write_text(json.dumps({k: str(v) for k, v in stores.items()}, indent=2))
     return stores
 
 
@@ -226,9 +219,16 @@ def training_data_config(ckpt: Path) -> dict:
     return data
 
 
-def build_data(cfg: DictConfig, ckpt: Path) -> SplitDataModule:
+def build_data(cfg: DictConfig, ckpt: Path, tokenizer: torch.nn.Module) -> SplitDataModule:
+    """The data to encode, set up; data of another kind than the tokenizer's is refused before any is read."""
     spec = cfg.data if cfg.get("data") is not None else training_data_config(ckpt)
     datamodule = instantiate(spec)
+    kind, trained_on = getattr(datamodule.adapter, "kind", None), tokenizer.metadata.kind
+    if kind != trained_on:
+        raise ValueError(
+            f"ckpt={ckpt} holds a {type(tokenizer).__name__} trained on {trained_on} data; the data config gives "
+            f"{kind} data ({type(datamodule).__name__}): give data=<a {trained_on} data config>"
+        )
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule
@@ -244,16 +244,15 @@ def encode(cfg: DictConfig) -> dict[str, Path]:
     meta = tokenizer.metadata
     if meta is None:
         raise ValueError(f"ckpt={ckpt} holds no data metadata (written before DataMetadata): retrain it")
-    datamodule = build_data(cfg, ckpt)
-    kind = getattr(datamodule.adapter, "kind", None)
-    if kind != meta.kind:
-        raise ValueError(
-            f"ckpt={ckpt} holds a {type(tokenizer).__name__} trained on {meta.kind} data; the data config gives "
-            f"{kind} data ({type(datamodule).__name__}): give data=<a {meta.kind} data config>"
-        )
     unknown = sorted(set(cfg.splits) - {"train", "val", "test"})
     if unknown:
         raise ValueError(f"splits: unknown {unknown}; choose from ['test', 'train', 'val']")
+    if isinstance(tokenizer, GalaxyImageTokenizer) and not tokenizer.fitted:
+        raise ValueError(
+            f"ckpt={ckpt}: its GalaxyImageTokenizer has no fitted codebook (a checkpoint from before stage 2); use "
+            "the run's checkpoints/last.ckpt"
+        )
+    datamodule = build_data(cfg, ckpt, tokenizer)
     if isinstance(tokenizer, GalaxyImageTokenizer):
         return encode_galaxies(cfg, ckpt, tokenizer, datamodule)
     if not hasattr(datamodule, "encode_set"):
