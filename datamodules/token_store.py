@@ -16,6 +16,7 @@ file that is ever read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -193,15 +194,15 @@ class NpyRows:
 
 class SplitStoreWriter:
     """Writes one split: `rows(start, tokens)` writes consecutive rows (positioned writes: any size, the memory of a
-    block), `commit(index, meta)` writes index and meta and renames the folder into place. Used as a context
-    manager, an error removes the temporary folder."""
+    block), `commit(index, meta)` writes index and meta and renames the folder into place (atomic_write; an older
+    store of the split is replaced). Used as a context manager, an error removes the temporary folder."""
 
     def __init__(self, path: str | Path, n_rows: int, streams: dict[str, int], grids: dict[str, tuple[int, ...]]):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):  # a killed export's leftovers
+        for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):  # killed exports' leftovers (other pids)
             shutil.rmtree(stale, ignore_errors=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._rename = contextlib.ExitStack()
+        self.tmp = self._rename.enter_context(atomic_write(self.path))
         self.tmp.mkdir()
         self.streams, self.n_rows = dict(streams), n_rows
         self.files = {s: NpyRows(self.tmp / f"{s}.npy", id_dtype(v), (n_rows, *grids[s])) for s, v in streams.items()}
@@ -222,22 +223,21 @@ class SplitStoreWriter:
         self.close()
         np.save(self.tmp / "index.npy", index, allow_pickle=False)
         (self.tmp / "meta.json").write_text(json.dumps({"format": STORE_FORMAT, **meta}, indent=1))
-        if self.path.exists():  # an older store of this split (another checkpoint or data): replaced
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, old)
-            shutil.rmtree(old)
-        os.replace(self.tmp, self.path)
+        old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+        if self.path.exists():  # an older store of this split (another checkpoint or data): a folder is only
+            os.replace(self.path, old)  # renamed onto a missing one
+        self._rename.close()
+        shutil.rmtree(old, ignore_errors=True)
         return self.path
-
-    def __enter__(self) -> SplitStoreWriter:
-        return self
 
     def close(self) -> None:
         for f in self.files.values():
             f.close()
         self.files = {}
 
+    def __enter__(self) -> SplitStoreWriter:
+        return self
+
     def __exit__(self, *exc) -> None:
         self.close()
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        self._rename.__exit__(*exc)  # after commit: nothing left to do; else the temporary folder is removed
