@@ -375,7 +375,9 @@ class HDF5Fields:
         n_trajs = [d.n_traj for d in described]
         splits = None
         if "all" not in by_split:
-            bounds = np.cumsum([0, *(sum(d.n_traj for d in described if d.path in part) for part in by_split.values())])
+            # the files are the splits' one after the other: a split's trajectories lie between its files' bounds
+            first_file = np.cumsum([0, *(len(part) for part in by_split.values())])
+            bounds = np.cumsum([0, *n_trajs])[first_file]
             splits = {s: torch.arange(int(bounds[i]), int(bounds[i + 1])) for i, s in enumerate(by_split)}
             log.info(
                 "%s: splits from the dataset's folders, %s trajectories (data.split is not used)",
