@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.common import SplitDataModule, cache_key
 from datamodules.galaxies import GalaxyDataModule
 from datamodules.token_store import SplitStore, SplitStoreWriter, TokenStore, arrays_fingerprint, file_sha256
+from lit_modules.checkpoint_io import run_config
 from lit_modules.encoding import EncodeData, EncodeModule, ShardWriter, merge_shards, shard_folder
 from tokenizers import load_tokenizer, save_tokenizer
 from tokenizers.astro import GalaxyImageTokenizer, ScalarQuantileTokenizer, SpectrumTokenizer
@@ -206,7 +207,7 @@ def output_dir(cfg: DictConfig, ckpt: Path, galaxies: bool = False) -> Path:
 def training_data_config(ckpt: Path) -> dict:
     """The data config of the run that wrote `ckpt` (its run dir's config_resolved.yaml, which train.py writes), as
     plain data whose `_target_`s must be SciTok's own (a shared file must not run code)."""
-    resolved = ckpt.parent.parent / "config_resolved.yaml"
+    resolved = run_config(ckpt)
     if not resolved.is_file():
         raise FileNotFoundError(
             f"ckpt={ckpt}: no {resolved} to take the training data from (a checkpoint outside its run dir); "

@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 import lit_modules  # noqa: F401 - registers the ${auto_precision:} resolver
-from lit_modules.checkpoint_io import check_checkpoint
+from lit_modules.checkpoint_io import RUN_CONFIG, check_checkpoint
 from lit_modules.loggers import start_loggers
 from lit_modules.memory import keep_freed_memory
 from lit_modules.preflight import build_datamodule, check_model_fits_data, check_trainer_limits, this_run
@@ -52,7 +52,7 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
     rich.print(tree)
     if save_to is not None:
         save_to.mkdir(parents=True, exist_ok=True)
-        (save_to / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (save_to / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def _instantiate_all(group: DictConfig | None) -> list:

@@ -96,6 +96,15 @@ def held_model(hparams: Any) -> str | None:
     return TRANSFORMER_MODULE if "transformer" in hparams else None
 
 
+RUN_CONFIG = "config_resolved.yaml"  # train.py writes the resolved config of a run under this name in its run dir
+
+
+def run_config(ckpt: str | Path) -> Path:
+    """The resolved config of the run that wrote `ckpt` (<run dir>/checkpoints/<name>.ckpt -> <run dir>/RUN_CONFIG),
+    which may not exist (a checkpoint copied out of its run dir)."""
+    return Path(ckpt).parent.parent / RUN_CONFIG
+
+
 def recorded_task(config: Path) -> str | None:
     """The task_name (for a preset: the experiment's name) in a run's config_resolved.yaml (train.py writes it in
     the run dir, beside checkpoints/); None where there is none. Read as plain YAML: nothing is resolved."""
@@ -126,7 +135,7 @@ def check_checkpoint(path: str, model: Any = None, run: str = "this run") -> Non
     held = held_model(ckpt.get("hyper_parameters"))
     built = held_model(OmegaConf.to_container(model, resolve=True) if OmegaConf.is_config(model) else model)
     if held is not None and held != built:
-        config = Path(path).parent.parent / "config_resolved.yaml"
+        config = run_config(path)
         task = recorded_task(config)
         trained_by = f" (written by a run with task_name={task}; its config: {config})" if task else ""
         raise ValueError(
