@@ -220,10 +220,13 @@ def training_data_config(ckpt: Path) -> dict:
     return data
 
 
-def build_data(cfg: DictConfig, ckpt: Path, tokenizer: torch.nn.Module) -> SplitDataModule:
-    """The data to encode, set up; data of another kind than the tokenizer's is refused before any is read."""
-    spec = cfg.data if cfg.get("data") is not None else training_data_config(ckpt)
-    datamodule = instantiate(spec)
+def build_data(cfg: DictConfig, ckpt: Path, tokenizer: torch.nn.Module) -> tuple[SplitDataModule, dict]:
+    """The data to encode, set up, and its config as plain data (resolved: a store records it, so that the
+    transformer reads the true data of each row); data of another kind than the tokenizer's is refused before any is
+    read."""
+    given = cfg.get("data") is not None
+    spec = OmegaConf.to_container(cfg.data, resolve=True) if given else training_data_config(ckpt)
+    datamodule = instantiate(spec, _convert_="all")
     kind, trained_on = getattr(datamodule.adapter, "kind", None), tokenizer.metadata.kind
     if kind != trained_on:
         raise ValueError(
@@ -232,7 +235,7 @@ def build_data(cfg: DictConfig, ckpt: Path, tokenizer: torch.nn.Module) -> Split
         )
     datamodule.prepare_data()
     datamodule.setup("fit")
-    return datamodule
+    return datamodule, spec
 
 
 def encode(cfg: DictConfig) -> dict[str, Path]:
@@ -253,7 +256,7 @@ def encode(cfg: DictConfig) -> dict[str, Path]:
             f"ckpt={ckpt}: its GalaxyImageTokenizer has no fitted codebook (a checkpoint from before stage 2); use "
             "the run's checkpoints/last.ckpt"
         )
-    datamodule = build_data(cfg, ckpt, tokenizer)
+    datamodule, data_config = build_data(cfg, ckpt, tokenizer)
     if isinstance(tokenizer, GalaxyImageTokenizer):
         return encode_galaxies(cfg, ckpt, tokenizer, datamodule)
     if not hasattr(datamodule, "encode_set"):
@@ -262,12 +265,19 @@ def encode(cfg: DictConfig) -> dict[str, Path]:
     out_dir, sha = output_dir(cfg, ckpt), file_sha256(ckpt)
     stores = {}
     for split in cfg.splits:
-        stores[split] = encode_split_store(cfg, ckpt, sha, tokenizer, datamodule, split, out_dir / split)
+        stores[split] = encode_split_store(cfg, ckpt, sha, tokenizer, datamodule, data_config, split, out_dir / split)
     return stores
 
 
 def encode_split_store(
-    cfg: DictConfig, ckpt: Path, sha: str, tokenizer: torch.nn.Module, datamodule, split: str, path: Path
+    cfg: DictConfig,
+    ckpt: Path,
+    sha: str,
+    tokenizer: torch.nn.Module,
+    datamodule,
+    data_config: dict,
+    split: str,
+    path: Path,
 ) -> Path:
     """One split's store at `path`: reused when its key matches, else encoded through trainer.predict (every rank
     its share into a shard; rank 0 merges them into the store and renames it into place)."""
@@ -275,7 +285,8 @@ def encode_split_store(
     key = cache_key({"tokenizer_sha256": sha, "data": about, "split": split, "metadata": tokenizer.metadata.to_dict()})
     if (path / "meta.json").is_file():
         try:
-            if SplitStore.open(path).meta.get("key") == key:
+            meta = SplitStore.open(path).meta
+            if meta.get("key") == key and "data_config" in meta:  # older stores record no data config: write again
                 log.info("reusing the token store %s", path)
                 return path
         except (OSError, ValueError) as e:  # a store is a cache of tokens: write it again
@@ -311,6 +322,7 @@ def encode_split_store(
                     "tokenizer": {"class": type(tokenizer).__name__, "checkpoint": str(ckpt.resolve()), "sha256": sha},
                     "normalization": tokenizer.metadata.to_dict(),
                     "data": about,
+                    "data_config": data_config,
                     "rows": len(dataset),
                     "index_columns": list(index.dtype.names),
                 },

@@ -21,13 +21,15 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from datamodules.common import cache_key
-from tokenizers.load import UNREADABLE, atomic_write
+from tokenizers.load import UNREADABLE, atomic_write, check_targets
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -155,6 +157,88 @@ class SplitStore:
             if len(ids) != len(index):
                 raise ValueError(f"{path}/{s}.npy has {len(ids)} rows, index.npy {len(index)}: the store is damaged")
         return cls(path, tokens, index, meta)
+
+
+SPLITS = ("train", "val", "test")
+# What a data config recorded in a store may name to be built again: SciTok's datamodules, sources and adapters.
+STORED_DATA_TARGETS = {"datamodules": lambda obj: isinstance(obj, type)}
+
+
+def open_store(store: str | Path, kinds: dict[str, str], splits: Sequence[str] = SPLITS) -> dict[str, SplitStore]:
+    """The splits of the token store `store` (encode.py's out_dir: `<store>/<split>/`), made by a tokenizer of one of
+    `kinds` ({data kind: the experiment that trains such a tokenizer}). Refused, naming the store and what is wrong:
+    a missing split, a store of another kind (by its tokenizer's class and kind), splits made by different
+    checkpoints or with different streams."""
+    if store is None or str(store) in ("", "None"):
+        raise ValueError("data.store is not set: " + pipeline_hint(kinds))
+    store = Path(store).expanduser()
+    missing = [s for s in splits if not (store / s / "meta.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"data.store={store} has no token store of split(s) {missing}: " + pipeline_hint(kinds))
+    out = {s: SplitStore.open(store / s) for s in splits}
+    first = out[splits[0]].meta
+    for split, part in out.items():
+        meta = part.meta
+        if meta.get("kind") not in kinds:
+            raise ValueError(
+                f"{part.path}: a store of {meta.get('tokenizer', {}).get('class', '?')} tokens of {meta.get('kind')} "
+                f"data; this transformer reads the tokens of {' or '.join(kinds)} data (" + pipeline_hint(kinds) + ")"
+            )
+        for key in ("tokenizer", "streams", "kind"):
+            if meta.get(key) != first.get(key):
+                raise ValueError(
+                    f"{part.path} and {out[splits[0]].path} differ in {key} ({meta.get(key)} vs {first.get(key)}): "
+                    "the splits of one store come from one encode.py run"
+                )
+    return out
+
+
+def pipeline_hint(kinds: dict[str, str]) -> str:
+    experiment = next(iter(kinds.values()))
+    return (
+        f"make one with `python train.py experiment={experiment}`, then `python encode.py "
+        f"ckpt=outputs/{experiment}/<run>/checkpoints/last.ckpt`, and give its out_dir "
+        f"(default <run>/checkpoints/last-tokens) as data.store=<dir>"
+    )
+
+
+def store_tokenizer(meta: dict, where: str | Path) -> torch.nn.Module:
+    """The tokenizer a store was made with: its checkpoint as meta.json names it, refused if it is gone or is not the
+    file it was (sha256)."""
+    from tokenizers import load_tokenizer
+
+    about = meta["tokenizer"]
+    path = Path(about["checkpoint"])
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{where}: the tokenizer checkpoint {path} the store was made with is gone; its decoder and code vectors "
+            "are needed (encode again with the checkpoint you have)"
+        )
+    if file_sha256(path) != about["sha256"]:
+        raise ValueError(
+            f"{where}: the tokenizer checkpoint {path} changed since the store was written (sha256 differs): its ids "
+            "would be decoded by another model; encode again (python encode.py ckpt={path})"
+        )
+    return load_tokenizer(path)
+
+
+def stored_data(meta: dict, where: str | Path):
+    """The datamodule the store was encoded from (meta.json `data_config`, read as data: only SciTok's datamodules
+    may be named; the adapter's metric is not built), set up, with the tokenizer's statistics. Its `encode_set(split)`
+    gives the store's rows in order; refused if the data changed since (files, split members)."""
+    from hydra.utils import instantiate
+
+    spec = meta.get("data_config")
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: meta.json records no data config (a store older than this SciTok): encode again")
+    spec = json.loads(json.dumps(spec))  # a copy
+    if isinstance(spec.get("adapter"), dict):
+        spec["adapter"].pop("metric", None)
+    check_targets(spec, source=f"{where}/meta.json (data_config)", allowed=STORED_DATA_TARGETS)
+    datamodule = instantiate(spec, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
 
 
 class NpyRows:
