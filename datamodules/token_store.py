@@ -177,7 +177,7 @@ def open_store(store: str | Path, kinds: dict[str, str], splits: Sequence[str] =
         raise FileNotFoundError(f"data.store={store} has no token store of split(s) {missing}: " + pipeline_hint(kinds))
     out = {s: SplitStore.open(store / s) for s in splits}
     first = out[splits[0]].meta
-    for split, part in out.items():
+    for part in out.values():
         meta = part.meta
         if meta.get("kind") not in kinds:
             raise ValueError(
