@@ -34,6 +34,7 @@ MODULE_TARGETS = {
     "lit_modules.losses": is_module_class,
     "lit_modules.ademamix": is_optimizer_class,
     "lit_modules.schedulers": callable,
+    "lit_modules.forecast": lambda obj: isinstance(obj, type),
     "torch.optim": is_optimizer_class,
 }
 

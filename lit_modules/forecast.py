@@ -7,10 +7,12 @@ and, for fields, a second use of the same prediction:
     increment    present + decode(predicted future tokens) − decode(present tokens): the predicted change added to
                  the present field, so the tokenizer's error (nearly the same on two close frames) cancels
 
-A token datamodule (datamodules/tokens.py) builds one of these as its `evaluator`; TransformerModule keeps the
-metrics (`metrics()`, torchmetrics, synced across processes) per stage and calls `update(net, batch, metrics)` on
-evaluation batches. Logged as <stage>/<name>/<metric> and <stage>/<name>/<metric>/<group> for name in
-(forecast, persistence, tokenizer), with FieldErrors' and SignalErrors' definitions (lit_modules/metrics.py).
+TransformerModule builds one from `model.evaluator` (`{_target_: lit_modules.forecast.FieldForecast, pick: …}`) and
+the token datamodule's `evaluation_inputs()` (the tokenizer, layout and the true data of the store's val/test rows:
+datamodules/field_tokens.py, eeg_tokens.py); it keeps the metrics (`metrics()`, torchmetrics, synced across processes)
+per stage and calls `update(net, batch, metrics, stage)` on evaluation batches. Logged as <stage>/<name>/<metric>
+and <stage>/<name>/<metric>/<group> for name in (forecast, persistence, tokenizer), with
+FieldErrors' and SignalErrors' definitions (lit_modules/metrics.py).
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ class FieldForecast:
     pick: how a greedy step picks an id (Transformer.generate): "expected_code" (default; the id nearest the expected
     code vector — a field value is a quantity, and the mode of a broad distribution over 1024 amplitude levels is a
     noisy estimate of it) or "argmax"; a model without code vectors always takes the argmax.
-    frames: every frame in physical units, frames[i] -> [n, 1, H, W] for indices i [n] (a tensor, or
-    datamodules.tokens.FieldFrames, which reads them from the files); var_id: [N]; mean, std: [n_vars] (the
-    tokenizer's)."""
+    truth: {stage: the true fields of the stage's store rows in physical units, truth[rows] -> [n, 1, H, W]}
+    (datamodules.tokens.Truth reads them from the data files); the batch's "src", "dst" are rows of that store and
+    "variable" each pair's variable id; mean, std: [n_vars] (the tokenizer's); groups: the variable names."""
 
     def __init__(
         self,
@@ -44,17 +46,16 @@ class FieldForecast:
         layout,
         streams: list[str],
         grid: tuple[int, ...],
-        frames,
-        var_id: torch.Tensor,
+        truth: dict,
         mean: torch.Tensor,
         std: torch.Tensor,
         groups: list[str],
         pick: str = "expected_code",
     ):
         if pick not in ("argmax", "expected_code"):
-            raise ValueError(f"data.forecast_pick must be 'argmax' or 'expected_code', got {pick!r}")
+            raise ValueError(f"model.evaluator.pick must be 'argmax' or 'expected_code', got {pick!r}")
         self.tokenizer, self.layout, self.streams, self.grid, self.pick = tokenizer, layout, streams, grid, pick
-        self.frames, self.var_id, self.mean, self.std, self.groups = frames, var_id, mean, std, groups
+        self.truth, self.mean, self.std, self.groups = truth, mean, std, groups
         self.starts = torch.tensor([vocab.range("field", s).start for s in streams])
         self.bounds = vocab.type_bounds()
         self.frame_len = len(streams) * int(torch.tensor(grid).prod())
@@ -68,7 +69,7 @@ class FieldForecast:
         return {s: per_stream[..., k].reshape(len(frame), *self.grid) for k, s in enumerate(self.streams)}
 
     @torch.no_grad()
-    def update(self, net: nn.Module, batch: dict[str, torch.Tensor], metrics: nn.ModuleDict) -> None:
+    def update(self, net: nn.Module, batch: dict[str, torch.Tensor], metrics: nn.ModuleDict, stage: str) -> None:
         device = batch["ids"].device
         tokenizer = self.tokenizer.to(device)
         prompt_len = self.frame_len + 2  # BOS, present frame, SEP
@@ -97,14 +98,13 @@ class FieldForecast:
                 context=batch["context"],
                 pick=pick,
             )
-        src, dst = batch["src"].cpu(), batch["dst"].cpu()
-        var = self.var_id[dst]
+        src, dst, var = batch["src"].cpu(), batch["dst"].cpu(), batch["variable"].cpu()
         mean, std = self.mean[var].to(device)[:, None, None, None], self.std[var].to(device)[:, None, None, None]
 
         def physical(frame: torch.Tensor) -> torch.Tensor:
             return tokenizer.decode(self.to_tokens(frame)).float() * std + mean
 
-        future, present = self.frames[dst].to(device), self.frames[src].to(device)
+        future, present = self.truth[stage][dst].to(device), self.truth[stage][src].to(device)
         sigma, group = std[:, :, 0, 0], var.to(device)
         forecast = physical(out[:, prompt_len:])
         metrics["forecast"].update(forecast, future, sigma, group)
@@ -124,12 +124,13 @@ class NextPatch:
     id nearest the expected code where the model has code vectors, else the argmax), decoded; errors on the
     normalized signal (SignalErrors: mse, snr_db, pearson …).
 
-    patches: every patch of the data (normalized as the tokenizer saw them), at sampling rate `rate`: patches[i] ->
-    [n, P] for indices i [n] (a tensor, or datamodules.tokens.StoredPatches, which reads them from the EEG cache)."""
+    patches: {stage: the stage's store rows' patches (normalized as the tokenizer saw them), at sampling rate `rate`:
+    patches[rows] -> [n, P]} (datamodules.tokens.Truth reads them from the EEG row cache); the batch's "patch" holds
+    rows of that store."""
 
     groups = ("all",)
 
-    def __init__(self, tokenizer: nn.Module, vocab, stream: str, patches: torch.Tensor, rate: float):
+    def __init__(self, tokenizer: nn.Module, vocab, stream: str, patches: dict, rate: float):
         self.tokenizer, self.stream, self.patches, self.rate = tokenizer, stream, patches, rate
         r = vocab.range("eeg", stream)
         self.lo, self.hi = r.start, r.stop
@@ -138,7 +139,7 @@ class NextPatch:
         return {name: SignalErrors() for name in NAMES}
 
     @torch.no_grad()
-    def update(self, net: nn.Module, batch: dict[str, torch.Tensor], metrics: nn.ModuleDict) -> None:
+    def update(self, net: nn.Module, batch: dict[str, torch.Tensor], metrics: nn.ModuleDict, stage: str) -> None:
         device = batch["ids"].device
         tokenizer = self.tokenizer.to(device)
         hidden = net.hidden(batch["ids"][:, :-1], batch["types"][:, :-1], batch["valid"][:, :-1])
@@ -155,7 +156,8 @@ class NextPatch:
         def decoded(ids: torch.Tensor) -> torch.Tensor:
             return tokenizer.decode({self.stream: ids}, sfreq=sfreq).float()
 
-        target = self.patches[nxt[where].cpu()].to(device)
+        patches = self.patches[stage]
+        target = patches[nxt[where].cpu()].to(device)
         metrics["forecast"].update(decoded(predicted), target, sfreq)
-        metrics["persistence"].update(self.patches[prev[where].cpu()].to(device), target, sfreq)
+        metrics["persistence"].update(patches[prev[where].cpu()].to(device), target, sfreq)
         metrics["tokenizer"].update(decoded(truth), target, sfreq)

@@ -11,9 +11,10 @@ eleven catalog columns weigh as much as the one image stream.
 The network is built in `configure_model`, when the data's vocabulary is known (before a checkpoint is restored);
 the vocabulary is saved in every checkpoint (ckpt["vocab"]). Logged: train/loss, train/ce, train/recon/<stream>;
 val/loss (the CE), val/{accuracy, ce, perplexity} overall and per modality (each within the target's id range,
-as generation with `bounds` predicts), val/recon/<stream>. Where the datamodule has an `evaluator`
-(lit_modules/forecast.py), the data-space errors of decoded predictions against persistence and the tokenizer's
-own reconstruction: <stage>/{forecast, persistence, tokenizer}/<metric>[/<group>], on the first
+as generation with `bounds` predicts), val/recon/<stream>. With `evaluator` (model.evaluator: a
+lit_modules/forecast.py class and its options, built with the datamodule's evaluation_inputs()), the data-space
+errors of decoded predictions against persistence and the tokenizer's own reconstruction:
+<stage>/{forecast, persistence, tokenizer}/<metric>[/<group>], on the first
 `data_space_batches` validation batches (generation is the expensive part) and on every test batch.
 
 Batches may carry "positions" (position ids), "context" (aligned context ids per position, where the datamodule
@@ -36,6 +37,10 @@ from lit_modules.common import STAGES, SciTokModule, describe, grouped_values, p
 from lit_modules.losses import ExpectedCodeLoss, code_matrix
 from lit_modules.metrics import TokenErrors
 from models import Transformer, TransformerConfig, Vocabulary
+from tokenizers.load import allowed_target
+
+# what model.evaluator may name: the evaluators of lit_modules/forecast.py
+EVALUATOR_TARGETS = {"lit_modules.forecast": lambda obj: isinstance(obj, type)}
 
 
 class TransformerModule(SciTokModule):
@@ -49,17 +54,18 @@ class TransformerModule(SciTokModule):
         data_space_batches: int | None = 2,
         code_embedding: bool = True,
         compile: bool = False,
+        evaluator: dict | DictConfig | None = None,
     ):
         super().__init__()
         transformer, optimizer, scheduler = plain(transformer), plain(optimizer), plain(scheduler)
-        recon_weight = plain(recon_weight)
+        recon_weight, evaluator = plain(recon_weight), plain(evaluator)
         self.save_hyperparameters()  # every argument as reassigned above: plain containers only
         self.net: Transformer | None = None
         self.recon: ExpectedCodeLoss | None = None
         self.vocab: Vocabulary | None = None
         self.modalities: list[str] = []
         self.metrics = nn.ModuleDict()
-        self.evaluator = None  # the datamodule's (lit_modules/forecast.py), when its predictions have a data space
+        self.evaluator = None  # built from `evaluator` (lit_modules/forecast.py) and the data's evaluation_inputs()
         self.data_metrics = nn.ModuleDict()
         self.flops_per_batch: int | None = None  # ThroughputMonitor reads it; bench/bench_transformer.py measures MFU
 
@@ -91,9 +97,24 @@ class TransformerModule(SciTokModule):
         self.modalities = list(dict.fromkeys(r.modality for r in self.vocab.ranges))
         groups = len(self.modalities) + 1  # + the special tokens (SEP, EOS, MISS)
         self.metrics = nn.ModuleDict({s: TokenErrors(groups=groups) for s in STAGES})
-        self.evaluator = getattr(datamodule, "evaluator", None)
+        self.evaluator = self.build_evaluator(datamodule)
         if self.evaluator is not None:
             self.data_metrics = nn.ModuleDict({s: nn.ModuleDict(self.evaluator.metrics()) for s in ("val", "test")})
+
+    def build_evaluator(self, datamodule) -> Any:
+        """model.evaluator (a lit_modules.forecast class and its options) called with the datamodule's
+        evaluation_inputs(): the tokenizer and the true data of the store's rows. None: no data-space errors."""
+        spec = self.hparams.evaluator
+        if not spec:
+            return None
+        if not hasattr(datamodule, "evaluation_inputs"):
+            raise TypeError(
+                f"model.evaluator={spec.get('_target_')} needs the true data of the tokens; {describe(datamodule)} "
+                "has none (no evaluation_inputs): set model.evaluator=null"
+            )
+        evaluator = allowed_target(spec["_target_"], "model.evaluator", EVALUATOR_TARGETS)
+        options = {k: v for k, v in spec.items() if not k.startswith("_")}
+        return evaluator(**options, **datamodule.evaluation_inputs())
 
     def ranges(self) -> list[tuple[str | None, int, int, int]]:
         """(stream name or None for the specials, lo, hi, metric group) of every id range of the vocabulary."""
@@ -158,7 +179,7 @@ class TransformerModule(SciTokModule):
         ce, recon = self.step(batch, stage)
         limit = self.hparams.data_space_batches
         if self.evaluator is not None and (stage == "test" or limit is None or batch_idx < limit):
-            self.evaluator.update(self.net, batch, self.data_metrics[stage])
+            self.evaluator.update(self.net, batch, self.data_metrics[stage], stage)
         size = len(batch["ids"])
         self.log(f"{stage}/loss", ce, prog_bar=stage == "val", batch_size=size, sync_dist=True)
         recon = {**recon, **self.recon_by_modality(recon)}

@@ -43,3 +43,22 @@ def experiment_run(tmp_path_factory, data_dir):
         return runs[experiment]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def token_store(tmp_path_factory, data_dir, experiment_run):
+    """token_store(experiment) -> the out_dir of `python encode.py ckpt=<that experiment's debug=fast run>` (train,
+    val and test stores), made on first use and shared."""
+    from encode import encode
+    from tests.test_encode_stores import encode_cfg
+
+    stores: dict[str, Path] = {}
+
+    def get(experiment: str) -> Path:
+        if experiment not in stores:
+            out = tmp_path_factory.mktemp(f"tokens_{experiment}")
+            encode(encode_cfg(experiment_run(experiment).last_ckpt, out, data_dir))
+            stores[experiment] = out
+        return stores[experiment]
+
+    return get

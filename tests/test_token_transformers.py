@@ -14,11 +14,11 @@ SMALL = ["model.transformer.d_model=32", "model.transformer.n_layers=1", "model.
     [("field_transformer", "phaedra", "rel_l1"), ("eeg_transformer", "eeg", "mse")],
 )
 def test_field_and_eeg_transformers_log_data_space_errors(
-    experiment, tokenizer, error, make_cfg, tmp_path, experiment_run
+    experiment, tokenizer, error, make_cfg, tmp_path, token_store
 ):
-    ckpt = experiment_run(tokenizer).last_ckpt
+    store = token_store(tokenizer)
     cfg = make_cfg(
-        [f"experiment={experiment}", "debug=fast", f"data.tokenizer_ckpt={ckpt}", *SMALL], output_dir=tmp_path / "run"
+        [f"experiment={experiment}", "debug=fast", f"data.store={store}", *SMALL], output_dir=tmp_path / "run"
     )
     value = train(cfg)
     assert value is not None and np.isfinite(value)
@@ -33,46 +33,21 @@ def test_field_and_eeg_transformers_log_data_space_errors(
     assert np.isfinite(last[f"test/forecast/{error}"])
 
 
-@pytest.mark.slow
-def test_without_a_checkpoint_the_tokenizer_is_trained_first_once(make_cfg, tmp_path, monkeypatch):
-    """data.tokenizer_ckpt=null: `python train.py experiment=phaedra` runs first, on the transformer's own data source
-    and seed, into <data_dir>/tokenizers/; a second run reuses it without training."""
-    import subprocess
+def test_without_a_store_the_error_shows_the_three_commands(make_cfg):
+    cfg = make_cfg(["experiment=field_transformer", "debug=fast", *SMALL])
+    with pytest.raises(ValueError, match=r"data.store is not set: .*experiment=phaedra.*python encode.py ckpt="):
+        train(cfg)
 
-    import yaml
 
-    from datamodules.tokens import tokenizer_checkpoint
-    from tests.helpers import compose_cfg
+def test_a_store_alone_trains_without_its_data(make_cfg, tmp_path, token_store, monkeypatch):
+    """model.evaluator=null: the transformer reads the store and the tokenizer checkpoint, never the data files."""
+    import datamodules.tokens
 
-    data_dir = tmp_path / "data"
-    overrides = [
-        "experiment=field_transformer",
-        "debug=fast",
-        *SMALL,
-        "logger=none",
-        "seed=3",
-        'data.train_tokenizer.overrides=["debug=fast","logger=none","test=false"]',
-    ]
-    cfg = compose_cfg(overrides, tmp_path / "run", data_dir)
-    assert train(cfg) is not None
-    (run_dir,) = (data_dir / "tokenizers").iterdir()
-    child = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
-    assert child["task_name"] == "phaedra" and child["seed"] == 3
-    assert child["data"]["source"] == dict(cfg.data.source)  # the small source of this test, not phaedra's default
-    first = tokenizer_checkpoint(
-        None,
-        "PhaedraTokenizer",
-        "phaedra",
-        ["debug=fast", "logger=none", "test=false"],
-        data_dir,
-        3,
-        train=False,
-        source=dict(cfg.data.source),
-    )
-    assert first == (run_dir / "checkpoints" / "last.ckpt").resolve()
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data were read")
 
-    def no_training(*args, **kwargs):
-        raise AssertionError("trained the tokenizer again")
-
-    monkeypatch.setattr(subprocess, "run", no_training)
-    assert train(compose_cfg(overrides, tmp_path / "again", data_dir)) is not None
+    monkeypatch.setattr(datamodules.tokens, "stored_data", no_data)
+    store = token_store("phaedra")
+    overrides = ["experiment=field_transformer", "debug=fast", f"data.store={store}", "model.evaluator=null"]
+    value = train(make_cfg([*overrides, "logger=none", *SMALL], output_dir=tmp_path / "run"))
+    assert value is not None and np.isfinite(value)

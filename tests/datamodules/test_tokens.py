@@ -1,23 +1,27 @@
-"""Field pairs and EEG sequences for the transformer, read from the token stores of encode.py."""
+"""Field pairs and EEG sequences for the transformer, read from the token stores of encode.py: pairs and runs from the
+stores' index, the ids the tokenizer gives the true data of the rows, splits that are the tokenizer's, and refusals
+that name the problem (no store, a store of another kind, a changed checkpoint or data, a split key)."""
+
+import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException
 
+from datamodules.eeg_tokens import channel_runs
+from datamodules.field_tokens import pairs_of
+from lit_modules.forecast import FieldForecast
 from models import SPECIALS
 
-# ---------------------------------------------------------------------------------------------------------------
-# Field pairs and EEG sequences, encoded through the debug=fast tokenizer runs
 
-
-def token_datamodule(experiment: str, ckpt, data_dir, output_dir, extra=()):
+def token_datamodule(experiment: str, store, data_dir, output_dir, extra=()):
     from hydra.utils import instantiate
 
     from tests.helpers import compose_cfg
 
-    cfg = compose_cfg(
-        [f"experiment={experiment}", "debug=fast", f"data.tokenizer_ckpt={ckpt}", *extra], output_dir, data_dir
-    )
+    cfg = compose_cfg([f"experiment={experiment}", "debug=fast", f"data.store={store}", *extra], output_dir, data_dir)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -25,16 +29,15 @@ def token_datamodule(experiment: str, ckpt, data_dir, output_dir, extra=()):
 
 
 @pytest.fixture(scope="module")
-def fields(experiment_run, data_dir, tmp_path_factory):
-    ckpt = experiment_run("phaedra").last_ckpt
-    return token_datamodule("field_transformer", ckpt, data_dir, tmp_path_factory.mktemp("ft")), ckpt
+def fields(token_store, data_dir, tmp_path_factory):
+    store = token_store("phaedra")
+    return token_datamodule("field_transformer", store, data_dir, tmp_path_factory.mktemp("ft")), store
 
 
 def test_field_pairs_are_present_then_future_frame_cell_by_cell(fields):
-    from tokenizers import load_tokenizer
-
-    dm, ckpt = fields
-    tokenizer = load_tokenizer(ckpt)
+    dm, _ = fields
+    inputs = dm.evaluation_inputs()
+    tokenizer, truth = inputs["tokenizer"], inputs["truth"]["val"]
     BOS, SEP, EOS = (SPECIALS.index(s) for s in ("BOS", "SEP", "EOS"))
     morph, amp = dm.vocab.range("field", "morph"), dm.vocab.range("field", "amp")
     batch = dm.splits["val"].__getitems__([0, 1, 2])
@@ -48,16 +51,18 @@ def test_field_pairs_are_present_then_future_frame_cell_by_cell(fields):
     assert torch.equal(batch["positions"][0, 1 : frame + 1], batch["positions"][0, frame + 2 : -1])
     assert batch["positions"][0, 1:7].tolist() == [1, 1, 2, 2, 3, 3]
     assert batch["target"][0].tolist() == [False] * (frame + 2) + [True] * (frame + 1)
-    assert (batch["dst"] - batch["src"] == dm.delta).all()
-    # the tokens are the tokenizer's of the normalized frames, in raster order of the cells
-    var = dm.evaluator.var_id[batch["src"]]
-    x = (dm.evaluator.frames[batch["src"]] - dm.evaluator.mean[var][:, None, None, None]) / dm.evaluator.std[var][
-        :, None, None, None
-    ]
+    index = dm.stores["val"].index
+    assert (index["time"][batch["dst"]] - index["time"][batch["src"]] == dm.delta).all()
+    assert torch.equal(batch["variable"], torch.from_numpy(index["variable"][batch["src"]].astype(np.int64)))
+    # the tokens are the tokenizer's of the true frames of those rows (read from the data files), normalized with
+    # the tokenizer's statistics, in raster order of the cells
+    var = batch["variable"]
+    mean, std = inputs["mean"][var][:, None, None, None], inputs["std"][var][:, None, None, None]
     with torch.no_grad():
-        expected = tokenizer.encode(x)
-    got = dm.evaluator.to_tokens(ids[:, 1 : frame + 1])
-    assert torch.equal(got["morph"], expected["morph"]) and torch.equal(got["amp"], expected["amp"])
+        expected = tokenizer.encode((truth[batch["src"]] - mean) / std)
+    got = FieldForecast(**inputs).to_tokens(ids[:, 1 : frame + 1])
+    for stream in ("morph", "amp"):  # encoded in batches of 64 by encode.py: equal but for float32 rounding ties
+        assert (got[stream] != expected[stream]).float().mean() <= 1e-3, stream
     # context: only the inputs that predict a future token carry one; slot 0 is the present token of the predicted
     # cell and stream, the next slot its upper-left neighbour (PAD for the first row), the last the cell's other
     # stream
@@ -82,129 +87,101 @@ def test_field_pairs_are_present_then_future_frame_cell_by_cell(fields):
 
 def test_field_pairs_never_share_a_trajectory_across_splits(fields):
     dm, _ = fields
-    frames = {
-        s: set(torch.cat([dm.splits[s].tensors["src"], dm.splits[s].tensors["dst"]]).tolist())
-        for s in ("train", "val", "test")
-    }
-    assert frames["train"] and frames["val"] and frames["test"]
-    assert not frames["train"] & frames["val"] and not frames["train"] & frames["test"]
+    trajectories = {}
+    for split in ("train", "val", "test"):
+        index, pairs = dm.stores[split].index, dm.splits[split].tensors
+        assert len(pairs["src"]) > 0
+        for key in ("dataset", "variable", "trajectory"):  # a pair is one trajectory and variable
+            assert np.array_equal(index[key][pairs["src"]], index[key][pairs["dst"]])
+        src = pairs["src"].numpy()
+        trajectories[split] = set(zip(index["dataset"][src].tolist(), index["trajectory"][src].tolist(), strict=True))
+    assert not trajectories["train"] & trajectories["val"] and not trajectories["train"] & trajectories["test"]
+    assert not trajectories["val"] & trajectories["test"]
 
 
-def test_encoded_fields_are_cached_by_checkpoint_hash(fields, data_dir, tmp_path, monkeypatch):
-    import datamodules.tokens as tokens_module
-
-    dm, ckpt = fields
-
-    def no_encoding(*args, **kwargs):
-        raise AssertionError("encoded again instead of reading the cache")
-
-    monkeypatch.setattr(tokens_module, "encode_batches", no_encoding)
-    again = token_datamodule("field_transformer", ckpt, data_dir, tmp_path)
-    assert torch.equal(again.splits["val"].frame_ids, dm.splits["val"].frame_ids)
-    # another checkpoint (other bytes) is another cache entry: encoding is asked for
-    other = tmp_path / "other.ckpt"
-    state = torch.load(ckpt, weights_only=True)
-    state["global_step"] += 1
-    torch.save(state, other)
-    with pytest.raises(AssertionError, match="encoded again"):
-        token_datamodule("field_transformer", other, data_dir, tmp_path)
+def test_pairs_come_from_the_index_within_a_trajectory_and_variable():
+    index = np.zeros(9, [("dataset", "i4"), ("variable", "i4"), ("trajectory", "i8"), ("time", "i4")])
+    # rows: traj 5 var 0 at t 0, 1, 2, 4 (t 3 missing); traj 5 var 1 at t 0, 1; traj 6 var 0 at t 1, 0; dataset 1
+    index["trajectory"] = [5, 5, 5, 5, 5, 5, 6, 6, 5]
+    index["variable"] = [0, 0, 0, 0, 1, 1, 0, 0, 0]
+    index["time"] = [0, 1, 2, 4, 0, 1, 1, 0, 1]
+    index["dataset"] = [0, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert pairs_of(index, 1).tolist() == [[0, 1], [1, 2], [4, 5], [7, 6]]
+    assert pairs_of(index, 2).tolist() == [[0, 2], [2, 3]]
+    assert pairs_of(index, 5).tolist() == []
 
 
-@pytest.mark.parametrize(
-    ("experiment", "other", "expected"),
-    [("field_transformer", "eeg", "PhaedraTokenizer"), ("eeg_transformer", "phaedra", "EEGTokenizer")],
-)
-def test_a_checkpoint_of_another_tokenizer_is_refused_by_name(
-    experiment, other, expected, experiment_run, data_dir, tmp_path
-):
-    ckpt = experiment_run(other).last_ckpt
-    with pytest.raises(ValueError, match=f"holds a .*Tokenizer; expected a {expected} checkpoint"):
-        token_datamodule(experiment, ckpt, data_dir, tmp_path)
-    with pytest.raises(FileNotFoundError, match=f"expected a {expected} checkpoint"):
-        token_datamodule(experiment, tmp_path / "missing.ckpt", data_dir, tmp_path)
+def test_eeg_runs_are_consecutive_patches_of_one_channel_cut_at_gaps():
+    index = np.zeros(8, [("recording", "i4"), ("channel", "i4"), ("rate", "f4"), ("start", "i8")])
+    index["recording"] = [0, 0, 0, 0, 0, 1, 1, 0]
+    index["channel"] = [0, 0, 0, 0, 1, 0, 0, 0]
+    index["start"] = [0, 32, 64, 128, 0, 0, 32, 96]  # row 7: the patch between 64 and 128, stored last
+    runs = channel_runs(index, patch_len=32, max_patches=3)
+    assert [r.tolist() for r in runs] == [[0, 1, 2], [7, 3], [4], [5, 6]]
+    index["start"][7] = 200  # now a gap after 64 and after 128
+    assert [r.tolist() for r in channel_runs(index, 32, 8)] == [[0, 1, 2], [3], [7], [4], [5, 6]]
 
 
-def test_eeg_sequences_are_one_channel_in_time_order(experiment_run, data_dir, tmp_path):
-    from tokenizers import load_tokenizer
-
-    ckpt = experiment_run("eeg").last_ckpt
-    dm = token_datamodule("eeg_transformer", ckpt, data_dir, tmp_path, ["data.max_patches=16"])
+def test_eeg_sequences_are_one_channel_in_time_order(token_store, data_dir, tmp_path):
+    store = token_store("eeg")
+    dm = token_datamodule("eeg_transformer", store, data_dir, tmp_path, ["data.max_patches=16"])
     BOS, EOS, PAD = (SPECIALS.index(s) for s in ("BOS", "EOS", "PAD"))
-    batch = dm.splits["train"].__getitems__(list(range(len(dm.splits["train"]))))
+    val = dm.splits["val"]
+    batch = val.__getitems__(list(range(len(val))))
     n = batch["valid"].sum(1) - 2  # patches per sequence
-    assert 0 < n.min() and n.max() <= 16 and dm.max_len == int(n.max()) + 2
+    assert 0 < n.min() and n.max() <= 16 and dm.max_len >= int(n.max()) + 2
     rows = torch.arange(len(n))
     assert (batch["ids"][:, 0] == BOS).all() and (batch["ids"][rows, n + 1] == EOS).all()
     assert (batch["ids"][~batch["valid"]] == PAD).all()
-    patch = batch["patch"]
-    inside = patch[:, 1:] >= 0
-    consecutive = (patch[:, 2:] - patch[:, 1:-1] == 1) | (patch[:, 2:] < 0)
-    assert consecutive[inside[:, 1:]].all()  # consecutive patches of one channel
-    assert dm.evaluator.patches.store.path.parent == data_dir / "eeg"  # read from the memory-mapped row cache
-    tokenizer = load_tokenizer(ckpt)
-    first = dm.evaluator.patches[patch[:4, 1]]
+    index, patch = dm.stores["val"].index, batch["patch"]
+    follows = (patch[:, 2:] >= 0) & (patch[:, 1:-1] >= 0)
+    a, b = patch[:, 1:-1][follows].numpy(), patch[:, 2:][follows].numpy()
+    for key in ("recording", "channel", "rate"):  # consecutive patches of one channel
+        assert np.array_equal(index[key][a], index[key][b])
+    assert (index["start"][b] - index["start"][a] == dm.stores["val"].meta["data"]["patch_len"]).all()
+    inputs = dm.evaluation_inputs()
+    patches = inputs["patches"]["val"]
+    assert patches.dataset.store.path.parent == data_dir / "eeg"  # read from the memory-mapped row cache
     with torch.no_grad():
-        expected = tokenizer.encode(first, sfreq=torch.full((4,), 256.0))["tokens"]
+        expected = inputs["tokenizer"].encode(patches[patch[:4, 1]], sfreq=torch.full((4,), 256.0))["tokens"]
     assert torch.equal(batch["ids"][:4, 1] - dm.vocab.range("eeg").start, expected)
 
 
-def test_a_debug_run_trains_its_tokenizer_with_the_same_debug_preset():
-    """`python train.py experiment=field_transformer debug=fast` with no checkpoint: the tokenizer run it starts gets
-    debug=fast too (not the full recipe), unless the tokenizer overrides choose a debug preset themselves."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-
-    from datamodules.tokens import parent_debug
-    from tests.helpers import ROOT
-
-    assert parent_debug([]) == []  # no Hydra app (tests, scripts): nothing to forward
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            config_name="train", overrides=["experiment=field_transformer", "debug=fast"], return_hydra_config=True
-        )
-        plain = compose(config_name="train", overrides=["experiment=field_transformer"], return_hydra_config=True)
-    try:
-        HydraConfig.instance().set_config(cfg)
-        assert parent_debug([]) == ["debug=fast"]
-        assert parent_debug(["trainer.max_steps=10", "debug=fast"]) == []
-        HydraConfig.instance().set_config(plain)
-        assert parent_debug([]) == []
-    finally:
-        HydraConfig.instance().cfg = None
+@pytest.mark.parametrize(
+    ("experiment", "other", "kind"),
+    [("field_transformer", "eeg", "EEGTokenizer tokens of eeg data"), ("eeg_transformer", "phaedra", "fields")],
+)
+def test_a_store_of_another_tokenizer_kind_is_refused_by_name(experiment, other, kind, token_store, data_dir, tmp_path):
+    with pytest.raises(ValueError, match=f"a store of .*{kind}.*this transformer reads the tokens of"):
+        token_datamodule(experiment, token_store(other), data_dir, tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"no token store of split\(s\) \['train', 'val', 'test'\]: make one"):
+        token_datamodule(experiment, tmp_path / "missing", data_dir, tmp_path)
+    with pytest.raises(ValueError, match=r"data.store is not set: make one with `python train.py experiment="):
+        token_datamodule(experiment, "null", data_dir, tmp_path)
 
 
-def test_field_frames_read_snapshots_from_the_files_in_dataset_variable_trajectory_time_order(tmp_path):
-    """FieldFrames (the field token pipeline's frames) reads snapshots on demand, frame i of the order (dataset,
-    variable, trajectory, time); its fingerprint (the token cache key) follows the files, so rewriting one is a new
-    cache entry; Normalized standardizes each frame with its variable's statistics."""
-    import os
+def test_a_changed_checkpoint_or_changed_data_are_refused(token_store, data_dir, tmp_path):
+    copy = tmp_path / "store"
+    shutil.copytree(token_store("phaedra"), copy)
 
-    from datamodules.sources import NpyFields
-    from datamodules.tokens import FieldFrames, Normalized
+    def edit(split, change):
+        path = copy / split / "meta.json"
+        meta = json.loads(path.read_text())
+        change(meta)
+        path.write_text(json.dumps(meta))
 
-    data = np.random.default_rng(0).normal(size=(4, 5, 8, 6)).astype(np.float32)  # NTHW: 4 trajectories of 5
-    other = np.random.default_rng(1).normal(size=(3, 2, 8, 6)).astype(np.float32)  # NCHW: 3 samples of 2 variables
-    np.save(tmp_path / "a.npy", data)
-    np.save(tmp_path / "b.npy", other)
-    arrays = NpyFields(str(tmp_path / "a.npy"), "NTHW").open(tmp_path) + NpyFields(
-        str(tmp_path / "b.npy"), "NCHW"
-    ).open(tmp_path)
-    frames = FieldFrames(arrays)
-    expected = np.concatenate([data.reshape(20, 8, 6), other[:, 0], other[:, 1]])  # b: variable 0, then 1
-    assert len(frames) == 26
-    picks = np.array([25, 0, 7, 20, 19, 23])
-    assert torch.equal(frames[picks], torch.from_numpy(expected[picks])[:, None])
-    assert torch.equal(frames[3:9], torch.from_numpy(expected[3:9])[:, None])
-    var_id = torch.tensor([0] * 20 + [1] * 3 + [2] * 3)
-    mean, std = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 4.0, 8.0])
-    normalized = Normalized(frames, var_id, mean, std)[18:24]
-    assert torch.allclose(
-        normalized[:, 0],
-        (torch.from_numpy(expected[18:24]) - mean[var_id[18:24], None, None]) / std[var_id[18:24], None, None],
-    )
-    key = frames.fingerprint()
-    assert FieldFrames(arrays).fingerprint() == key
-    np.save(tmp_path / "a.npy", data + 1)
-    stat = os.stat(tmp_path / "a.npy")
-    os.utime(tmp_path / "a.npy", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    assert FieldFrames(NpyFields(str(tmp_path / "a.npy"), "NTHW").open(tmp_path) + arrays[1:]).fingerprint() != key
+    edit("test", lambda m: m["data"]["trajectories"].update({k: [0] for k in m["data"]["trajectories"]}))
+    dm = token_datamodule("field_transformer", copy, data_dir, tmp_path)  # tokens alone need no data
+    with pytest.raises(ValueError, match=r"test: the data it was encoded from have changed since"):
+        dm.evaluation_inputs()
+    for split in ("train", "val", "test"):
+        edit(split, lambda m: m["tokenizer"].update(sha256="0" * 64))
+    with pytest.raises(ValueError, match=r"changed since the store was written \(sha256 differs\)"):
+        token_datamodule("field_transformer", copy, data_dir, tmp_path)
+
+
+@pytest.mark.parametrize("experiment", ["field_transformer", "eeg_transformer"])
+def test_the_split_is_the_stores_not_a_key(experiment, make_cfg):
+    """The transformer's splits are those the tokenizer's data were split into (the store's): no key can change them."""
+    with pytest.raises(ConfigCompositionException, match="split"):
+        make_cfg([f"experiment={experiment}", "data.split=[0.6,0.2,0.2]"])

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_modules.forecast import FieldForecast, NextPatch
 from models.vocab import SPECIALS
 from tests.datamodules.test_tokens import token_datamodule
 from tests.helpers import f32_tolerance, layer_depth
@@ -45,22 +46,23 @@ def rel_l1(pred, target):
 
 @pytest.mark.parametrize("future_inputs", ["masked", "tokens"])
 def test_field_forecast_of_the_true_tokens_is_the_tokenizer_reconstruction(
-    future_inputs, experiment_run, data_dir, tmp_path
+    future_inputs, experiment_run, token_store, data_dir, tmp_path
 ):
     from tokenizers import load_tokenizer
 
     ckpt = experiment_run("phaedra").last_ckpt
-    dm = token_datamodule("field_transformer", ckpt, data_dir, tmp_path, [f"data.future_inputs={future_inputs}"])
-    ev = dm.evaluator
+    store = token_store("phaedra")
+    dm = token_datamodule("field_transformer", store, data_dir, tmp_path, [f"data.future_inputs={future_inputs}"])
+    ev = FieldForecast(**dm.evaluation_inputs())
     batch = dm.splits["val"].__getitems__(list(range(min(8, len(dm.splits["val"])))))
     assert ("inputs" in batch) == (future_inputs == "masked")
     metrics = nn.ModuleDict(ev.metrics())
-    ev.update(FieldOracle(batch, dm.vocab.size), batch, metrics)
+    ev.update(FieldOracle(batch, dm.vocab.size), batch, metrics, "val")
     forecast, persistence, floor = (metrics[n].compute() for n in ("forecast", "persistence", "tokenizer"))
     for key in ("rel_l1", "nrmse", "psnr"):
         assert torch.equal(forecast[key], floor[key]), key
-    future, present = ev.frames[batch["dst"]], ev.frames[batch["src"]]
-    var = ev.var_id[batch["dst"]]
+    future, present = ev.truth["val"][batch["dst"]], ev.truth["val"][batch["src"]]
+    var = batch["variable"]
     mean, std = ev.mean[var][:, None, None, None], ev.std[var][:, None, None, None]
     assert torch.allclose(persistence["rel_l1"], rel_l1(present, future))
     tokenizer = load_tokenizer(ckpt)
@@ -101,18 +103,18 @@ class NearestCodeOracle(nn.Module):
         return torch.cat([2 * self.codes[nxt], -torch.ones(*nxt.shape, 1)], -1)
 
 
-def test_next_patch_of_the_true_token_is_the_tokenizer_reconstruction(experiment_run, data_dir, tmp_path):
-    ckpt = experiment_run("eeg").last_ckpt
-    dm = token_datamodule("eeg_transformer", ckpt, data_dir, tmp_path)
-    ev = dm.evaluator
+def test_next_patch_of_the_true_token_is_the_tokenizer_reconstruction(token_store, data_dir, tmp_path):
+    dm = token_datamodule("eeg_transformer", token_store("eeg"), data_dir, tmp_path)
+    ev = NextPatch(**dm.evaluation_inputs())
     batch = dm.splits["val"].__getitems__(list(range(min(16, len(dm.splits["val"])))))
     codes = ev.tokenizer.code_vectors("tokens").float()
     metrics = nn.ModuleDict(ev.metrics())
-    ev.update(NearestCodeOracle(dm.vocab, codes, batch), batch, metrics)
+    ev.update(NearestCodeOracle(dm.vocab, codes, batch), batch, metrics, "val")
     forecast, persistence, floor = (metrics[n].compute() for n in ("forecast", "persistence", "tokenizer"))
     assert torch.equal(forecast["mse"], floor["mse"])
     # persistence by hand: each patch with a previous one in its sequence against that previous patch
     nxt, prev = batch["patch"][:, 1:], batch["patch"][:, :-1]
     where = (nxt >= 0) & (prev >= 0)
-    err = ev.patches[nxt[where]].double() - ev.patches[prev[where]].double()
+    patches = ev.patches["val"]
+    err = patches[nxt[where]].double() - patches[prev[where]].double()
     assert persistence["mse"].item() == pytest.approx(err.pow(2).mean().item(), rel=1e-9)

@@ -1,0 +1,241 @@
+"""Operator learning on field tokens: the tokens of a field at time t → the tokens at t + Δ, read from a token store
+of a fields tokenizer (Phaedra, FSQ: `python encode.py ckpt=...`).
+
+    python train.py experiment=field_transformer data.store=outputs/phaedra/<run>/checkpoints/last-tokens
+
+Pairs come from the store's index (dataset, variable, trajectory, time): every (t, t + Δ) of one trajectory and
+variable within a split, so the splits are the tokenizer's (its held-out trajectories are held out here too) and
+there is no split key to set. Tokens are read from the memory-mapped store a batch at a time: the transformer's
+memory does not grow with the data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from datamodules.common import TensorBatches
+from datamodules.token_store import SplitStore
+from datamodules.tokens import Layout, StoreSequences
+from models.vocab import SPECIAL_TYPE, SPECIALS
+
+
+def neighbourhood(grid: Sequence[int], streams: int, radius: int) -> torch.Tensor:
+    """For every token of a frame (cells in raster order over `grid`, `streams` tokens per cell side by side): the
+    frame indices of its context slots [n_cells · streams, slots] — itself, the same stream at every cell within
+    `radius` on each axis (offset order of itertools.product), the cell's other streams — with n_cells · streams
+    (one past the frame) where the cell lies outside the grid."""
+    cells = torch.arange(math.prod(grid)).view(*grid)
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n) for n in grid], indexing="ij"), -1).view(-1, len(grid))
+    size, outside = torch.tensor(grid), math.prod(grid) * streams
+    offsets = [o for o in itertools.product(range(-radius, radius + 1), repeat=len(grid)) if any(o)]
+    index = []
+    for k in range(streams):
+        slots = [cells.flatten() * streams + k]
+        for o in offsets:
+            at = coords + torch.tensor(o)
+            inside = ((at >= 0) & (at < size)).all(-1)
+            at = at.clamp(torch.zeros_like(size), size - 1)
+            slots.append(torch.where(inside, cells[tuple(at.T)] * streams + k, outside))
+        slots += [cells.flatten() * streams + j for j in range(streams) if j != k]
+        index.append(torch.stack(slots, -1))  # [n_cells, slots] for stream k
+    return torch.stack(index, 1).flatten(0, 1)  # [n_cells · streams, slots], cell by cell, streams side by side
+
+
+def pairs_of(index: np.ndarray, delta: int) -> np.ndarray:
+    """Rows (src, dst) [n, 2] of a field store's index where dst is the same dataset, variable and trajectory as
+    src, `delta` snapshots later; in row order of src."""
+    columns = np.stack([index["dataset"], index["variable"], index["trajectory"]], 1).astype(np.int64)
+    _, group = np.unique(columns, axis=0, return_inverse=True)
+    time = index["time"].astype(np.int64)
+    key = group.reshape(-1) * (int(time.max(initial=0)) + delta + 1) + time
+    order = np.argsort(key, kind="stable")
+    at = np.searchsorted(key[order], key + delta)
+    found = at < len(key)
+    found[found] = key[order[at[found]]] == key[found] + delta
+    src = np.flatnonzero(found)
+    return np.stack([src, order[at[found]]], 1)
+
+
+class FrameIds:
+    """Global token ids of a store's frames, read from its memory-mapped streams when asked for: ids[rows] is int64
+    [n, S·K] (cells in raster order, each cell's K streams side by side, offset into the vocabulary). Picklable: a
+    worker process maps the files itself."""
+
+    def __init__(self, store: SplitStore, streams: list[str], starts: list[int]):
+        self.path, self.streams, self.starts = store.path, streams, torch.tensor(starts)
+        self._tokens = store.tokens
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_tokens"}
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        if "_tokens" not in self.__dict__:
+            self._tokens = SplitStore.open(self.path).tokens
+        rows = np.asarray(rows)
+        per_stream = [torch.from_numpy(self._tokens[s][rows].astype(np.int64)).flatten(1) for s in self.streams]
+        return (torch.stack(per_stream, -1) + self.starts).flatten(1)
+
+
+class FieldPairs(TensorBatches):
+    """Pairs (present frame, future frame) of one trajectory and variable; batches are built from the frames' token
+    rows: [BOS] frame(src) [SEP] frame(dst) [EOS], each frame its S cells in raster order with the streams of a cell
+    side by side (morph, amp). "src", "dst": the rows in the split's store; "variable": the variable id."""
+
+    def __init__(
+        self,
+        frame_ids: FrameIds,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        variable: torch.Tensor,
+        layout: Layout,
+        context_index: torch.Tensor,
+        masked: bool = True,
+    ):
+        super().__init__(src=src, dst=dst, variable=variable)
+        self.frame_ids, self.layout, self.context_index, self.masked = frame_ids, layout, context_index, masked
+        self.specials = {name: SPECIALS.index(name) for name in ("BOS", "SEP", "EOS")}
+
+    def __getitems__(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        t = super().__getitems__(idx)
+        n = len(t["src"])
+
+        def special(name: str) -> torch.Tensor:
+            return torch.full((n, 1), self.specials[name])
+
+        present = self.frame_ids[t["src"]]
+        ids = torch.cat([special("BOS"), present, special("SEP"), self.frame_ids[t["dst"]], special("EOS")], 1)
+        L, F = ids.shape[1], present.shape[1]
+        # the input at SEP and at each future token predicts the next future token: its context is the present
+        # tokens around that cell (context_index: frame index per slot, F = outside the grid -> PAD)
+        pad = SPECIALS.index("PAD")
+        context = torch.full((n, L, self.context_index.shape[1]), pad)
+        context[:, F + 1 : 2 * F + 1] = torch.cat([present, torch.full((n, 1), pad)], 1)[:, self.context_index]
+        batch = {
+            "ids": ids,
+            "types": self.layout.types.expand(n, L),
+            "positions": self.layout.positions.expand(n, L),
+            "context": context,
+            "valid": torch.ones(n, L, dtype=torch.bool),
+            "target": self.layout.target.expand(n, L),
+            **t,
+        }
+        if self.masked:  # the model reads MASK for every future token: each is predicted from the present alone
+            batch["inputs"] = ids.clone()
+            batch["inputs"][:, F + 2 : 2 * F + 2] = SPECIALS.index("MASK")
+        return batch
+
+
+class FieldTokenDataModule(StoreSequences):
+    """Pairs (tokens of a field at t, tokens at t + Δ) from a fields token store (`store`: encode.py's out_dir, with
+    train/, val/, test/). The loss scores the future frame (and EOS) only.
+
+    Positions: every token has the position of its grid cell (1 … S; BOS 0, SEP and EOS S + 1), in both frames,
+    so the model finds the present value of the cell it predicts by position rather than by a learned offset of
+    S·streams + 1 tokens; order within the sequence is what the causal mask gives.
+
+    Context (`context_radius` r): the input that predicts a token of the future frame carries the present tokens
+    around it ("context", models/transformer.py): slot 0 the same cell and stream, then the same stream at the other
+    cells within r of it on every grid axis ((2r + 1)^d − 1, PAD outside the grid), then the cell's other streams.
+    The model starts from persistence (slot 0's embedding is its input at first) and has the local stencil of the
+    present, from which a PDE's next state mostly follows, without learning 2-D neighbourhoods through attention.
+
+    Future inputs (`future_inputs`): "masked" (default) puts MASK where the future frame's tokens would be read
+    (batch "inputs"; the targets stay in "ids"), so every future token is predicted from the present alone, as it
+    is when forecasting, in one pass; "tokens" reads the true future tokens (teacher forcing) and the forecast is
+    generated token by token.
+
+    evaluation_inputs(): the tokenizer, layout, grid, the normalization of the store's tokenizer and the true fields
+    of the val/test rows in physical units (read from the data the store was encoded from), for the transformer
+    module's evaluator (FieldForecast: generate the future frame, decode it, compare with the true future, with
+    persistence and with the tokenizer's own reconstruction)."""
+
+    KINDS = {"fields": "phaedra"}
+    MODALITY = "field"
+
+    def __init__(
+        self,
+        store: str | None = None,
+        delta: int = 1,
+        batch_size: int = 8,
+        eval_batch_size: int = 32,
+        seed: int = 0,
+        num_workers: int = 0,
+        context_radius: int = 1,
+        future_inputs: str = "masked",
+    ):
+        if delta < 1:
+            raise ValueError(f"data.delta must be ≥ 1 snapshot, got {delta}")
+        if future_inputs not in ("masked", "tokens"):
+            raise ValueError(f"data.future_inputs must be 'masked' or 'tokens', got {future_inputs!r}")
+        if context_radius < 0:
+            raise ValueError(f"data.context_radius must be ≥ 0 cells, got {context_radius}")
+        super().__init__(store, batch_size, eval_batch_size, seed, num_workers)
+        self.delta, self.context_radius, self.future_inputs = delta, context_radius, future_inputs
+        self.layout: Layout | None = None
+        self.grid: tuple[int, ...] = ()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        meta = self.open()
+        streams = list(meta["streams"])
+        grids = {tuple(meta["grid"][s]) for s in streams}
+        if len(grids) != 1:
+            raise ValueError(f"data.store={self.store}: its streams have different grids {meta['grid']}")
+        (self.grid,) = grids
+        K, S = len(streams), math.prod(self.grid)
+        frame_types = [self.vocab.range("field", s).type_id for s in streams] * S
+        frame_pos = [1 + cell for cell in range(S) for _ in range(K)]
+        self.layout = Layout(
+            types=[SPECIAL_TYPE, *frame_types, SPECIAL_TYPE, *frame_types, SPECIAL_TYPE],
+            positions=[0, *frame_pos, S + 1, *frame_pos, S + 1],
+            target=[False] * (S * K + 2) + [True] * (S * K + 1),
+        )
+        self.max_len = S + 2
+        context_index = neighbourhood(self.grid, K, self.context_radius)
+        self.context_slots = context_index.shape[1]
+        starts = [self.vocab.range("field", s).start for s in streams]
+        generator = torch.Generator().manual_seed(self.seed)
+        for split, store in self.stores.items():
+            pairs = torch.from_numpy(pairs_of(store.index, self.delta))
+            if len(pairs) == 0:
+                raise ValueError(
+                    f"{store.path}: no two snapshots of a trajectory {self.delta} apart (data.delta={self.delta})"
+                )
+            # val/test in a fixed shuffled order, so the first batches (the data-space errors during validation)
+            # hold every variable and time, not the first dataset's first trajectories
+            if split != "train":
+                pairs = pairs[torch.randperm(len(pairs), generator=generator)]
+            variable = torch.from_numpy(store.index["variable"].astype(np.int64))[pairs[:, 0]]
+            self.splits[split] = FieldPairs(
+                FrameIds(store, streams, starts),
+                pairs[:, 0],
+                pairs[:, 1],
+                variable,
+                self.layout,
+                context_index,
+                masked=self.future_inputs == "masked",
+            )
+        if len(self.splits["train"]) < self.batch_size:
+            raise ValueError(
+                f"the train split has {len(self.splits['train'])} pairs, fewer than data.batch_size={self.batch_size}"
+            )
+
+    def evaluation_inputs(self) -> dict:
+        meta = self.tokenizer.metadata
+        return {
+            "tokenizer": self.tokenizer,
+            "vocab": self.vocab,
+            "layout": self.layout,
+            "streams": list(self.tokenizer.streams),
+            "grid": self.grid,
+            "truth": self.truth("field_variables_out"),
+            "mean": torch.tensor(meta.mean),
+            "std": torch.tensor(meta.std),
+            "groups": list(meta.variables),
+        }
