@@ -3,7 +3,6 @@ workers, and the peak memory of a whole `debug=fast` training run on each file.
 
     python bench/bench_data.py                          # 0.5, 2 and 8 GB of HDF5 and .npy under --dir
     python bench/bench_data.py --sizes 0.5 2 --formats hdf5 --dir /scratch/bench
-    python bench/bench_data.py --tokens --sizes 0.1 0.5 2   # field_transformer's token pipeline on the HDF5 files
 
 Writes The Well-like files (t0_fields/u, v [n_traj, 64, 128, 128] float32, chunked one snapshot per chunk) and
 .npy arrays [n, 128, 128], once (kept under --dir; delete it afterwards: 21 GB at the defaults). Every
@@ -114,46 +113,6 @@ def measure_loader(fmt: str, path: str, workers: int, batches: int, data_dir: st
     }
 
 
-def measure_tokens(path: str, data_dir: str, batches: int) -> dict:
-    """In a fresh process: the field token pipeline (`experiment=field_transformer`'s data) on an HDF5 file: setup
-    (encoding every snapshot through a small Phaedra tokenizer, trained once per file in a subprocess of its own),
-    `batches` train batches and the evaluator's true future fields of one val batch. Peak RSS of this process."""
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    from lit_modules.memory import keep_freed_memory
-
-    keep_freed_memory()  # as train.py does
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "experiment=field_transformer",
-                "data/field_source@data.source=hdf5",
-                f"data.source.path={path}",
-                'data.train_tokenizer.overrides=["debug=fast","model.tokenizer.ch=8"]',
-                f"paths.data_dir={data_dir}",
-            ],
-        )
-    dm = instantiate(cfg.data)
-    dm.prepare_data()  # the tokenizer's training: another process, not in this one's peak
-    t0 = time.perf_counter()
-    dm.setup()
-    t_setup = time.perf_counter() - t0
-    it = iter(dm.train_dataloader())
-    for _ in range(batches):
-        next(it)
-    val = next(iter(dm.val_dataloader()))
-    future = dm.evaluator.frames[val["dst"]]
-    return {
-        "frames": len(dm.evaluator.frames),
-        "encode_s": t_setup,
-        "frames_per_s": len(dm.evaluator.frames) / t_setup,
-        "eval_fields": list(future.shape),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-
-
 def drop_page_cache() -> bool:
     """Empty the kernel's page cache (root only), so the next reads come from the disk: cold-start figures."""
     try:
@@ -213,16 +172,7 @@ def main() -> None:
         "--child", nargs=5, metavar=("FMT", "PATH", "WORKERS", "BATCHES", "DATA_DIR"), help=argparse.SUPPRESS
     )
     parser.add_argument("--make", nargs=3, metavar=("FMT", "GB", "DIR"), help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--tokens",
-        action="store_true",
-        help="the field token pipeline (field_transformer's data) on the HDF5 files instead",
-    )
-    parser.add_argument("--tokens-child", nargs=2, metavar=("PATH", "DATA_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.tokens_child:
-        print(json.dumps(measure_tokens(*args.tokens_child, batches=args.batches)))
-        return
     if args.make:
         print(make_file(args.make[0], float(args.make[1]), Path(args.make[2])))
         return
@@ -234,8 +184,6 @@ def main() -> None:
 
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
-    if args.tokens:
-        return tokens_table(args, folder)
     rows = []
     for fmt in args.formats:
         for gb in args.sizes:
@@ -289,47 +237,6 @@ def main() -> None:
         },
         rows,
         args.out,
-    )
-
-
-def tokens_table(args: argparse.Namespace, folder: Path) -> None:
-    from bench.report import report
-
-    rows = []
-    for gb in args.sizes:
-        made = subprocess.run(
-            [sys.executable, __file__, "--make", "hdf5", str(gb), str(folder)],
-            check=True,
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        )
-        path = Path(made.stdout.strip().splitlines()[-1])
-        data_dir = folder / f"tokens-{path.stem}"
-        for f in data_dir.glob("tokens/*.npz"):
-            f.unlink()  # the encoding is what is measured
-        out = subprocess.run(
-            [sys.executable, __file__, "--batches", str(args.batches), "--tokens-child", str(path), str(data_dir)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        )
-        if out.returncode:
-            raise RuntimeError(out.stderr[-3000:])
-        rows.append({"gb": gb, **json.loads(out.stdout.strip().splitlines()[-1])})
-        print(rows[-1], flush=True)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    report(
-        f"Field token pipeline on HDF5 files of 2 variables × 64 snapshots of 128² per trajectory ({machine})",
-        {
-            "GB": "{gb:g}",
-            "snapshots": "{frames}",
-            "setup s (encoding)": "{encode_s:.0f}",
-            "snapshots/s": "{frames_per_s:.0f}",
-            "peak RSS MB": "{peak_rss_mb:.0f}",
-        },
-        rows,
-        str(Path(args.out).with_name("data_tokens.json")),
     )
 
 

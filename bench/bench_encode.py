@@ -1,4 +1,6 @@
-"""encode.py on users' HDF5 files of growing size: peak memory, wall time and snapshots/s of a whole export.
+"""encode.py on users' HDF5 files of growing size: peak memory, wall time and snapshots/s of a whole export; then
+the transformer's side: `experiment=field_transformer`'s datamodule on the store just written (setup, 20 train
+batches, the true fields of a validation batch), its peak memory and time.
 
     python bench/bench_encode.py                        # 0.5 and 2 GB under --dir
     python bench/bench_encode.py --sizes 0.5 2 8 --dir /scratch/bench --ch 64
@@ -59,6 +61,37 @@ def export(ckpt: Path, data_path: Path, out_dir: Path, data_dir: Path, batch_siz
     return {"peak_rss_mb": peak_mb, "wall_s": wall, "rows": rows}
 
 
+def read_store(store: str, batches: int) -> dict:
+    """In a fresh process: FieldTokenDataModule on a store (what `experiment=field_transformer data.store=…` reads),
+    setup, `batches` train batches and the evaluator's true future fields of one val batch."""
+    import time
+
+    from datamodules.field_tokens import FieldTokenDataModule
+    from lit_modules.memory import keep_freed_memory
+
+    keep_freed_memory()  # as train.py does
+    t0 = time.perf_counter()
+    dm = FieldTokenDataModule(store=store, batch_size=4, eval_batch_size=64)
+    dm.setup("fit")
+    t_setup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    it = iter(dm.train_dataloader())
+    for _ in range(batches):
+        next(it)
+    t_batches = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    val = next(iter(dm.val_dataloader()))
+    truth = dm.evaluation_inputs()["truth"]["val"]
+    future = truth[val["dst"]]
+    return {
+        "pairs": len(dm.splits["train"]),
+        "setup_s": t_setup,
+        "batch_ms": 1000 * t_batches / batches,
+        "truth_s": time.perf_counter() - t0,
+        "eval_fields": list(future.shape),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=float, nargs="+", default=[0.5, 2], help="file sizes in GB")
@@ -66,8 +99,12 @@ def main() -> None:
     parser.add_argument("--ch", type=int, default=8, help="Phaedra base channels")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "encode.json"))
+    parser.add_argument("--read", nargs=2, metavar=("STORE", "BATCHES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from bench.report import report
+    if args.read:
+        print(json.dumps(read_store(args.read[0], int(args.read[1]))))
+        return
+    from bench.report import peak_rss_of, report
 
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -90,6 +127,18 @@ def main() -> None:
         )
         subprocess.run([sys.executable, "-c", stats], check=True, cwd=ROOT)
         result = export(ckpt, path, out_dir, data_dir, args.batch_size)
+        read_peak, _ = peak_rss_of([sys.executable, __file__, "--read", str(out_dir), "20"], ROOT)
+        read = json.loads(
+            subprocess.run(
+                [sys.executable, __file__, "--read", str(out_dir), "20"],
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         rows.append(
             {
                 "file_gb": gb,
@@ -97,6 +146,10 @@ def main() -> None:
                 "peak_rss_mb": round(result["peak_rss_mb"]),
                 "wall_s": round(result["wall_s"], 1),
                 "snapshots_per_s": round(result["rows"] / result["wall_s"], 1),
+                "read_peak_rss_mb": round(read_peak),
+                "read_setup_s": round(read["setup_s"], 1),
+                "read_batch_ms": round(read["batch_ms"], 1),
+                "read_truth_s": round(read["truth_s"], 2),
             }
         )
         print(rows[-1], flush=True)
@@ -106,6 +159,10 @@ def main() -> None:
         "peak RSS": "{peak_rss_mb} MB",
         "wall": "{wall_s} s",
         "snapshots/s": "{snapshots_per_s}",
+        "transformer data: peak RSS": "{read_peak_rss_mb} MB",
+        "setup": "{read_setup_s} s",
+        "train batch": "{read_batch_ms} ms",
+        "true fields of a val batch": "{read_truth_s} s",
     }
     for row in rows:
         row.update(machine=platform.processor() or platform.machine(), ch=args.ch, batch_size=args.batch_size)

@@ -1,8 +1,8 @@
 """Batch adapters: how a data kind's batch becomes the tokenizer's input, condition and loss target, and how the
 reconstruction is handed to the metrics that judge it. The *data* config chooses its adapter
 (`data.adapter._target_`) and names its metric (`data.adapter.metric`, a `_partial_` torchmetrics class from
-lit_modules/metrics.py), because the data decides its batch format and what an error means; the generic
-TokenizerModule takes both from the datamodule. Data code never imports lit_modules: the config builds the metric.
+SciTok's metrics module), because the data decides its batch format and what an error means; the generic
+TokenizerModule takes both from the datamodule. Data code never imports model code: the config builds the metric.
 
 An adapter is stateless; TokenizerModule keeps the metric states (one `metric(groups)` per stage):
     kind                                       the data kind ("fields", "eeg", "images", "galaxy_images")
@@ -39,7 +39,7 @@ class ModelInput:
 
 
 class BatchAdapter:
-    """metric: builds one stage's metric from `groups=` (data.adapter.metric: `_partial_` lit_modules.metrics class);
+    """metric: builds one stage's metric from `groups=` (data.adapter.metric: a `_partial_` metric class);
     None for an adapter that only unpacks batches (encoding, tests of data code)."""
 
     kind: str
@@ -61,8 +61,8 @@ class BatchAdapter:
     def metric(self, n_groups: int):
         if self.metric_factory is None:
             raise ValueError(
-                f"{type(self).__name__} has no metric: set data.adapter.metric (e.g. {{_target_: "
-                f"lit_modules.metrics.FieldErrors, _partial_: true}}) to train or evaluate on this data"
+                f"{type(self).__name__} has no metric: set data.adapter.metric, a `_partial_` metric class as in "
+                f"the data configs of conf/data/ (fields.yaml: FieldErrors), to train or evaluate on this data"
             )
         return self.metric_factory(groups=max(1, n_groups))
 
