@@ -5,21 +5,21 @@ checkpoint's training run (its `config_resolved.yaml`, read as data: only SciTok
 `data=<config>` is given; `splits=[train,val,test]`, `out_dir=` (default: `<checkpoint folder>/<checkpoint
 name>-tokens/`), and the `paths` and `trainer` groups of train.py (`trainer=ddp_cpu` encodes in 2 processes).
 
-- Fields, EEG (any tokenizer whose data kind is "fields" or "eeg"): every sample of each split through
-  `tokenizer.encode` in Lightning's predict loop (lit_modules/encoding.py) into `<out_dir>/<split>/`
-  (datamodules/token_store.py: `<stream>.npy` memory-mapped, `index.npy`, `meta.json`). The samples are normalized
-  with the checkpoint's statistics. A store whose key (checkpoint sha256, data, split) matches is reused.
-- Galaxies (an `astro_image` checkpoint): fits the catalog-scalar tokenizer (quantile bins) and the spectrum
-  tokenizer (K-means) on the train split, or reuses them (checkpoints in out_dir named after the data fingerprint,
-  loadable with `tokenizers.load_tokenizer`), and encodes every split with the three into
-  `<out_dir>/<split>-<key>.npz` (TokenStore; out_dir by default `<paths.data_dir>/tokens`), read by
-  `experiment=astro_transformer`.
+Every split's samples go through the tokenizer in Lightning's predict loop (lit_modules/encoding.py) into
+`<out_dir>/<split>/` (datamodules/token_store.py: `<stream>.npy` memory-mapped, `index.npy`, `meta.json`). A store
+whose key (the tokenizer checkpoints' sha256, data, split) matches is reused.
+- Fields, EEG, images: the tokenizer's `encode`, the samples normalized with the checkpoint's statistics.
+- Galaxies (an `astro_image` checkpoint): one row per object, streams image, catalog (one id per catalog column) and
+  spectrum (tokenizers.astro.GalaxyTokenizers). The catalog-scalar tokenizer (quantile bins) and the spectrum
+  tokenizer (K-means) are fitted on the train split, or reused: checkpoints in out_dir named after the data
+  fingerprint, loadable with `tokenizers.load_tokenizer`, each named in meta.json `tokenizers` with its sha256. The
+  index says which objects have a catalog row and a spectrum. `experiment=astro_transformer data.store=<out_dir>`
+  reads them.
 Stores and tokenizers are written atomically. Runs on the GPU when there is one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -31,14 +31,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.common import SplitDataModule, cache_key
-from datamodules.galaxies import GalaxyDataModule
-from datamodules.token_store import SplitStore, SplitStoreWriter, TokenStore, arrays_fingerprint, file_sha256
+from datamodules.galaxies import GalaxyDataModule, GalaxyObjectsAdapter
+from datamodules.token_store import SplitStore, SplitStoreWriter, file_sha256
 from lit_modules.checkpoint_io import run_config
 from lit_modules.encoding import EncodeData, EncodeModule, ShardWriter, merge_shards, shard_folder
 from tokenizers import load_tokenizer, save_tokenizer
-from tokenizers.astro import GalaxyImageTokenizer, ScalarQuantileTokenizer, SpectrumTokenizer
+from tokenizers.astro import GalaxyImageTokenizer, GalaxyTokenizers, ScalarQuantileTokenizer, SpectrumTokenizer
 from tokenizers.base import DataMetadata
-from tokenizers.load import atomic_write, check_targets
+from tokenizers.load import check_targets
 
 log = logging.getLogger("scitok.encode")
 
@@ -96,112 +96,36 @@ def fit_spectra(data: GalaxyDataModule, cfg: DictConfig, out_dir: Path, fingerpr
     return save_tokenizer(tokenizer.cpu(), {"_target_": "tokenizers.astro.SpectrumTokenizer", **params}, metadata, path)
 
 
-@torch.no_grad()
-def encode_split(
-    data: GalaxyDataModule, split: str, models: dict[str, torch.nn.Module], batch_size: int, device: str
-) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Tokens per stream [N, T] of one split's objects (rows in the split's order) and each stream's vocabulary;
-    models: the loaded tokenizers ("image", and "scalars" / "spectra" where the data has them) on `device`."""
-    table, rows, objects = data.table, data.rows[split].numpy(), data.splits[split]
-    out: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(rows), batch_size):
-        part = rows[start : start + batch_size]
-        images = objects.__getitems__(range(start, start + len(part)))["image"]
-        tokens = dict(models["image"].encode(images.to(device)))
-        if "scalars" in models:
-            scalars = models["scalars"].encode(torch.from_numpy(np.asarray(table.catalog)[part]).to(device))
-            tokens["catalog"] = torch.cat([scalars[c] for c in table.catalog_columns], 1)
-        if "spectra" in models:
-            tokens.update(
-                models["spectra"].encode(
-                    torch.from_numpy(np.asarray(table.spectrum)[part]).to(device),
-                    torch.from_numpy(np.asarray(table.spectrum_ivar)[part]).to(device),
-                )
-            )
-        for name, ids in tokens.items():
-            out.setdefault(name, []).append(ids.cpu().numpy())
-    vocab = dict(models["image"].streams)
-    if "scalars" in models:
-        vocab["catalog"] = models["scalars"].bins + 1
-    if "spectra" in models:
-        vocab.update(models["spectra"].streams)
-    return {name: np.concatenate(parts) for name, parts in out.items()}, vocab
-
-
-def presence(table, rows: np.ndarray, tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per stream, which objects have that modality: a spectrum with at least one pixel of ivar > 0, a catalog row
-    with at least one finite value (its missing columns are MISS tokens), every image."""
-    present = {name: np.ones(len(rows), dtype=bool) for name in tokens}
-    if "catalog" in tokens:
-        present["catalog"] = np.isfinite(np.asarray(table.catalog)[rows]).any(1)
-    if "spectrum" in tokens:
-        present["spectrum"] = (np.asarray(table.spectrum_ivar)[rows] > 0).any(1)
-    return present
-
-
-def encode_galaxies(cfg: DictConfig, image_ckpt: Path, image_tokenizer: GalaxyImageTokenizer, data) -> dict[str, Path]:
-    """Write (or find) the galaxy token store of every split in cfg.splits; returns split -> store path."""
+def galaxy_tokenizers(
+    cfg: DictConfig, ckpt: Path, image: GalaxyImageTokenizer, data: GalaxyDataModule, out_dir: Path
+) -> tuple[GalaxyTokenizers, dict[str, Path]]:
+    """The image tokenizer of `ckpt` with the catalog-scalar and spectrum tokenizers of the data (fitted on its train
+    split, or reused from out_dir by the data's fingerprint), as one encoder; and each one's checkpoint."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    table = data.table
-    out_dir = output_dir(cfg, image_ckpt, galaxies=True)
-    fingerprint = arrays_fingerprint(
-        table.object_id,
-        table.image,
-        table.catalog,
-        table.spectrum,
-        table.spectrum_ivar,
-        data.rows["train"].numpy(),
-        data.rows["val"].numpy(),
-    )
-    checkpoints = {"image": image_ckpt}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = data.fingerprint()
+    checkpoints = {"image": ckpt}
     for name, path in (
         ("scalars", fit_scalars(data, int(cfg.scalars.bins), out_dir, fingerprint)),
         ("spectra", fit_spectra(data, cfg.spectra, out_dir, fingerprint, device)),
     ):
         if path is not None:
             checkpoints[name] = path
-    hashes = {name: file_sha256(path) for name, path in checkpoints.items()}
-    stores = {}
-    models = None  # loaded once, on the first split that needs encoding
-    for split in cfg.splits:
-        key = TokenStore.key(split, hashes, fingerprint)
-        path = TokenStore.path(out_dir, split, key)
-        if path.is_file():
-            log.info("reusing the token store %s", path)
-            stores[split] = path
-            continue
-        if models is None:
-            models = {name: load_tokenizer(path, map_location=device) for name, path in checkpoints.items()}
-        tokens, vocab = encode_split(data, split, models, int(cfg.batch_size), device)
-        n = len(data.rows[split])
-        meta = {
-            "split": split,
-            "vocab": vocab,
-            "catalog_columns": list(table.catalog_columns),
-            "bands": list(table.bands),
-            "tokenizers": {k: str(v) for k, v in checkpoints.items()},
-            "tokenizer_sha256": hashes,
-            "data_fingerprint": fingerprint,
-        }
-        store = TokenStore(
-            np.asarray(table.object_id)[data.rows[split].numpy()],
-            tokens,
-            presence(table, data.rows[split].numpy(), tokens),
-            meta,
-        )
-        stores[split] = store.save(path)
-        log.info("wrote %s: %d objects, %s", path, n, {k: v.shape[1] for k, v in tokens.items()})
-    with atomic_write(out_dir / "latest.json") as tmp:
-        tmp.write_text(json.dumps({k: str(v) for k, v in stores.items()}, indent=2))
-    return stores
+    parts = {name: load_tokenizer(path) for name, path in checkpoints.items() if name != "image"}
+    return GalaxyTokenizers(image, **parts), checkpoints
 
 
-def output_dir(cfg: DictConfig, ckpt: Path, galaxies: bool = False) -> Path:
+def output_dir(cfg: DictConfig, ckpt: Path) -> Path:
     """cfg.out_dir, or by default `<checkpoint folder>/<checkpoint name>-tokens/` (the tokens beside their
-    tokenizer); galaxies: `<paths.data_dir>/tokens/`, where experiment=astro_transformer looks for its stores."""
+    tokenizer)."""
     if cfg.get("out_dir"):
         return Path(cfg.out_dir)
-    return Path(cfg.paths.data_dir) / "tokens" if galaxies else ckpt.parent / f"{ckpt.stem}-tokens"
+    return ckpt.parent / f"{ckpt.stem}-tokens"
+
+
+def about_checkpoint(tokenizer: torch.nn.Module, ckpt: Path, sha: str) -> dict:
+    """What a store records of a tokenizer checkpoint: its class, resolved path and sha256."""
+    return {"class": type(tokenizer).__name__, "checkpoint": str(Path(ckpt).resolve()), "sha256": sha}
 
 
 def training_data_config(ckpt: Path) -> dict:
@@ -257,30 +181,47 @@ def encode(cfg: DictConfig) -> dict[str, Path]:
             "the run's checkpoints/last.ckpt"
         )
     datamodule, data_config = build_data(cfg, ckpt, tokenizer)
-    if isinstance(tokenizer, GalaxyImageTokenizer):
-        return encode_galaxies(cfg, ckpt, tokenizer, datamodule)
     if not hasattr(datamodule, "encode_set"):
         raise ValueError(f"encode.py cannot yet export {meta.kind} data ({type(datamodule).__name__})")
     datamodule.use_statistics(meta)
     out_dir, sha = output_dir(cfg, ckpt), file_sha256(ckpt)
+    facts = {
+        "kind": meta.kind,
+        "tokenizer": about_checkpoint(tokenizer, ckpt, sha),
+        "normalization": meta.to_dict(),
+        "data_config": data_config,
+    }
+    adapter = datamodule.adapter
+    if isinstance(tokenizer, GalaxyImageTokenizer):  # with the catalog and spectrum tokenizers, one row per object
+        image = tokenizer
+        tokenizer, checkpoints = galaxy_tokenizers(cfg, ckpt, image, datamodule, out_dir)
+        parts = {"image": image, "scalars": tokenizer.scalars, "spectra": tokenizer.spectra}
+        sha = {name: file_sha256(path) for name, path in checkpoints.items()}
+        facts["tokenizers"] = {n: about_checkpoint(parts[n], path, sha[n]) for n, path in checkpoints.items()}
+        facts["catalog_columns"] = list(datamodule.table.catalog_columns) if "scalars" in checkpoints else []
+        facts["bands"] = list(datamodule.table.bands)
+        adapter = GalaxyObjectsAdapter()
     stores = {}
     for split in cfg.splits:
-        stores[split] = encode_split_store(cfg, ckpt, sha, tokenizer, datamodule, data_config, split, out_dir / split)
+        stores[split] = encode_split_store(cfg, sha, tokenizer, datamodule, adapter, facts, split, out_dir / split)
     return stores
 
 
 def encode_split_store(
     cfg: DictConfig,
-    ckpt: Path,
-    sha: str,
+    sha: str | dict[str, str],
     tokenizer: torch.nn.Module,
     datamodule,
-    data_config: dict,
+    adapter,
+    facts: dict,
     split: str,
     path: Path,
 ) -> Path:
     """One split's store at `path`: reused when its key matches, else encoded through trainer.predict (every rank
-    its share into a shard; rank 0 merges them into the store and renames it into place)."""
+    its share into a shard; rank 0 merges them into the store and renames it into place). sha: the tokenizer
+    checkpoint's sha256 (galaxies: each of the image, scalar and spectrum tokenizers'); adapter: turns the batches
+    of `datamodule.encode_set(split)` into the tokenizer's input; facts: what meta.json records beside the split's
+    own entries (kind, tokenizer, normalization, data_config, …)."""
     dataset, index, about = datamodule.encode_set(split)
     key = cache_key({"tokenizer_sha256": sha, "data": about, "split": split, "metadata": tokenizer.metadata.to_dict()})
     if (path / "meta.json").is_file():
@@ -292,7 +233,7 @@ def encode_split_store(
         except (OSError, ValueError) as e:  # a store is a cache of tokens: write it again
             log.warning("token store %s cannot be read (%s); writing it again", path, e)
     with torch.no_grad():  # each stream's token grid, from one sample
-        example = datamodule.adapter.unpack(dataset.__getitems__([0]))
+        example = adapter.unpack(dataset.__getitems__([0]))
         grids = {s: tuple(ids.shape[1:]) for s, ids in tokenizer.encode(example.x, **example.cond).items()}
     streams = dict(tokenizer.streams)
     shards = shard_folder(path)
@@ -300,7 +241,7 @@ def encode_split_store(
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[writer], enable_checkpointing=False)
     try:
         trainer.predict(
-            EncodeModule(tokenizer, datamodule.adapter),
+            EncodeModule(tokenizer, adapter),
             datamodule=EncodeData(dataset, int(cfg.batch_size), int(cfg.num_workers)),
             return_predictions=False,
         )
@@ -315,14 +256,11 @@ def encode_split_store(
                 index,
                 {
                     "key": key,
-                    "kind": tokenizer.metadata.kind,
                     "split": split,
                     "streams": streams,
                     "grid": {s: list(g) for s, g in grids.items()},
-                    "tokenizer": {"class": type(tokenizer).__name__, "checkpoint": str(ckpt.resolve()), "sha256": sha},
-                    "normalization": tokenizer.metadata.to_dict(),
+                    **facts,
                     "data": about,
-                    "data_config": data_config,
                     "rows": len(dataset),
                     "index_columns": list(index.dtype.names),
                 },

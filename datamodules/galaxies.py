@@ -8,7 +8,8 @@ Sources (the data config's nested group data/galaxy_source):
 
 Batches for the image tokenizer: {"image": [B, bands, S, S] robust-arcsinh normalized (tokenizers/astro.py),
 "weight": [B, 1, S, S] the loss weights (1 inside the object's ellipse scaled by mask_scale, outside_weight
-outside), "row": [B] the object's row}. `datamodule.table` keeps every modality for the token export.
+outside), "row": [B] the object's row}. `datamodule.table` keeps every modality; `encode_set(split)` gives each object
+with its catalog and spectrum for the token export (encode.py, through GalaxyObjectsAdapter).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.adapters import BatchAdapter, GalaxyImageAdapter
+from datamodules.adapters import BatchAdapter, GalaxyImageAdapter, ModelInput
 from datamodules.common import (
     EpochShuffleSampler,
     SplitDataModule,
@@ -36,6 +37,7 @@ from datamodules.common import (
     split_indices,
 )
 from datamodules.galaxy_sim import CATALOG_COLUMNS, LSST_BANDS, default_workers, simulate
+from datamodules.token_store import arrays_fingerprint
 from tokenizers.astro import ellipse_weights, robust_arcsinh
 from tokenizers.base import DataMetadata
 from tokenizers.load import UNREADABLE, atomic_write
@@ -460,6 +462,29 @@ class GalaxyImages(Dataset):
         return {"image": image, "weight": weight, "row": rows}
 
 
+class GalaxyObjects(GalaxyImages):
+    """GalaxyImages with every modality the table has, for the token export: also "catalog" [B, C] float32 (NaN =
+    missing) and "spectrum", "spectrum_ivar" [B, L] float32 (where the table has spectra)."""
+
+    def __getitems__(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        batch = super().__getitems__(idx)
+        rows = batch["row"].numpy()
+        batch["catalog"] = torch.from_numpy(np.asarray(self.table.catalog, np.float32)[rows])
+        if self.table.spectrum is not None:
+            batch["spectrum"] = torch.from_numpy(np.asarray(self.table.spectrum, np.float32)[rows])
+            batch["spectrum_ivar"] = torch.from_numpy(np.asarray(self.table.spectrum_ivar, np.float32)[rows])
+        return batch
+
+
+class GalaxyObjectsAdapter(GalaxyImageAdapter):
+    """Batches of GalaxyObjects for the galaxy tokenizers together (tokenizers.astro.GalaxyTokenizers): x the image,
+    cond its catalog and spectrum (those the batch has)."""
+
+    def unpack(self, batch: dict[str, torch.Tensor]) -> ModelInput:
+        cond = {k: batch[k] for k in ("catalog", "spectrum", "spectrum_ivar") if k in batch}
+        return ModelInput(batch["image"], cond, batch["image"], batch["weight"])
+
+
 class GalaxyDataModule(SplitDataModule):
     """Objects split train/val/test by a seeded permutation; images normalized a batch at a time (GalaxyImages), so
     a memory-mapped image array of any size is never read whole."""
@@ -483,6 +508,7 @@ class GalaxyDataModule(SplitDataModule):
         self.mask_scale, self.outside_weight = mask_scale, outside_weight
         self.table: GalaxyTable | None = None
         self.rows: dict[str, torch.Tensor] = {}
+        self._fingerprint: str | None = None
 
     def prepare_data(self) -> None:
         if hasattr(self.source, "prepare"):
@@ -505,6 +531,50 @@ class GalaxyDataModule(SplitDataModule):
         """Per object and band robust arcsinh (tokenizers.astro.robust_arcsinh); variables: the band names."""
         bands = self.table.bands if self.table is not None else []
         return DataMetadata(kind=self.adapter.kind, normalization="robust_arcsinh", variables=list(bands))
+
+    def use_statistics(self, metadata: DataMetadata) -> None:
+        """Each object is normalized on its own (robust arcsinh): the tokenizer's data must have these bands."""
+        if metadata.normalization != "robust_arcsinh" or list(metadata.variables) != list(self.table.bands):
+            raise ValueError(
+                f"the tokenizer was trained on bands {metadata.variables} ({metadata.normalization}); this data "
+                f"({self.table.origin}) has bands {self.table.bands}: give the data it was trained on"
+            )
+
+    def fingerprint(self) -> str:
+        """sha256 of every modality's values and of the train/val split (computed once: it reads every image)."""
+        if self._fingerprint is None:
+            t = self.table
+            self._fingerprint = arrays_fingerprint(
+                t.object_id,
+                t.image,
+                t.catalog,
+                t.spectrum,
+                t.spectrum_ivar,
+                self.rows["train"].numpy(),
+                self.rows["val"].numpy(),
+            )
+        return self._fingerprint
+
+    def encode_set(self, split: str) -> tuple[GalaxyObjects, np.ndarray, dict]:
+        """(the split's objects in their fixed order, with every modality; index [N] of (object_id, has_catalog,
+        has_spectrum) per row: a catalog row with at least one finite value (its missing columns are MISS tokens), a
+        spectrum with at least one pixel of ivar > 0; what they depend on: the data's fingerprint, origin, bands,
+        catalog columns)."""
+        rows = self.rows[split].numpy()
+        t = self.table
+        index = np.zeros(len(rows), [("object_id", "i8"), ("has_catalog", "?"), ("has_spectrum", "?")])
+        index["object_id"] = np.asarray(t.object_id)[rows]
+        index["has_catalog"] = np.isfinite(np.asarray(t.catalog)[rows]).any(1)
+        if t.spectrum_ivar is not None:
+            index["has_spectrum"] = (np.asarray(t.spectrum_ivar)[rows] > 0).any(1)
+        about = {
+            "fingerprint": self.fingerprint(),
+            "origin": t.origin,
+            "objects": len(t),
+            "bands": list(t.bands),
+            "catalog_columns": list(t.catalog_columns),
+        }
+        return GalaxyObjects(t, self.rows[split], self.mask_scale, self.outside_weight), index, about
 
     def make_train_sampler(self) -> EpochShuffleSampler:
         return EpochShuffleSampler(len(self.splits["train"]), self.seed)

@@ -392,3 +392,51 @@ class SpectrumTokenizer(nn.Module):
         if stream != "spectrum":
             raise KeyError(f"SpectrumTokenizer has the stream 'spectrum', not {stream!r}")
         return self.codebook * self.feature_std + self.feature_mean
+
+
+# ---- one galaxy's modalities together ------------------------------------------------------------------
+class GalaxyTokenizers(nn.Module):
+    """The tokenizers of a galaxy's modalities as one encoder, the rows of a galaxy token store (encode.py):
+    encode(image [B, bands, S, S], catalog=[B, C], spectrum=[B, L], spectrum_ivar=[B, L]) ->
+    {"image": [B, (S/4)²], "catalog": [B, C] (one id per catalog column, MISS = bins), "spectrum": [B, L/patch]}, the
+    catalog and spectrum streams where it holds their tokenizer. `metadata`: the image tokenizer's (the store's kind
+    and normalization are the image's)."""
+
+    def __init__(
+        self,
+        image: GalaxyImageTokenizer,
+        scalars: ScalarQuantileTokenizer | None = None,
+        spectra: SpectrumTokenizer | None = None,
+    ):
+        super().__init__()
+        self.image, self.scalars, self.spectra = image, scalars, spectra
+        self.metadata = getattr(image, "metadata", None)
+
+    @property
+    def streams(self) -> dict[str, int]:
+        """image: the codebook size; catalog: bins + 1 (every column shares the bins and MISS); spectrum: K."""
+        streams = dict(self.image.streams)
+        if self.scalars is not None:
+            streams["catalog"] = self.scalars.bins + 1
+        if self.spectra is not None:
+            streams.update(self.spectra.streams)
+        return streams
+
+    def encode(
+        self,
+        x: torch.Tensor,
+        catalog: torch.Tensor | None = None,
+        spectrum: torch.Tensor | None = None,
+        spectrum_ivar: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        tokens = dict(self.image.encode(x))
+        if self.scalars is not None:
+            if catalog is None:
+                raise ValueError(f"GalaxyTokenizers: catalog [B, {len(self.scalars.columns)}] is needed, none given")
+            ids = self.scalars.encode(catalog)
+            tokens["catalog"] = torch.cat([ids[c] for c in self.scalars.columns], 1)
+        if self.spectra is not None:
+            if spectrum is None or spectrum_ivar is None:
+                raise ValueError("GalaxyTokenizers: spectrum and spectrum_ivar [B, L] are needed, none given")
+            tokens.update(self.spectra.encode(spectrum, spectrum_ivar))
+        return tokens
