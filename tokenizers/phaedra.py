@@ -3,11 +3,15 @@
 The latent [B, 9, h, w] is split by channel: channels 0-7 go through the morphology FSQ
 (levels [5,4,4,3,3,3,2,2] = 8640 codes, gain 10), channel 8 through a 1-D FSQ of 1024 levels
 (gain 0.1). Each latent position emits one `morph` id and one `amp` id. With `amp_levels=None`
-the same class is the FSQ-only baseline the paper compares against (8 latent channels, one stream).
+the same class is the FSQ-only baseline the paper compares against (8 latent channels, one stream). With
+`morph2_levels` a second coarse FSQ group of latent channels follows the morphology's, one more id per position:
+`experiment=fsq_matched`'s morph2 [4, 4, 4, 4, 4] (1024 codes, gain as the morphology's) in place of the 1024 fine
+amplitude levels spends exactly Phaedra's 23.1 bits per position with FSQ alone.
 
 Tokens for input [B, C, H, W] and f = 2^(len(ch_mult)-1):
-    morph: int64 [B, H/f, W/f] in [0, prod(morph_levels))
-    amp:   int64 [B, H/f, W/f] in [0, amp_levels)          (absent for the baseline)
+    morph:  int64 [B, H/f, W/f] in [0, prod(morph_levels))
+    morph2: int64 [B, H/f, W/f] in [0, prod(morph2_levels)) (only with morph2_levels)
+    amp:    int64 [B, H/f, W/f] in [0, amp_levels)          (absent for the FSQ-only baselines)
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class PhaedraTokenizer(nn.Module):
         paper_parity: bool = False,
         commitment_weight: float = 0.0,
         amp_range_weight: float = 0.0,
+        morph2_levels: Sequence[int] | None = None,
     ):
         super().__init__()
         if amp_levels is not None and amp_levels < 2:  # 0 would silently build the FSQ-only baseline
@@ -51,8 +56,12 @@ class PhaedraTokenizer(nn.Module):
         self.in_channels = in_channels
         self.downsample_factor = 2 ** (len(ch_mult) - 1)
         self.morph = FSQ(morph_levels, gain=morph_gain, paper_parity=paper_parity)
+        self.morph2 = FSQ(morph2_levels, gain=morph_gain, paper_parity=paper_parity) if morph2_levels else None
         self.amp = FSQ([amp_levels], gain=amp_gain, paper_parity=paper_parity) if amp_levels else None
-        self.z_channels = self.morph.dim + (1 if self.amp is not None else 0)
+        # latent channels, in order: morphology, second group, amplitude
+        self.groups = {"morph": self.morph, "morph2": self.morph2, "amp": self.amp}
+        self.groups = {name: q for name, q in self.groups.items() if q is not None}
+        self.z_channels = sum(q.dim for q in self.groups.values())
         self.commitment_weight = commitment_weight
         self.amp_range_weight = amp_range_weight
         arch = dict(
@@ -72,10 +81,7 @@ class PhaedraTokenizer(nn.Module):
 
     @property
     def streams(self) -> dict[str, int]:
-        out = {"morph": self.morph.codebook_size}
-        if self.amp is not None:
-            out["amp"] = self.amp.codebook_size
-        return out
+        return {name: q.codebook_size for name, q in self.groups.items()}
 
     @property
     def last_layer(self) -> torch.Tensor:
@@ -89,23 +95,23 @@ class PhaedraTokenizer(nn.Module):
     def _quantizer(self, stream: str) -> FSQ:
         if stream not in self.streams:
             raise KeyError(f"unknown stream {stream!r}; this tokenizer has {list(self.streams)}")
-        return self.morph if stream == "morph" else self.amp
+        return self.groups[stream]
 
     def _quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         check_image_input(x, self.in_channels, self.downsample_factor, type(self).__name__)
         z = rearrange(self.quant_conv(self.encoder(x)), "b c h w -> b h w c")
-        z_morph, z_amp = z[..., : self.morph.dim], z[..., self.morph.dim :]
-        q_morph, ids_morph = self.morph(z_morph)
-        codes, tokens, aux = [q_morph], {"morph": ids_morph}, {}
-        if self.commitment_weight > 0:
-            aux["commitment"] = self.commitment_weight * F.mse_loss(z_morph.float(), q_morph.detach())
-        if self.amp is not None:
-            q_amp, ids_amp = self.amp(z_amp)
-            codes.append(q_amp)
-            tokens["amp"] = ids_amp
-            if self.amp_range_weight > 0:
+        codes, tokens, aux, start = [], {}, {}, 0
+        for name, quantizer in self.groups.items():
+            part = z[..., start : start + quantizer.dim]
+            start += quantizer.dim
+            q, tokens[name] = quantizer(part)
+            codes.append(q)
+            if name != "amp" and self.commitment_weight > 0:  # the coarse groups' commitment, summed
+                term = self.commitment_weight * F.mse_loss(part.float(), q.detach())
+                aux["commitment"] = aux["commitment"] + term if "commitment" in aux else term
+            if name == "amp" and self.amp_range_weight > 0:
                 # keep the amplitude pre-activation out of tanh saturation (|g·z| > 2), where it stops learning
-                aux["amp_range"] = self.amp_range_weight * F.relu(z_amp.float().abs() * self.amp.gain - 2).pow(2).mean()
+                aux["amp_range"] = self.amp_range_weight * F.relu(part.float().abs() * self.amp.gain - 2).pow(2).mean()
         return torch.cat(codes, dim=-1), tokens, aux
 
     def _decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
@@ -124,7 +130,5 @@ class PhaedraTokenizer(nn.Module):
         missing = set(self.streams) - set(tokens)
         if missing:
             raise ValueError(f"decode needs token streams {sorted(self.streams)}, missing {sorted(missing)}")
-        codes = [self.morph.ids_to_codes(tokens["morph"])]
-        if self.amp is not None:
-            codes.append(self.amp.ids_to_codes(tokens["amp"]))
+        codes = [q.ids_to_codes(tokens[name]) for name, q in self.groups.items()]
         return self._decode_codes(torch.cat(codes, dim=-1))

@@ -51,6 +51,36 @@ def test_fsq_baseline_has_one_stream_and_eight_latent_channels():
             PhaedraTokenizer(**SMALL, amp_levels=levels)
 
 
+def test_rate_matched_fsq_spends_phaedras_bits_in_two_coarse_streams():
+    """experiment=fsq_matched's model: morph [5,4,4,3,3,3,2,2] + morph2 [4,4,4,4,4], no amplitude: 13 latent
+    channels, two ids per position, log2(8640·1024) bits — Phaedra's rate exactly."""
+    import math
+
+    from hydra import compose, initialize_config_dir
+
+    from tests.helpers import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        spec = compose("train", overrides=["experiment=fsq_matched"]).model.tokenizer
+    assert spec.amp_levels is None and list(spec.morph2_levels) == [4, 4, 4, 4, 4]
+    torch.manual_seed(0)
+    matched = PhaedraTokenizer(**SMALL, amp_levels=None, morph2_levels=list(spec.morph2_levels)).eval()
+    assert matched.streams == {"morph": 8640, "morph2": 1024} and matched.z_channels == 13
+    bits = lambda t: sum(math.log2(v) for v in t.streams.values())  # noqa: E731
+    assert bits(matched) == pytest.approx(bits(PhaedraTokenizer(**SMALL)), abs=1e-12)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        out = matched(x)
+        tokens = matched.encode(x)
+        assert torch.equal(matched.decode(tokens), out.recon)
+    assert tokens["morph2"].shape == tokens["morph"].shape == (2, 8, 8)
+    assert tokens["morph2"].max() < 1024 and matched.code_vectors("morph2").shape == (1024, 5)
+    # the second stream carries information of its own: other morph2 ids, another reconstruction
+    with torch.no_grad():
+        other = matched.decode({**tokens, "morph2": (tokens["morph2"] + 1) % 1024})
+    assert not torch.allclose(other, out.recon)
+
+
 def test_code_vectors_are_the_decoded_latents(phaedra):
     morph, amp = phaedra.code_vectors("morph"), phaedra.code_vectors("amp")
     assert morph.shape == (8640, 8) and amp.shape == (1024, 1)
