@@ -124,6 +124,7 @@ def test_an_interrupted_export_leaves_no_store_that_is_read_later(experiment_run
         encode(cfg)
     monkeypatch.setattr(np, "save", real_save)
     assert not (out / "val").exists() and not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert len(list(out.glob("*.pt"))) == 2  # killed after the fits: the fitted tokenizers are whole, and kept
     store = SplitStore.open(encode(cfg)["val"])  # the next run writes it whole
     assert len(store) == len(run.datamodule.rows["val"])
 
