@@ -1,17 +1,16 @@
-"""Token stores: one file per dataset split with every object's id and its tokens per modality, written by
-`encode.py` and read by the downstream transformer.
+"""Token stores: what `encode.py` writes for every tokenizer and the downstream transformers read, one folder per
+split, readable with numpy alone.
 
-A store is an .npz file:
-    object_id        int64 [N]
-    tokens/<stream>  int64 [N, T_stream]  (image: the (S/4)² codebook ids in raster order; catalog: one column per
-                     catalog column, MISS = the last id; spectrum: one id per patch of pixels)
-    present/<stream> bool [N]             whether the object has that modality (a spectrum with a valid pixel, a
-                                          catalog row with a value); the tokens of a missing one carry nothing
-    meta             JSON: split, vocabulary size per stream, catalog column names, the sha256 of each tokenizer
-                     checkpoint, the data fingerprint
-Its name ends in a key made from the tokenizers' hashes, the data fingerprint and the split, so asking for the same
-tokens again finds the store; it is written under a temporary name and renamed, so an interrupted export leaves no
-file that is ever read.
+    <out_dir>/<split>/<stream>.npy   [N, *grid] ids, the smallest unsigned dtype that holds the stream's vocabulary
+                      index.npy      [N] structured: what each row is (fields: dataset, variable, trajectory, time;
+                                     EEG: recording, channel, rate, start; galaxies: object_id, has_catalog,
+                                     has_spectrum; images: image, tile)
+                      meta.json      format, kind, streams {name: vocabulary}, grid per stream, the tokenizer
+                                     checkpoint(s) and sha256, the split's members, the normalization (DataMetadata),
+                                     the data description and config, the key that decides reuse
+A split is written into a temporary folder and renamed when complete (SplitStoreWriter): a reader never sees half a
+store, and a killed export leaves only a temporary folder that the next run removes. `open_store` opens the three
+splits for a transformer, `store_tokenizer` and `stored_data` give back the tokenizer and the data a store names.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datamodules.common import cache_key
 from tokenizers.load import UNREADABLE, atomic_write, check_targets
 
 
@@ -52,63 +50,6 @@ def arrays_fingerprint(*arrays: np.ndarray | None, chunk_rows: int = 512) -> str
             h.update(np.ascontiguousarray(a[start : start + chunk_rows]).tobytes())
     return h.hexdigest()
 
-
-@dataclass
-class TokenStore:
-    object_id: np.ndarray
-    tokens: dict[str, np.ndarray]
-    present: dict[str, np.ndarray]
-    meta: dict
-
-    @staticmethod
-    def key(split: str, tokenizer_hashes: dict[str, str], data_fingerprint: str) -> str:
-        return cache_key({"split": split, "tokenizers": tokenizer_hashes, "data": data_fingerprint})
-
-    @staticmethod
-    def path(out_dir: str | Path, split: str, key: str) -> Path:
-        return Path(out_dir) / f"{split}-{key}.npz"
-
-    def save(self, path: str | Path) -> Path:
-        """Write atomically: a temporary file in the same folder, renamed when complete."""
-        path = Path(path)
-        arrays = {"object_id": self.object_id, "meta": np.array(json.dumps(self.meta))}
-        arrays.update({f"tokens/{k}": v for k, v in self.tokens.items()})
-        arrays.update({f"present/{k}": v for k, v in self.present.items()})
-        with atomic_write(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> TokenStore:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"token store {path} does not exist (python encode.py writes it)")
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                arrays = {n: f[n] for n in f.files}
-        except UNREADABLE as e:
-            raise ValueError(
-                f"token store {path} cannot be read ({type(e).__name__}: {e}): it is truncated or "
-                f"corrupt; write it again (python encode.py)"
-            ) from e
-        if "object_id" not in arrays or "meta" not in arrays:
-            raise ValueError(f"{path} is not a SciTok token store (no object_id/meta)")
-        tokens = {n.split("/", 1)[1]: v for n, v in arrays.items() if n.startswith("tokens/")}
-        present = {n.split("/", 1)[1]: v for n, v in arrays.items() if n.startswith("present/")}
-        return cls(arrays["object_id"], tokens, present, json.loads(str(arrays["meta"])))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Token stores of encode.py: one folder per split, readable with numpy alone.
-#
-#   <out_dir>/<split>/<stream>.npy   [N, *grid] ids, the smallest unsigned dtype that holds the stream's vocabulary
-#                    index.npy       [N] structured: what each row is (fields: dataset, variable, trajectory, time;
-#                                    EEG: recording, channel, rate, start; galaxies: object_id; images: image, tile)
-#                    meta.json       format, kind, streams {name: vocabulary}, grid per stream, the tokenizer
-#                                    checkpoint and its sha256, the split's members, the normalization (DataMetadata),
-#                                    the data description, the key that decides reuse
-# A split is written into `.<split>.tmp-<pid>/` and renamed when complete: a reader never sees half a store, and a
-# killed export leaves only a temporary folder that the next run removes.
 
 STORE_FORMAT = "scitok-token-store/1"
 

@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from datamodules.sources import EmbeddedFields
-from datamodules.token_store import TokenStore
 from lit_modules.checkpoint_io import check_checkpoint
 from tests.helpers import ROOT, SMALL_DATA, assert_same_final_weights
 from tokenizers import load_tokenizer
@@ -187,11 +186,17 @@ def test_a_corrupt_embedded_cache_is_regenerated(tmp_path, caplog):
 
 
 def test_a_corrupt_token_store_is_named(tmp_path):
-    store = TokenStore(np.arange(4), {"image": np.zeros((4, 3), dtype=np.int64)}, {}, {"kind": "test"})
-    path = store.save(tmp_path / "train-abc.npz")
-    path.write_bytes(path.read_bytes()[:-40])
-    with pytest.raises(ValueError, match=f"token store {path} cannot be read .* write it again"):
-        TokenStore.load(path)
+    from datamodules.token_store import SplitStore, SplitStoreWriter
+
+    path = tmp_path / "train"
+    with SplitStoreWriter(path, 4, {"image": 16}, {"image": (3,)}) as writer:
+        writer.rows(0, {"image": np.arange(12).reshape(4, 3)})
+        writer.commit(np.arange(4), {"kind": "test", "streams": {"image": 16}})
+    assert np.array_equal(SplitStore.open(path).tokens["image"], np.arange(12).reshape(4, 3))
+    ids = path / "image.npy"
+    ids.write_bytes(ids.read_bytes()[:-5])
+    with pytest.raises(ValueError, match=f"{path}: a file of the store cannot be read .* write it again"):
+        SplitStore.open(path)
 
 
 @pytest.mark.slow
