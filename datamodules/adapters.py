@@ -90,7 +90,8 @@ class FieldAdapter(BatchAdapter):
     def update(self, metric, recon, batch, group):
         mean, std = batch["field_variables_in_mean"], batch["field_variables_in_std"]
         recon_phys = recon.float() * std[..., None, None] + mean[..., None, None]
-        metric.update(recon_phys, batch["field_variables_out"], std, group)
+        # mean: the physics metrics judge the field as the tokenizer sees it, (x − mean)/std (FieldErrors)
+        metric.update(recon_phys, batch["field_variables_out"], std, group, mean=mean)
         return {"input": batch["field_variables_out"], "recon": recon_phys.detach()}
 
 

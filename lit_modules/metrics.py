@@ -7,6 +7,7 @@ validation set (never an average of per-batch values).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torchmetrics import Metric
 from torchmetrics.functional.image import structural_similarity_index_measure
 
@@ -40,6 +41,89 @@ def ssim_shifted(pred: torch.Tensor, target: torch.Tensor, rng: torch.Tensor, **
     low, scale = target.flatten(1).amin(1).double().view(shape), rng.double().view(shape)
     shift = lambda x: ((x.double() - low) / scale).float()  # noqa: E731
     return structural_similarity_index_measure(shift(pred), shift(target), data_range=1.0, reduction="none", **kwargs)
+
+
+def _as_fields(x: torch.Tensor, r: torch.Tensor, window: int | None, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, r: [..., H, W] -> both float64 [N, 1, H, W] (N the product of the leading dims), shapes checked."""
+    if x.shape != r.shape or x.ndim < 2:
+        raise ValueError(f"{name} needs x and r [..., H, W] of one shape, got {tuple(x.shape)} and {tuple(r.shape)}")
+    if window is not None and (window % 2 == 0 or min(x.shape[-2:]) < window):
+        raise ValueError(f"{name} needs an odd window ≤ H and W, got window {window} for fields {tuple(x.shape)}")
+    return x.double().reshape(-1, 1, *x.shape[-2:]), r.double().reshape(-1, 1, *x.shape[-2:])
+
+
+def local_variance_error(x: torch.Tensor, r: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Local-variance error Δσ²_loc (Phaedra paper) of a reconstruction r of a field x, in percent.
+
+    x (target), r: [..., H, W] (e.g. [B, H, W] or [B, C, H, W]) -> [...], one value per 2-D field. With v_x(w),
+    v_r(w) the population variances (mean of squares − square of the mean, in float64) of x and r in the window w,
+    over every window×window window lying wholly inside the field (valid, stride 1):
+        local_var_err = max_w |v_x(w) − v_r(w)| / max_w v_x(w) · 100
+    0 for r = x, 75 for r = x/2; unchanged by adding a constant to x or r (each field is centred on its own
+    mean before the windows' moments are taken, so float64's cancellation does not grow with an offset).
+    Undefined (inf or nan) for a target without variance in any window.
+    """
+    lead = x.shape[:-2]
+    x, r = _as_fields(x, r, window, "local_variance_error")
+    # each field minus its own mean first (variances do not change): E[f²] − E[f]² then cancels no offset
+    x, r = x - x.mean((2, 3), keepdim=True), r - r.mean((2, 3), keepdim=True)
+    pool = lambda f: F.avg_pool2d(f, window, stride=1)  # noqa: E731
+    var_x = (pool(x * x) - pool(x).pow(2)).clamp_min(0).flatten(1)
+    var_r = (pool(r * r) - pool(r).pow(2)).clamp_min(0).flatten(1)
+    return (100 * (var_x - var_r).abs().amax(1) / var_x.amax(1)).reshape(lead)
+
+
+def spectral_coherence_min(x: torch.Tensor, r: torch.Tensor, window: int = 7, threshold: float = 1e-4) -> torch.Tensor:
+    """Minimum spectral coherence γ_min (Phaedra paper) of a reconstruction r of a field x, in [0, 1].
+
+    x (target), r: [..., H, W] -> [...]. X = fft2(x), R = fft2(r) (torch's default norm; unshifted grid, k = 0 at
+    index [0, 0]). B is the window×window box average over that index grid with zero padding (window // 2 zeros
+    on each side, not circular: k = 0 and the most negative wavenumbers are not neighbours), always the box sum
+    divided by window², at the edges too. Then
+        S_xx = B(|X|²),   S_rr = B(|R|²),   S_xr = B(X·conj(R))  (complex, averaged as complex)
+        γ(k) = |S_xr(k)|² / (S_xx(k)·S_rr(k))     (γ = 0 where S_rr(k) = 0: r has no power near k)
+        spectral_coherence_min = min of γ(k) over the k with S_xx(k) > threshold · max_k S_xx(k)
+    γ ≤ 1 (Cauchy–Schwarz), with equality where R ∝ X over the whole box: 1 for r = x and r = a·x (a ≠ 0).
+    """
+    lead = x.shape[:-2]
+    x, r = _as_fields(x, r, window, "spectral_coherence_min")
+    X, R = torch.fft.fft2(x), torch.fft.fft2(r)
+    box = lambda f: F.avg_pool2d(f, window, stride=1, padding=window // 2).flatten(2)  # noqa: E731  zero-padded
+    cross = X * R.conj()
+    s_xx = box(X.real.pow(2) + X.imag.pow(2))[:, 0]  # [N, H·W]
+    s_rr = box(R.real.pow(2) + R.imag.pow(2))[:, 0]
+    s_xr_sq = box(torch.cat([cross.real, cross.imag], 1)).pow(2).sum(1)  # |S_xr|²
+    power = s_xx * s_rr
+    gamma = torch.where(power > 0, s_xr_sq / power.clamp_min(torch.finfo(power.dtype).tiny), 0.0)
+    kept = s_xx > threshold * s_xx.amax(1, keepdim=True)
+    return gamma.masked_fill(~kept, torch.inf).amin(1).reshape(lead)
+
+
+def radial_power_spectrum(x: torch.Tensor) -> torch.Tensor:
+    """x: [N, 1, H, W] float64 -> [N, K]: P(k) = Σ of |fft2(x, norm="forward")|² over the wavenumbers (k_y, k_x)
+    with round(sqrt(k_y² + k_x²)) = k, where k_y = fftfreq(H)·H and k_x = fftfreq(W)·W are the signed integer
+    wavenumbers; K = the largest such radius + 1 (the corners beyond the Nyquist circle included, so Σ_k P(k) =
+    mean(x²) by Parseval). No radius is a tie: sqrt of an integer is never an odd multiple of 1/2."""
+    H, W = x.shape[-2:]
+    ky = torch.fft.fftfreq(H, 1 / H, dtype=torch.float64, device=x.device)
+    kx = torch.fft.fftfreq(W, 1 / W, dtype=torch.float64, device=x.device)
+    radius = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2).round().long().flatten()
+    power = torch.fft.fft2(x, norm="forward").abs().pow(2).flatten(1)
+    return power.new_zeros(len(power), int(radius.max()) + 1).index_add_(1, radius, power)
+
+
+def spectral_energy_fidelity(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Spectral energy fidelity (Phaedra paper) of a reconstruction r of a field x, in percent.
+
+    x (target), r: [..., H, W] -> [...]. With P_x, P_r the radial power spectra of radial_power_spectrum
+    (|fft2(·, norm="forward")|² summed into integer radius bins k = round(sqrt(k_y² + k_x²)), float64):
+        spectral_energy_fidelity = Σ_k min(P_x(k), P_r(k)) / Σ_k P_x(k) · 100
+    100 for r = x, 25 for r = x/2 (and for r = 2x: min(P, 4P) = P gives 100 — it measures missing energy only).
+    """
+    lead = x.shape[:-2]
+    x, r = _as_fields(x, r, None, "spectral_energy_fidelity")
+    p_x, p_r = radial_power_spectrum(x), radial_power_spectrum(r)
+    return (100 * torch.minimum(p_x, p_r).sum(1) / p_x.sum(1)).reshape(lead)
 
 
 class GroupedSums(Metric):
@@ -104,6 +188,10 @@ class GroupedSums(Metric):
             ]
 
 
+PHYSICS = ("local_var_err", "spectral_coherence_min", "spectral_energy_fidelity")  # FieldErrors' paper metrics
+PHYSICS_WINDOW = 7  # the paper's 7×7 local-variance windows and spectral box
+
+
 class FieldErrors(GroupedSums):
     """Errors of a reconstruction x̂ of a physical field x (both in physical units), ×100 where a percentage.
 
@@ -119,18 +207,38 @@ class FieldErrors(GroupedSums):
     SSIM are undefined for a constant target: samples with R ≤ 1e-6·σ are left out of both means
     (`n_flat` counts them).
 
+    The Phaedra paper's physics metrics, on the fields as the tokenizer sees them, z = (x − μ)/σ and
+    ẑ = (x̂ − μ)/σ with μ, σ the variable's data-set statistics (`mean`, `sigma`), one value per field (one channel
+    of one sample) averaged over the fields whose target is not flat (R_c > 1e-6·σ_c; with one channel these are
+    exactly the samples of psnr and ssim; `n_fields` counts them):
+        local_var_err            = mean of local_variance_error(z, ẑ)       (7×7 windows, %)
+        spectral_coherence_min   = mean of spectral_coherence_min(z, ẑ)     (7×7 spectral box, threshold 1e-4)
+        spectral_energy_fidelity = mean of spectral_energy_fidelity(z, ẑ)   (%)
+    Why normalized: the spectra of a raw field far from zero (pressure at 1e5 Pa) are dominated by its k = 0
+    offset: the coherence threshold 1e-4·max S_xx would then drop nearly every wavenumber, and the energy fidelity
+    would be ≈ 100 whatever the reconstruction. (Dividing by σ changes none of the three, which are scale-free;
+    subtracting μ changes the two spectral ones.) Fields smaller than 7×7 are left out (n_fields counts none);
+    with no field counted the three are nan.
+
     Sums are kept per group (e.g. per variable, `groups` of them): compute() gives the values over
     all samples, compute_groups() one dict per group with the same definitions.
     """
 
-    sums = ("abs_norm", "sq_norm", "abs_err", "abs_ref", "sq_err", "sq_ref", "psnr", "ssim")
-    counts = ("n_values", "n_samples", "n_flat")
+    sums = ("abs_norm", "sq_norm", "abs_err", "abs_ref", "sq_err", "sq_ref", "psnr", "ssim", *PHYSICS)
+    counts = ("n_values", "n_samples", "n_flat", "n_fields")
 
     def update(
-        self, pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor, group: torch.Tensor | None = None
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        sigma: torch.Tensor,
+        group: torch.Tensor | None = None,
+        mean: torch.Tensor | None = None,
     ) -> None:
-        """pred, target: [B, C, H, W] physical units; sigma: [B, C] data-set σ; group: [B] ids in [0, groups)."""
+        """pred, target: [B, C, H, W] physical units; sigma, mean: [B, C] data-set σ and mean of each sample's
+        variable (mean None: 0); group: [B] ids in [0, groups)."""
         pred, target, group = self._prepare(pred, target, group, "[B, C, H, W]")
+        self._physics(pred, target, sigma.double(), 0.0 if mean is None else mean.double(), group)
         err = pred - target
         norm_err = err / sigma.double()[..., None, None]
         dims = (1, 2, 3)
@@ -152,9 +260,28 @@ class FieldErrors(GroupedSums):
         self._add("psnr", group, 10 * torch.log10(rng.pow(2) / mse.clamp_min(1e-30)))
         self._add("ssim", group, ssim_shifted(pred, target, rng))
 
+    def _physics(self, pred, target, sigma, mean, group) -> None:
+        """Sum the physics metrics of the non-flat fields (float64 [B, C, H, W]; sigma, mean: [B, C] or 0)."""
+        if min(target.shape[-2:]) < PHYSICS_WINDOW:
+            return
+        mean = torch.as_tensor(mean, dtype=torch.float64, device=target.device)
+        mean, scale = mean[..., None, None] if mean.ndim else mean, sigma[..., None, None]
+        z, z_hat = (target - mean) / scale, (pred - mean) / scale
+        ok = (target.amax((2, 3)) - target.amin((2, 3))) > 1e-6 * sigma  # [B, C] (sigma [B, C] or [B, 1])
+        self._add("n_fields", group, ok.sum(1))
+        if not ok.any():
+            return
+        owner = group[:, None].expand_as(ok)[ok]  # the group of each non-flat field
+        z, z_hat = z[ok], z_hat[ok]  # [F, H, W]
+        self._add("local_var_err", owner, local_variance_error(z, z_hat, PHYSICS_WINDOW))
+        self._add("spectral_coherence_min", owner, spectral_coherence_min(z, z_hat, PHYSICS_WINDOW))
+        self._add("spectral_energy_fidelity", owner, spectral_energy_fidelity(z, z_hat))
+
     @staticmethod
     def values(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         n, s = t["n_values"].double(), t["n_samples"].double().clamp_min(1)
+        fields = t["n_fields"].double()
+        fields = torch.where(fields > 0, fields, torch.nan)  # nan, not 0 (a perfect score), when none was seen
         return {
             "nmae": 100 * t["abs_norm"] / n,
             "nrmse": 100 * torch.sqrt(t["sq_norm"] / n),
@@ -162,6 +289,7 @@ class FieldErrors(GroupedSums):
             "rel_l2": 100 * torch.sqrt(t["sq_err"] / t["sq_ref"]),
             "psnr": t["psnr"] / s,
             "ssim": t["ssim"] / s,
+            **{name: t[name] / fields for name in PHYSICS},
         }
 
 
