@@ -1,0 +1,409 @@
+"""Judge tokenizers: `python evaluate.py ckpt=<checkpoint>` (or `ckpts=[a,b,c]`) -> metrics with 95 % intervals, the
+rate of the tokens, one table and one rate–distortion plot.
+
+For each checkpoint (tokenizers.load_tokenizer): the data are its training run's (encode.py's training_data_config)
+or `data=<config>` (of the checkpoint's kind: encode.py's build_data refuses another); normalized with the statistics
+the tokenizer was trained with (`normalize=checkpoint`, the datamodule's use_statistics) or with the data's own
+train split's (`normalize=data`: a user's file of other variables). Rows: the datamodule's `encode_set(split)`, or
+the three splits (`split=all`). Each batch is reconstructed from its tokens, `decode(encode(x))`, and judged by the
+data's metric (adapter.metric / adapter.update) with one metric group per bootstrap unit × metric group (fields:
+unit (dataset, trajectory) × variable; EEG: recording × sampling rate; images: image; galaxies: object; and for
+galaxies also the reconstruction from the continuous latents, as `latent/<metric>`). lit_modules/evaluation.py
+turns the per-unit sums into point values and percentile-bootstrap intervals, and measures the rate.
+
+Writes to out_dir (default: this run's outputs/evaluate/<time>/): metrics.json (one entry per checkpoint, sorted
+keys), metrics.csv (one row per checkpoint × group), metrics.md (the table also printed), rate_distortion.png (an
+error metric against bits per value: fields nrmse, EEG mse, images and galaxies psnr). Two runs give identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Subset
+
+from datamodules.common import batch_is_ready, cache_key
+from datamodules.token_store import file_sha256
+from encode import build_data
+from lit_modules.checkpoint_io import recorded_task, run_config
+from lit_modules.evaluation import Bootstrap, TokenRate, summarize, unit_ids
+from lit_modules.metrics import GroupedSums
+from tokenizers import load_tokenizer
+from tokenizers.astro import GalaxyImageTokenizer
+
+log = logging.getLogger("scitok.evaluate")
+
+SPLITS = ("train", "val", "test")
+NORMALIZE = ("checkpoint", "data")
+# A data kind's bootstrap unit: the encode_set index columns whose rows are not independent of each other.
+UNITS = {
+    "fields": ("dataset", "trajectory"),
+    "eeg": ("recording",),
+    "images": ("image",),
+    "galaxy_images": ("object_id",),
+}
+# The error shown against bits per value in rate_distortion.png, per data kind.
+ERROR = {"fields": "nrmse", "eeg": "mse", "images": "psnr", "galaxy_images": "psnr"}
+RATE_COLUMNS = ("tokens_per_sample", "bits_per_value", "entropy_bits_per_value", "coded_bits_per_value")
+
+
+def checkpoint_paths(cfg: DictConfig) -> list[Path]:
+    """ckpt= or ckpts=[…] (exactly one of them), as paths in the order given."""
+    one, many = cfg.get("ckpt"), cfg.get("ckpts")
+    if (one is None) == (many is None):
+        raise ValueError("give ckpt=<a tokenizer checkpoint> or ckpts=[a,b,c], one of the two")
+    paths = [Path(str(p)) for p in ([one] if one is not None else many)]
+    if not paths:
+        raise ValueError("ckpts=[] names no checkpoint")
+    return paths
+
+
+def chosen_splits(cfg: DictConfig) -> list[str]:
+    if cfg.split == "all":
+        return list(SPLITS)
+    if cfg.split not in SPLITS:
+        raise ValueError(f"split={cfg.split}: choose one of {', '.join((*SPLITS, 'all'))}")
+    return [str(cfg.split)]
+
+
+def check_settings(cfg: DictConfig) -> None:
+    chosen_splits(cfg)
+    if cfg.normalize not in NORMALIZE:
+        raise ValueError(
+            f"normalize={cfg.normalize}: choose checkpoint (the tokenizer's training statistics) or data (the data's "
+            f"own train split's)"
+        )
+    if cfg.max_samples is not None and int(cfg.max_samples) < 1:
+        raise ValueError(f"max_samples={cfg.max_samples}: give a count ≥ 1, or null for every sample")
+
+
+def load(ckpt: Path) -> torch.nn.Module:
+    """The tokenizer of `ckpt`, refused by name when the file is none, or of a kind evaluate.py cannot judge."""
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"ckpt={ckpt} does not exist (train a tokenizer: python train.py experiment=phaedra)")
+    try:
+        tokenizer = load_tokenizer(ckpt)
+    except ValueError as e:
+        raise ValueError(f"ckpt={ckpt} is not a tokenizer checkpoint that evaluate.py can judge: {e}") from e
+    meta = tokenizer.metadata
+    if meta is None:
+        raise ValueError(f"ckpt={ckpt} holds no data metadata (written before DataMetadata): retrain it")
+    if meta.kind not in UNITS:
+        raise ValueError(
+            f"ckpt={ckpt} holds a {type(tokenizer).__name__} of data kind {meta.kind!r}; evaluate.py judges "
+            f"tokenizers of {sorted(UNITS)}"
+        )
+    if isinstance(tokenizer, GalaxyImageTokenizer) and not tokenizer.fitted:
+        raise ValueError(
+            f"ckpt={ckpt}: its GalaxyImageTokenizer has no fitted codebook (a checkpoint from before stage 2); use "
+            "the run's checkpoints/last.ckpt"
+        )
+    return tokenizer
+
+
+def label_of(ckpt: Path) -> str:
+    """What a checkpoint is called in the table: its run's task name (the experiment), else the file name."""
+    return recorded_task(run_config(ckpt)) or ckpt.stem
+
+
+def data_name(spec: dict) -> str:
+    source = spec.get("source") if isinstance(spec.get("source"), dict) else {}
+    path = source.get("path")
+    return f"{spec.get('_target_')}" + (f" ({path})" if path else "")
+
+
+def normalize(cfg: DictConfig, datamodule, tokenizer, ckpt: Path) -> dict:
+    """Apply cfg.normalize and return what the output states about it: where the statistics came from and the
+    data metadata in use."""
+    if cfg.normalize == "checkpoint":
+        try:
+            datamodule.use_statistics(tokenizer.metadata)
+        except ValueError as e:
+            raise ValueError(
+                f"normalize=checkpoint with ckpt={ckpt}: {e}. A tokenizer's statistics fit only the variables it was "
+                "trained on; to judge it on data of other variables (e.g. your own .npy), normalize them with their "
+                "own train split's statistics: normalize=data"
+            ) from e
+    return {"from": str(cfg.normalize), **datamodule.metadata.to_dict()}
+
+
+def rows(cfg: DictConfig, datamodule, spec: dict) -> tuple[list, np.ndarray, dict]:
+    """The samples to judge: every chosen split's encode_set, in order (the first max_samples of them), their
+    index, and each split's data fingerprint (cache_key of what encode_set says they depend on)."""
+    sets, indices, fingerprints = [], [], {}
+    for split in chosen_splits(cfg):
+        dataset, index, about = datamodule.encode_set(split)
+        if len(dataset) == 0:
+            raise ValueError(
+                f"split={split} of the data {data_name(spec)} has no samples: choose another split (split=all "
+                "judges the three together) or give more data"
+            )
+        sets.append(dataset)
+        indices.append(index)
+        fingerprints[split] = cache_key(about)
+    index = np.concatenate(indices)
+    if cfg.max_samples is not None:
+        index, left = index[: int(cfg.max_samples)], int(cfg.max_samples)
+        for i, dataset in enumerate(sets):
+            sets[i] = Subset(dataset, range(min(left, len(dataset))))
+            left -= len(sets[i])
+        sets = [s for s in sets if len(s)]
+    return sets, index, fingerprints
+
+
+def state_dict_of(metric: GroupedSums, units: int, groups: int) -> dict[str, torch.Tensor]:
+    """A GroupedSums metric's states [units·groups, ...] as {name: [units, groups, ...]}."""
+    names = (*metric.sums, *metric.counts, *metric.vectors)
+    return {n: getattr(metric, n).detach().cpu().reshape(units, groups, *getattr(metric, n).shape[1:]) for n in names}
+
+
+def evaluate_checkpoint(cfg: DictConfig, ckpt: Path, bootstrap: Bootstrap, device: torch.device) -> dict:
+    """One checkpoint's entry of metrics.json."""
+    tokenizer = load(ckpt)
+    datamodule, spec = build_data(cfg, ckpt, tokenizer)
+    normalization = normalize(cfg, datamodule, tokenizer, ckpt)
+    adapter, kind = datamodule.adapter, tokenizer.metadata.kind
+    group_names = adapter.groups(datamodule.metadata)
+    n_groups = max(1, len(group_names))
+    sets, index, fingerprints = rows(cfg, datamodule, spec)
+    unit, n_units = unit_ids(index, UNITS[kind])
+    judges = {"": adapter.metric(n_units * n_groups)}
+    latents = getattr(tokenizer, "reconstruct_from_latents", None)
+    if latents is not None:  # galaxies: also what the continuous latents give, the ceiling of the codebook
+        judges["latent/"] = adapter.metric(n_units * n_groups)
+    for name, metric in judges.items():
+        if not isinstance(metric, GroupedSums):
+            raise ValueError(f"data.adapter.metric builds {type(metric).__name__}; evaluate.py needs a GroupedSums")
+        judges[name] = metric.to(device)
+    tokenizer = tokenizer.to(device)
+    rate = TokenRate(tokenizer.streams)
+    done, values_per_sample = 0, None
+    with torch.inference_mode():
+        for dataset in sets:
+            loader = DataLoader(
+                dataset, batch_size=int(cfg.batch_size), collate_fn=batch_is_ready, num_workers=int(cfg.num_workers)
+            )
+            for batch in loader:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                model_input = adapter.unpack(batch)
+                tokens = tokenizer.encode(model_input.x, **model_input.cond)
+                n = len(model_input.x)
+                group = adapter.group_of(batch)
+                group = torch.zeros(n, dtype=torch.long, device=device) if group is None else group.long()
+                group = torch.from_numpy(unit[done : done + n]).to(device) * n_groups + group
+                adapter.update(judges[""], tokenizer.decode(tokens, **model_input.cond), batch, group)
+                if latents is not None:
+                    adapter.update(judges["latent/"], latents(model_input.x), batch, group)
+                rate.update(tokens)
+                values_per_sample = model_input.x[0].numel()
+                done += n
+    metrics: dict = {"overall": {}, "groups": {}}
+    for prefix, metric in judges.items():
+        judged = summarize(
+            type(metric).values, state_dict_of(metric, n_units, n_groups), metric.seen, group_names, bootstrap
+        )
+        metrics["units"] = judged["units"]
+        metrics["overall"].update({prefix + k: v for k, v in judged["overall"].items()})
+        for g, part in judged["groups"].items():
+            entry = metrics["groups"].setdefault(g, {"units": part.pop("units")})
+            entry.update({prefix + k: v for k, v in part.items() if k != "units"})
+    log.info("%s: %d samples of %d units judged", ckpt, done, n_units)
+    return {
+        "label": label_of(ckpt),
+        "checkpoint": str(ckpt.resolve()),
+        "sha256": file_sha256(ckpt),
+        "tokenizer": type(tokenizer).__name__,
+        "kind": kind,
+        "split": str(cfg.split),
+        "normalization": normalization,
+        "data": {
+            "config": spec,
+            "fingerprint": fingerprints,
+            "samples": done,
+            "units": n_units,
+            "unit": list(UNITS[kind]),
+            "max_samples": cfg.max_samples,
+        },
+        "bootstrap": bootstrap.to_dict(),
+        "error_metric": ERROR[kind],
+        "metrics": metrics,
+        "rate": rate.compute(values_per_sample),
+    }
+
+
+def unique_labels(entries: list[dict]) -> None:
+    """Two checkpoints of one experiment: label them <name>, <name>-2, … in the order given."""
+    seen: dict[str, int] = {}
+    for entry in entries:
+        seen[entry["label"]] = seen.get(entry["label"], 0) + 1
+        if seen[entry["label"]] > 1:
+            entry["label"] = f"{entry['label']}-{seen[entry['label']]}"
+
+
+def table_rows(entries: list[dict]) -> tuple[list[str], list[dict]]:
+    """One flat row per checkpoint × group ("all" first): identity, units, every metric with _lo/_hi, the rate
+    columns. Columns in first-seen order."""
+    columns = ["label", "group", "kind", "split", "normalize", "units", "samples"]
+    metric_columns: list[str] = []
+    out = []
+    for e in entries:
+        parts = [("all", {"units": e["metrics"]["units"], **e["metrics"]["overall"]})]
+        parts += sorted(e["metrics"]["groups"].items())
+        for group, values in parts:
+            row = {
+                "label": e["label"],
+                "group": group,
+                "kind": e["kind"],
+                "split": e["split"],
+                "normalize": e["normalization"]["from"],
+                "units": values["units"],
+                "samples": e["data"]["samples"] if group == "all" else "",
+            }
+            for name, judged in values.items():
+                if name == "units":
+                    continue
+                if name not in metric_columns:
+                    metric_columns.append(name)
+                row[name], (row[f"{name}_lo"], row[f"{name}_hi"]) = judged["value"], judged["interval"]
+            row.update({k: e["rate"][k] for k in RATE_COLUMNS})
+            out.append(row)
+    columns += [c for m in metric_columns for c in (m, f"{m}_lo", f"{m}_hi")] + list(RATE_COLUMNS)
+    return columns, out
+
+
+def fmt(x) -> str:
+    return "–" if x is None or x == "" else (f"{x:.4g}" if isinstance(x, float) else str(x))
+
+
+def markdown(entries: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The table's header and rows: each metric as `value [lo, hi]`."""
+    columns, flat = table_rows(entries)
+    metrics = [c for c in columns if f"{c}_lo" in columns]
+    header = ["checkpoint", "group", "units", *metrics, *RATE_COLUMNS]
+    body = [
+        [
+            r["label"],
+            r["group"],
+            fmt(r["units"]),
+            *[f"{fmt(r.get(m))} [{fmt(r.get(m + '_lo'))}, {fmt(r.get(m + '_hi'))}]" for m in metrics],
+            *[fmt(r[k]) for k in RATE_COLUMNS],
+        ]
+        for r in flat
+    ]
+    return header, body
+
+
+def markdown_text(entries: list[dict]) -> str:
+    header, body = markdown(entries)
+    e = entries[0]
+    lines = [
+        f"split={e['split']}, normalize={e['normalization']['from']}; each metric: value [95 % bootstrap interval]",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def plot(entries: list[dict], path: Path) -> None:
+    """rate_distortion.png: each kind's error metric against bits_per_value, one labelled point per checkpoint,
+    error bars its 95 % interval (one panel per error metric)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    errors = sorted({e["error_metric"] for e in entries})
+    fig, axes = plt.subplots(1, len(errors), figsize=(5.5 * len(errors), 4.2), squeeze=False)
+    for ax, error in zip(axes[0], errors, strict=True):
+        for e in (e for e in entries if e["error_metric"] == error):
+            judged = e["metrics"]["overall"][error]
+            x, y = e["rate"]["bits_per_value"], judged["value"]
+            lo, hi = (v if v is not None else y for v in judged["interval"])
+            ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], fmt="o", capsize=4)
+            ax.annotate(e["label"], (x, y), textcoords="offset points", xytext=(6, 6))
+        ax.set_xlabel("bits per value (codebook)")
+        ax.set_ylabel(error)
+        ax.set_title(f"{error} vs rate, 95 % bootstrap intervals")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, metadata={"Software": None})
+    plt.close(fig)
+
+
+def write_outputs(entries: list[dict], out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {n: out_dir / n for n in ("metrics.json", "metrics.csv", "metrics.md", "rate_distortion.png")}
+    paths["metrics.json"].write_text(json.dumps({"checkpoints": entries}, indent=2, sort_keys=True) + "\n")
+    columns, flat = table_rows(entries)
+    with open(paths["metrics.csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in flat)
+    paths["metrics.md"].write_text(markdown_text(entries))
+    plot(entries, paths["rate_distortion.png"])
+    return paths
+
+
+def print_table(text: str) -> None:
+    """The markdown table, as written to metrics.md (plain text: it is wider than most terminals)."""
+    from rich.console import Console
+
+    Console(soft_wrap=True).print(text, markup=False, highlight=False)
+
+
+def log_to_loggers(cfg: DictConfig, entries: list[dict], paths: dict[str, Path]) -> None:
+    """logger=wandb: the table and the plot to one run; a logger failure only warns."""
+    if not cfg.get("logger"):
+        return
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lit_modules.loggers import start_loggers
+
+    try:
+        for logger in start_loggers(cfg.logger, cfg):
+            if isinstance(logger, WandbLogger):
+                header, body = markdown(entries)
+                logger.log_table(key="evaluate/metrics", columns=header, data=body)
+                logger.log_image(key="evaluate/rate_distortion", images=[str(paths["rate_distortion.png"])])
+    except Exception as e:  # the files are written: a logger's failure loses nothing
+        log.warning("logging the evaluation failed: %r", e)
+    finally:
+        import wandb
+
+        wandb.finish()
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Judge every checkpoint of cfg (ckpt= or ckpts=) and write the outputs to cfg.out_dir; returns the content of
+    metrics.json."""
+    check_settings(cfg)
+    ckpts = checkpoint_paths(cfg)
+    bootstrap = Bootstrap(int(cfg.bootstrap.resamples), float(cfg.bootstrap.level), int(cfg.bootstrap.seed))
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    entries = [evaluate_checkpoint(cfg, ckpt, bootstrap, device) for ckpt in ckpts]
+    unique_labels(entries)
+    paths = write_outputs(entries, Path(cfg.out_dir))
+    print_table(markdown_text(entries))
+    log_to_loggers(cfg, entries, paths)
+    for name, path in paths.items():
+        log.info("%s: %s", name, path)
+    return {"checkpoints": entries}
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+    print(f"wrote {Path(cfg.out_dir).resolve()}/metrics.json")
+
+
+if __name__ == "__main__":
+    main()
