@@ -105,17 +105,18 @@ class FieldForecast:
             return tokenizer.decode(self.to_tokens(frame)).float() * std + mean
 
         future, present = self.truth[stage][dst].to(device), self.truth[stage][src].to(device)
-        sigma, group = std[:, :, 0, 0], var.to(device)
+        # the physics metrics (spectra, local variance) on the fields as the tokenizer normalizes them
+        sigma, group, offset = std[:, :, 0, 0], var.to(device), {"mean": mean[:, :, 0, 0]}
         forecast = physical(out[:, prompt_len:])
-        metrics["forecast"].update(forecast, future, sigma, group)
+        metrics["forecast"].update(forecast, future, sigma, group, **offset)
         # the present plus the decoded predicted change: the tokenizer's error, mostly shared by two close frames,
         # cancels, and a model that predicts no change gives persistence exactly
         metrics["increment"].update(
-            present + forecast - physical(batch["ids"][:, 1 : prompt_len - 1]), future, sigma, group
+            present + forecast - physical(batch["ids"][:, 1 : prompt_len - 1]), future, sigma, group, **offset
         )
-        metrics["persistence"].update(present, future, sigma, group)
+        metrics["persistence"].update(present, future, sigma, group, **offset)
         metrics["tokenizer"].update(
-            physical(batch["ids"][:, prompt_len : prompt_len + self.frame_len]), future, sigma, group
+            physical(batch["ids"][:, prompt_len : prompt_len + self.frame_len]), future, sigma, group, **offset
         )
 
 

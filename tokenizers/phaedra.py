@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from tokenizers.base import TokenizerOutput, check_image_input
+from tokenizers.base import TokenizerOutput, check_image_input, full_precision
 from tokenizers.blocks import Decoder, Encoder
 from tokenizers.fsq import FSQ
 
@@ -99,7 +99,12 @@ class PhaedraTokenizer(nn.Module):
 
     def _quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         check_image_input(x, self.in_channels, self.downsample_factor, type(self).__name__)
-        z = rearrange(self.quant_conv(self.encoder(x)), "b c h w -> b h w c")
+        h = self.encoder(x)
+        # the latent the quantizers read is made in fp32 even under bf16 autocast: a bf16 latent (spacing 1/32 at
+        # |z| ≈ 5) is coarser than the amplitude's 1024 levels and leaves ~8 % of them unreachable
+        # (bench/bench_quantizer_precision.py)
+        with full_precision(h.device):
+            z = rearrange(self.quant_conv(h.to(self.quant_conv.weight.dtype)), "b c h w -> b h w c")
         codes, tokens, aux, start = [], {}, {}, 0
         for name, quantizer in self.groups.items():
             part = z[..., start : start + quantizer.dim]
