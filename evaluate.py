@@ -126,11 +126,13 @@ def normalize(cfg: DictConfig, datamodule, tokenizer, ckpt: Path) -> dict:
         try:
             datamodule.use_statistics(tokenizer.metadata)
         except ValueError as e:
-            raise ValueError(
-                f"normalize=checkpoint with ckpt={ckpt}: {e}. A tokenizer's statistics fit only the variables it was "
-                "trained on; to judge it on data of other variables (e.g. your own .npy), normalize them with their "
-                "own train split's statistics: normalize=data"
-            ) from e
+            hint = (  # fields carry statistics per variable; other kinds normalize each sample on its own
+                ". A tokenizer's statistics fit only the variables it was trained on; to judge it on data of other "
+                "variables (e.g. your own .npy), normalize them with their own train split's statistics: normalize=data"
+                if tokenizer.metadata.kind == "fields"
+                else ""
+            )
+            raise ValueError(f"normalize=checkpoint with ckpt={ckpt}: {e}{hint}") from e
     return {"from": str(cfg.normalize), **datamodule.metadata.to_dict()}
 
 
