@@ -173,3 +173,12 @@ def test_bad_input_is_named(experiment_run, tmp_path, data_dir, monkeypatch):
     monkeypatch.setattr(FieldDataModule, "encode_set", empty)
     with pytest.raises(ValueError, match="split=val of the data datamodules.fields.FieldDataModule has no samples"):
         run(f"ckpt={ckpt}", "split=val")
+
+
+def test_a_wandb_logger_gets_the_table_and_the_plot(experiment_run, tmp_path, data_dir):
+    """logger=wandb (offline in tests): one run holding the metrics table and the rate–distortion image."""
+    evaluate(eval_cfg(tmp_path, data_dir, f"ckpt={experiment_run('phaedra').last_ckpt}", "logger=wandb", *FAST))
+    (run,) = (tmp_path / "wandb").glob("offline-run-*")
+    media = run / "files" / "media"
+    assert list((media / "table" / "evaluate").glob("metrics_*.table.json"))
+    assert list((media / "images" / "evaluate").glob("rate_distortion_*.png"))
