@@ -177,45 +177,15 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt: Path, bootstrap: Bootstrap, devic
     sets, index, fingerprints = rows(cfg, datamodule, spec)
     unit, n_units = unit_ids(index, UNITS[kind])
     judges = {"": adapter.metric(n_units * n_groups)}
-    latents = getattr(tokenizer, "reconstruct_from_latents", None)
-    if latents is not None:  # galaxies: also what the continuous latents give, the ceiling of the codebook
+    if hasattr(tokenizer, "reconstruct_from_latents"):  # galaxies: also from the continuous latents (no codebook)
         judges["latent/"] = adapter.metric(n_units * n_groups)
     for name, metric in judges.items():
         if not isinstance(metric, GroupedSums):
             raise ValueError(f"data.adapter.metric builds {type(metric).__name__}; evaluate.py needs a GroupedSums")
         judges[name] = metric.to(device)
-    tokenizer = tokenizer.to(device)
     rate = TokenRate(tokenizer.streams)
-    done, values_per_sample = 0, None
-    with torch.inference_mode():
-        for dataset in sets:
-            loader = DataLoader(
-                dataset, batch_size=int(cfg.batch_size), collate_fn=batch_is_ready, num_workers=int(cfg.num_workers)
-            )
-            for batch in loader:
-                batch = {k: v.to(device) for k, v in batch.items()}
-                model_input = adapter.unpack(batch)
-                tokens = tokenizer.encode(model_input.x, **model_input.cond)
-                n = len(model_input.x)
-                group = adapter.group_of(batch)
-                group = torch.zeros(n, dtype=torch.long, device=device) if group is None else group.long()
-                group = torch.from_numpy(unit[done : done + n]).to(device) * n_groups + group
-                adapter.update(judges[""], tokenizer.decode(tokens, **model_input.cond), batch, group)
-                if latents is not None:
-                    adapter.update(judges["latent/"], latents(model_input.x), batch, group)
-                rate.update(tokens)
-                values_per_sample = model_input.x[0].numel()
-                done += n
-    metrics: dict = {"overall": {}, "groups": {}}
-    for prefix, metric in judges.items():
-        judged = summarize(
-            type(metric).values, state_dict_of(metric, n_units, n_groups), metric.seen, group_names, bootstrap
-        )
-        metrics["units"] = judged["units"]
-        metrics["overall"].update({prefix + k: v for k, v in judged["overall"].items()})
-        for g, part in judged["groups"].items():
-            entry = metrics["groups"].setdefault(g, {"units": part.pop("units")})
-            entry.update({prefix + k: v for k, v in part.items() if k != "units"})
+    done, values_per_sample = judge(cfg, tokenizer.to(device), adapter, sets, unit, n_groups, judges, rate, device)
+    metrics = summaries(judges, n_units, n_groups, group_names, bootstrap)
     log.info("%s: %d samples of %d units judged", ckpt, done, n_units)
     return {
         "label": label_of(ckpt),
@@ -238,6 +208,47 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt: Path, bootstrap: Bootstrap, devic
         "metrics": metrics,
         "rate": rate.compute(values_per_sample),
     }
+
+
+def judge(cfg, tokenizer, adapter, sets, unit: np.ndarray, n_groups: int, judges: dict, rate: TokenRate, device):
+    """Every sample of `sets` (in order; unit [N] its unit id) through encode and decode, into the metrics (group
+    id = unit · n_groups + metric group) and the rate; returns (samples, values per sample)."""
+    done, values_per_sample = 0, 0
+    with torch.inference_mode():
+        for dataset in sets:
+            loader = DataLoader(
+                dataset, batch_size=int(cfg.batch_size), collate_fn=batch_is_ready, num_workers=int(cfg.num_workers)
+            )
+            for batch in loader:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                model_input = adapter.unpack(batch)
+                tokens = tokenizer.encode(model_input.x, **model_input.cond)
+                n = len(model_input.x)
+                group = adapter.group_of(batch)
+                group = torch.zeros(n, dtype=torch.long, device=device) if group is None else group.long()
+                group = torch.from_numpy(unit[done : done + n]).to(device) * n_groups + group
+                adapter.update(judges[""], tokenizer.decode(tokens, **model_input.cond), batch, group)
+                if "latent/" in judges:
+                    adapter.update(judges["latent/"], tokenizer.reconstruct_from_latents(model_input.x), batch, group)
+                rate.update(tokens)
+                values_per_sample = model_input.x[0].numel()
+                done += n
+    return done, values_per_sample
+
+
+def summaries(judges: dict, n_units: int, n_groups: int, group_names: list[str], bootstrap: Bootstrap) -> dict:
+    """{"units", "overall": {metric: {value, interval}}, "groups": {name: {"units", metric: …}}} of every metric in
+    `judges` ({prefix: metric}), each metric's name prefixed."""
+    metrics: dict = {"overall": {}, "groups": {}}
+    for prefix, metric in judges.items():
+        states = state_dict_of(metric, n_units, n_groups)
+        judged = summarize(type(metric).values, states, metric.seen, group_names, bootstrap)
+        metrics["units"] = judged["units"]
+        metrics["overall"].update({prefix + k: v for k, v in judged["overall"].items()})
+        for g, part in judged["groups"].items():
+            entry = metrics["groups"].setdefault(g, {"units": part["units"]})
+            entry.update({prefix + k: v for k, v in part.items() if k != "units"})
+    return metrics
 
 
 def unique_labels(entries: list[dict]) -> None:
