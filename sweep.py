@@ -551,13 +551,22 @@ def open_study(spec: DictConfig, storage: str, study_name: str):
 
     # the heartbeat (stale trials of killed workers marked failed) is "experimental" in optuna 5; we rely on it
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    rdb = optuna.storages.RDBStorage(
-        storage,
-        heartbeat_interval=HEARTBEAT_S,
-        grace_period=GRACE_S,
-        heartbeat_stale_trial_callback=log_stale_trial,
-        engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {},
-    )
+    import sqlalchemy.exc
+
+    for attempt in range(5):
+        try:  # two workers on a new database at once: both create its schema, one of them loses the race
+            rdb = optuna.storages.RDBStorage(
+                storage,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=log_stale_trial,
+                engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {},
+            )
+            break
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))  # the other worker finishes the schema; this one then finds it
     pruner = optuna.pruners.MedianPruner(**(OmegaConf.to_container(spec.pruner) if spec.get("pruner") else {}))
     sampler = trial_seeded_tpe(spec.seed)
     for attempt in range(5):  # two workers starting at once: one creates, the other loads

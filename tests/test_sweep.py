@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
+import sqlalchemy.exc
 import pytest
 from omegaconf import OmegaConf
 
@@ -443,8 +444,8 @@ def test_a_killed_sweep_resumes_its_study_and_two_workers_share_one(tmp_path, da
             continue
         try:
             study = optuna.load_study(study_name="spec", storage=storage)
-        except KeyError:  # the file exists, the study not yet
-            continue
+        except (KeyError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            continue  # the file exists, the study (or the schema the worker is writing) not yet
         if any(t.state.name == "COMPLETE" for t in study.trials):
             break
     os.killpg(first.pid, signal.SIGKILL)  # killed in the middle of the search
