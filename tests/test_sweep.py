@@ -18,8 +18,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
-import sqlalchemy.exc
 import pytest
+import sqlalchemy.exc
 from omegaconf import OmegaConf
 
 import sweep
