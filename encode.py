@@ -144,6 +144,25 @@ def training_data_config(ckpt: Path) -> dict:
     return data
 
 
+def checked_tokenizer(ckpt: Path) -> torch.nn.Module:
+    """load_tokenizer(ckpt), refused naming the file when it is missing or no tokenizer checkpoint, holds no data
+    metadata (which says what data it encodes), or is a galaxy image tokenizer whose codebook was never fitted."""
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"ckpt={ckpt} does not exist (train a tokenizer: python train.py experiment=phaedra)")
+    try:
+        tokenizer = load_tokenizer(ckpt)
+    except ValueError as e:
+        raise ValueError(f"ckpt={ckpt} is not a tokenizer checkpoint: {e}") from e
+    if tokenizer.metadata is None:
+        raise ValueError(f"ckpt={ckpt} holds no data metadata (written before DataMetadata): retrain it")
+    if isinstance(tokenizer, GalaxyImageTokenizer) and not tokenizer.fitted:
+        raise ValueError(
+            f"ckpt={ckpt}: its GalaxyImageTokenizer has no fitted codebook (a checkpoint from before stage 2); use "
+            "the run's checkpoints/last.ckpt"
+        )
+    return tokenizer
+
+
 def build_data(cfg: DictConfig, ckpt: Path, tokenizer: torch.nn.Module) -> tuple[SplitDataModule, dict]:
     """The data to encode, set up, and its config as plain data (resolved: a store records it, so that the
     transformer reads the true data of each row); data of another kind than the tokenizer's is refused before any is
@@ -166,20 +185,11 @@ def encode(cfg: DictConfig) -> dict[str, Path]:
     """Write (or find) the token store of every split in cfg.splits for the tokenizer in cfg.ckpt; returns split ->
     store path."""
     ckpt = Path(cfg.ckpt)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"ckpt={ckpt} does not exist (train a tokenizer: python train.py experiment=phaedra)")
-    tokenizer = load_tokenizer(ckpt)
+    tokenizer = checked_tokenizer(ckpt)
     meta = tokenizer.metadata
-    if meta is None:
-        raise ValueError(f"ckpt={ckpt} holds no data metadata (written before DataMetadata): retrain it")
     unknown = sorted(set(cfg.splits) - {"train", "val", "test"})
     if unknown:
         raise ValueError(f"splits: unknown {unknown}; choose from ['test', 'train', 'val']")
-    if isinstance(tokenizer, GalaxyImageTokenizer) and not tokenizer.fitted:
-        raise ValueError(
-            f"ckpt={ckpt}: its GalaxyImageTokenizer has no fitted codebook (a checkpoint from before stage 2); use "
-            "the run's checkpoints/last.ckpt"
-        )
     datamodule, data_config = build_data(cfg, ckpt, tokenizer)
     if not hasattr(datamodule, "encode_set"):
         raise ValueError(f"encode.py cannot yet export {meta.kind} data ({type(datamodule).__name__})")

@@ -29,14 +29,12 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
-from datamodules.common import batch_is_ready, cache_key
+from datamodules.common import batch_is_ready, cache_key, unit_ids
 from datamodules.token_store import file_sha256
-from encode import build_data
+from encode import build_data, checked_tokenizer
 from lit_modules.checkpoint_io import recorded_task, run_config
-from lit_modules.evaluation import Bootstrap, TokenRate, summarize, unit_ids
+from lit_modules.evaluation import Bootstrap, TokenRate, summarize
 from lit_modules.metrics import GroupedSums
-from tokenizers import load_tokenizer
-from tokenizers.astro import GalaxyImageTokenizer
 
 log = logging.getLogger("scitok.evaluate")
 
@@ -85,25 +83,14 @@ def check_settings(cfg: DictConfig) -> None:
 
 
 def load(ckpt: Path) -> torch.nn.Module:
-    """The tokenizer of `ckpt`, refused by name when the file is none, or of a kind evaluate.py cannot judge."""
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"ckpt={ckpt} does not exist (train a tokenizer: python train.py experiment=phaedra)")
-    try:
-        tokenizer = load_tokenizer(ckpt)
-    except ValueError as e:
-        raise ValueError(f"ckpt={ckpt} is not a tokenizer checkpoint that evaluate.py can judge: {e}") from e
+    """The tokenizer of `ckpt` (encode.py's checked_tokenizer), refused by name when it is of a kind evaluate.py
+    cannot judge."""
+    tokenizer = checked_tokenizer(ckpt)
     meta = tokenizer.metadata
-    if meta is None:
-        raise ValueError(f"ckpt={ckpt} holds no data metadata (written before DataMetadata): retrain it")
     if meta.kind not in UNITS:
         raise ValueError(
             f"ckpt={ckpt} holds a {type(tokenizer).__name__} of data kind {meta.kind!r}; evaluate.py judges "
             f"tokenizers of {sorted(UNITS)}"
-        )
-    if isinstance(tokenizer, GalaxyImageTokenizer) and not tokenizer.fitted:
-        raise ValueError(
-            f"ckpt={ckpt}: its GalaxyImageTokenizer has no fitted codebook (a checkpoint from before stage 2); use "
-            "the run's checkpoints/last.ckpt"
         )
     return tokenizer
 

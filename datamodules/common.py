@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -263,3 +264,17 @@ class SplitDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume_state = dict(state) or None
+
+
+def unit_ids(index: np.ndarray, columns: Sequence[str]) -> tuple[np.ndarray, int]:
+    """index: [N] structured rows (a datamodule's encode_set, a token store's index.npy) -> (unit id of each row [N]
+    int64, number of units): rows equal in every one of `columns` form one unit (a trajectory, a recording, a
+    trajectory's variable), numbered in the sorted order of their values."""
+    missing = [c for c in columns if c not in (index.dtype.names or ())]
+    if missing:
+        raise ValueError(f"the data's index has columns {index.dtype.names}, not the unit columns {missing}")
+    if len(index) == 0:
+        return np.zeros(0, np.int64), 0
+    keys = np.stack([np.asarray(index[c]).astype(np.int64) for c in columns], axis=1)
+    units, inverse = np.unique(keys, axis=0, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64), len(units)

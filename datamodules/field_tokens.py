@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from datamodules.common import TensorBatches
+from datamodules.common import TensorBatches, unit_ids
 from datamodules.token_store import SplitStore
 from datamodules.tokens import Layout, StoreSequences
 from models.vocab import SPECIAL_TYPE, SPECIALS
@@ -49,10 +49,9 @@ def neighbourhood(grid: Sequence[int], streams: int, radius: int) -> torch.Tenso
 def pairs_of(index: np.ndarray, delta: int) -> np.ndarray:
     """Rows (src, dst) [n, 2] of a field store's index where dst is the same dataset, variable and trajectory as
     src, `delta` snapshots later; in row order of src."""
-    columns = np.stack([index["dataset"], index["variable"], index["trajectory"]], 1).astype(np.int64)
-    _, group = np.unique(columns, axis=0, return_inverse=True)
+    group, _ = unit_ids(index, ("dataset", "variable", "trajectory"))
     time = index["time"].astype(np.int64)
-    key = group.reshape(-1) * (int(time.max(initial=0)) + delta + 1) + time
+    key = group * (int(time.max(initial=0)) + delta + 1) + time
     order = np.argsort(key, kind="stable")
     at = np.searchsorted(key[order], key + delta)
     found = at < len(key)

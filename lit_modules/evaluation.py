@@ -90,19 +90,6 @@ def resum(weights: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
     return total if state.is_floating_point() else total.round().to(state.dtype)
 
 
-def unit_ids(index: np.ndarray, columns: Sequence[str]) -> tuple[np.ndarray, int]:
-    """index: [N] structured rows (datamodules' encode_set) -> (unit id of each row [N] int64, number of units): rows
-    equal in every one of `columns` form one unit, numbered in the sorted order of their values."""
-    missing = [c for c in columns if c not in (index.dtype.names or ())]
-    if missing:
-        raise ValueError(f"the data's index has columns {index.dtype.names}, not the unit columns {missing}")
-    if len(index) == 0:
-        return np.zeros(0, np.int64), 0
-    keys = np.stack([np.asarray(index[c]).astype(np.int64) for c in columns], axis=1)
-    units, inverse = np.unique(keys, axis=0, return_inverse=True)
-    return inverse.reshape(-1).astype(np.int64), len(units)
-
-
 def summarize(
     values: ValuesFn,
     states: States,

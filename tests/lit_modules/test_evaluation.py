@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from lit_modules.evaluation import Bootstrap, TokenRate, summarize, unit_ids
+from datamodules.common import unit_ids
+from lit_modules.evaluation import Bootstrap, TokenRate, summarize
 from lit_modules.metrics import GroupedSums
 
 
