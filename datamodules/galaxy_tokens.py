@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from datamodules.common import EpochShuffleSampler, SplitDataModule, TensorBatches
+from datamodules.common import TensorBatches
 from datamodules.token_store import SplitStore, open_store, store_tokenizer
+from datamodules.tokens import StoreSequences
 from models.vocab import SPECIAL_TYPE, Vocabulary
 
 MODALITIES = ("image", "catalog", "spectrum")  # sequence order
@@ -111,11 +112,14 @@ def galaxy_sequences(store: SplitStore, vocab: Vocabulary) -> Sequences:
     return Sequences(ids, types, valid, np.asarray(store.index["object_id"]))
 
 
-class GalaxyTokenDataModule(SplitDataModule):
+class GalaxyTokenDataModule(StoreSequences):
     """Galaxy token sequences from the token store `store` (encode.py's out_dir of an astro_image checkpoint: its
     train/, val/ and test/ splits; a store of another kind is refused by name). Batches: {"ids", "types": int64
     [B, L], "valid": bool [B, L]}. After setup: `vocab` (Vocabulary), `code_vectors` ({"<modality>/<stream>":
-    [V, D]} from the tokenizer checkpoints the store names), `max_len`."""
+    [V, D]} from the tokenizer checkpoints the store names), `max_len`. Galaxy predictions are judged in token space
+    only (no evaluation_inputs)."""
+
+    KINDS = KINDS
 
     def __init__(
         self,
@@ -125,17 +129,12 @@ class GalaxyTokenDataModule(SplitDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ):
-        super().__init__(None, batch_size, eval_batch_size, (0.8, 0.1, 0.1), seed, num_workers)
-        self.store = store
-        self.vocab: Vocabulary | None = None
-        self.code_vectors: dict[str, torch.Tensor] = {}
-        self.max_len = 0
-        self.evaluator = None  # galaxy predictions are judged in token space only
+        super().__init__(store, batch_size, eval_batch_size, seed, num_workers)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        stores = open_store(self.store, KINDS)
+        self.stores = stores = open_store(self.store, KINDS)
         meta = stores["train"].meta
         self.vocab = galaxy_vocabulary(meta)
         for store in stores.values():
@@ -172,10 +171,3 @@ class GalaxyTokenDataModule(SplitDataModule):
                     )
                 out[f"{modality}/{stream}"] = tokenizer.code_vectors(stream).detach().float().cpu()
         return out
-
-    @property
-    def metadata(self) -> None:
-        return None  # tokens carry no data normalization; the tokenizers' checkpoints have theirs
-
-    def make_train_sampler(self) -> EpochShuffleSampler:
-        return EpochShuffleSampler(len(self.splits["train"]), self.seed)
