@@ -158,15 +158,16 @@ def store_tokenizer(meta: dict, where: str | Path) -> torch.nn.Module:
     if file_sha256(path) != about["sha256"]:
         raise ValueError(
             f"{where}: the tokenizer checkpoint {path} changed since the store was written (sha256 differs): its ids "
-            "would be decoded by another model; encode again (python encode.py ckpt={path})"
+            f"would be decoded by another model; encode again (python encode.py ckpt={path})"
         )
     return load_tokenizer(path)
 
 
 def stored_data(meta: dict, where: str | Path):
     """The datamodule the store was encoded from (meta.json `data_config`, read as data: only SciTok's datamodules
-    may be named; the adapter's metric is not built), set up, with the tokenizer's statistics. Its `encode_set(split)`
-    gives the store's rows in order; refused if the data changed since (files, split members)."""
+    may be named; the adapter's metric is not built), set up. Its `encode_set(split)` gives the store's rows in
+    order, once the caller has applied the tokenizer's statistics (use_statistics) and checked that the data have not
+    changed since (tokens.StoreSequences.truth compares each split's index and description with the store's)."""
     from hydra.utils import instantiate
 
     spec = meta.get("data_config")
