@@ -150,7 +150,7 @@ def train_peak_rss(fmt: str, path: Path, data_dir: Path) -> dict:
     ]
     from bench.report import peak_rss_of
 
-    peak_mb, wall = peak_rss_of(cmd, ROOT)
+    peak_mb, wall, _ = peak_rss_of(cmd, ROOT)
     return {"train_peak_rss_mb": peak_mb, "train_wall_s": wall}
 
 

@@ -56,7 +56,7 @@ def export(ckpt: Path, data_path: Path, out_dir: Path, data_dir: Path, batch_siz
         f"batch_size={batch_size}",
         f"hydra.run.dir={out_dir}/run",
     ]
-    peak_mb, wall = peak_rss_of(cmd, ROOT)
+    peak_mb, wall, _ = peak_rss_of(cmd, ROOT)
     rows = sum(json.loads((out_dir / s / "meta.json").read_text())["rows"] for s in ("train", "val", "test"))
     return {"peak_rss_mb": peak_mb, "wall_s": wall, "rows": rows}
 
@@ -127,18 +127,8 @@ def main() -> None:
         )
         subprocess.run([sys.executable, "-c", stats], check=True, cwd=ROOT)
         result = export(ckpt, path, out_dir, data_dir, args.batch_size)
-        read_peak, _ = peak_rss_of([sys.executable, __file__, "--read", str(out_dir), "20"], ROOT)
-        read = json.loads(
-            subprocess.run(
-                [sys.executable, __file__, "--read", str(out_dir), "20"],
-                check=True,
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
+        read_peak, _, output = peak_rss_of([sys.executable, __file__, "--read", str(out_dir), "20"], ROOT)
+        read = json.loads(output.splitlines()[-1])
         rows.append(
             {
                 "file_gb": gb,

@@ -36,10 +36,10 @@ def tokenizer_spec(model: str) -> DictConfig:
     return spec.tokenizer
 
 
-def peak_rss_of(cmd: list[str], cwd: str | Path) -> tuple[float, float]:
-    """(peak RSS in MB, wall seconds) of the command `cmd`, run in a fresh wrapper process whose only child it is:
-    the wrapper's RUSAGE_CHILDREN peak is the command's (a parent's own peak would pass on to a forked child).
-    Raises RuntimeError with the end of its output if it fails."""
+def peak_rss_of(cmd: list[str], cwd: str | Path) -> tuple[float, float, str]:
+    """(peak RSS in MB, wall seconds, its standard output) of the command `cmd`, run in a fresh wrapper process whose
+    only child it is: the wrapper's RUSAGE_CHILDREN peak is the command's (a parent's own peak would pass on to a
+    forked child). Raises RuntimeError with the end of its output if it fails."""
     wrapper = (
         "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)"
@@ -48,4 +48,5 @@ def peak_rss_of(cmd: list[str], cwd: str | Path) -> tuple[float, float]:
     out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, cwd=cwd)
     if out.returncode:
         raise RuntimeError(out.stdout[-2000:] + out.stderr[-3000:])
-    return int(out.stdout.strip().splitlines()[-1]) / 1024, time.perf_counter() - t0
+    *output, peak = out.stdout.strip().splitlines()
+    return int(peak) / 1024, time.perf_counter() - t0, "\n".join(output)
