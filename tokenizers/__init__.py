@@ -10,6 +10,7 @@ from tokenizers.eeg import EEGTokenizer
 from tokenizers.fsq import FSQ
 from tokenizers.load import load_tokenizer, save_tokenizer
 from tokenizers.phaedra import PhaedraTokenizer
+from tokenizers.released import load_released
 from tokenizers.svqvae import SVQVAE
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Tokenizer",
     "TokenizerOutput",
     "check_tokenizer",
+    "load_released",
     "load_tokenizer",
     "save_tokenizer",
 ]

@@ -116,7 +116,7 @@ def check_image_input(x: torch.Tensor, channels: int, multiple: int, name: str) 
 
 
 # every normalization a DataMetadata may name (documented in its docstring; __post_init__ refuses any other)
-NORMALIZATIONS = ("standardize", "robust", "ems", "unit_range", "robust_arcsinh", "none")
+NORMALIZATIONS = ("standardize", "robust", "ems", "unit_range", "symmetric_range", "robust_arcsinh", "none")
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,7 @@ class DataMetadata:
                                   (x − median) / (1.4826·MAD)  (no global statistics)
                    "ems"          per channel and recording: exponential moving standardization
                    "unit_range"   values scaled to [0, 1] (8/16-bit images by their dtype, float images min–max)
+                   "symmetric_range"  values scaled to [-1, 1], 2·x − 1 of "unit_range" (LlamaGen's pixels)
                    "robust_arcsinh"  per object and band: asinh((x − median) / (3·MAD + 1e-6)) over the valid
                                   pixels (tokenizers.astro.robust_arcsinh; no global statistics)
                    "none"         the values as they are (galaxy_catalog: the tokenizer's quantile bins are fitted
@@ -143,6 +144,9 @@ class DataMetadata:
                    EEG: [] since every channel is tokenized alike)
     mean, std:     per variable, aligned with `variables`, for "standardize"; [] otherwise
     rates:         sampling rates in Hz that training saw (EEG); [] otherwise
+    source:        where the weights come from when not (only) from this data: released weights and the input
+                   convention they were trained with (tokenizers.load_released), or the file a fine-tuning run
+                   started from (model.init_from); "" for a tokenizer SciTok trained from scratch
     """
 
     kind: str
@@ -151,6 +155,7 @@ class DataMetadata:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)
+    source: str = ""
 
     def __post_init__(self) -> None:
         if self.normalization not in NORMALIZATIONS:

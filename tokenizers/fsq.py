@@ -43,10 +43,12 @@ class FSQ(nn.Module):
         self.gain = float(gain)
         self.eps = float(eps)
         self.paper_parity = bool(paper_parity)
-        L = torch.tensor(self.levels, dtype=torch.float64)
+        # paper_parity computes its constants in float32 as the released code does (tan(0.5/half) of L = 4 then has
+        # the released bits, 3e-8 from the float64 value), the corrected variant in float64, rounded once
+        L = torch.tensor(self.levels, dtype=torch.float32 if paper_parity else torch.float64)
         stretch = (1 - eps) if paper_parity else (1 + eps)
         half = (L - 1) * stretch / 2
-        offset = torch.where(L % 2 == 0, 0.5, 0.0).to(torch.float64)
+        offset = torch.where(L % 2 == 0, 0.5, 0.0).to(L.dtype)
         shift = torch.tan(offset / half) if paper_parity else torch.atanh(offset / half)
         basis = torch.cumprod(torch.tensor([1] + self.levels[:-1], dtype=torch.int64), dim=0)
         self.register_buffer("_half", half.float(), persistent=False)

@@ -47,6 +47,7 @@ class PhaedraTokenizer(nn.Module):
         commitment_weight: float = 0.0,
         amp_range_weight: float = 0.0,
         morph2_levels: Sequence[int] | None = None,
+        quant_conv_kernel: int = 3,
     ):
         super().__init__()
         if amp_levels is not None and amp_levels < 2:  # 0 would silently build the FSQ-only baseline
@@ -76,8 +77,11 @@ class PhaedraTokenizer(nn.Module):
         )
         self.encoder = Encoder(in_channels, **arch)
         self.decoder = Decoder(in_channels, **arch)
-        self.quant_conv = nn.Conv2d(self.z_channels, self.z_channels, 3, padding=1)
-        self.post_quant_conv = nn.Conv2d(self.z_channels, self.z_channels, 3, padding=1)
+        if quant_conv_kernel % 2 == 0:
+            raise ValueError(f"quant_conv_kernel must be odd (a same-size convolution), got {quant_conv_kernel}")
+        k = quant_conv_kernel
+        self.quant_conv = nn.Conv2d(self.z_channels, self.z_channels, k, padding=k // 2)
+        self.post_quant_conv = nn.Conv2d(self.z_channels, self.z_channels, k, padding=k // 2)
 
     @property
     def streams(self) -> dict[str, int]:
@@ -97,14 +101,19 @@ class PhaedraTokenizer(nn.Module):
             raise KeyError(f"unknown stream {stream!r}; this tokenizer has {list(self.streams)}")
         return self.groups[stream]
 
-    def _quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, C, H, W] -> the continuous latent [B, z_channels, H/f, W/f] the quantizers read (quant_conv's
+        output; channels in the order of `groups`)."""
         check_image_input(x, self.in_channels, self.downsample_factor, type(self).__name__)
         h = self.encoder(x)
         # the latent the quantizers read is made in fp32 even under bf16 autocast: a bf16 latent (spacing 1/32 at
         # |z| ≈ 5) is coarser than the amplitude's 1024 levels and leaves ~8 % of them unreachable
         # (bench/bench_quantizer_precision.py)
         with full_precision(h.device):
-            z = rearrange(self.quant_conv(h.to(self.quant_conv.weight.dtype)), "b c h w -> b h w c")
+            return self.quant_conv(h.to(self.quant_conv.weight.dtype))
+
+    def _quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        z = rearrange(self.latent(x), "b c h w -> b h w c")
         codes, tokens, aux, start = [], {}, {}, 0
         for name, quantizer in self.groups.items():
             part = z[..., start : start + quantizer.dim]

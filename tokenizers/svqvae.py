@@ -1,6 +1,10 @@
 """SVQVAE: a conv VQ-VAE (LlamaGen style, cosine codebook) that tokenizes images of any size tile by tile.
 
-x: [B, C, H, W] in [0, 1] -> tokens {"tokens": int64 [B, H/f, W/f] in [0, codebook_size)}, f = 2^(len(ch_mult)-1).
+With level_attention=True and net_range [-1, 1] it is LlamaGen's VQ-16 architecture, and tokenizers.load_released
+("llamagen_vq") loads its published weights.
+
+x: [B, C, H, W] in pixel_range (default [0, 1]) -> tokens {"tokens": int64 [B, H/f, W/f] in [0, codebook_size)},
+f = 2^(len(ch_mult)-1).
 forward/encode/decode work on H, W divisible by f. For large or odd-sized images:
     encode_tiled(x, tile_size, overlap)       tokens of the whole image from overlapping tiles, blended in
                                               the continuous latent before quantization (no seams)
@@ -44,17 +48,27 @@ class SVQVAE(nn.Module):
         dropout: float = 0.0,
         norm_groups: int = 32,
         tile_batch: int = 2,
+        level_attention: bool = False,
+        pixel_range: Sequence[float] = (0.0, 1.0),
+        net_range: Sequence[float] | None = None,
     ):
         super().__init__()
         self.in_channels, self.tile_batch = in_channels, tile_batch  # tiles per encoder/decoder call when tiling
         self.downsample_factor = 2 ** (len(ch_mult) - 1)
-        # attention only in the mid blocks, i.e. at the lowest resolution
+        # Images come in and go out in pixel_range; the network works in net_range (LlamaGen's weights: [-1, 1]).
+        lo, hi = (float(v) for v in pixel_range)
+        net_lo, net_hi = (float(v) for v in (net_range if net_range is not None else pixel_range))
+        if not (hi > lo and net_hi > net_lo):
+            raise ValueError(f"pixel_range and net_range must be [low, high], got {pixel_range}, {net_range}")
+        self.pixel_range, self.net_range = (lo, hi), (net_lo, net_hi)
+        # attention in the mid blocks, and with level_attention also after every ResBlock of the lowest-resolution
+        # level (LlamaGen's VQ-16): the blocks place it by resolution, which counts 1 at the lowest level here
         arch = dict(
             ch=ch,
             ch_mult=ch_mult,
             num_res_blocks=num_res_blocks,
-            attn_resolutions=(),
-            resolution=0,
+            attn_resolutions=(1,) if level_attention else (),
+            resolution=self.downsample_factor,
             z_channels=z_channels,
             dropout=dropout,
             groups=norm_groups,
@@ -82,16 +96,23 @@ class SVQVAE(nn.Module):
         return self.vq.codes()
 
     # ---- pieces ---------------------------------------------------------------------------------
+    def _rescale(self, x: torch.Tensor, source: tuple[float, float], target: tuple[float, float]) -> torch.Tensor:
+        if source == target:
+            return x
+        return (x - source[0]) * ((target[1] - target[0]) / (source[1] - source[0])) + target[0]
+
     def latent(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] -> continuous latent [B, embed_dim, H/f, W/f] (before quantization)."""
-        return self.quant_conv(self.encoder(x))
+        """[B, C, H, W] pixels in pixel_range -> continuous latent [B, embed_dim, H/f, W/f] (before quantization)."""
+        return self.quant_conv(self.encoder(self._rescale(x, self.pixel_range, self.net_range)))
 
     def quantize(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         z_q, ids, losses = self.vq(latent.permute(0, 2, 3, 1))
         return z_q.permute(0, 3, 1, 2), ids, losses
 
     def decode_codes(self, z_q: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z_q.to(self.post_quant_conv.weight.dtype)))
+        """[B, embed_dim, h, w] codes -> [B, C, h·f, w·f] pixels in pixel_range (not clamped)."""
+        y = self.decoder(self.post_quant_conv(z_q.to(self.post_quant_conv.weight.dtype)))
+        return self._rescale(y, self.net_range, self.pixel_range)
 
     def _codes(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         if "tokens" not in tokens:
