@@ -520,3 +520,37 @@ def initial_weights(tokenizer: nn.Module, path: str | Path) -> dict:
         )
     _check_kind(state, kind, path)
     return convert(state, tokenizer, source=str(path))
+
+
+def released_kind(tokenizer_class: type, spec: Mapping) -> str | None:
+    """The released kind whose weights a tokenizer of this class, built with `spec` (its keyword arguments), takes:
+    "ae_fsq" for a PhaedraTokenizer with amp_levels None, "phaedra" for another, "llamagen_vq" for an SVQVAE; None
+    for other tokenizers (they start only from SciTok checkpoints). Read from the config, before anything is built
+    (train.py's model.init_from check)."""
+    if issubclass(tokenizer_class, SVQVAE):
+        return "llamagen_vq"
+    if issubclass(tokenizer_class, PhaedraTokenizer):
+        return "ae_fsq" if "amp_levels" in spec and spec["amp_levels"] is None else "phaedra"
+    return None
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """`python -m tokenizers released KIND WEIGHTS [--config C] [--out X.ckpt] [--pixel-range 0 1]`: released
+    weights -> a SciTok tokenizer checkpoint that encode.py, evaluate.py and load_tokenizer take like any other."""
+    import argparse
+
+    from tokenizers.load import save_tokenizer
+
+    parser = argparse.ArgumentParser(prog="python -m tokenizers released", description=main.__doc__)
+    parser.add_argument("kind", choices=sorted(RELEASES))
+    parser.add_argument("weights", help="a local file or hf://<owner>/<repo>/<path>")
+    parser.add_argument("--config", default=None, help="the released config (JSON/YAML); default: the full-size one")
+    parser.add_argument("--out", default=None, help="default: <weights folder>/<kind>.ckpt")
+    parser.add_argument("--pixel-range", type=float, nargs=2, default=None, help="llamagen_vq: e.g. 0 1 for [0, 1]")
+    args = parser.parse_args(argv)
+    options = {"pixel_range": args.pixel_range} if args.pixel_range else {}
+    tokenizer = load_released(args.kind, args.weights, args.config, **options)
+    out = Path(args.out) if args.out else Path(tokenizer.released["file"]).with_name(f"{args.kind}.ckpt")
+    save_tokenizer(tokenizer, tokenizer.spec, tokenizer.metadata, out)
+    print(f"wrote {out} ({tokenizer.released['kind']}, sha256 {tokenizer.released['sha256'][:12]}…)")
+    return out

@@ -244,3 +244,27 @@ def test_encode_image_tokenizes_a_large_image_tile_by_tile_with_the_llamagen_wei
     with torch.no_grad():
         expected = tokenizer.encode(pixels)["tokens"][0].numpy()
     np.testing.assert_array_equal(np.load(whole / "tokens_1.npy"), expected)
+
+
+def test_the_command_line_writes_a_checkpoint_that_load_tokenizer_reads(tmp_path):
+    from tokenizers.released import main
+
+    _, weights, config = fixture("llamagen_vq")
+    out = main(
+        [
+            "llamagen_vq",
+            str(weights),
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "vq.ckpt"),
+            "--pixel-range",
+            "0",
+            "1",
+        ]
+    )
+    tokenizer = load_tokenizer(out)
+    assert tokenizer.pixel_range == (0.0, 1.0) and tokenizer.metadata.normalization == "unit_range"
+    with torch.no_grad():
+        tokens = tokenizer.encode((ref("llamagen_vq", "input") + 1) / 2)["tokens"]
+    assert torch.equal(tokens, ref("llamagen_vq", "codes"))
