@@ -8,7 +8,9 @@ name>-tokens/`), and the `paths` and `trainer` groups of train.py (`trainer=ddp_
 Every split's samples go through the tokenizer in Lightning's predict loop (lit_modules/encoding.py) into
 `<out_dir>/<split>/` (datamodules/token_store.py: `<stream>.npy` memory-mapped, `index.npy`, `meta.json`). A store
 whose key (the tokenizer checkpoints' sha256, data, split) matches is reused.
-- Fields, EEG, images: the tokenizer's `encode`, the samples normalized with the checkpoint's statistics.
+- Fields, EEG, images: the tokenizer's `encode`, the samples normalized with the checkpoint's statistics
+  (`normalize=checkpoint`), or the data's own train split's (`normalize=data`: released weights, which carry none, or
+  data of other variables); meta.json `normalization` records which, and the transformer reads the store with it.
 - Galaxies (an `astro_image` checkpoint): one row per object, streams image, catalog (one id per catalog column) and
   spectrum (tokenizers.astro.GalaxyTokenizers). The catalog-scalar tokenizer (quantile bins) and the spectrum
   tokenizer (K-means) are fitted on the train split, or reused: checkpoints in out_dir named after the data
@@ -181,6 +183,34 @@ def build_data(cfg: DictConfig, ckpt: Path, tokenizer: torch.nn.Module) -> tuple
     return datamodule, spec
 
 
+NORMALIZE = ("checkpoint", "data")
+
+
+def apply_normalization(how: str, datamodule, tokenizer: torch.nn.Module, ckpt: Path) -> DataMetadata:
+    """normalize=checkpoint: the statistics the tokenizer was trained with (the datamodule's use_statistics);
+    normalize=data: the data's own train split's (a user's file of other variables, released weights, which carry
+    none). Returns the DataMetadata the samples are normalized with."""
+    if how not in NORMALIZE:
+        raise ValueError(
+            f"normalize={how}: choose checkpoint (the tokenizer's training statistics) or data (the data's own train "
+            "split's)"
+        )
+    if how == "data":
+        return datamodule.metadata
+    try:
+        datamodule.use_statistics(tokenizer.metadata)
+    except ValueError as e:
+        hint = (  # fields carry statistics per variable; other kinds normalize each sample on its own
+            ". A tokenizer's statistics fit only the variables it was trained on; for data of other variables (e.g. "
+            "your own .npy) or released weights, normalize with the data's own train split's statistics: "
+            "normalize=data"
+            if tokenizer.metadata.kind == "fields"
+            else ""
+        )
+        raise ValueError(f"normalize=checkpoint with ckpt={ckpt}: {e}{hint}") from e
+    return tokenizer.metadata
+
+
 def encode(cfg: DictConfig) -> dict[str, Path]:
     """Write (or find) the token store of every split in cfg.splits for the tokenizer in cfg.ckpt; returns split ->
     store path."""
@@ -193,12 +223,12 @@ def encode(cfg: DictConfig) -> dict[str, Path]:
     datamodule, data_config = build_data(cfg, ckpt, tokenizer)
     if not hasattr(datamodule, "encode_set"):
         raise ValueError(f"encode.py cannot yet export {meta.kind} data ({type(datamodule).__name__})")
-    datamodule.use_statistics(meta)
+    normalization = apply_normalization(str(cfg.normalize), datamodule, tokenizer, ckpt)
     out_dir, sha = output_dir(cfg, ckpt), file_sha256(ckpt)
     facts = {
         "kind": meta.kind,
         "tokenizer": about_checkpoint(tokenizer, ckpt, sha),
-        "normalization": meta.to_dict(),
+        "normalization": normalization.to_dict(),
         "data_config": data_config,
     }
     adapter = datamodule.adapter
@@ -233,7 +263,7 @@ def encode_split_store(
     of `datamodule.encode_set(split)` into the tokenizer's input; facts: what meta.json records beside the split's
     own entries (kind, tokenizer, normalization, data_config, …)."""
     dataset, index, about = datamodule.encode_set(split)
-    key = cache_key({"tokenizer_sha256": sha, "data": about, "split": split, "metadata": tokenizer.metadata.to_dict()})
+    key = cache_key({"tokenizer_sha256": sha, "data": about, "split": split, "metadata": facts["normalization"]})
     if (path / "meta.json").is_file():
         try:
             meta = SplitStore.open(path).meta

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Subset
 
 from datamodules.common import batch_is_ready, cache_key, unit_ids
 from datamodules.token_store import file_sha256
-from encode import build_data, checked_tokenizer
+from encode import NORMALIZE, apply_normalization, build_data, checked_tokenizer
 from lit_modules.checkpoint_io import recorded_task, run_config
 from lit_modules.evaluation import Bootstrap, TokenRate, summarize
 from lit_modules.metrics import GroupedSums
@@ -39,7 +39,6 @@ from lit_modules.metrics import GroupedSums
 log = logging.getLogger("scitok.evaluate")
 
 SPLITS = ("train", "val", "test")
-NORMALIZE = ("checkpoint", "data")
 # A data kind's bootstrap unit: the encode_set index columns whose rows are not independent of each other.
 UNITS = {
     "fields": ("dataset", "trajectory"),
@@ -107,19 +106,9 @@ def data_name(spec: dict) -> str:
 
 
 def normalize(cfg: DictConfig, datamodule, tokenizer, ckpt: Path) -> dict:
-    """Apply cfg.normalize and return what the output states about it: where the statistics came from and the
-    data metadata in use."""
-    if cfg.normalize == "checkpoint":
-        try:
-            datamodule.use_statistics(tokenizer.metadata)
-        except ValueError as e:
-            hint = (  # fields carry statistics per variable; other kinds normalize each sample on its own
-                ". A tokenizer's statistics fit only the variables it was trained on; to judge it on data of other "
-                "variables (e.g. your own .npy), normalize them with their own train split's statistics: normalize=data"
-                if tokenizer.metadata.kind == "fields"
-                else ""
-            )
-            raise ValueError(f"normalize=checkpoint with ckpt={ckpt}: {e}{hint}") from e
+    """Apply cfg.normalize (encode.apply_normalization) and return what the output states about it: where the
+    statistics came from and the data metadata in use."""
+    apply_normalization(str(cfg.normalize), datamodule, tokenizer, ckpt)
     return {"from": str(cfg.normalize), **datamodule.metadata.to_dict()}
 
 

@@ -24,6 +24,7 @@ import torch
 from datamodules.common import EpochShuffleSampler, SplitDataModule
 from datamodules.token_store import SplitStore, open_store, store_tokenizer, stored_data
 from models.vocab import Vocabulary
+from tokenizers.base import DataMetadata
 
 log = logging.getLogger("scitok")
 
@@ -90,7 +91,8 @@ class StoreSequences(SplitDataModule):
         """{split: the true data (batch key `key`) of the split's store rows}, from the data the store was encoded
         from (its recorded data config), refused where those data have changed since."""
         data = stored_data(self.stores["train"].meta, self.store)
-        data.use_statistics(self.tokenizer.metadata)
+        # the statistics the store was encoded with (encode.py normalize=checkpoint: the tokenizer's; data: the data's)
+        data.use_statistics(DataMetadata.from_dict(self.stores["train"].meta["normalization"]))
         out = {}
         for split in splits:
             dataset, index, about = data.encode_set(split)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 import lit_modules.encoding as encoding
 from datamodules.token_store import SplitStore, file_sha256
@@ -141,3 +142,30 @@ def test_export_errors_name_the_problem(experiment_run, tmp_path, data_dir):
         encode(encode_cfg(run.last_ckpt, tmp_path / "tokens", data_dir, "splits=[valid]"))
     with pytest.raises(FileNotFoundError, match="is not a token store"):
         SplitStore.open(tmp_path)
+
+
+def test_released_weights_encode_with_the_datas_own_statistics_and_the_store_says_so(tmp_path, data_dir):
+    """Released Phaedra weights carry no statistics: normalize=checkpoint is refused with the hint, normalize=data
+    normalizes with the data's train split, and the store records those statistics (the transformer reads with them)."""
+    from tokenizers import load_released, save_tokenizer
+
+    released = ROOT / "tests" / "data" / "released" / "phaedra_small"
+    tok = load_released("phaedra", released / "model.safetensors", released / "config.json")
+    ckpt = save_tokenizer(tok, tok.spec, tok.metadata, tmp_path / "phaedra.ckpt")
+    with pytest.raises(ValueError, match=r"normalize=checkpoint with ckpt=.*phaedra\.ckpt.*normalize=data"):
+        encode(encode_cfg(ckpt, tmp_path / "refused", data_dir, "data=fields", "splits=[test]"))
+    assert not (tmp_path / "refused" / "test").exists()
+    stores = encode(encode_cfg(ckpt, tmp_path / "tokens", data_dir, "data=fields", "normalize=data", "splits=[test]"))
+    store = SplitStore.open(stores["test"])
+    datamodule = instantiate(encode_cfg(ckpt, tmp_path / "x", data_dir, "data=fields").data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    stats = datamodule.metadata
+    assert (
+        store.meta["normalization"]["variables"] == stats.variables and store.meta["normalization"]["std"] == stats.std
+    )
+    dataset, _, _ = datamodule.encode_set("test")
+    expected = expected_ids(load_tokenizer(ckpt), datamodule, dataset)
+    for stream, ids in expected.items():  # batches against one call: equal but at float32 rounding ties (see above)
+        stored = torch.from_numpy(np.load(stores["test"] / f"{stream}.npy").astype(np.int64))
+        assert stored.shape == ids.shape and (stored != ids).float().mean() <= 1e-3
