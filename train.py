@@ -32,7 +32,13 @@ import lit_modules  # noqa: F401 - registers the ${auto_precision:} resolver
 from lit_modules.checkpoint_io import RUN_CONFIG, check_checkpoint
 from lit_modules.loggers import start_loggers
 from lit_modules.memory import keep_freed_memory
-from lit_modules.preflight import build_datamodule, check_model_fits_data, check_trainer_limits, this_run
+from lit_modules.preflight import (
+    build_datamodule,
+    check_init_from,
+    check_model_fits_data,
+    check_trainer_limits,
+    this_run,
+)
 from lit_modules.run_record import RunRecord, record_fit, record_progress, scalar_metrics
 from lit_modules.signals import SignalStop, slurm_plugins, slurm_resume_path
 
@@ -79,6 +85,7 @@ def _fit_and_test(cfg: DictConfig, record: dict, extra_callbacks: list) -> float
     # refusals that need nothing built: each names the config keys (and for a mismatch, model and data)
     check_model_fits_data(cfg)
     check_trainer_limits(cfg)
+    check_init_from(cfg)
     ckpt_path = cfg.ckpt_path if cfg.ckpt_path is not None else slurm_resume_path(last)
     if ckpt_path is not None:
         check_checkpoint(ckpt_path, cfg.model, this_run())

@@ -1,16 +1,20 @@
 """Checks of a composed run config before anything is built or loaded (train.py): a model config that reads a key its
-data config lacks, an experiment's data settings given to another data config, trainer limits that train nothing.
+data config lacks, an experiment's data settings given to another data config, trainer limits that train nothing, a
+model.init_from file that is not there.
 Each refusal names the config keys and both sides: the config groups the command chose (experiment=…, model=…,
 data=…, where Hydra ran the command) and the classes they build."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError
+
+from tokenizers.released import RELEASES, released_kind
 
 
 def group_choices() -> dict[str, str]:
@@ -103,3 +107,27 @@ def check_trainer_limits(cfg: DictConfig) -> None:
             "trainer.max_steps=-1 with trainer.max_epochs=-1: the run would never end. Set trainer.max_steps > 0, "
             f"{stop_by_epochs}"
         )
+
+
+def check_init_from(cfg: DictConfig) -> None:
+    """Refuse a model.init_from that names no file, before the data is prepared or a model built (a paper-size model
+    takes a while), naming the file and, where the tokenizer takes released weights, the command that downloads them
+    to that path. A Hub path (hf://…) is left to the download when the model is built."""
+    init_from = cfg.model.get("init_from")
+    if init_from is None or str(init_from).startswith("hf://") or Path(init_from).expanduser().is_file():
+        return
+    tokenizer = cfg.model.tokenizer
+    kind = released_kind(get_class(tokenizer._target_), tokenizer)
+    if kind is None:
+        get = f"give a SciTok checkpoint of a {tokenizer._target_} (a run's checkpoints/last.ckpt)"
+    else:
+        release, path = RELEASES[kind], str(init_from)
+        # the download lands at init_from when init_from ends with the file's path in the Hub repo
+        if path.endswith("/" + release.hub_file):
+            get = f"get {release.download_hint(path.removesuffix('/' + release.hub_file))}"
+        else:
+            get = f"get {release.download_hint()} and pass that path, or give a SciTok checkpoint"
+    where = "" if Path(init_from).is_absolute() else f" (relative to {Path.cwd()}, where the run started)"
+    raise FileNotFoundError(
+        f"model.init_from={init_from} does not exist{where}: {this_run()} starts from those weights; {get}"
+    )

@@ -9,7 +9,8 @@ containers only, so checkpoints load with torch's `weights_only=True`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import lightning as L
@@ -25,7 +26,8 @@ from lit_modules.common import STAGES, SciTokModule, describe, grouped_values, p
 from lit_modules.losses import LossOutput
 from lit_modules.metrics import CodebookUsage
 from tokenizers.base import DataMetadata, HasLastLayer, TokenizerOutput, check_tokenizer
-from tokenizers.load import put_metadata
+from tokenizers.load import put_metadata, read_checkpoint
+from tokenizers.released import fetch, initial_weights, released_kind, released_metadata, sha256
 
 
 def flop_counter() -> FlopCounterMode:
@@ -45,11 +47,38 @@ def flop_counter() -> FlopCounterMode:
     )
 
 
+def init_source(init_from: str, tokenizer: nn.Module, spec: Mapping) -> str:
+    """DataMetadata.source of a run started from `init_from` (model.init_from): the file, its sha256 and the input
+    convention of the weights it holds: a released model's (tokenizers/released.py), or the data metadata of the
+    SciTok checkpoint. `spec` is the tokenizer's config (which released kind it takes)."""
+    path = fetch(init_from)
+    start = f"fine-tuned from {init_from} (sha256 {sha256(path)})"
+    try:
+        ckpt = read_checkpoint(path, mmap=True)
+    except ValueError:  # safetensors, or no state_dict: released weights
+        ckpt = {}
+    if "hyper_parameters" not in ckpt:  # released weights (initial_weights has loaded them as such)
+        kind = released_kind(type(tokenizer), spec)
+        # the released model's convention, stated with this tokenizer's pixel range (LlamaGen's network works in
+        # [-1, 1] whatever the images are); Phaedra's reads no spec
+        convention = released_metadata(kind, {"pixel_range": getattr(tokenizer, "pixel_range", None)}).source
+        return f"{start}: {convention}"
+    if "data" not in ckpt:
+        return f"{start}: a SciTok checkpoint without data metadata"
+    held = DataMetadata.from_dict(ckpt["data"])
+    its_source = f" (its source: {held.source})" if held.source else ""
+    return f"{start}: a SciTok checkpoint trained on {held.kind} data, normalization {held.normalization}{its_source}"
+
+
 class TokenizerModule(SciTokModule):
     """Trains `tokenizer` to reconstruct the adapter's target with `loss` (default: L1 + MSE).
 
     optimizer / scheduler: `_partial_` configs called with the parameters / the optimizer; the scheduler steps
     once per optimizer step.
+
+    init_from: a file the tokenizer starts from (fine-tuning): released weights (tokenizers/released.py, the kind
+    follows from the tokenizer) or a SciTok checkpoint. The checkpoints' metadata.source names it, its sha256 and the
+    input convention its weights were trained with.
 
     With a discriminator in the loss (loss.gan), it is a second parameter group of the one optimizer, not a
     second optimizer: its hinge loss is added to the tokenizer's and a single backward gives each model exactly
@@ -70,6 +99,7 @@ class TokenizerModule(SciTokModule):
         loss: dict | DictConfig | None = None,
         compile: bool = False,
         channels_last: bool = False,
+        init_from: str | None = None,
     ):
         super().__init__()
         tokenizer, optimizer, scheduler = plain(tokenizer), plain(optimizer), plain(scheduler)
@@ -77,6 +107,8 @@ class TokenizerModule(SciTokModule):
         self.save_hyperparameters()  # every argument as reassigned above: plain containers only
         self.tokenizer = instantiate(tokenizer)
         check_tokenizer(self.tokenizer)
+        if init_from is not None:  # fine-tuning; a resumed run's checkpoint then overwrites these weights
+            self.tokenizer.load_state_dict(initial_weights(self.tokenizer, init_from))
         self.loss = instantiate(loss, _recursive_=False)  # the loss builds its discriminator only when it is on
         if self.loss.needs_last_layer and not isinstance(self.tokenizer, HasLastLayer):
             raise ValueError(
@@ -112,6 +144,9 @@ class TokenizerModule(SciTokModule):
                 f"(datamodules/adapters.py); got {describe(datamodule)}"
             )
         self.adapter, self.metadata = datamodule.adapter, datamodule.metadata
+        if self.hparams.init_from is not None:  # the checkpoint says which weights it started from, and their inputs
+            source = init_source(self.hparams.init_from, self.tokenizer, self.hparams.tokenizer)
+            self.metadata = dataclasses.replace(self.metadata, source=source)
         example = self.check_data(datamodule)
         self.example_input_array = {"x": example.x, **example.cond}  # the model summary's FLOPs and shapes
         batch_size = getattr(datamodule, "batch_size", None)
