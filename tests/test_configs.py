@@ -1,11 +1,19 @@
 """Every experiment composes, and every object in it instantiates from its config; configs inherit, not copy."""
 
+import inspect
+import json
+
 import pytest
 from hydra.errors import MissingConfigException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from tests.helpers import EXPERIMENTS, describe
+from tokenizers.released import FULL_CONFIGS, RELEASES, SPECS, released_kind
+
+# what an experiment may set otherwise than load_released's default (the options it takes): the pixel range that
+# LlamaGen's [-1, 1] network is fed from
+RELEASED_OPTIONS = {"pixel_range"}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -22,11 +30,29 @@ def test_experiment_composes_and_instantiates(make_cfg, experiment, debug):
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
     assert trainer.max_steps == cfg.trainer.max_steps
+    if cfg.model.get("init_from") is not None:
+        check_the_released_architecture(cfg)
     if not describe(experiment)["cpu"]:
         return  # built on the meta device in tests/test_contract.py
     module = instantiate(cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, _recursive_=False)
     optim = module.configure_optimizers()
     assert optim["lr_scheduler"]["interval"] == "step"
+
+
+def check_the_released_architecture(cfg) -> None:
+    """An experiment that starts from released weights (model.init_from), which are not in the repository: its
+    tokenizer is the full-size released model's, as load_released builds it (every argument equal, defaults included),
+    and it looks for the file where the download command of the preflight message puts it."""
+    spec = OmegaConf.to_container(cfg.model.tokenizer, resolve=True)
+    cls = get_class(spec["_target_"])
+    kind = released_kind(cls, spec)
+    assert kind is not None, f"model.init_from={cfg.model.init_from}: {cls.__name__} takes no released weights"
+    assert cfg.model.init_from.endswith("/" + RELEASES[kind].hub_file)
+    defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+    built = json.loads(json.dumps({**defaults, **spec}))  # tuples as lists, like the released spec's
+    released = SPECS[kind](kind, FULL_CONFIGS[kind])
+    differ = {k: (built.get(k), v) for k, v in released.items() if k not in RELEASED_OPTIONS and built.get(k) != v}
+    assert not differ, f"model.tokenizer differs from the released {kind} (config, released): {differ}"
 
 
 def test_user_data_configs_inherit_the_defaults_and_swap_the_source(make_cfg, tmp_path):
