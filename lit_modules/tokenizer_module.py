@@ -76,9 +76,9 @@ class TokenizerModule(SciTokModule):
     optimizer / scheduler: `_partial_` configs called with the parameters / the optimizer; the scheduler steps
     once per optimizer step.
 
-    init_from: a file the tokenizer starts from (fine-tuning): released weights (tokenizers/released.py, the kind
-    follows from the tokenizer) or a SciTok checkpoint. The checkpoints' metadata.source names it, its sha256 and the
-    input convention its weights were trained with.
+    init_from: a file the tokenizer starts from (fine-tuning), loaded at setup of fit: released weights
+    (tokenizers/released.py, the kind follows from the tokenizer) or a SciTok checkpoint. The checkpoints'
+    metadata.source names it, its sha256 and the input convention its weights were trained with.
 
     With a discriminator in the loss (loss.gan), it is a second parameter group of the one optimizer, not a
     second optimizer: its hinge loss is added to the tokenizer's and a single backward gives each model exactly
@@ -107,8 +107,6 @@ class TokenizerModule(SciTokModule):
         self.save_hyperparameters()  # every argument as reassigned above: plain containers only
         self.tokenizer = instantiate(tokenizer)
         check_tokenizer(self.tokenizer)
-        if init_from is not None:  # fine-tuning; a resumed run's checkpoint then overwrites these weights
-            self.tokenizer.load_state_dict(initial_weights(self.tokenizer, init_from))
         self.loss = instantiate(loss, _recursive_=False)  # the loss builds its discriminator only when it is on
         if self.loss.needs_last_layer and not isinstance(self.tokenizer, HasLastLayer):
             raise ValueError(
@@ -124,6 +122,7 @@ class TokenizerModule(SciTokModule):
         # model FLOPs of one training batch (forward + backward, counted at setup): ThroughputMonitor logs
         # train/device/flops_per_sec from it (and MFU on GPUs whose peak Lightning knows)
         self.flops_per_batch: int | None = None
+        self.init_source: str | None = None  # DataMetadata.source of a run started from init_from, once loaded
         # NHWC weights and image batches: convolutions run without layout reorders (GPU tensor cores want it)
         self.channels_last = channels_last
         if channels_last:
@@ -144,9 +143,13 @@ class TokenizerModule(SciTokModule):
                 f"(datamodules/adapters.py); got {describe(datamodule)}"
             )
         self.adapter, self.metadata = datamodule.adapter, datamodule.metadata
-        if self.hparams.init_from is not None:  # the checkpoint says which weights it started from, and their inputs
-            source = init_source(self.hparams.init_from, self.tokenizer, self.hparams.tokenizer)
-            self.metadata = dataclasses.replace(self.metadata, source=source)
+        if self.hparams.init_from is not None and stage == "fit" and self.init_source is None:
+            # fine-tuning starts here, not in __init__: load_from_checkpoint of a fine-tuned checkpoint does not need
+            # the file (a resumed run loads it, then its checkpoint overwrites these weights)
+            self.tokenizer.load_state_dict(initial_weights(self.tokenizer, self.hparams.init_from))
+            self.init_source = init_source(self.hparams.init_from, self.tokenizer, self.hparams.tokenizer)
+        if self.init_source is not None:  # the checkpoints say which weights it started from, and their inputs
+            self.metadata = dataclasses.replace(self.metadata, source=self.init_source)
         example = self.check_data(datamodule)
         self.example_input_array = {"x": example.x, **example.cond}  # the model summary's FLOPs and shapes
         batch_size = getattr(datamodule, "batch_size", None)
@@ -288,6 +291,14 @@ class TokenizerModule(SciTokModule):
                 torch.nn.utils.clip_grad_value_(grads, gradient_clip_val)
             else:
                 torch.nn.utils.clip_grad_norm_(grads, gradient_clip_val)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint of a fine-tuning run keeps saying where it started (resume, test of a checkpoint)."""
+        source = (checkpoint.get("data") or {}).get("source")
+        if source:
+            self.init_source = source
+            if self.metadata is not None:
+                self.metadata = dataclasses.replace(self.metadata, source=source)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The data's metadata (DataMetadata as a plain dict) travels with the checkpoint, for load_tokenizer."""

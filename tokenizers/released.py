@@ -365,7 +365,7 @@ def convert(state: Mapping[str, torch.Tensor], tokenizer: nn.Module, source: str
             raise ValueError(
                 f"{source}: {released[0]}{' (+ k, v)' if len(parts) > 1 else ''} has shape {tuple(value.shape)}, this "
                 f"{type(tokenizer).__name__} expects {tuple(target[name].shape)} for {name}: the file was made with "
-                "another configuration; pass its config (config=… / the released config.json)"
+                "another configuration; give its config (load_released's config=…, or a run's model.tokenizer.*)"
             )
         out[name] = value.to(target[name].dtype)
     left = set(target) - set(out) - set(NOT_IN_FILE.get(family, ()))
@@ -507,7 +507,7 @@ def initial_weights(tokenizer: nn.Module, path: str | Path) -> dict:
     """The state dict that `model.init_from=path` starts `tokenizer` from: a SciTok checkpoint's tokenizer weights,
     or released weights converted to it (the kind follows from the tokenizer: Phaedra / AE_FSQ for a
     PhaedraTokenizer, LlamaGen VQ for an SVQVAE). Raises naming the file when it does not fit."""
-    kind = {PhaedraTokenizer: "phaedra", SVQVAE: "llamagen_vq"}.get(type(tokenizer))
+    kind = released_kind(type(tokenizer), {"amp_levels": getattr(tokenizer, "amp", None)})
     path = fetch(path, kind)
     try:
         state = read_state(path, kind or "phaedra")
