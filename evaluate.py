@@ -26,15 +26,18 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from datamodules.common import batch_is_ready, cache_key, unit_ids
 from datamodules.token_store import file_sha256
-from encode import NORMALIZE, apply_normalization, build_data, checked_tokenizer
+from encode import DATA_TARGETS, NORMALIZE, apply_normalization, build_data, checked_tokenizer
 from lit_modules.checkpoint_io import recorded_task, run_config
+from lit_modules.common import MODULE_TARGETS
 from lit_modules.evaluation import Bootstrap, TokenRate, summarize
 from lit_modules.metrics import GroupedSums
+from tokenizers.load import allowed_target, check_targets, read_checkpoint
 
 log = logging.getLogger("scitok.evaluate")
 
@@ -186,6 +189,94 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt: Path, bootstrap: Bootstrap, devic
     }
 
 
+# the LightningModules whose checkpoints are forecasters, and the data configs their runs may name
+FORECASTER_TARGETS = {"lit_modules.transformer_module": lambda obj: isinstance(obj, type)}
+# what each evaluator metric of a forecaster is called in the table ({label}: the run's task and horizon)
+FORECAST_ROWS = {
+    "forecast": "{label}",
+    "increment": "{label} (present + predicted change)",
+    "tokenizer": "{label}: tokenizer floor",
+    "persistence": "persistence Δ={delta}",
+}
+
+
+def is_forecaster(ckpt: Path) -> bool:
+    """A checkpoint of a forecaster (a transformer over field tokens) rather than of a tokenizer."""
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"ckpt={ckpt} does not exist")
+    hparams = read_checkpoint(ckpt, mmap=True).get("hyper_parameters") or {}
+    return "tokenizer" not in hparams and "evaluator" in hparams
+
+
+def load_forecaster(ckpt: Path, split: str):
+    """(module, datamodule) of a forecaster checkpoint, built as its run was from the run's config_resolved.yaml
+    (module and data classes on the allowlists, read as data), the datamodule set up for `split`."""
+    resolved = run_config(ckpt)
+    if not resolved.is_file():
+        raise FileNotFoundError(f"ckpt={ckpt}: no {resolved} to rebuild its model and token data from")
+    run = OmegaConf.to_container(OmegaConf.load(resolved), resolve=False)
+    model, data = run.get("model") or {}, run.get("data") or {}
+    cls = allowed_target(model.get("_target_"), f"{resolved} (model)", FORECASTER_TARGETS)
+    check_targets(data, source=f"{resolved} (data)", allowed=DATA_TARGETS)
+    checkpoint = read_checkpoint(ckpt)
+    check_targets(checkpoint.get("hyper_parameters"), f"checkpoint {ckpt}", MODULE_TARGETS)
+    datamodule = instantiate(data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("test" if split == "test" else "validate")
+    module = cls(**checkpoint["hyper_parameters"])
+    module.build(datamodule)
+    module.load_state_dict(checkpoint["state_dict"])
+    if module.evaluator is None:
+        raise ValueError(f"ckpt={ckpt} was trained with model.evaluator=null: it has no data-space forecast to judge")
+    return module.eval(), datamodule
+
+
+def evaluate_forecaster(cfg: DictConfig, ckpt: Path, bootstrap: Bootstrap, device: torch.device) -> list[dict]:
+    """A forecaster's entries of metrics.json, on the pairs of its token store's split: its forecast (and, for the
+    field transformer, the present plus its predicted change), the tokenizer's floor and persistence, each metric
+    with a percentile-bootstrap interval over the split's trajectories."""
+    if cfg.split not in ("val", "test"):
+        raise ValueError(f"split={cfg.split}: a forecaster is judged on its store's val or test pairs")
+    module, datamodule = load_forecaster(ckpt, str(cfg.split))
+    module.to(device)
+    evaluator, store = module.evaluator, datamodule.stores[str(cfg.split)]
+    unit, n_units = unit_ids(store.index, UNITS["fields"])
+    n_vars = len(evaluator.groups)
+    metrics = torch.nn.ModuleDict(evaluator.metrics(groups=n_units * n_vars)).to(device)
+    unit_of = torch.from_numpy(unit)
+    loader = datamodule.test_dataloader() if cfg.split == "test" else datamodule.val_dataloader()
+    done = 0
+    with torch.inference_mode():
+        for batch in loader:
+            if cfg.max_samples is not None and done >= int(cfg.max_samples):
+                break
+            batch = {k: v.to(device) for k, v in batch.items()}
+            group = unit_of[batch["src"].cpu()] * n_vars + batch["variable"].cpu()
+            evaluator.update(module.net, batch, metrics, str(cfg.split), group=group)
+            done += len(batch["src"])
+    label = f"{label_of(ckpt)} Δ={datamodule.delta}"
+    common = {
+        "checkpoint": str(ckpt.resolve()),
+        "kind": "forecast",
+        "split": str(cfg.split),
+        "normalization": {"from": "store", **store.meta["normalization"]},
+        "data": {"store": str(datamodule.store), "delta": datamodule.delta, "samples": done, "units": n_units},
+        "bootstrap": bootstrap.to_dict(),
+        "error_metric": "rel_l1",
+        "rate": None,
+    }
+    entries, sha = [], file_sha256(ckpt)
+    for name, metric in metrics.items():
+        states = state_dict_of(metric, n_units, n_vars)
+        judged = summarize(type(metric).values, states, metric.seen, list(evaluator.groups), bootstrap)
+        row = FORECAST_ROWS[name].format(label=label, delta=datamodule.delta)
+        # persistence is a property of the pairs alone, not of the checkpoint (evaluate() keeps it once)
+        own = {"checkpoint": None} if name == "persistence" else {"sha256": sha}
+        entries.append({**common, **own, "label": row, "metrics": judged})
+    log.info("%s: %d pairs of %d trajectories judged", ckpt, done, n_units)
+    return entries
+
+
 def judge(cfg, tokenizer, adapter, sets, unit: np.ndarray, n_groups: int, judges: dict, rate: TokenRate, device):
     """Every sample of `sets` (in order; unit [N] its unit id) through encode and decode, into the metrics (group
     id = unit · n_groups + metric group) and the rate; returns (samples, values per sample)."""
@@ -261,7 +352,7 @@ def table_rows(entries: list[dict]) -> tuple[list[str], list[dict]]:
                 if name not in metric_columns:
                     metric_columns.append(name)
                 row[name], (row[f"{name}_lo"], row[f"{name}_hi"]) = judged["value"], judged["interval"]
-            row.update({k: e["rate"][k] for k in RATE_COLUMNS})
+            row.update({k: (e["rate"] or {}).get(k) for k in RATE_COLUMNS})
             out.append(row)
     columns += [c for m in metric_columns for c in (m, f"{m}_lo", f"{m}_hi")] + list(RATE_COLUMNS)
     return columns, out
@@ -310,10 +401,25 @@ def plot(entries: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    errors = sorted({e["error_metric"] for e in entries})
-    fig, axes = plt.subplots(1, len(errors), figsize=(5.5 * len(errors), 4.2), squeeze=False)
-    for ax, error in zip(axes[0], errors, strict=True):
-        for e in (e for e in entries if e["error_metric"] == error):
+    rated = [e for e in entries if e["rate"] is not None]
+    errors = sorted({e["error_metric"] for e in rated})
+    forecasts = [e for e in entries if e["rate"] is None]
+    panels = len(errors) + bool(forecasts)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
+    if forecasts:  # forecasters have no rate: their error with its interval, one row each
+        ax = axes[0][-1]
+        error = forecasts[0]["error_metric"]
+        for i, e in enumerate(forecasts):
+            judged = e["metrics"]["overall"][error]
+            y = judged["value"]
+            lo, hi = (v if v is not None else y for v in judged["interval"])
+            ax.errorbar([y], [i], xerr=[[y - lo], [hi - y]], fmt="o", capsize=4)
+        ax.set_yticks(range(len(forecasts)), [e["label"] for e in forecasts])
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{error} (split={forecasts[0]['split']}), 95 % bootstrap intervals")
+        ax.grid(alpha=0.3)
+    for ax, error in zip(axes[0], errors, strict=False):
+        for e in (e for e in rated if e["error_metric"] == error):
             judged = e["metrics"]["overall"][error]
             x, y = e["rate"]["bits_per_value"], judged["value"]
             lo, hi = (v if v is not None else y for v in judged["interval"])
@@ -330,7 +436,8 @@ def plot(entries: list[dict], path: Path) -> None:
 
 def write_outputs(entries: list[dict], out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {n: out_dir / n for n in ("metrics.json", "metrics.csv", "metrics.md", "rate_distortion.png")}
+    figure = "rate_distortion.png" if any(e["rate"] is not None for e in entries) else "forecast.png"
+    paths = {n: out_dir / n for n in ("metrics.json", "metrics.csv", "metrics.md", figure)}
     paths["metrics.json"].write_text(json.dumps({"checkpoints": entries}, indent=2, sort_keys=True) + "\n")
     columns, flat = table_rows(entries)
     with open(paths["metrics.csv"], "w", newline="") as f:
@@ -338,7 +445,7 @@ def write_outputs(entries: list[dict], out_dir: Path) -> dict[str, Path]:
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in flat)
     paths["metrics.md"].write_text(markdown_text(entries))
-    plot(entries, paths["rate_distortion.png"])
+    plot(entries, paths[figure])
     return paths
 
 
@@ -362,7 +469,8 @@ def log_to_loggers(cfg: DictConfig, entries: list[dict], paths: dict[str, Path])
             if isinstance(logger, WandbLogger):
                 header, body = markdown(entries)
                 logger.log_table(key="evaluate/metrics", columns=header, data=body)
-                logger.log_image(key="evaluate/rate_distortion", images=[str(paths["rate_distortion.png"])])
+                figure = next(p for n, p in paths.items() if n.endswith(".png"))
+                logger.log_image(key=f"evaluate/{figure.stem}", images=[str(figure)])
     except Exception as e:  # the files are written: a logger's failure loses nothing
         log.warning("logging the evaluation failed: %r", e)
     finally:
@@ -378,7 +486,15 @@ def evaluate(cfg: DictConfig) -> dict:
     ckpts = checkpoint_paths(cfg)
     bootstrap = Bootstrap(int(cfg.bootstrap.resamples), float(cfg.bootstrap.level), int(cfg.bootstrap.seed))
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
-    entries = [evaluate_checkpoint(cfg, ckpt, bootstrap, device) for ckpt in ckpts]
+    entries = []
+    for ckpt in ckpts:
+        if is_forecaster(ckpt):
+            for e in evaluate_forecaster(cfg, ckpt, bootstrap, device):
+                same = (o for o in entries if o["checkpoint"] is None and o["label"] == e["label"])
+                if e["checkpoint"] is not None or not any(o["metrics"] == e["metrics"] for o in same):
+                    entries.append(e)
+        else:
+            entries.append(evaluate_checkpoint(cfg, ckpt, bootstrap, device))
     unique_labels(entries)
     paths = write_outputs(entries, Path(cfg.out_dir))
     print_table(markdown_text(entries))

@@ -60,8 +60,9 @@ class FieldForecast:
         self.bounds = vocab.type_bounds()
         self.frame_len = len(streams) * int(torch.tensor(grid).prod())
 
-    def metrics(self) -> dict[str, FieldErrors]:
-        return {name: FieldErrors(groups=len(self.groups)) for name in (*NAMES, "increment")}
+    def metrics(self, groups: int | None = None) -> dict[str, FieldErrors]:
+        """groups: metric groups (default: one per variable; evaluate.py: one per trajectory × variable)."""
+        return {name: FieldErrors(groups=groups or len(self.groups)) for name in (*NAMES, "increment")}
 
     def to_tokens(self, frame: torch.Tensor) -> dict[str, torch.Tensor]:
         """Global ids of one frame [B, S·K] (cells, streams side by side) -> {stream: tokenizer ids [B, *grid]}."""
@@ -69,7 +70,15 @@ class FieldForecast:
         return {s: per_stream[..., k].reshape(len(frame), *self.grid) for k, s in enumerate(self.streams)}
 
     @torch.no_grad()
-    def update(self, net: nn.Module, batch: dict[str, torch.Tensor], metrics: nn.ModuleDict, stage: str) -> None:
+    def update(
+        self,
+        net: nn.Module,
+        batch: dict[str, torch.Tensor],
+        metrics: nn.ModuleDict,
+        stage: str,
+        group: torch.Tensor | None = None,
+    ) -> None:
+        """group: [B] each pair's metric group (default: its variable)."""
         device = batch["ids"].device
         tokenizer = self.tokenizer.to(device)
         prompt_len = self.frame_len + 2  # BOS, present frame, SEP
@@ -106,7 +115,8 @@ class FieldForecast:
 
         future, present = self.truth[stage][dst].to(device), self.truth[stage][src].to(device)
         # the physics metrics (spectra, local variance) on the fields as the tokenizer normalizes them
-        sigma, group, offset = std[:, :, 0, 0], var.to(device), {"mean": mean[:, :, 0, 0]}
+        sigma, offset = std[:, :, 0, 0], {"mean": mean[:, :, 0, 0]}
+        group = var.to(device) if group is None else group.to(device)
         forecast = physical(out[:, prompt_len:])
         metrics["forecast"].update(forecast, future, sigma, group, **offset)
         # the present plus the decoded predicted change: the tokenizer's error, mostly shared by two close frames,
@@ -140,7 +150,15 @@ class NextPatch:
         return {name: SignalErrors() for name in NAMES}
 
     @torch.no_grad()
-    def update(self, net: nn.Module, batch: dict[str, torch.Tensor], metrics: nn.ModuleDict, stage: str) -> None:
+    def update(
+        self,
+        net: nn.Module,
+        batch: dict[str, torch.Tensor],
+        metrics: nn.ModuleDict,
+        stage: str,
+        group: torch.Tensor | None = None,
+    ) -> None:
+        """group: [B] each pair's metric group (default: its variable)."""
         device = batch["ids"].device
         tokenizer = self.tokenizer.to(device)
         hidden = net.hidden(batch["ids"][:, :-1], batch["types"][:, :-1], batch["valid"][:, :-1])

@@ -70,9 +70,13 @@ class TransformerModule(SciTokModule):
         self.flops_per_batch: int | None = None  # ThroughputMonitor reads it; bench/bench_transformer.py measures MFU
 
     def configure_model(self) -> None:
-        if self.net is not None:
-            return
-        datamodule = self.trainer.datamodule
+        if self.net is None:
+            self.build(self.trainer.datamodule)
+
+    def build(self, datamodule) -> None:
+        """The network, losses, metrics and evaluator for the token data of `datamodule` (its vocabulary, sequence
+        length, code vectors and evaluation inputs); Lightning calls it through configure_model, evaluate.py directly
+        before loading a checkpoint's weights."""
         if not isinstance(getattr(datamodule, "vocab", None), Vocabulary):
             raise TypeError(
                 f"TransformerModule trains on token sequences from a datamodule with a `vocab` "
