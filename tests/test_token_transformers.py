@@ -51,3 +51,42 @@ def test_a_store_alone_trains_without_its_data(make_cfg, tmp_path, token_store, 
     overrides = ["experiment=field_transformer", "debug=fast", f"data.store={store}", "model.evaluator=null"]
     value = train(make_cfg([*overrides, "logger=none", *SMALL], output_dir=tmp_path / "run"))
     assert value is not None and np.isfinite(value)
+
+
+def test_evaluate_judges_a_field_transformer_per_trajectory_beside_persistence_and_the_floor(
+    make_cfg, tmp_path, token_store, data_dir
+):
+    """evaluate.py on a field_transformer checkpoint (twice): its forecast, the present plus its predicted change
+    and its tokenizer's floor, and persistence once (it depends on the pairs alone), each value inside its interval;
+    persistence equal to Σ|present − future| / Σ|future| over the store's test pairs, per variable and overall."""
+    import torch
+
+    from evaluate import evaluate, load_forecaster
+    from tests.test_evaluate import eval_cfg
+
+    store, run = token_store("phaedra"), tmp_path / "run"
+    train(make_cfg(["experiment=field_transformer", "debug=fast", f"data.store={store}", "data.delta=2", *SMALL], run))
+    ckpt = run / "checkpoints" / "last.ckpt"
+    out = evaluate(eval_cfg(tmp_path / "eval", data_dir, f"ckpts=[{ckpt},{ckpt}]", "bootstrap.resamples=200"))
+    entries = {e["label"]: e for e in out["checkpoints"]}
+    rows = ["", " (present + predicted change)", ": tokenizer floor"]
+    expected = {f"field_transformer Δ=2{r}{copy}" for r in rows for copy in ("", "-2")}
+    assert set(entries) == expected | {"persistence Δ=2"}
+    assert (tmp_path / "eval" / "forecast.png").is_file() and "persistence Δ=2" in (
+        tmp_path / "eval" / "metrics.md"
+    ).read_text()
+    for entry in entries.values():
+        judged = entry["metrics"]["overall"]["rel_l1"]
+        assert judged["interval"][0] <= judged["value"] <= judged["interval"][1]
+    # persistence by hand, from the true fields of the same pairs
+    module, datamodule = load_forecaster(ckpt, "test")
+    truth, groups = module.evaluator.truth["test"], module.evaluator.groups
+    err, ref = torch.zeros(len(groups), dtype=torch.float64), torch.zeros(len(groups), dtype=torch.float64)
+    for batch in datamodule.test_dataloader():
+        present, future = truth[batch["src"]].double(), truth[batch["dst"]].double()
+        err.index_add_(0, batch["variable"], (present - future).abs().sum((1, 2, 3)))
+        ref.index_add_(0, batch["variable"], future.abs().sum((1, 2, 3)))
+    persistence = entries["persistence Δ=2"]["metrics"]
+    assert persistence["overall"]["rel_l1"]["value"] == pytest.approx(100 * float(err.sum() / ref.sum()), rel=1e-5)
+    for g, name in enumerate(groups):
+        assert persistence["groups"][name]["rel_l1"]["value"] == pytest.approx(100 * float(err[g] / ref[g]), rel=1e-5)
