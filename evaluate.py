@@ -208,9 +208,10 @@ def is_forecaster(ckpt: Path) -> bool:
     return "tokenizer" not in hparams and "evaluator" in hparams
 
 
-def load_forecaster(ckpt: Path, split: str):
+def load_forecaster(ckpt: Path, split: str, rollout: int = 1):
     """(module, datamodule) of a forecaster checkpoint, built as its run was from the run's config_resolved.yaml
-    (module and data classes on the allowlists, read as data), the datamodule set up for `split`."""
+    (module and data classes on the allowlists, read as data), the datamodule set up for `split`; with rollout k its
+    pairs are k times the run's data.delta apart."""
     resolved = run_config(ckpt)
     if not resolved.is_file():
         raise FileNotFoundError(f"ckpt={ckpt}: no {resolved} to rebuild its model and token data from")
@@ -220,6 +221,8 @@ def load_forecaster(ckpt: Path, split: str):
     check_targets(data, source=f"{resolved} (data)", allowed=DATA_TARGETS)
     checkpoint = read_checkpoint(ckpt)
     check_targets(checkpoint.get("hyper_parameters"), f"checkpoint {ckpt}", MODULE_TARGETS)
+    if rollout > 1:
+        data["delta"] = int(data.get("delta", 1)) * rollout
     datamodule = instantiate(data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("test" if split == "test" else "validate")
@@ -237,7 +240,10 @@ def evaluate_forecaster(cfg: DictConfig, ckpt: Path, bootstrap: Bootstrap, devic
     with a percentile-bootstrap interval over the split's trajectories."""
     if cfg.split not in ("val", "test"):
         raise ValueError(f"split={cfg.split}: a forecaster is judged on its store's val or test pairs")
-    module, datamodule = load_forecaster(ckpt, str(cfg.split))
+    steps = int(cfg.rollout)
+    if steps < 1:
+        raise ValueError(f"rollout={cfg.rollout}: give the number of Δ steps, ≥ 1")
+    module, datamodule = load_forecaster(ckpt, str(cfg.split), steps)
     module.to(device)
     evaluator, store = module.evaluator, datamodule.stores[str(cfg.split)]
     unit, n_units = unit_ids(store.index, UNITS["fields"])
@@ -252,15 +258,22 @@ def evaluate_forecaster(cfg: DictConfig, ckpt: Path, bootstrap: Bootstrap, devic
                 break
             batch = {k: v.to(device) for k, v in batch.items()}
             group = unit_of[batch["src"].cpu()] * n_vars + batch["variable"].cpu()
-            evaluator.update(module.net, batch, metrics, str(cfg.split), group=group)
+            evaluator.update(module.net, batch, metrics, str(cfg.split), group=group, steps=steps)
             done += len(batch["src"])
-    label = f"{label_of(ckpt)} Δ={datamodule.delta}"
+    # Δ: the horizon in snapshots; a rollout says in how many steps of the run's own Δ it got there
+    label = f"{label_of(ckpt)} Δ={datamodule.delta}" + (f" ({steps} steps)" if steps > 1 else "")
     common = {
         "checkpoint": str(ckpt.resolve()),
         "kind": "forecast",
         "split": str(cfg.split),
         "normalization": {"from": "store", **store.meta["normalization"]},
-        "data": {"store": str(datamodule.store), "delta": datamodule.delta, "samples": done, "units": n_units},
+        "data": {
+            "store": str(datamodule.store),
+            "delta": datamodule.delta,
+            "rollout": steps,
+            "samples": done,
+            "units": n_units,
+        },
         "bootstrap": bootstrap.to_dict(),
         "error_metric": "rel_l1",
         "rate": None,

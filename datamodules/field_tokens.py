@@ -22,6 +22,7 @@ from datamodules.common import TensorBatches, unit_ids
 from datamodules.token_store import SplitStore
 from datamodules.tokens import Layout, StoreSequences
 from models.vocab import SPECIAL_TYPE, SPECIALS
+from tokenizers.base import DataMetadata
 
 
 def neighbourhood(grid: Sequence[int], streams: int, radius: int) -> torch.Tensor:
@@ -196,7 +197,7 @@ class FieldTokenDataModule(StoreSequences):
             target=[False] * (S * K + 2) + [True] * (S * K + 1),
         )
         self.max_len = S + 2
-        context_index = neighbourhood(self.grid, K, self.context_radius)
+        self.context_index = context_index = neighbourhood(self.grid, K, self.context_radius)
         self.context_slots = context_index.shape[1]
         starts = [self.vocab.range("field", s).start for s in streams]
         generator = torch.Generator().manual_seed(self.seed)
@@ -226,7 +227,8 @@ class FieldTokenDataModule(StoreSequences):
             )
 
     def evaluation_inputs(self) -> dict:
-        meta = self.tokenizer.metadata
+        # the statistics the store was encoded with (encode.py normalize=checkpoint: the tokenizer's; data: the data's)
+        meta = DataMetadata.from_dict(self.stores["train"].meta["normalization"])
         return {
             "tokenizer": self.tokenizer,
             "vocab": self.vocab,
@@ -237,4 +239,5 @@ class FieldTokenDataModule(StoreSequences):
             "mean": torch.tensor(meta.mean),
             "std": torch.tensor(meta.std),
             "groups": list(meta.variables),
+            "context_index": self.context_index,
         }

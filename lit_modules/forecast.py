@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from lit_modules.metrics import FieldErrors, SignalErrors
+from models.vocab import SPECIALS
 
 NAMES = ("forecast", "persistence", "tokenizer")
 
@@ -51,10 +52,12 @@ class FieldForecast:
         std: torch.Tensor,
         groups: list[str],
         pick: str = "expected_code",
+        context_index: torch.Tensor | None = None,
     ):
         if pick not in ("argmax", "expected_code"):
             raise ValueError(f"model.evaluator.pick must be 'argmax' or 'expected_code', got {pick!r}")
         self.tokenizer, self.layout, self.streams, self.grid, self.pick = tokenizer, layout, streams, grid, pick
+        self.context_index = context_index  # a frame's context slots (datamodules.field_tokens.neighbourhood)
         self.truth, self.mean, self.std, self.groups = truth, mean, std, groups
         self.starts = torch.tensor([vocab.range("field", s).start for s in streams])
         self.bounds = vocab.type_bounds()
@@ -77,36 +80,66 @@ class FieldForecast:
         metrics: nn.ModuleDict,
         stage: str,
         group: torch.Tensor | None = None,
+        steps: int = 1,
     ) -> None:
-        """group: [B] each pair's metric group (default: its variable)."""
-        device = batch["ids"].device
-        tokenizer = self.tokenizer.to(device)
-        prompt_len = self.frame_len + 2  # BOS, present frame, SEP
+        """group: [B] each pair's metric group (default: its variable). steps: predict the future frame this many
+        times, each from the previous prediction (an autoregressive rollout of a model trained to forecast Δ
+        ahead, judged on pairs steps·Δ apart); the masked-future formulation only."""
+        if steps > 1 and ("inputs" not in batch or self.context_index is None):
+            raise ValueError("a rollout needs the masked-future formulation (data.future_inputs=masked)")
+        predicted = None
+        for _ in range(steps):
+            predicted = self.predict(net, batch, predicted)
+        self.judge(batch, predicted, metrics, stage, group)
+
+    def predict(self, net: nn.Module, batch: dict[str, torch.Tensor], present: torch.Tensor | None = None):
+        """The future frame's global ids [B, frame] predicted from the batch's present frame, or from `present`
+        [B, frame] (a rollout's previous prediction: the inputs and context slots are rebuilt from it)."""
+        device, prompt_len = batch["ids"].device, self.frame_len + 2  # BOS, present frame, SEP
         pick = self.pick if net.config.code_dim else "argmax"
         if "inputs" in batch:  # masked future frame: every future token from one pass over the present
             span = slice(prompt_len - 1, prompt_len - 1 + self.frame_len)  # the inputs that predict them
+            inputs, context = batch["inputs"][:, : span.stop], batch["context"][:, : span.stop]
+            if present is not None:  # a rollout step: the prediction is the present
+                inputs, context = inputs.clone(), context.clone()
+                inputs[:, 1 : prompt_len - 1] = present
+                pad = torch.full((len(present), 1), SPECIALS.index("PAD"), device=device)
+                context[:, span] = torch.cat([present, pad], 1)[:, self.context_index.to(device)]
             hidden = net.hidden(
-                batch["inputs"][:, : span.stop],
+                inputs,
                 batch["types"][:, : span.stop],
                 positions=batch["positions"][:, : span.stop],
-                context=batch["context"][:, : span.stop],
+                context=context,
             )
             logits = hidden[:, span] @ net.output_weight().T  # the LM head on those positions only
             bounds = self.bounds.to(device)[self.layout.types.to(device)[prompt_len : prompt_len + self.frame_len]]
             vocab = torch.arange(logits.shape[-1], device=device)
             allowed = (vocab >= bounds[:, :1]) & (vocab < bounds[:, 1:])  # [frame_len, V]: each token's stream
-            future = net.pick(logits.masked_fill(~allowed, float("-inf")), pick)
-            out = torch.cat([batch["ids"][:, :prompt_len], future], 1)
-        else:  # the future frame token by token, each conditioned on those picked before (KV cache)
-            out = net.generate(
-                batch["ids"][:, :prompt_len],
-                self.layout.types.to(device),
-                self.frame_len,
-                bounds=self.bounds.to(device),
-                positions=self.layout.positions.to(device),
-                context=batch["context"],
-                pick=pick,
-            )
+            return net.pick(logits.masked_fill(~allowed, float("-inf")), pick)
+        # the future frame token by token, each conditioned on those picked before (KV cache)
+        out = net.generate(
+            batch["ids"][:, :prompt_len],
+            self.layout.types.to(device),
+            self.frame_len,
+            bounds=self.bounds.to(device),
+            positions=self.layout.positions.to(device),
+            context=batch["context"],
+            pick=pick,
+        )
+        return out[:, prompt_len:]
+
+    def judge(
+        self,
+        batch: dict[str, torch.Tensor],
+        predicted: torch.Tensor,
+        metrics: nn.ModuleDict,
+        stage: str,
+        group: torch.Tensor | None,
+    ) -> None:
+        """The predicted future frame [B, frame] (global ids) decoded and judged against the true future, beside
+        persistence, the tokenizer's floor and the present plus the predicted change."""
+        device, prompt_len = predicted.device, self.frame_len + 2
+        tokenizer = self.tokenizer.to(device)
         src, dst, var = batch["src"].cpu(), batch["dst"].cpu(), batch["variable"].cpu()
         mean, std = self.mean[var].to(device)[:, None, None, None], self.std[var].to(device)[:, None, None, None]
 
@@ -117,7 +150,7 @@ class FieldForecast:
         # the physics metrics (spectra, local variance) on the fields as the tokenizer normalizes them
         sigma, offset = std[:, :, 0, 0], {"mean": mean[:, :, 0, 0]}
         group = var.to(device) if group is None else group.to(device)
-        forecast = physical(out[:, prompt_len:])
+        forecast = physical(predicted)
         metrics["forecast"].update(forecast, future, sigma, group, **offset)
         # the present plus the decoded predicted change: the tokenizer's error, mostly shared by two close frames,
         # cancels, and a model that predicts no change gives persistence exactly

@@ -65,14 +65,14 @@ def test_evaluate_judges_a_field_transformer_per_trajectory_beside_persistence_a
     from tests.test_evaluate import eval_cfg
 
     store, run = token_store("phaedra"), tmp_path / "run"
-    train(make_cfg(["experiment=field_transformer", "debug=fast", f"data.store={store}", "data.delta=2", *SMALL], run))
+    train(make_cfg(["experiment=field_transformer", "debug=fast", f"data.store={store}", "data.delta=1", *SMALL], run))
     ckpt = run / "checkpoints" / "last.ckpt"
     out = evaluate(eval_cfg(tmp_path / "eval", data_dir, f"ckpts=[{ckpt},{ckpt}]", "bootstrap.resamples=200"))
     entries = {e["label"]: e for e in out["checkpoints"]}
     rows = ["", " (present + predicted change)", ": tokenizer floor"]
-    expected = {f"field_transformer Δ=2{r}{copy}" for r in rows for copy in ("", "-2")}
-    assert set(entries) == expected | {"persistence Δ=2"}
-    assert (tmp_path / "eval" / "forecast.png").is_file() and "persistence Δ=2" in (
+    expected = {f"field_transformer Δ=1{r}{copy}" for r in rows for copy in ("", "-2")}
+    assert set(entries) == expected | {"persistence Δ=1"}
+    assert (tmp_path / "eval" / "forecast.png").is_file() and "persistence Δ=1" in (
         tmp_path / "eval" / "metrics.md"
     ).read_text()
     for entry in entries.values():
@@ -86,7 +86,13 @@ def test_evaluate_judges_a_field_transformer_per_trajectory_beside_persistence_a
         present, future = truth[batch["src"]].double(), truth[batch["dst"]].double()
         err.index_add_(0, batch["variable"], (present - future).abs().sum((1, 2, 3)))
         ref.index_add_(0, batch["variable"], future.abs().sum((1, 2, 3)))
-    persistence = entries["persistence Δ=2"]["metrics"]
+    persistence = entries["persistence Δ=1"]["metrics"]
     assert persistence["overall"]["rel_l1"]["value"] == pytest.approx(100 * float(err.sum() / ref.sum()), rel=1e-5)
     for g, name in enumerate(groups):
         assert persistence["groups"][name]["rel_l1"]["value"] == pytest.approx(100 * float(err[g] / ref[g]), rel=1e-5)
+    # a rollout: the Δ=1 model fed its own prediction twice, judged on the pairs 2 snapshots apart
+    rolled = evaluate(eval_cfg(tmp_path / "rolled", data_dir, f"ckpt={ckpt}", "rollout=2", "bootstrap.resamples=200"))
+    labels = {e["label"]: e for e in rolled["checkpoints"]}
+    assert set(labels) == {f"field_transformer Δ=2 (2 steps){r}" for r in rows} | {"persistence Δ=2"}
+    assert labels["field_transformer Δ=2 (2 steps)"]["data"]["delta"] == 2
+    assert labels["persistence Δ=2"]["metrics"] != persistence
