@@ -11,9 +11,17 @@ unit (dataset, trajectory) × variable; EEG: recording × sampling rate; images:
 galaxies also the reconstruction from the continuous latents, as `latent/<metric>`). lit_modules/evaluation.py
 turns the per-unit sums into point values and percentile-bootstrap intervals, and measures the rate.
 
+Forecasters (a field_transformer checkpoint; hyper-parameters with an evaluator, no tokenizer): the model and its
+token data are rebuilt from the run's config_resolved.yaml (allowlisted), and every pair of its store's `split`
+(val or test) is predicted and decoded; each metric of the forecast, of the present plus the predicted change, of the
+tokenizer's floor (decode(encode(true future))) and of persistence gets an interval over the split's trajectories.
+`rollout=k` feeds each prediction back k times and judges on pairs k·Δ apart. Persistence depends on the pairs
+alone: forecasters on the same pairs share one persistence row.
+
 Writes to out_dir (default: this run's outputs/evaluate/<time>/): metrics.json (one entry per checkpoint, sorted
 keys), metrics.csv (one row per checkpoint × group), metrics.md (the table also printed), rate_distortion.png (an
-error metric against bits per value: fields nrmse, EEG mse, images and galaxies psnr). Two runs give identical files.
+error metric against bits per value: fields nrmse, EEG mse, images and galaxies psnr; forecast.png, rel L1 with its
+interval per row, when only forecasters are judged). Two runs give identical files.
 """
 
 from __future__ import annotations
