@@ -35,6 +35,7 @@ MODULE_TARGETS = {
     "lit_modules.ademamix": is_optimizer_class,
     "lit_modules.schedulers": callable,
     "lit_modules.forecast": lambda obj: isinstance(obj, type),
+    "lit_modules.operator_module": lambda obj: isinstance(obj, type) and obj.__name__ == "PixelForecast",
     "torch.optim": is_optimizer_class,
 }
 
@@ -58,6 +59,18 @@ def grouped_values(
     if groups:
         for group, stats in zip(groups, metric.compute_groups(), strict=True):
             values.update({f"{prefix}{k}{suffix}/{group}": v.float() for k, v in (stats or {}).items()})
+    return values
+
+
+def evaluator_values(metrics: torch.nn.ModuleDict, groups: Sequence[str], prefix: str) -> dict[str, torch.Tensor]:
+    """An evaluator's epoch values (its metrics() of one stage, {name: FieldErrors …}) as "<prefix><name>/<metric>"
+    and, with more than one group, "<prefix><name>/<metric>/<group>"; metrics that saw no batch are left out. The
+    metrics are reset."""
+    values = {}
+    for name, errors in metrics.items():
+        if errors.update_called:
+            values.update(grouped_values(errors, groups if len(groups) > 1 else [], f"{prefix}{name}/"))
+            errors.reset()
     return values
 
 
