@@ -62,15 +62,20 @@ class PixelForecast:
         metrics: nn.ModuleDict,
         stage: str,
         group: torch.Tensor | None = None,
+        steps: int = 1,
     ) -> None:
-        """group: [B] each pair's metric group (default: its variable)."""
+        """group: [B] each pair's metric group (default: its variable). steps: apply the operator this many times,
+        each to the previous forecast (a rollout of an operator trained Δ ahead, judged on pairs steps·Δ apart)."""
         device = batch["x"].device
         src, dst, var = batch["src"].cpu(), batch["dst"].cpu(), batch["variable"].cpu()
         mean, std = self.mean[var].to(device)[:, None, None, None], self.std[var].to(device)[:, None, None, None]
         future, present = self.truth[stage][dst].to(device), self.truth[stage][src].to(device)
         sigma, offset = std[:, :, 0, 0], {"mean": mean[:, :, 0, 0]}
         group = var.to(device) if group is None else group.to(device)
-        forecast = net(batch["x"], batch["variable"]).float() * std + mean
+        forecast = batch["x"]
+        for _ in range(steps):
+            forecast = net(forecast, batch["variable"])
+        forecast = forecast.float() * std + mean
         metrics["forecast"].update(forecast, future, sigma, group, **offset)
         metrics["persistence"].update(present, future, sigma, group, **offset)
 

@@ -67,6 +67,12 @@ def test_persistence_is_the_present_field_and_the_forecast_is_in_physical_units(
     ev.update(oracle, batch, metrics, "val", group=torch.zeros_like(batch["variable"]))
     (one,) = metrics["persistence"].compute_groups()
     assert one["rel_l1"].item() == pytest.approx(persistence["rel_l1"].item(), rel=1e-12)
+    # a rollout applies the operator to its own forecast
+    metrics = nn.ModuleDict(ev.metrics())
+    ev.update(lambda x, variable: x + 1, batch, metrics, "val", steps=2)
+    var = batch["variable"]
+    two = (batch["x"] + 2) * ev.std[var][:, None, None, None] + ev.mean[var][:, None, None, None]
+    assert metrics["forecast"].compute()["rel_l1"].item() == pytest.approx(rel_l1(two, future).item(), rel=1e-9)
     # the operator starts at persistence: its residual is zero at init
     net = FieldOperator(len(dm.variables))
     assert torch.equal(net(batch["x"], batch["variable"]), batch["x"])
