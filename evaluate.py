@@ -11,8 +11,8 @@ unit (dataset, trajectory) × variable; EEG: recording × sampling rate; images:
 galaxies also the reconstruction from the continuous latents, as `latent/<metric>`). lit_modules/evaluation.py
 turns the per-unit sums into point values and percentile-bootstrap intervals, and measures the rate.
 
-Forecasters (a field_transformer checkpoint; hyper-parameters with an evaluator, no tokenizer): the model and its
-token data are rebuilt from the run's config_resolved.yaml (allowlisted), and every pair of its store's `split`
+Forecasters (field_transformer, field_fno checkpoints; hyper-parameters with an evaluator, no tokenizer): the model
+and its data are rebuilt from the run's config_resolved.yaml (allowlisted), and every pair of its store's `split`
 (val or test) is predicted and decoded; each metric of the forecast, of the present plus the predicted change, of the
 tokenizer's floor (decode(encode(true future))) and of persistence gets an interval over the split's trajectories.
 `rollout=k` feeds each prediction back k times and judges on pairs k·Δ apart. Persistence depends on the pairs
@@ -198,7 +198,10 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt: Path, bootstrap: Bootstrap, devic
 
 
 # the LightningModules whose checkpoints are forecasters, and the data configs their runs may name
-FORECASTER_TARGETS = {"lit_modules.transformer_module": lambda obj: isinstance(obj, type)}
+FORECASTER_TARGETS = {
+    "lit_modules.transformer_module": lambda obj: isinstance(obj, type),
+    "lit_modules.operator_module": lambda obj: isinstance(obj, type),
+}
 # what each evaluator metric of a forecaster is called in the table ({label}: the run's task and horizon)
 FORECAST_ROWS = {
     "forecast": "{label}",
@@ -209,7 +212,7 @@ FORECAST_ROWS = {
 
 
 def is_forecaster(ckpt: Path) -> bool:
-    """A checkpoint of a forecaster (a transformer over field tokens) rather than of a tokenizer."""
+    """A checkpoint of a forecaster (field_transformer over tokens, field_fno in pixels), not of a tokenizer."""
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt={ckpt} does not exist")
     hparams = read_checkpoint(ckpt, mmap=True).get("hyper_parameters") or {}

@@ -12,32 +12,13 @@ refused where those files have changed since the export). The tokens themselves 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from datamodules.common import TensorBatches
-from datamodules.field_tokens import FieldTokenDataModule, pairs_of
-from datamodules.token_store import SPLITS, SplitStore, open_store
+from datamodules.field_tokens import FieldTokenDataModule, store_pairs
+from datamodules.token_store import SPLITS, open_store
 from datamodules.tokens import StoreSequences, Truth
 from tokenizers.base import DataMetadata
-
-
-def store_pairs(stores: dict[str, SplitStore], delta: int, seed: int) -> dict[str, dict[str, torch.Tensor]]:
-    """{split: {"src", "dst": rows of the split's store, "variable": the pair's variable id}} (int64 [n]) for every
-    (t, t + delta) of one trajectory and variable (pairs_of): train in index order, val and test in one fixed
-    shuffled order drawn from `seed` (splits in the order of `stores`), so that the first evaluation batches hold every
-    variable and time. The order FieldTokenDataModule.setup gives its FieldPairs (tests/test_field_fno.py)."""
-    generator = torch.Generator().manual_seed(seed)
-    out = {}
-    for split, store in stores.items():
-        pairs = torch.from_numpy(pairs_of(store.index, delta))
-        if len(pairs) == 0:
-            raise ValueError(f"{store.path}: no two snapshots of a trajectory {delta} apart (data.delta={delta})")
-        if split != "train":
-            pairs = pairs[torch.randperm(len(pairs), generator=generator)]
-        variable = torch.from_numpy(store.index["variable"].astype(np.int64))[pairs[:, 0]]
-        out[split] = {"src": pairs[:, 0], "dst": pairs[:, 1], "variable": variable}
-    return out
 
 
 class PresentFuture(TensorBatches):

@@ -61,6 +61,25 @@ def pairs_of(index: np.ndarray, delta: int) -> np.ndarray:
     return np.stack([src, order[at[found]]], 1)
 
 
+def store_pairs(stores: dict[str, SplitStore], delta: int, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """{split: {"src", "dst": rows of the split's store, "variable": the pair's variable id}} (int64 [n]) for every
+    (t, t + delta) of one trajectory and variable (pairs_of): train in index order, val and test in one fixed
+    shuffled order drawn from `seed` (splits in the order of `stores`), so that the first evaluation batches hold every
+    variable and time. FieldTokenDataModule's pairs, and datamodules/field_pairs.py's: a pixel baseline sees the
+    transformer's pairs."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for split, store in stores.items():
+        pairs = torch.from_numpy(pairs_of(store.index, delta))
+        if len(pairs) == 0:
+            raise ValueError(f"{store.path}: no two snapshots of a trajectory {delta} apart (data.delta={delta})")
+        if split != "train":
+            pairs = pairs[torch.randperm(len(pairs), generator=generator)]
+        variable = torch.from_numpy(store.index["variable"].astype(np.int64))[pairs[:, 0]]
+        out[split] = {"src": pairs[:, 0], "dst": pairs[:, 1], "variable": variable}
+    return out
+
+
 class FrameIds:
     """Global token ids of a store's frames, read from its memory-mapped streams when asked for: ids[rows] is int64
     [n, S·K] (cells in raster order, each cell's K streams side by side, offset into the vocabulary). Picklable: a
@@ -200,23 +219,13 @@ class FieldTokenDataModule(StoreSequences):
         self.context_index = context_index = neighbourhood(self.grid, K, self.context_radius)
         self.context_slots = context_index.shape[1]
         starts = [self.vocab.range("field", s).start for s in streams]
-        generator = torch.Generator().manual_seed(self.seed)
-        for split, store in self.stores.items():
-            pairs = torch.from_numpy(pairs_of(store.index, self.delta))
-            if len(pairs) == 0:
-                raise ValueError(
-                    f"{store.path}: no two snapshots of a trajectory {self.delta} apart (data.delta={self.delta})"
-                )
-            # val/test in a fixed shuffled order, so the first batches (the data-space errors during validation)
-            # hold every variable and time, not the first dataset's first trajectories
-            if split != "train":
-                pairs = pairs[torch.randperm(len(pairs), generator=generator)]
-            variable = torch.from_numpy(store.index["variable"].astype(np.int64))[pairs[:, 0]]
+        for split, pairs in store_pairs(self.stores, self.delta, self.seed).items():
+            store = self.stores[split]
             self.splits[split] = FieldPairs(
                 FrameIds(store, streams, starts),
-                pairs[:, 0],
-                pairs[:, 1],
-                variable,
+                pairs["src"],
+                pairs["dst"],
+                pairs["variable"],
                 self.layout,
                 context_index,
                 masked=self.future_inputs == "masked",

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from lit_modules.common import STAGES, SciTokModule, describe, grouped_values, plain
+from lit_modules.common import STAGES, SciTokModule, describe, evaluator_values, grouped_values, plain
 from lit_modules.losses import ExpectedCodeLoss, code_matrix
 from lit_modules.metrics import TokenErrors
 from models import Transformer, TransformerConfig, Vocabulary
@@ -200,12 +200,8 @@ class TransformerModule(SciTokModule):
         evaluator group (a single group: the overall values alone)."""
         values = grouped_values(self.metrics[stage], ["special", *self.modalities], f"{stage}/")
         self.metrics[stage].reset()
-        for name, errors in self.data_metrics[stage].items() if stage in self.data_metrics else []:
-            if not errors.update_called:
-                continue
-            groups = self.evaluator.groups if len(self.evaluator.groups) > 1 else []
-            values.update(grouped_values(errors, groups, f"{stage}/{name}/"))
-            errors.reset()
+        if stage in self.data_metrics:
+            values.update(evaluator_values(self.data_metrics[stage], self.evaluator.groups, f"{stage}/"))
         self.log_dict(values)
 
     def optimized_parameters(self) -> Iterable[nn.Parameter]:
