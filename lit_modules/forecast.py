@@ -138,29 +138,39 @@ class FieldForecast:
     ) -> None:
         """The predicted future frame [B, frame] (global ids) decoded and judged against the true future, beside
         persistence, the tokenizer's floor and the present plus the predicted change."""
-        device, prompt_len = predicted.device, self.frame_len + 2
-        tokenizer = self.tokenizer.to(device)
-        src, dst, var = batch["src"].cpu(), batch["dst"].cpu(), batch["variable"].cpu()
-        mean, std = self.mean[var].to(device)[:, None, None, None], self.std[var].to(device)[:, None, None, None]
+        prompt_len = self.frame_len + 2
+        tokenizer = self.tokenizer.to(predicted.device)
+        pair = PairTruth(self.truth[stage], self.mean, self.std, batch, group)
 
         def physical(frame: torch.Tensor) -> torch.Tensor:
-            return tokenizer.decode(self.to_tokens(frame)).float() * std + mean
+            return pair.physical(tokenizer.decode(self.to_tokens(frame)))
 
-        future, present = self.truth[stage][dst].to(device), self.truth[stage][src].to(device)
-        # the physics metrics (spectra, local variance) on the fields as the tokenizer normalizes them
-        sigma, offset = std[:, :, 0, 0], {"mean": mean[:, :, 0, 0]}
-        group = var.to(device) if group is None else group.to(device)
         forecast = physical(predicted)
-        metrics["forecast"].update(forecast, future, sigma, group, **offset)
+        pair.judge(metrics["forecast"], forecast)
         # the present plus the decoded predicted change: the tokenizer's error, mostly shared by two close frames,
         # cancels, and a model that predicts no change gives persistence exactly
-        metrics["increment"].update(
-            present + forecast - physical(batch["ids"][:, 1 : prompt_len - 1]), future, sigma, group, **offset
-        )
-        metrics["persistence"].update(present, future, sigma, group, **offset)
-        metrics["tokenizer"].update(
-            physical(batch["ids"][:, prompt_len : prompt_len + self.frame_len]), future, sigma, group, **offset
-        )
+        pair.judge(metrics["increment"], pair.present + forecast - physical(batch["ids"][:, 1 : prompt_len - 1]))
+        pair.judge(metrics["persistence"], pair.present)
+        pair.judge(metrics["tokenizer"], physical(batch["ids"][:, prompt_len : prompt_len + self.frame_len]))
+
+
+class PairTruth:
+    """The true present and future fields of a batch of pairs (rows "src", "dst" of `truth`, physical units) and
+    the statistics of each pair's variable ("variable"), on the batch's device; `judge` puts a forecast in physical
+    units into a FieldErrors with the pair's group (default: its variable). The physics metrics (spectra, local
+    variance) read the fields as the tokenizer normalizes them (sigma, mean)."""
+
+    def __init__(self, truth, mean: torch.Tensor, std: torch.Tensor, batch: dict, group: torch.Tensor | None = None):
+        device, var = batch["variable"].device, batch["variable"].cpu()
+        self.mean, self.std = (v[var].to(device)[:, None, None, None] for v in (mean, std))
+        self.present, self.future = truth[batch["src"].cpu()].to(device), truth[batch["dst"].cpu()].to(device)
+        self.group = var.to(device) if group is None else group.to(device)
+
+    def physical(self, normalized: torch.Tensor) -> torch.Tensor:
+        return normalized.float() * self.std + self.mean
+
+    def judge(self, metric: FieldErrors, forecast: torch.Tensor) -> None:
+        metric.update(forecast, self.future, self.std[:, :, 0, 0], self.group, mean=self.mean[:, :, 0, 0])
 
 
 class NextPatch:
@@ -183,15 +193,7 @@ class NextPatch:
         return {name: SignalErrors() for name in NAMES}
 
     @torch.no_grad()
-    def update(
-        self,
-        net: nn.Module,
-        batch: dict[str, torch.Tensor],
-        metrics: nn.ModuleDict,
-        stage: str,
-        group: torch.Tensor | None = None,
-    ) -> None:
-        """group: [B] each pair's metric group (default: its variable)."""
+    def update(self, net: nn.Module, batch: dict[str, torch.Tensor], metrics: nn.ModuleDict, stage: str) -> None:
         device = batch["ids"].device
         tokenizer = self.tokenizer.to(device)
         hidden = net.hidden(batch["ids"][:, :-1], batch["types"][:, :-1], batch["valid"][:, :-1])

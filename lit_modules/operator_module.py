@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from lit_modules.common import MODULE_TARGETS, STAGES, SciTokModule, describe, evaluator_values, plain
+from lit_modules.forecast import PairTruth
 from lit_modules.metrics import FieldErrors
 from tokenizers.load import allowed_target
 
@@ -66,18 +67,12 @@ class PixelForecast:
     ) -> None:
         """group: [B] each pair's metric group (default: its variable). steps: apply the operator this many times,
         each to the previous forecast (a rollout of an operator trained Δ ahead, judged on pairs steps·Δ apart)."""
-        device = batch["x"].device
-        src, dst, var = batch["src"].cpu(), batch["dst"].cpu(), batch["variable"].cpu()
-        mean, std = self.mean[var].to(device)[:, None, None, None], self.std[var].to(device)[:, None, None, None]
-        future, present = self.truth[stage][dst].to(device), self.truth[stage][src].to(device)
-        sigma, offset = std[:, :, 0, 0], {"mean": mean[:, :, 0, 0]}
-        group = var.to(device) if group is None else group.to(device)
+        pair = PairTruth(self.truth[stage], self.mean, self.std, batch, group)
         forecast = batch["x"]
         for _ in range(steps):
             forecast = net(forecast, batch["variable"])
-        forecast = forecast.float() * std + mean
-        metrics["forecast"].update(forecast, future, sigma, group, **offset)
-        metrics["persistence"].update(present, future, sigma, group, **offset)
+        pair.judge(metrics["forecast"], pair.physical(forecast))
+        pair.judge(metrics["persistence"], pair.present)
 
 
 # what model.evaluator may name
