@@ -202,13 +202,16 @@ FORECASTER_TARGETS = {
     "lit_modules.transformer_module": lambda obj: isinstance(obj, type),
     "lit_modules.operator_module": lambda obj: isinstance(obj, type),
 }
-# what each evaluator metric of a forecaster is called in the table ({label}: the run's task and horizon)
+# what each evaluator metric of a forecaster is called in the table: {model} the run's task (and the tokenizer
+# whose tokens it reads), {h} the horizon in snapshots; the tokenizer's floor and persistence depend on the pairs (and
+# the tokens) alone, not on the forecaster, and appear once however many forecasters share them
 FORECAST_ROWS = {
-    "forecast": "{label}",
-    "increment": "{label} (present + predicted change)",
-    "tokenizer": "{label}: tokenizer floor",
-    "persistence": "persistence Δ={delta}",
+    "forecast": "{model} Δ={h}",
+    "increment": "{model} Δ={h}, present + predicted change",
+    "tokenizer": "{tokenizer} tokens, floor Δ={h}",
+    "persistence": "persistence Δ={h}",
 }
+SHARED_ROWS = ("tokenizer", "persistence")
 
 
 def is_forecaster(ckpt: Path) -> bool:
@@ -271,8 +274,11 @@ def evaluate_forecaster(cfg: DictConfig, ckpt: Path, bootstrap: Bootstrap, devic
             group = unit_of[batch["src"].cpu()] * n_vars + batch["variable"].cpu()
             evaluator.update(module.net, batch, metrics, str(cfg.split), group=group, steps=steps)
             done += len(batch["src"])
-    # Δ: the horizon in snapshots; a rollout says in how many steps of the run's own Δ it got there
-    label = f"{label_of(ckpt)} Δ={datamodule.delta}" + (f" ({steps} steps)" if steps > 1 else "")
+    tokens = store.meta.get("tokenizer", {}).get("checkpoint")
+    tokenizer = label_of(Path(tokens)) if tokens else "the"
+    model = label_of(ckpt) + (f" on {tokenizer} tokens" if hasattr(evaluator, "tokenizer") else "")
+    # a rollout says in how many steps of the run's own Δ it reached the horizon
+    rolled = f" ({steps} steps)" if steps > 1 else ""
     common = {
         "checkpoint": str(ckpt.resolve()),
         "kind": "forecast",
@@ -293,9 +299,9 @@ def evaluate_forecaster(cfg: DictConfig, ckpt: Path, bootstrap: Bootstrap, devic
     for name, metric in metrics.items():
         states = state_dict_of(metric, n_units, n_vars)
         judged = summarize(type(metric).values, states, metric.seen, list(evaluator.groups), bootstrap)
-        row = FORECAST_ROWS[name].format(label=label, delta=datamodule.delta)
-        # persistence is a property of the pairs alone, not of the checkpoint (evaluate() keeps it once)
-        own = {"checkpoint": None} if name == "persistence" else {"sha256": sha}
+        row = FORECAST_ROWS[name].format(model=model, tokenizer=tokenizer, h=datamodule.delta)
+        row += rolled if name not in SHARED_ROWS else ""
+        own = {"checkpoint": None} if name in SHARED_ROWS else {"sha256": sha}  # evaluate() keeps one of each
         entries.append({**common, **own, "label": row, "metrics": judged})
     log.info("%s: %d pairs of %d trajectories judged", ckpt, done, n_units)
     return entries

@@ -56,8 +56,8 @@ def test_a_store_alone_trains_without_its_data(make_cfg, tmp_path, token_store, 
 def test_evaluate_judges_a_field_transformer_per_trajectory_beside_persistence_and_the_floor(
     make_cfg, tmp_path, token_store, data_dir
 ):
-    """evaluate.py on a field_transformer checkpoint (twice): its forecast, the present plus its predicted change
-    and its tokenizer's floor, and persistence once (it depends on the pairs alone), each value inside its interval;
+    """evaluate.py on a field_transformer checkpoint (twice): its forecast and the present plus its predicted change,
+    twice; its tokenizer's floor and persistence once (they depend on the pairs alone), each inside its interval;
     persistence equal to Σ|present − future| / Σ|future| over the store's test pairs, per variable and overall."""
     import torch
 
@@ -69,9 +69,9 @@ def test_evaluate_judges_a_field_transformer_per_trajectory_beside_persistence_a
     ckpt = run / "checkpoints" / "last.ckpt"
     out = evaluate(eval_cfg(tmp_path / "eval", data_dir, f"ckpts=[{ckpt},{ckpt}]", "bootstrap.resamples=200"))
     entries = {e["label"]: e for e in out["checkpoints"]}
-    rows = ["", " (present + predicted change)", ": tokenizer floor"]
-    expected = {f"field_transformer Δ=1{r}{copy}" for r in rows for copy in ("", "-2")}
-    assert set(entries) == expected | {"persistence Δ=1"}
+    model = "field_transformer on phaedra tokens Δ=1"
+    expected = {f"{model}{r}{copy}" for r in ("", ", present + predicted change") for copy in ("", "-2")}
+    assert set(entries) == expected | {"phaedra tokens, floor Δ=1", "persistence Δ=1"}
     assert (tmp_path / "eval" / "forecast.png").is_file() and "persistence Δ=1" in (
         tmp_path / "eval" / "metrics.md"
     ).read_text()
@@ -93,6 +93,10 @@ def test_evaluate_judges_a_field_transformer_per_trajectory_beside_persistence_a
     # a rollout: the Δ=1 model fed its own prediction twice, judged on the pairs 2 snapshots apart
     rolled = evaluate(eval_cfg(tmp_path / "rolled", data_dir, f"ckpt={ckpt}", "rollout=2", "bootstrap.resamples=200"))
     labels = {e["label"]: e for e in rolled["checkpoints"]}
-    assert set(labels) == {f"field_transformer Δ=2 (2 steps){r}" for r in rows} | {"persistence Δ=2"}
-    assert labels["field_transformer Δ=2 (2 steps)"]["data"]["delta"] == 2
+    model = "field_transformer on phaedra tokens Δ=2"
+    assert set(labels) == {f"{model} (2 steps)", f"{model}, present + predicted change (2 steps)"} | {
+        "phaedra tokens, floor Δ=2",
+        "persistence Δ=2",
+    }
+    assert labels[f"{model} (2 steps)"]["data"]["delta"] == 2
     assert labels["persistence Δ=2"]["metrics"] != persistence
