@@ -18,7 +18,6 @@ from datamodules.common import TensorBatches
 from datamodules.field_tokens import FieldTokenDataModule, store_pairs
 from datamodules.token_store import SPLITS, open_store
 from datamodules.tokens import StoreSequences, Truth
-from tokenizers.base import DataMetadata
 
 
 class PresentFuture(TensorBatches):
@@ -61,13 +60,11 @@ class FieldPairDataModule(StoreSequences):
         super().__init__(store, batch_size, eval_batch_size, seed, num_workers)
         self.delta = delta
         self.variables: list[str] = []
-        self.normalization: DataMetadata | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         self.stores = open_store(self.store, self.KINDS)  # the kinds check; no tokenizer is loaded
-        self.normalization = DataMetadata.from_dict(self.stores["train"].meta["normalization"])
         self.variables = list(self.normalization.variables)
         fields = self.truth("field_variables_in", SPLITS)  # standardized with the store's statistics
         for split, pairs in store_pairs(self.stores, self.delta, self.seed).items():

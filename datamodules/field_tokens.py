@@ -22,7 +22,6 @@ from datamodules.common import TensorBatches, unit_ids
 from datamodules.token_store import SplitStore
 from datamodules.tokens import Layout, StoreSequences
 from models.vocab import SPECIAL_TYPE, SPECIALS
-from tokenizers.base import DataMetadata
 
 
 def neighbourhood(grid: Sequence[int], streams: int, radius: int) -> torch.Tensor:
@@ -236,8 +235,7 @@ class FieldTokenDataModule(StoreSequences):
             )
 
     def evaluation_inputs(self) -> dict:
-        # the statistics the store was encoded with (encode.py normalize=checkpoint: the tokenizer's; data: the data's)
-        meta = DataMetadata.from_dict(self.stores["train"].meta["normalization"])
+        meta = self.normalization
         return {
             "tokenizer": self.tokenizer,
             "vocab": self.vocab,

@@ -91,8 +91,7 @@ class StoreSequences(SplitDataModule):
         """{split: the true data (batch key `key`) of the split's store rows}, from the data the store was encoded
         from (its recorded data config), refused where those data have changed since."""
         data = stored_data(self.stores["train"].meta, self.store)
-        # the statistics the store was encoded with (encode.py normalize=checkpoint: the tokenizer's; data: the data's)
-        data.use_statistics(DataMetadata.from_dict(self.stores["train"].meta["normalization"]))
+        data.use_statistics(self.normalization)
         out = {}
         for split in splits:
             dataset, index, about = data.encode_set(split)
@@ -111,7 +110,13 @@ class StoreSequences(SplitDataModule):
 
     @property
     def metadata(self) -> None:
-        return None  # the tokenizer checkpoint holds the data's normalization
+        return None  # no tokenizer is trained on token sequences: `normalization` holds the data's statistics
+
+    @property
+    def normalization(self) -> DataMetadata:
+        """The statistics the store was encoded with (encode.py normalize=checkpoint: the tokenizer's; data: the
+        data's own train split's), after setup: what the true data are read and de-normalized with."""
+        return DataMetadata.from_dict(self.stores["train"].meta["normalization"])
 
     def make_train_sampler(self) -> EpochShuffleSampler:
         return EpochShuffleSampler(len(self.splits["train"]), self.seed)
