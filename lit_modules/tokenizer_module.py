@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
@@ -26,8 +26,8 @@ from lit_modules.common import STAGES, SciTokModule, describe, grouped_values, p
 from lit_modules.losses import LossOutput
 from lit_modules.metrics import CodebookUsage
 from tokenizers.base import DataMetadata, HasLastLayer, TokenizerOutput, check_tokenizer
-from tokenizers.load import put_metadata, read_checkpoint
-from tokenizers.released import fetch, initial_weights, released_kind, released_metadata, sha256
+from tokenizers.load import put_metadata
+from tokenizers.released import initial_weights
 
 
 def flop_counter() -> FlopCounterMode:
@@ -45,29 +45,6 @@ def flop_counter() -> FlopCounterMode:
             ),
         },
     )
-
-
-def init_source(init_from: str, tokenizer: nn.Module, spec: Mapping) -> str:
-    """DataMetadata.source of a run started from `init_from` (model.init_from): the file, its sha256 and the input
-    convention of the weights it holds: a released model's (tokenizers/released.py), or the data metadata of the
-    SciTok checkpoint. `spec` is the tokenizer's config (which released kind it takes)."""
-    path = fetch(init_from)
-    start = f"fine-tuned from {init_from} (sha256 {sha256(path)})"
-    try:
-        ckpt = read_checkpoint(path, mmap=True)
-    except ValueError:  # safetensors, or no state_dict: released weights
-        ckpt = {}
-    if "hyper_parameters" not in ckpt:  # released weights (initial_weights has loaded them as such)
-        kind = released_kind(type(tokenizer), spec)
-        # the released model's convention, stated with this tokenizer's pixel range (LlamaGen's network works in
-        # [-1, 1] whatever the images are); Phaedra's reads no spec
-        convention = released_metadata(kind, {"pixel_range": getattr(tokenizer, "pixel_range", None)}).source
-        return f"{start}: {convention}"
-    if "data" not in ckpt:
-        return f"{start}: a SciTok checkpoint without data metadata"
-    held = DataMetadata.from_dict(ckpt["data"])
-    its_source = f" (its source: {held.source})" if held.source else ""
-    return f"{start}: a SciTok checkpoint trained on {held.kind} data, normalization {held.normalization}{its_source}"
 
 
 class TokenizerModule(SciTokModule):
@@ -146,8 +123,8 @@ class TokenizerModule(SciTokModule):
         if self.hparams.init_from is not None and stage == "fit" and self.init_source is None:
             # fine-tuning starts here, not in __init__: load_from_checkpoint of a fine-tuned checkpoint does not need
             # the file (a resumed run loads it, then its checkpoint overwrites these weights)
-            self.tokenizer.load_state_dict(initial_weights(self.tokenizer, self.hparams.init_from))
-            self.init_source = init_source(self.hparams.init_from, self.tokenizer, self.hparams.tokenizer)
+            weights, self.init_source = initial_weights(self.tokenizer, self.hparams.init_from)
+            self.tokenizer.load_state_dict(weights)
         if self.init_source is not None:  # the checkpoints say which weights it started from, and their inputs
             self.metadata = dataclasses.replace(self.metadata, source=self.init_source)
         example = self.check_data(datamodule)

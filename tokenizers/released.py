@@ -503,23 +503,38 @@ def load_released(
     return tokenizer.eval()
 
 
-def initial_weights(tokenizer: nn.Module, path: str | Path) -> dict:
-    """The state dict that `model.init_from=path` starts `tokenizer` from: a SciTok checkpoint's tokenizer weights,
-    or released weights converted to it (the kind follows from the tokenizer: Phaedra / AE_FSQ for a
-    PhaedraTokenizer, LlamaGen VQ for an SVQVAE). Raises naming the file when it does not fit."""
-    kind = released_kind(type(tokenizer), {"amp_levels": getattr(tokenizer, "amp", None)})
-    path = fetch(path, kind)
+def initial_weights(tokenizer: nn.Module, path: str | Path) -> tuple[dict, str]:
+    """What `model.init_from=path` starts `tokenizer` from: (its state dict, the DataMetadata.source of the run).
+    The weights are a SciTok checkpoint's tokenizer weights, or released weights converted to it (the kind follows
+    from the tokenizer: Phaedra / AE_FSQ for a PhaedraTokenizer, LlamaGen VQ for an SVQVAE); the source names the
+    file, its sha256 and the input convention of those weights. Raises naming the file when it does not fit."""
+    amp = "amp" in getattr(tokenizer, "streams", {})
+    kind = released_kind(type(tokenizer), {} if amp else {"amp_levels": None})
+    file = fetch(path, kind)
+    start = f"fine-tuned from {path} (sha256 {sha256(file)})"
     try:
-        state = read_state(path, kind or "phaedra")
+        state = read_state(file, kind or "phaedra")
     except SciTokCheckpointGiven:
-        ckpt = read_checkpoint(path)
-        return {k.removeprefix("tokenizer."): v for k, v in ckpt["state_dict"].items() if k.startswith("tokenizer.")}
+        ckpt = read_checkpoint(file)
+        weights = {k.removeprefix("tokenizer."): v for k, v in ckpt["state_dict"].items() if k.startswith("tokenizer.")}
+        if "data" not in ckpt:
+            return weights, f"{start}: a SciTok checkpoint without data metadata"
+        held = DataMetadata.from_dict(ckpt["data"])
+        its_source = f" (its source: {held.source})" if held.source else ""
+        return (
+            weights,
+            f"{start}: a SciTok checkpoint trained on {held.kind} data, normalization {held.normalization}"
+            + its_source,
+        )
     if kind is None:
         raise ValueError(
-            f"{path}: released weights load into PhaedraTokenizer or SVQVAE, not {type(tokenizer).__name__}"
+            f"{file}: released weights load into PhaedraTokenizer or SVQVAE, not {type(tokenizer).__name__}"
         )
-    _check_kind(state, kind, path)
-    return convert(state, tokenizer, source=str(path))
+    _check_kind(state, kind, file)
+    # the released model's convention, stated with this tokenizer's pixel range (LlamaGen's network works in [-1, 1]
+    # whatever the images are); Phaedra's reads none
+    convention = released_metadata(kind, {"pixel_range": getattr(tokenizer, "pixel_range", None)}).source
+    return convert(state, tokenizer, source=str(file)), f"{start}: {convention}"
 
 
 def released_kind(tokenizer_class: type, spec: Mapping) -> str | None:
