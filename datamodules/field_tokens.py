@@ -99,10 +99,16 @@ class FrameIds:
         return (torch.stack(per_stream, -1) + self.starts).flatten(1)
 
 
+FUTURE_INPUTS = ("present", "masked", "tokens")
+
+
 class FieldPairs(TensorBatches):
     """Pairs (present frame, future frame) of one trajectory and variable; batches are built from the frames' token
-    rows: [BOS] frame(src) [SEP] frame(dst) [EOS], each frame its S cells in raster order with the streams of a cell
-    side by side (morph, amp). "src", "dst": the rows in the split's store; "variable": the variable id."""
+    rows, each frame its S cells in raster order with the streams of a cell side by side (morph, amp):
+        masked, tokens   ids [BOS] frame(src) [SEP] frame(dst) [EOS]; inputs (masked): MASK over frame(dst)
+        present          ids [BOS] frame(dst); inputs frame(src) [EOS]: input j (the present token of a cell and
+                         stream) predicts id j + 1 (the future token of the same cell and stream)
+    "src", "dst": the rows in the split's store; "variable": the variable id."""
 
     def __init__(
         self,
@@ -112,10 +118,11 @@ class FieldPairs(TensorBatches):
         variable: torch.Tensor,
         layout: Layout,
         context_index: torch.Tensor,
-        masked: bool = True,
+        future_inputs: str = "present",
     ):
         super().__init__(src=src, dst=dst, variable=variable)
-        self.frame_ids, self.layout, self.context_index, self.masked = frame_ids, layout, context_index, masked
+        self.frame_ids, self.layout, self.context_index = frame_ids, layout, context_index
+        self.future_inputs = future_inputs
         self.specials = {name: SPECIALS.index(name) for name in ("BOS", "SEP", "EOS")}
 
     def __getitems__(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -125,14 +132,20 @@ class FieldPairs(TensorBatches):
         def special(name: str) -> torch.Tensor:
             return torch.full((n, 1), self.specials[name])
 
-        present = self.frame_ids[t["src"]]
-        ids = torch.cat([special("BOS"), present, special("SEP"), self.frame_ids[t["dst"]], special("EOS")], 1)
-        L, F = ids.shape[1], present.shape[1]
-        # the input at SEP and at each future token predicts the next future token: its context is the present
-        # tokens around that cell (context_index: frame index per slot, F = outside the grid -> PAD)
+        present, future = self.frame_ids[t["src"]], self.frame_ids[t["dst"]]
+        F = present.shape[1]
+        if self.future_inputs == "present":
+            ids = torch.cat([special("BOS"), future], 1)
+            reads = slice(0, F)  # the inputs that predict the future tokens
+        else:
+            ids = torch.cat([special("BOS"), present, special("SEP"), future, special("EOS")], 1)
+            reads = slice(F + 1, 2 * F + 1)  # SEP and each future token predict the next future token
+        L = ids.shape[1]
+        # the inputs that predict the future tokens carry the present tokens around their cell (context_index: frame
+        # index per slot, F = outside the grid -> PAD)
         pad = SPECIALS.index("PAD")
         context = torch.full((n, L, self.context_index.shape[1]), pad)
-        context[:, F + 1 : 2 * F + 1] = torch.cat([present, torch.full((n, 1), pad)], 1)[:, self.context_index]
+        context[:, reads] = torch.cat([present, torch.full((n, 1), pad)], 1)[:, self.context_index]
         batch = {
             "ids": ids,
             "types": self.layout.types.expand(n, L),
@@ -142,7 +155,9 @@ class FieldPairs(TensorBatches):
             "target": self.layout.target.expand(n, L),
             **t,
         }
-        if self.masked:  # the model reads MASK for every future token: each is predicted from the present alone
+        if self.future_inputs == "present":  # the present token where the future one is predicted, read both ways
+            batch["inputs"] = torch.cat([present, special("EOS")], 1)
+        elif self.future_inputs == "masked":  # MASK for every future token: each predicted from the present alone
             batch["inputs"] = ids.clone()
             batch["inputs"][:, F + 2 : 2 * F + 2] = SPECIALS.index("MASK")
         return batch
@@ -162,10 +177,15 @@ class FieldTokenDataModule(StoreSequences):
     The model starts from persistence (slot 0's embedding is its input at first) and has the local stencil of the
     present, from which a PDE's next state mostly follows, without learning 2-D neighbourhoods through attention.
 
-    Future inputs (`future_inputs`): "masked" (default) puts MASK where the future frame's tokens would be read
-    (batch "inputs"; the targets stay in "ids"), so every future token is predicted from the present alone, as it
-    is when forecasting, in one pass; "tokens" reads the true future tokens (teacher forcing) and the forecast is
-    generated token by token.
+    Future inputs (`future_inputs`): how the model reads a pair (FieldPairs), the future frame predicted from the
+    present alone in every case:
+        present  (default) the sequence is the future frame, each token predicted where the model reads the present
+                 token of its cell and stream (batch "inputs"; the targets in "ids"), with bidirectional attention
+                 (`causal` False: models/transformer.py as an encoder): one pass, half the length of the others, and
+                 every cell sees the whole present frame
+        masked   [BOS] present [SEP] future [EOS] with MASK read over the future frame, causal attention: one pass
+        tokens   the same sequence with the true future tokens read (teacher forcing); the forecast is generated
+                 token by token
 
     evaluation_inputs(): the tokenizer, layout, grid, the normalization of the store's tokenizer and the true fields
     of the val/test rows in physical units (read from the data the store was encoded from), for the transformer
@@ -184,16 +204,20 @@ class FieldTokenDataModule(StoreSequences):
         seed: int = 0,
         num_workers: int = 0,
         context_radius: int = 1,
-        future_inputs: str = "masked",
+        future_inputs: str = "present",
     ):
         if delta < 1:
             raise ValueError(f"data.delta must be ≥ 1 snapshot, got {delta}")
-        if future_inputs not in ("masked", "tokens"):
-            raise ValueError(f"data.future_inputs must be 'masked' or 'tokens', got {future_inputs!r}")
+        if future_inputs not in FUTURE_INPUTS:
+            raise ValueError(f"data.future_inputs must be one of {FUTURE_INPUTS}, got {future_inputs!r}")
         if context_radius < 0:
             raise ValueError(f"data.context_radius must be ≥ 0 cells, got {context_radius}")
         super().__init__(store, batch_size, eval_batch_size, seed, num_workers)
         self.delta, self.context_radius, self.future_inputs = delta, context_radius, future_inputs
+        self.causal = future_inputs != "present"
+        # where a batch's inputs hold the present frame, and which inputs' outputs predict the future frame (whose
+        # true tokens are the ids one position later): FieldForecast reads and rebuilds them
+        self.present_at = self.reads = slice(0, 0)
         self.layout: Layout | None = None
         self.grid: tuple[int, ...] = ()
 
@@ -209,11 +233,21 @@ class FieldTokenDataModule(StoreSequences):
         K, S = len(streams), math.prod(self.grid)
         frame_types = [self.vocab.range("field", s).type_id for s in streams] * S
         frame_pos = [1 + cell for cell in range(S) for _ in range(K)]
-        self.layout = Layout(
-            types=[SPECIAL_TYPE, *frame_types, SPECIAL_TYPE, *frame_types, SPECIAL_TYPE],
-            positions=[0, *frame_pos, S + 1, *frame_pos, S + 1],
-            target=[False] * (S * K + 2) + [True] * (S * K + 1),
-        )
+        F = S * K
+        if self.future_inputs == "present":  # input j: the present token j; id j + 1: the future token j
+            self.layout = Layout(
+                types=[*frame_types, SPECIAL_TYPE],
+                positions=[*frame_pos, S + 1],
+                target=[False] + [True] * F,
+            )
+            self.present_at = self.reads = slice(0, F)
+        else:
+            self.layout = Layout(
+                types=[SPECIAL_TYPE, *frame_types, SPECIAL_TYPE, *frame_types, SPECIAL_TYPE],
+                positions=[0, *frame_pos, S + 1, *frame_pos, S + 1],
+                target=[False] * (F + 2) + [True] * (F + 1),
+            )
+            self.present_at, self.reads = slice(1, F + 1), slice(F + 1, 2 * F + 1)
         self.max_len = S + 2
         self.context_index = context_index = neighbourhood(self.grid, K, self.context_radius)
         self.context_slots = context_index.shape[1]
@@ -227,7 +261,7 @@ class FieldTokenDataModule(StoreSequences):
                 pairs["variable"],
                 self.layout,
                 context_index,
-                masked=self.future_inputs == "masked",
+                self.future_inputs,
             )
         if len(self.splits["train"]) < self.batch_size:
             raise ValueError(
@@ -247,4 +281,7 @@ class FieldTokenDataModule(StoreSequences):
             "std": torch.tensor(meta.std),
             "groups": list(meta.variables),
             "context_index": self.context_index,
+            "present_at": self.present_at,
+            "reads": self.reads,
+            "generate": self.future_inputs == "tokens",
         }

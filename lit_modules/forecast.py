@@ -27,18 +27,20 @@ NAMES = ("forecast", "persistence", "tokenizer")
 
 
 class FieldForecast:
-    """The future frame predicted from [BOS] present frame [SEP], with the layout's types, positions and context and
-    each token restricted to its stream's ids — in one pass where the batch reads MASK for the future frame
-    ("inputs", data.future_inputs=masked), else generated greedily token by token (KV cache); decoded and
-    de-normalized with the tokenizer's statistics; errors in physical units per variable (FieldErrors: rel_l1,
-    nrmse, psnr …).
+    """The future frame predicted from the present frame, with the layout's types, positions and context and each
+    token restricted to its stream's ids — in one pass where the batch has "inputs" (data.future_inputs=present: the
+    present frame read by an encoder; masked: MASK read over the future frame), else (tokens) generated greedily
+    token by token after [BOS] present [SEP] (KV cache); decoded and de-normalized with the store's statistics;
+    errors in physical units per variable (FieldErrors: rel_l1, nrmse, psnr …).
 
     pick: how a greedy step picks an id (Transformer.generate): "expected_code" (default; the id nearest the expected
     code vector — a field value is a quantity, and the mode of a broad distribution over 1024 amplitude levels is a
     noisy estimate of it) or "argmax"; a model without code vectors always takes the argmax.
     truth: {stage: the true fields of the stage's store rows in physical units, truth[rows] -> [n, 1, H, W]}
     (datamodules.tokens.Truth reads them from the data files); the batch's "src", "dst" are rows of that store and
-    "variable" each pair's variable id; mean, std: [n_vars] (the tokenizer's); groups: the variable names."""
+    "variable" each pair's variable id; mean, std: [n_vars] (the tokenizer's); groups: the variable names.
+    present_at: where a batch's inputs (ids without "inputs") hold the present frame; reads: the inputs whose outputs
+    predict the future frame (its true ids one position later); generate: no one-pass prediction (tokens)."""
 
     def __init__(
         self,
@@ -53,6 +55,9 @@ class FieldForecast:
         groups: list[str],
         pick: str = "expected_code",
         context_index: torch.Tensor | None = None,
+        present_at: slice | None = None,
+        reads: slice | None = None,
+        generate: bool = False,
     ):
         if pick not in ("argmax", "expected_code"):
             raise ValueError(f"model.evaluator.pick must be 'argmax' or 'expected_code', got {pick!r}")
@@ -61,7 +66,14 @@ class FieldForecast:
         self.truth, self.mean, self.std, self.groups = truth, mean, std, groups
         self.starts = torch.tensor([vocab.range("field", s).start for s in streams])
         self.bounds = vocab.type_bounds()
-        self.frame_len = len(streams) * int(torch.tensor(grid).prod())
+        self.frame_len = F = len(streams) * int(torch.tensor(grid).prod())
+        # the sequence of data.future_inputs=masked / tokens where the datamodule does not say
+        self.present_at = present_at or slice(1, F + 1)
+        self.reads = reads or slice(F + 1, 2 * F + 1)
+        self.generate = generate
+        stops = torch.tensor([vocab.range("field", s).stop for s in streams])
+        # [frame_len, 2]: the id range of each token of a frame (cells in raster order, streams side by side)
+        self.frame_bounds = torch.stack([self.starts, stops], 1).repeat(F // len(streams), 1)
 
     def metrics(self, groups: int | None = None) -> dict[str, FieldErrors]:
         """groups: metric groups (default: one per variable; evaluate.py: one per trajectory × variable)."""
@@ -85,8 +97,8 @@ class FieldForecast:
         """group: [B] each pair's metric group (default: its variable). steps: predict the future frame this many
         times, each from the previous prediction (an autoregressive rollout of a model trained to forecast Δ
         ahead, judged on pairs steps·Δ apart); the masked-future formulation only."""
-        if steps > 1 and ("inputs" not in batch or self.context_index is None):
-            raise ValueError("a rollout needs the masked-future formulation (data.future_inputs=masked)")
+        if steps > 1 and (self.generate or self.context_index is None):
+            raise ValueError("a rollout needs a one-pass forecast (data.future_inputs=present or masked)")
         predicted = None
         for _ in range(steps):
             predicted = self.predict(net, batch, predicted)
@@ -97,22 +109,17 @@ class FieldForecast:
         [B, frame] (a rollout's previous prediction: the inputs and context slots are rebuilt from it)."""
         device, prompt_len = batch["ids"].device, self.frame_len + 2  # BOS, present frame, SEP
         pick = self.pick if net.config.code_dim else "argmax"
-        if "inputs" in batch:  # masked future frame: every future token from one pass over the present
-            span = slice(prompt_len - 1, prompt_len - 1 + self.frame_len)  # the inputs that predict them
-            inputs, context = batch["inputs"][:, : span.stop], batch["context"][:, : span.stop]
+        if not self.generate:  # every future token from one pass over the present
+            span, end = self.reads, self.reads.stop  # the inputs that predict them; none after them is needed
+            inputs, context = batch["inputs"][:, :end], batch["context"][:, :end]
             if present is not None:  # a rollout step: the prediction is the present
                 inputs, context = inputs.clone(), context.clone()
-                inputs[:, 1 : prompt_len - 1] = present
+                inputs[:, self.present_at] = present
                 pad = torch.full((len(present), 1), SPECIALS.index("PAD"), device=device)
                 context[:, span] = torch.cat([present, pad], 1)[:, self.context_index.to(device)]
-            hidden = net.hidden(
-                inputs,
-                batch["types"][:, : span.stop],
-                positions=batch["positions"][:, : span.stop],
-                context=context,
-            )
+            hidden = net.hidden(inputs, batch["types"][:, :end], positions=batch["positions"][:, :end], context=context)
             logits = hidden[:, span] @ net.output_weight().T  # the LM head on those positions only
-            bounds = self.bounds.to(device)[self.layout.types.to(device)[prompt_len : prompt_len + self.frame_len]]
+            bounds = self.frame_bounds.to(device)
             vocab = torch.arange(logits.shape[-1], device=device)
             allowed = (vocab >= bounds[:, :1]) & (vocab < bounds[:, 1:])  # [frame_len, V]: each token's stream
             return net.pick(logits.masked_fill(~allowed, float("-inf")), pick)
@@ -138,7 +145,6 @@ class FieldForecast:
     ) -> None:
         """The predicted future frame [B, frame] (global ids) decoded and judged against the true future, beside
         persistence, the tokenizer's floor and the present plus the predicted change."""
-        prompt_len = self.frame_len + 2
         tokenizer = self.tokenizer.to(predicted.device)
         pair = PairTruth(self.truth[stage], self.mean, self.std, batch, group)
 
@@ -149,9 +155,10 @@ class FieldForecast:
         pair.judge(metrics["forecast"], forecast)
         # the present plus the decoded predicted change: the tokenizer's error, mostly shared by two close frames,
         # cancels, and a model that predicts no change gives persistence exactly
-        pair.judge(metrics["increment"], pair.present + forecast - physical(batch["ids"][:, 1 : prompt_len - 1]))
+        present = batch.get("inputs", batch["ids"])[:, self.present_at]
+        pair.judge(metrics["increment"], pair.present + forecast - physical(present))
         pair.judge(metrics["persistence"], pair.present)
-        pair.judge(metrics["tokenizer"], physical(batch["ids"][:, prompt_len : prompt_len + self.frame_len]))
+        pair.judge(metrics["tokenizer"], physical(batch["ids"][:, self.reads.start + 1 : self.reads.stop + 1]))
 
 
 class PairTruth:

@@ -90,6 +90,7 @@ class TransformerModule(SciTokModule):
             max_len=datamodule.max_len,
             code_dim=codes.shape[1] if self.hparams.code_embedding else 0,
             context=int(getattr(datamodule, "context_slots", 0)),
+            causal=bool(getattr(datamodule, "causal", True)),
             **self.hparams.transformer,
         )
         self.net = Transformer(config)

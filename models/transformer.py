@@ -1,4 +1,6 @@
 """A causal transformer over SciTok tokens, readable top to bottom (nanoGPT's habit). Pure torch.
+With `causal=False` the same blocks attend both ways: an encoder whose every position reads the whole sequence
+(the field pairs' `future_inputs=present`: the future frame predicted in one pass from the present frame).
 
     config = TransformerConfig(vocab_size=vocab.size, n_types=vocab.n_types, max_len=512)
     model = Transformer(config)
@@ -36,6 +38,7 @@ class TransformerConfig:
     tie_weights: bool = True
     code_dim: int = 0  # > 0: each id also embeds its tokenizer code vector (set_codes), see Transformer
     context: int = 0  # aligned context ids per position that inputs may carry (hidden(context=...)); 0: none
+    causal: bool = True  # False: every position attends to every other (an encoder; no generate, no KV cache)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -57,7 +60,7 @@ KVCache = list[tuple[torch.Tensor, torch.Tensor] | None]  # per layer: keys, val
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
-        self.n_heads, self.dropout = config.n_heads, config.dropout
+        self.n_heads, self.dropout, self.causal = config.n_heads, config.dropout, config.causal
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
 
@@ -74,13 +77,15 @@ class CausalSelfAttention(nn.Module):
         if past is not None:
             k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
         T_all = k.shape[2]
-        if key_valid is None and past is None:  # the plain causal case: SDPA's fused causal kernels need no mask
+        if key_valid is None and past is None:  # the plain case: SDPA's fused (causal) kernels need no mask
             y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=T > 1, dropout_p=self.dropout if self.training else 0.0
+                q, k, v, is_causal=self.causal and T > 1, dropout_p=self.dropout if self.training else 0.0
             )
             return self.proj(y.transpose(1, 2).reshape(B, T, C)), (k, v)
         mask = None
-        if key_valid is not None or T > 1:
+        if not self.causal:  # an encoder: only padding is hidden
+            mask = None if key_valid is None else key_valid[:, None, None, :]
+        elif key_valid is not None or T > 1:
             # query i (absolute position T_all − T + i) sees keys j ≤ its position that are not padding
             causal = torch.ones(T, T_all, dtype=torch.bool, device=x.device).tril(T_all - T)
             mask = causal[None, None] if key_valid is None else causal[None, None] & key_valid[:, None, None, :]
@@ -201,6 +206,8 @@ class Transformer(nn.Module):
         neighbours there, so a local stencil, the shape of a PDE's update, is there from the first step instead of
         being learned from 2-D positions through attention."""
         B, T = ids.shape
+        if cache is not None and not self.config.causal:
+            raise ValueError("a KV cache needs a causal transformer: this one attends both ways (config.causal=False)")
         if types.shape != ids.shape:
             raise ValueError(f"types {tuple(types.shape)} must have the shape of ids {tuple(ids.shape)}")
         if positions is None:
@@ -270,6 +277,8 @@ class Transformer(nn.Module):
         positions, context: [T0 + n_new] (or [B, …]) position ids and context ids, as the sequences were trained
         with; default 0, 1, … and none. Returns [B, T0 + n_new]."""
         B, T0 = prompt.shape
+        if not self.config.causal:
+            raise ValueError("generate needs a causal transformer: this one attends both ways (config.causal=False)")
         if pick not in ("argmax", "expected_code") or (pick == "expected_code" and not self.config.code_dim):
             raise ValueError(f"pick must be 'argmax' or 'expected_code' (with code vectors), got {pick!r}")
         layout = layout.expand(B, -1) if layout.ndim == 1 else layout

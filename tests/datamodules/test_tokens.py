@@ -31,7 +31,8 @@ def token_datamodule(experiment: str, store, data_dir, output_dir, extra=()):
 @pytest.fixture(scope="module")
 def fields(token_store, data_dir, tmp_path_factory):
     store = token_store("phaedra")
-    return token_datamodule("field_transformer", store, data_dir, tmp_path_factory.mktemp("ft")), store
+    extra = ["data.future_inputs=masked"]
+    return token_datamodule("field_transformer", store, data_dir, tmp_path_factory.mktemp("ft"), extra), store
 
 
 def test_field_pairs_are_present_then_future_frame_cell_by_cell(fields):
@@ -83,6 +84,29 @@ def test_field_pairs_are_present_then_future_frame_cell_by_cell(fields):
     assert torch.equal(predicting[:, 0::2, -1], present[:, 1::2]) and torch.equal(
         predicting[:, 1::2, -1], present[:, 0::2]
     )
+
+
+def test_present_inputs_read_the_present_token_where_the_future_one_is_predicted(fields, data_dir, tmp_path):
+    """data.future_inputs=present (the default): ids [BOS] future frame, inputs the present frame [EOS], so input j
+    predicts the future token j from the present token j, with the context, types and positions the masked sequence
+    gives the input that predicts it; bidirectional attention (causal False)."""
+    masked, store = fields
+    dm = token_datamodule("field_transformer", store, data_dir, tmp_path)
+    assert dm.future_inputs == "present" and not dm.causal and masked.causal
+    rows = [0, 1, 2]
+    a, b = dm.splits["val"].__getitems__(rows), masked.splits["val"].__getitems__(rows)
+    frame = 2 * (dm.max_len - 2)
+    present, future = b["ids"][:, 1 : frame + 1], b["ids"][:, frame + 2 : -1]
+    assert a["ids"].shape == a["inputs"].shape == (3, frame + 1)
+    assert (a["ids"][:, 0] == SPECIALS.index("BOS")).all() and torch.equal(a["ids"][:, 1:], future)
+    assert torch.equal(a["inputs"][:, :-1], present) and (a["inputs"][:, -1] == SPECIALS.index("EOS")).all()
+    reads = slice(frame + 1, 2 * frame + 1)  # the masked sequence's inputs that predict the future frame
+    assert torch.equal(a["context"][:, :-1], b["context"][:, reads])
+    for key in ("types", "positions"):  # input j has the stream and cell of the token it predicts (and reads)
+        assert torch.equal(a[key][:, :-1], b[key][:, frame + 2 : -1]), key
+    assert a["target"][0].tolist() == [False] + [True] * frame
+    assert (dm.present_at, dm.reads) == (slice(0, frame), slice(0, frame))
+    assert (masked.present_at, masked.reads) == (slice(1, frame + 1), reads)
 
 
 def test_field_pairs_never_share_a_trajectory_across_splits(fields):

@@ -16,15 +16,15 @@ from tests.helpers import f32_tolerance, layer_depth
 
 class FieldOracle:
     """generate() returns the true sequence of the batch it is given; hidden() gives states whose logits (an identity
-    head) peak at the true next token, having checked that no future token is read (data.future_inputs=masked)."""
+    head) peak at the true next token, having checked that it was given the batch's inputs (data.future_inputs=masked,
+    present: no future token among them, tests/datamodules/test_tokens.py)."""
 
     def __init__(self, batch, vocab_size):
         self.batch, self.vocab_size = batch, vocab_size
         self.config = SimpleNamespace(code_dim=0)
 
     def hidden(self, ids, types, positions=None, context=None):
-        frame = (self.batch["ids"].shape[1] - 3) // 2
-        assert (ids[:, frame + 2 :] == SPECIALS.index("MASK")).all()  # the future frame is never read
+        assert torch.equal(ids, self.batch["inputs"][:, : ids.shape[1]])  # the inputs, never the targets
         assert ids.shape == types.shape == positions.shape == context.shape[:2]
         return 10.0 * F.one_hot(self.batch["ids"][:, 1 : ids.shape[1] + 1], self.vocab_size).float()
 
@@ -44,7 +44,7 @@ def rel_l1(pred, target):
     return 100 * (pred.double() - target.double()).abs().sum() / target.double().abs().sum()
 
 
-@pytest.mark.parametrize("future_inputs", ["masked", "tokens"])
+@pytest.mark.parametrize("future_inputs", ["present", "masked", "tokens"])
 def test_field_forecast_of_the_true_tokens_is_the_tokenizer_reconstruction(
     future_inputs, experiment_run, token_store, data_dir, tmp_path
 ):
@@ -55,7 +55,9 @@ def test_field_forecast_of_the_true_tokens_is_the_tokenizer_reconstruction(
     dm = token_datamodule("field_transformer", store, data_dir, tmp_path, [f"data.future_inputs={future_inputs}"])
     ev = FieldForecast(**dm.evaluation_inputs())
     batch = dm.splits["val"].__getitems__(list(range(min(8, len(dm.splits["val"])))))
-    assert ("inputs" in batch) == (future_inputs == "masked")
+    assert ("inputs" in batch) == (future_inputs != "tokens")
+    if future_inputs == "masked":
+        assert (batch["inputs"][:, ev.frame_len + 2 : -1] == SPECIALS.index("MASK")).all()
     metrics = nn.ModuleDict(ev.metrics())
     ev.update(FieldOracle(batch, dm.vocab.size), batch, metrics, "val")
     forecast, persistence, floor = (metrics[n].compute() for n in ("forecast", "persistence", "tokenizer"))
@@ -71,7 +73,7 @@ def test_field_forecast_of_the_true_tokens_is_the_tokenizer_reconstruction(
     # the floor is the tokenizer's own reconstruction of the future field, in physical units
     tol = f32_tolerance(recon, layer_depth(tokenizer))
     assert (
-        tokenizer.decode(ev.to_tokens(batch["ids"][:, -ev.frame_len - 1 : -1])) * std + mean - recon
+        tokenizer.decode(ev.to_tokens(batch["ids"][:, ev.reads.start + 1 : ev.reads.stop + 1])) * std + mean - recon
     ).abs().max() <= tol
     assert floor["rel_l1"].item() == pytest.approx(rel_l1(recon, future).item(), rel=1e-4)
     # increment: the present plus the decoded change between the present's tokens and the predicted ones

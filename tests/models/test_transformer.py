@@ -52,6 +52,29 @@ def test_a_change_at_position_t_changes_no_logits_before_t(norm):
     assert (after[:, 12:] - before[:, 12:]).abs().max() > 100 * tol  # and it does change what comes after
 
 
+def test_an_encoder_attends_both_ways_but_not_to_padding():
+    """causal=False: a change at position 12 reaches every position's logits, before it too; a padding key reaches
+    none; a KV cache and generation are refused."""
+    model = tiny(causal=False)
+    g = torch.Generator().manual_seed(0)
+    ids, types = torch.randint(50, (2, 20), generator=g), torch.randint(3, (2, 20), generator=g)
+    changed = ids.clone()
+    changed[:, 12] = (changed[:, 12] + 1) % 50
+    valid = torch.ones(2, 20, dtype=torch.bool)
+    valid[:, 12] = False
+    with torch.no_grad():
+        before, after = model(ids, types), model(changed, types)
+        masked, masked_changed = model(ids, types, key_valid=valid), model(changed, types, key_valid=valid)
+    tol = f32_tolerance(before, 2 * 6)
+    assert ((after - before).abs().amax((0, 2)) > 10 * tol).all()  # every position sees position 12
+    others = torch.arange(20) != 12
+    assert (masked_changed[:, others] - masked[:, others]).abs().max() <= tol  # … unless it is padding
+    with pytest.raises(ValueError, match="attends both ways"):
+        model(ids, types, cache=model.new_cache())
+    with pytest.raises(ValueError, match="attends both ways"):
+        model.generate(ids[:, :4], types[0], 2)
+
+
 def test_padding_keys_are_not_attended():
     model = tiny()
     ids, types = torch.randint(50, (1, 10)), torch.zeros(1, 10, dtype=torch.long)
