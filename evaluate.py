@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -172,7 +173,7 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt: Path, bootstrap: Bootstrap, devic
         judges[name] = metric.to(device)
     rate = TokenRate(tokenizer.streams)
     done, values_per_sample = judge(cfg, tokenizer.to(device), adapter, sets, unit, n_groups, judges, rate, device)
-    metrics = summaries(judges, n_units, n_groups, group_names, bootstrap)
+    metrics = summaries(judges, n_units, n_groups, group_names, bootstrap, bootstrap.unit_strata(index, unit, n_units))
     log.info("%s: %d samples of %d units judged", ckpt, done, n_units)
     return {
         "label": label_of(ckpt),
@@ -212,6 +213,8 @@ FORECAST_ROWS = {
     "persistence": "persistence Δ={h}",
 }
 SHARED_ROWS = ("tokenizer", "persistence")
+# a forecast's errors also as the difference from persistence on the same pairs, with a paired interval
+PAIRED = ("rel_l1", "nrmse")
 
 
 def is_forecaster(ckpt: Path) -> bool:
@@ -296,9 +299,17 @@ def evaluate_forecaster(cfg: DictConfig, ckpt: Path, bootstrap: Bootstrap, devic
         "rate": None,
     }
     entries, sha = [], file_sha256(ckpt)
+    strata = bootstrap.unit_strata(store.index, unit, n_units)
+    states = {name: state_dict_of(metric, n_units, n_vars) for name, metric in metrics.items()}
     for name, metric in metrics.items():
-        states = state_dict_of(metric, n_units, n_vars)
-        judged = summarize(type(metric).values, states, metric.seen, list(evaluator.groups), bootstrap)
+        judge = partial(summarize, type(metric).values, seen=metric.seen, group_names=list(evaluator.groups))
+        judged = judge(states[name], bootstrap=bootstrap, strata=strata)
+        if name not in SHARED_ROWS:  # the forecast minus persistence on the same pairs, from the same resamples
+            versus = judge(states[name], bootstrap=bootstrap, strata=strata, baseline=states["persistence"])
+            for part, values in [(judged["overall"], versus["overall"])] + [
+                (judged["groups"][g], versus["groups"][g]) for g in judged["groups"]
+            ]:
+                part.update({f"{m} − persistence": values[m] for m in PAIRED})
         row = FORECAST_ROWS[name].format(model=model, tokenizer=tokenizer, h=datamodule.delta)
         row += rolled if name not in SHARED_ROWS else ""
         own = {"checkpoint": None} if name in SHARED_ROWS else {"sha256": sha}  # evaluate() keeps one of each
@@ -333,13 +344,15 @@ def judge(cfg, tokenizer, adapter, sets, unit: np.ndarray, n_groups: int, judges
     return done, values_per_sample
 
 
-def summaries(judges: dict, n_units: int, n_groups: int, group_names: list[str], bootstrap: Bootstrap) -> dict:
+def summaries(
+    judges: dict, n_units: int, n_groups: int, group_names: list[str], bootstrap: Bootstrap, strata=None
+) -> dict:
     """{"units", "overall": {metric: {value, interval}}, "groups": {name: {"units", metric: …}}} of every metric in
-    `judges` ({prefix: metric}), each metric's name prefixed."""
+    `judges` ({prefix: metric}), each metric's name prefixed. strata: [n_units] each unit's stratum, or None."""
     metrics: dict = {"overall": {}, "groups": {}}
     for prefix, metric in judges.items():
         states = state_dict_of(metric, n_units, n_groups)
-        judged = summarize(type(metric).values, states, metric.seen, group_names, bootstrap)
+        judged = summarize(type(metric).values, states, metric.seen, group_names, bootstrap, strata)
         metrics["units"] = judged["units"]
         metrics["overall"].update({prefix + k: v for k, v in judged["overall"].items()})
         for g, part in judged["groups"].items():
@@ -514,7 +527,10 @@ def evaluate(cfg: DictConfig) -> dict:
     metrics.json."""
     check_settings(cfg)
     ckpts = checkpoint_paths(cfg)
-    bootstrap = Bootstrap(int(cfg.bootstrap.resamples), float(cfg.bootstrap.level), int(cfg.bootstrap.seed))
+    strata = cfg.bootstrap.get("strata")
+    bootstrap = Bootstrap(
+        int(cfg.bootstrap.resamples), float(cfg.bootstrap.level), int(cfg.bootstrap.seed), strata=strata or None
+    )
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     entries = []
     for ckpt in ckpts:

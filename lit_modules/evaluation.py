@@ -8,6 +8,15 @@ states_u)`; the interval is the 2.5 and 97.5 percentiles of that over the resamp
 interval comes from the metric's own definition: a ratio of sums (rel_l1 = Σ|x̂−x| / Σ|x|) stays a ratio of sums,
 never a mean of per-unit ratios. Resamples are drawn from a fixed seed: the same states give the same interval.
 
+Strata. Where the units fall into strata fixed by the design of the set (the fields' splits are drawn per dataset:
+every test set holds the same number of trajectories of each PDE), a resample draws each stratum's units from that
+stratum alone (stratified bootstrap): how many Navier–Stokes trajectories a resample holds is not a source of
+variance the set has, and drawing it anyway widens a pooled interval by the spread between the PDEs.
+
+Paired differences. Two judgements of the same units (a forecast and persistence on the same pairs) drawn with the
+same multiplicities give the interval of their difference (`paired`): what "better than" needs, since most of
+either interval's width is which trajectories were drawn, shared by both.
+
 Rate, from the ids of every sample of the evaluated set (TokenRate), V_s the vocabulary of stream s, T_s its tokens
 per sample, n the values of one sample (the tokenizer input's numel: fields H·W, EEG P, images C·H·W):
     bits_per_value         = Σ_s T_s · log2(V_s) / n                (the codebook's fixed cost)
@@ -39,48 +48,77 @@ LZMA_PRESET = 9
 @dataclass(frozen=True)
 class Bootstrap:
     """Percentile bootstrap over units: `resamples` draws of all units with replacement from `seed`; the interval
-    holds the central `level` of the resampled values. `chunk` resamples are summed at once (memory: chunk × units)."""
+    holds the central `level` of the resampled values. `chunk` resamples are summed at once (memory: chunk × units).
+    strata: the index column whose value a unit's stratum is (`unit_strata`; None: no strata)."""
 
     resamples: int = 1000
     level: float = 0.95
     seed: int = 0
     chunk: int = 100
+    strata: str | None = None
 
     def __post_init__(self):
         if self.resamples < 1 or not 0 < self.level < 1 or self.chunk < 1:
             raise ValueError(f"bootstrap needs resamples ≥ 1, 0 < level < 1 and chunk ≥ 1, got {self}")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "method": "percentile bootstrap over units"}
+        method = "percentile bootstrap over units" + (f", stratified by {self.strata}" if self.strata else "")
+        return {**asdict(self), "method": method}
 
-    def multiplicities(self, units: int) -> Iterator[torch.Tensor]:
+    def unit_strata(self, index: np.ndarray, unit: np.ndarray, units: int) -> np.ndarray | None:
+        """index: [N] rows, unit: [N] each row's unit id < units -> [units] each unit's stratum id (the rank of its
+        value of the `strata` column), or None without strata or where the index has no such column."""
+        if self.strata is None or self.strata not in (index.dtype.names or ()):
+            return None
+        _, code = np.unique(index[self.strata], return_inverse=True)
+        out = np.full(units, -1, dtype=np.int64)
+        out[unit] = code.reshape(-1)
+        if (out < 0).any() or (out[unit] != code.reshape(-1)).any():
+            raise ValueError(f"bootstrap.strata={self.strata}: not one value per unit, or units without rows")
+        return out
+
+    def multiplicities(self, units: int, strata: np.ndarray | None = None) -> Iterator[torch.Tensor]:
         """[b, units] float64 blocks, b ≤ chunk, `resamples` rows in all: how often each unit is drawn in each
-        resample (each row sums to `units`)."""
+        resample (each row sums to `units`). strata: [units] the stratum of each unit; each resample then draws as
+        many units of each stratum as it has, from that stratum only (one stratum: the plain draws)."""
         gen = np.random.Generator(np.random.PCG64(self.seed))
+        groups = [np.arange(units)] if strata is None else [np.flatnonzero(strata == s) for s in np.unique(strata)]
+        if strata is not None and len(strata) != units:
+            raise ValueError(f"strata give {len(strata)} units' strata for {units} units")
         for start in range(0, self.resamples, self.chunk):
             b = min(self.chunk, self.resamples - start)
-            draws = gen.integers(0, units, size=(b, units)) + units * np.arange(b)[:, None]
-            yield torch.from_numpy(np.bincount(draws.ravel(), minlength=b * units).reshape(b, units).astype(np.float64))
+            counts = np.zeros(b * units, dtype=np.int64)
+            for members in groups:
+                draws = members[gen.integers(0, len(members), size=(b, len(members)))] + units * np.arange(b)[:, None]
+                counts += np.bincount(draws.ravel(), minlength=b * units)
+            yield torch.from_numpy(counts.reshape(b, units).astype(np.float64))
 
-    def interval(self, values: ValuesFn, states: States) -> dict[str, tuple[float, float]]:
-        """states: {name: [U, ...]} per-unit sums -> {metric: (lo, hi)} of `values` over the resamples (NaN where no
-        resample gave a finite value)."""
+    def draws(self, values: ValuesFn, states: States, strata: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """states: {name: [U, ...]} per-unit sums -> {metric: [resamples] float64} of `values` on each resample (the
+        same resamples for the same units, strata and seed)."""
         units = len(next(iter(states.values())))
         if units == 0:
             raise ValueError("bootstrap over no units: there is nothing to resample")
         drawn: dict[str, list[np.ndarray]] = {}
-        for weights in self.multiplicities(units):
+        for weights in self.multiplicities(units, strata):
             summed = {k: resum(weights, v) for k, v in states.items()}
             for name, value in values(summed).items():
                 drawn.setdefault(name, []).append(value.double().cpu().numpy().reshape(len(weights)))
+        return {name: np.concatenate(parts) for name, parts in drawn.items()}
+
+    def percentiles(self, drawn: np.ndarray) -> tuple[float, float]:
+        """The central `level` of the finite resampled values (NaN where none is finite)."""
+        finite = drawn[np.isfinite(drawn)]
         tail = 100 * (1 - self.level) / 2
-        out = {}
-        for name, parts in drawn.items():
-            finite = np.concatenate(parts)
-            finite = finite[np.isfinite(finite)]
-            lo, hi = np.percentile(finite, [tail, 100 - tail]) if len(finite) else (math.nan, math.nan)
-            out[name] = (float(lo), float(hi))
-        return out
+        lo, hi = np.percentile(finite, [tail, 100 - tail]) if len(finite) else (math.nan, math.nan)
+        return float(lo), float(hi)
+
+    def interval(
+        self, values: ValuesFn, states: States, strata: np.ndarray | None = None
+    ) -> dict[str, tuple[float, float]]:
+        """states: {name: [U, ...]} per-unit sums -> {metric: (lo, hi)} of `values` over the resamples (NaN where no
+        resample gave a finite value)."""
+        return {name: self.percentiles(d) for name, d in self.draws(values, states, strata).items()}
 
 
 def resum(weights: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
@@ -96,28 +134,53 @@ def summarize(
     seen: str,
     group_names: Sequence[str] | None,
     bootstrap: Bootstrap,
+    strata: np.ndarray | None = None,
+    baseline: States | None = None,
 ) -> dict:
     """states: {name: [U, G, ...]} sums per unit and metric group -> {"overall": {metric: {"value", "interval"}},
     "units": U, "groups": {group name: {..., "units": units that hold the group}}}. A group is summed (and resampled)
     over the units that hold data of it (`seen` > 0), since a unit of another group has nothing to say about it;
-    group_names None: one group, no per-group entries."""
+    group_names None: one group, no per-group entries. strata: [U] each unit's stratum (Bootstrap.multiplicities).
+    baseline: the states of another judgement of the same units and groups: the metrics are then the differences
+    states − baseline, each interval from the same resamples of both (`paired`)."""
     overall = {k: v.sum(1) for k, v in states.items()}
-    out = {"units": int((overall[seen] > 0).sum()), "overall": judged(values, overall, bootstrap), "groups": {}}
+
+    def judge(part: States, select, strata_part) -> dict:
+        if baseline is None:
+            return judged(values, part, bootstrap, strata_part)
+        return paired(values, part, {k: select(v) for k, v in baseline.items()}, bootstrap, strata_part)
+
+    out = {"units": int((overall[seen] > 0).sum()), "overall": judge(overall, lambda v: v.sum(1), strata), "groups": {}}
     for g, name in enumerate(group_names or ()):
         has = states[seen][:, g] > 0
         if has.any():
             part = {k: v[has, g] for k, v in states.items()}
-            out["groups"][name] = {"units": int(has.sum()), **judged(values, part, bootstrap)}
+            in_group = None if strata is None else strata[has.numpy()]
+            out["groups"][name] = {"units": int(has.sum()), **judge(part, lambda v, h=has, g=g: v[h, g], in_group)}
     return out
 
 
-def judged(values: ValuesFn, states: States, bootstrap: Bootstrap) -> dict[str, dict]:
+def judged(values: ValuesFn, states: States, bootstrap: Bootstrap, strata: np.ndarray | None = None) -> dict[str, dict]:
     """states: {name: [U, ...]} -> {metric: {"value": point value of the summed states, "interval": [lo, hi]}}."""
     point = values({k: v.sum(0) for k, v in states.items()})
-    interval = bootstrap.interval(values, states)
+    interval = bootstrap.interval(values, states, strata)
     return {
         k: {"value": finite_or_none(v), "interval": [finite_or_none(x) for x in interval[k]]} for k, v in point.items()
     }
+
+
+def paired(
+    values: ValuesFn, states: States, baseline: States, bootstrap: Bootstrap, strata: np.ndarray | None = None
+) -> dict[str, dict]:
+    """Two judgements {name: [U, ...]} of the same units -> {metric: {"value": values(states) − values(baseline),
+    "interval": [lo, hi]}}, the interval of the difference over resamples that draw the same units for both."""
+    a, b = (values({k: v.sum(0) for k, v in s.items()}) for s in (states, baseline))
+    da, db = bootstrap.draws(values, states, strata), bootstrap.draws(values, baseline, strata)
+    out = {}
+    for k in a:
+        lo, hi = bootstrap.percentiles(da[k] - db[k])
+        out[k] = {"value": finite_or_none(a[k] - b[k]), "interval": [finite_or_none(lo), finite_or_none(hi)]}
+    return out
 
 
 def finite_or_none(x) -> float | None:

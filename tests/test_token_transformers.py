@@ -78,6 +78,13 @@ def test_evaluate_judges_a_field_transformer_per_trajectory_beside_persistence_a
     for entry in entries.values():
         judged = entry["metrics"]["overall"]["rel_l1"]
         assert judged["interval"][0] <= judged["value"] <= judged["interval"][1]
+        assert entry["bootstrap"]["method"] == "percentile bootstrap over units, stratified by dataset"
+    # the forecast against persistence on the same pairs: the difference of the two, with its paired interval
+    forecast, alone = entries[model]["metrics"]["overall"], entries["persistence Δ=1"]["metrics"]["overall"]
+    versus = forecast["rel_l1 − persistence"]
+    assert versus["value"] == pytest.approx(forecast["rel_l1"]["value"] - alone["rel_l1"]["value"], abs=1e-9)
+    assert versus["interval"][0] <= versus["value"] <= versus["interval"][1]
+    assert "rel_l1 − persistence" not in alone
     # persistence by hand, from the true fields of the same pairs
     module, datamodule = load_forecaster(ckpt, "test")
     truth, groups = module.evaluator.truth["test"], module.evaluator.groups

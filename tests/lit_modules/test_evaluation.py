@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from datamodules.common import unit_ids
-from lit_modules.evaluation import Bootstrap, TokenRate, summarize
+from lit_modules.evaluation import Bootstrap, TokenRate, paired, summarize
 from lit_modules.metrics import GroupedSums
 
 
@@ -102,6 +102,64 @@ def test_groups_are_judged_over_the_units_that_hold_them():
     assert judged["overall"]["mean"]["value"] == pytest.approx(11 / 3)
     assert judged["groups"]["a"]["units"] == 2 and judged["groups"]["a"]["mean"]["value"] == 2.0
     assert judged["groups"]["b"] == {"units": 1, "mean": {"value": 7.0, "interval": [7.0, 7.0]}}
+
+
+def test_stratified_resamples_draw_each_stratum_from_itself():
+    """Strata of 3, 1 and 2 units: every resample holds 3, 1 and 2 draws of the respective stratum's units; with one
+    stratum the draws are the plain bootstrap's, draw for draw."""
+    strata = np.array([0, 0, 1, 0, 2, 2])
+    blocks = list(Bootstrap(resamples=250, seed=4, chunk=100).multiplicities(6, strata))
+    counts = torch.cat(blocks).numpy()
+    assert counts.shape == (250, 6)
+    for s, size in ((0, 3), (1, 1), (2, 2)):
+        assert (counts[:, strata == s].sum(1) == size).all()
+    assert (counts[:, 2] == 1).all()  # a stratum of one unit is always drawn once
+    assert len({tuple(row) for row in counts}) > 10  # and the others do vary
+    plain = torch.cat(list(Bootstrap(resamples=250, seed=4).multiplicities(6)))
+    assert torch.equal(plain, torch.cat(list(Bootstrap(resamples=250, seed=4).multiplicities(6, np.zeros(6, int)))))
+
+
+def test_strata_remove_the_spread_between_strata_from_a_pooled_interval():
+    """Two strata whose units differ by 100 and barely within: the pooled mean of a resample that keeps two units of
+    each is the sample's own (up to the within-stratum spread); drawing units across strata makes it swing by tens."""
+    states = per_unit([[0.0], [0.1], [100.0], [100.1]])
+    strata = np.array([0, 0, 1, 1])
+    lo, hi = Bootstrap(resamples=400, seed=0).interval(Mean.values, states, strata)["mean"]
+    assert 50.0 <= lo <= hi <= 50.1
+    lo, hi = Bootstrap(resamples=400, seed=0).interval(Mean.values, states)["mean"]
+    assert hi - lo > 40
+
+
+def test_a_paired_difference_is_judged_on_the_same_resamples():
+    """B is A shifted by +1 in every unit: the difference of means is −1 in every resample (a zero-width interval),
+    though each of A and B alone has a wide one; the difference of unrelated judgements is not."""
+    gen = np.random.default_rng(2)
+    x = gen.normal(0, 5, 40)
+    a, b = per_unit([[v] for v in x]), per_unit([[v + 1.0] for v in x])
+    boot = Bootstrap(resamples=300, seed=1)
+    lo, hi = boot.interval(Mean.values, a)["mean"]
+    assert hi - lo > 2
+    two = {k: v[:, None] for k, v in a.items()}, {k: v[:, None] for k, v in b.items()}
+    judged = summarize(Mean.values, two[0], "n", ["g"], boot, baseline=two[1])
+    assert judged["overall"]["mean"]["value"] == pytest.approx(-1.0)
+    assert judged["overall"]["mean"]["interval"] == [pytest.approx(-1.0), pytest.approx(-1.0)]
+    assert judged["groups"]["g"]["mean"]["interval"] == [pytest.approx(-1.0), pytest.approx(-1.0)]
+    other = per_unit([[v] for v in gen.normal(0, 5, 40)])
+    lo, hi = paired(Mean.values, a, other, boot)["mean"]["interval"]
+    assert hi - lo > 2
+
+
+def test_unit_strata_are_one_value_per_unit():
+    index = np.array([(3, 0), (3, 0), (1, 1), (3, 2)], dtype=[("dataset", "i8"), ("trajectory", "i8")])
+    unit, n = unit_ids(index, ("dataset", "trajectory"))
+    strata = Bootstrap(strata="dataset").unit_strata(index, unit, n)
+    assert [strata[unit[i]] for i in range(4)] == [1, 1, 0, 1]  # the rank of the dataset id
+    assert Bootstrap().unit_strata(index, unit, n) is None
+    assert Bootstrap(strata="recording").unit_strata(index, unit, n) is None  # no such column: no strata
+    by_trajectory, m = unit_ids(index, ("trajectory",))
+    with pytest.raises(ValueError, match="not one value per unit"):
+        Bootstrap(strata="dataset").unit_strata(index, np.zeros(4, dtype=np.int64), 1)
+    assert m == 3 and by_trajectory.tolist() == [0, 0, 1, 2]
 
 
 def test_unit_ids_number_rows_by_their_columns():
