@@ -119,8 +119,10 @@ class FieldPairs(TensorBatches):
         layout: Layout,
         context_index: torch.Tensor,
         future_inputs: str = "present",
+        condition: bool = False,
     ):
         super().__init__(src=src, dst=dst, variable=variable)
+        self.condition = condition
         self.frame_ids, self.layout, self.context_index = frame_ids, layout, context_index
         self.future_inputs = future_inputs
         self.specials = {name: SPECIALS.index(name) for name in ("BOS", "SEP", "EOS")}
@@ -155,6 +157,8 @@ class FieldPairs(TensorBatches):
             "target": self.layout.target.expand(n, L),
             **t,
         }
+        if self.condition:  # the model is told the pair's variable (the FNO baseline: one-hot channels)
+            batch["condition"] = t["variable"]
         if self.future_inputs == "present":  # the present token where the future one is predicted, read both ways
             batch["inputs"] = torch.cat([present, special("EOS")], 1)
         elif self.future_inputs == "masked":  # MASK for every future token: each predicted from the present alone
@@ -187,6 +191,10 @@ class FieldTokenDataModule(StoreSequences):
         tokens   the same sequence with the true future tokens read (teacher forcing); the forecast is generated
                  token by token
 
+    Condition (`condition_on_variable`): each pair's variable id as the sequence's condition ("condition",
+    `conditions` = the store's variables; models/transformer.py adds its embedding at every position), as the pixel
+    baseline gets it as one-hot channels: one model forecasts four different PDE variables.
+
     evaluation_inputs(): the tokenizer, layout, grid, the normalization of the store's tokenizer and the true fields
     of the val/test rows in physical units (read from the data the store was encoded from), for the transformer
     module's evaluator (FieldForecast: generate the future frame, decode it, compare with the true future, with
@@ -205,6 +213,7 @@ class FieldTokenDataModule(StoreSequences):
         num_workers: int = 0,
         context_radius: int = 1,
         future_inputs: str = "present",
+        condition_on_variable: bool = False,
     ):
         if delta < 1:
             raise ValueError(f"data.delta must be ≥ 1 snapshot, got {delta}")
@@ -215,6 +224,7 @@ class FieldTokenDataModule(StoreSequences):
         super().__init__(store, batch_size, eval_batch_size, seed, num_workers)
         self.delta, self.context_radius, self.future_inputs = delta, context_radius, future_inputs
         self.causal = future_inputs != "present"
+        self.condition_on_variable = condition_on_variable
         # where a batch's inputs hold the present frame, and which inputs' outputs predict the future frame (whose
         # true tokens are the ids one position later): FieldForecast reads and rebuilds them
         self.present_at = self.reads = slice(0, 0)
@@ -249,6 +259,8 @@ class FieldTokenDataModule(StoreSequences):
             )
             self.present_at, self.reads = slice(1, F + 1), slice(F + 1, 2 * F + 1)
         self.max_len = S + 2
+        if self.condition_on_variable:  # condition ids: the store's variable ids
+            self.conditions = len(self.normalization.variables)
         self.context_index = context_index = neighbourhood(self.grid, K, self.context_radius)
         self.context_slots = context_index.shape[1]
         starts = [self.vocab.range("field", s).start for s in streams]
@@ -262,6 +274,7 @@ class FieldTokenDataModule(StoreSequences):
                 self.layout,
                 context_index,
                 self.future_inputs,
+                self.condition_on_variable,
             )
         if len(self.splits["train"]) < self.batch_size:
             raise ValueError(

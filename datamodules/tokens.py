@@ -62,6 +62,7 @@ class StoreSequences(SplitDataModule):
     MODALITY = ""
     context_slots = 0  # aligned context ids per position in the batches ("context": [B, L, slots]); 0: none
     causal = True  # False: the sequences are read by an encoder (every position attends to every other)
+    conditions = 0  # condition ids per sequence ("condition": [B]) take values < conditions; 0: none
 
     def __init__(self, store: str | None, batch_size: int, eval_batch_size: int, seed: int, num_workers: int):
         super().__init__(None, batch_size, eval_batch_size, (0.8, 0.1, 0.1), seed, num_workers)

@@ -117,7 +117,13 @@ class FieldForecast:
                 inputs[:, self.present_at] = present
                 pad = torch.full((len(present), 1), SPECIALS.index("PAD"), device=device)
                 context[:, span] = torch.cat([present, pad], 1)[:, self.context_index.to(device)]
-            hidden = net.hidden(inputs, batch["types"][:, :end], positions=batch["positions"][:, :end], context=context)
+            hidden = net.hidden(
+                inputs,
+                batch["types"][:, :end],
+                positions=batch["positions"][:, :end],
+                context=context,
+                condition=batch.get("condition"),
+            )
             logits = hidden[:, span] @ net.output_weight().T  # the LM head on those positions only
             bounds = self.frame_bounds.to(device)
             vocab = torch.arange(logits.shape[-1], device=device)
@@ -132,6 +138,7 @@ class FieldForecast:
             positions=self.layout.positions.to(device),
             context=batch["context"],
             pick=pick,
+            condition=batch.get("condition"),
         )
         return out[:, prompt_len:]
 

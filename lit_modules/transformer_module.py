@@ -18,9 +18,11 @@ errors of decoded predictions against persistence and the tokenizer's own recons
 `data_space_batches` validation batches (generation is the expensive part) and on every test batch.
 
 Batches may carry "positions" (position ids), "context" (aligned context ids per position, where the datamodule
-says `context_slots`), "target" (which tokens the loss scores, e.g. only the future frame of a field pair) and
-"inputs" (what the model reads where that differs from `ids`, the targets: MASK over a field pair's future frame);
-without them positions are 0 … L−1, there is no context, every non-PAD token is scored and the inputs are `ids`.
+says `context_slots`), "condition" (one id per sequence, where the datamodule says `conditions`), "target" (which
+tokens the loss scores, e.g. only the future frame of a field pair) and "inputs" (what the model reads where that
+differs from `ids`, the targets: the present frame or MASK where a field pair's future frame is predicted); without
+them positions are 0 … L−1, there is no context or condition, every non-PAD token is scored and the inputs are
+`ids`. A datamodule whose `causal` is False is read by an encoder (models/transformer.py, causal=False).
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class TransformerModule(SciTokModule):
             code_dim=codes.shape[1] if self.hparams.code_embedding else 0,
             context=int(getattr(datamodule, "context_slots", 0)),
             causal=bool(getattr(datamodule, "causal", True)),
+            conditions=int(getattr(datamodule, "conditions", 0)),
             **self.hparams.transformer,
         )
         self.net = Transformer(config)
@@ -137,6 +140,8 @@ class TransformerModule(SciTokModule):
         stage, the epoch's token metrics are updated too."""
         ids, types, valid = batch["ids"], batch["types"], batch["valid"]
         given = {k: batch[k][:, :-1] for k in ("positions", "context") if k in batch}
+        if "condition" in batch:  # one id per sequence
+            given["condition"] = batch["condition"]
         key_valid = None if bool(valid.all()) else valid[:, :-1]  # no padding: SDPA's fused causal kernel
         inputs = batch.get("inputs", ids)  # what the model reads, where it differs from the targets (MASK)
         hidden = self.net.hidden(inputs[:, :-1], types[:, :-1], key_valid, **given).flatten(0, 1)

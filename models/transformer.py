@@ -39,6 +39,7 @@ class TransformerConfig:
     code_dim: int = 0  # > 0: each id also embeds its tokenizer code vector (set_codes), see Transformer
     context: int = 0  # aligned context ids per position that inputs may carry (hidden(context=...)); 0: none
     causal: bool = True  # False: every position attends to every other (an encoder; no generate, no KV cache)
+    conditions: int = 0  # > 0: each sequence has a condition id < conditions (hidden(condition=...)); 0: none
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -131,6 +132,8 @@ class Transformer(nn.Module):
             self.code_proj = nn.Linear(config.code_dim, config.d_model, bias=False)
         if config.context:  # the slots' embeddings side by side -> d_model
             self.context_proj = nn.Linear(int(config.context) * config.d_model, config.d_model, bias=False)
+        if config.conditions:  # what the whole sequence is about (the field pairs: the variable), at every position
+            self.cond_emb = nn.Embedding(config.conditions, config.d_model)
         self.apply(self._init)
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
             if name.endswith(("attn.proj.weight", "mlp.2.weight")):
@@ -177,13 +180,15 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
+        condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """ids, types: [B, T] int64; key_valid: [B, T_past + T] bool (False = PAD) or None; cache: filled in place
         with every layer's keys/values (positions continue after what it holds); positions: [B, T] or [T] ids into
         the position embedding, default T_past … T_past + T − 1; context: [B, T, config.context] ids ([B, T] for
-        one slot).
+        one slot); condition: [B] ids < config.conditions (required when the model has conditions).
         -> logits [B, T, vocab_size]."""
-        return F.linear(self.hidden(ids, types, key_valid, cache, positions, context), self.output_weight())
+        hidden = self.hidden(ids, types, key_valid, cache, positions, context, condition)
+        return F.linear(hidden, self.output_weight())
 
     def hidden(
         self,
@@ -193,6 +198,7 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
+        condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The final-norm hidden states [B, T, d_model] (forward without the LM head: training can apply the head to
         one id range at a time, `output_weight(lo, hi)`).
@@ -204,7 +210,8 @@ class Transformer(nn.Module):
         function from the first step and attention is left for what moves (datamodules/tokens.py). With several slots
         ([B, T, n]) each slot has its own block of context_proj: the field pairs put the present tokens of the cell's
         neighbours there, so a local stencil, the shape of a PDE's update, is there from the first step instead of
-        being learned from 2-D positions through attention."""
+        being learned from 2-D positions through attention. A `condition` id per sequence adds its embedding at every
+        position: the field pairs give the variable, as the pixel baseline gets it as one-hot channels."""
         B, T = ids.shape
         if cache is not None and not self.config.causal:
             raise ValueError("a KV cache needs a causal transformer: this one attends both ways (config.causal=False)")
@@ -231,6 +238,15 @@ class Transformer(nn.Module):
                     f"{tuple(ids.shape)}, got {tuple(context.shape)}"
                 )
             x = x + self.context_proj(self.embed(context).flatten(-2))
+        if self.config.conditions or condition is not None:
+            n = self.config.conditions
+            if condition is None or not n or tuple(condition.shape) != (B,):
+                got = None if condition is None else tuple(condition.shape)
+                raise ValueError(f"condition ids must be [B]={B} for a model of config.conditions={n}, got {got}")
+            if condition.numel() and (condition.min() < 0 or condition.max() >= n):
+                lo, hi = int(condition.min()), int(condition.max())
+                raise ValueError(f"condition ids must lie in [0, {n}), got [{lo}, {hi}]")
+            x = x + self.cond_emb(condition)[:, None]
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x, kv = block(x, key_valid, None if cache is None else cache[i])
@@ -267,6 +283,7 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
         pick: str = "argmax",
+        condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Continue `prompt` [B, T0] by n_new tokens. layout: [T0 + n_new] (or [B, T0 + n_new]) type id of every
         position, the prompt's included; bounds: [n_types, 2] the id range [lo, hi) of each type, to which a new
@@ -275,7 +292,8 @@ class Transformer(nn.Module):
         expected code under the distribution (pick="expected_code": the least squared error in code space, what
         a forecast of a continuous quantity wants rather than the mode).
         positions, context: [T0 + n_new] (or [B, …]) position ids and context ids, as the sequences were trained
-        with; default 0, 1, … and none. Returns [B, T0 + n_new]."""
+        with; default 0, 1, … and none; condition: [B] condition ids (a model with conditions). Returns
+        [B, T0 + n_new]."""
         B, T0 = prompt.shape
         if not self.config.causal:
             raise ValueError("generate needs a causal transformer: this one attends both ways (config.causal=False)")
@@ -296,7 +314,7 @@ class Transformer(nn.Module):
 
         ids = prompt
         cache = self.new_cache() if use_cache else None
-        logits = self(ids, layout[:, :T0], cache=cache, **at(slice(0, T0)))[:, -1]
+        logits = self(ids, layout[:, :T0], cache=cache, condition=condition, **at(slice(0, T0)))[:, -1]
         for t in range(T0, T0 + n_new):
             new_type = layout[:, t]  # the type of the position being generated, from the layout
             if bounds is not None:
@@ -311,7 +329,8 @@ class Transformer(nn.Module):
             ids = torch.cat([ids, nxt], 1)
             if t + 1 < T0 + n_new:
                 if use_cache:
-                    logits = self(nxt, new_type[:, None], cache=cache, **at(slice(t, t + 1)))[:, -1]
+                    step = self(nxt, new_type[:, None], cache=cache, condition=condition, **at(slice(t, t + 1)))
                 else:
-                    logits = self(ids, layout[:, : t + 1], **at(slice(0, t + 1)))[:, -1]
+                    step = self(ids, layout[:, : t + 1], condition=condition, **at(slice(0, t + 1)))
+                logits = step[:, -1]
         return ids

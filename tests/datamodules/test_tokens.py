@@ -106,6 +106,10 @@ def test_present_inputs_read_the_present_token_where_the_future_one_is_predicted
         assert torch.equal(a[key][:, :-1], b[key][:, frame + 2 : -1]), key
     assert a["target"][0].tolist() == [False] + [True] * frame
     assert (dm.present_at, dm.reads) == (slice(0, frame), slice(0, frame))
+    # the pair's variable is its condition (data.condition_on_variable, default true)
+    assert torch.equal(a["condition"], a["variable"]) and dm.conditions == len(dm.normalization.variables) > 1
+    off = token_datamodule("field_transformer", store, data_dir, tmp_path, ["data.condition_on_variable=false"])
+    assert off.conditions == 0 and "condition" not in off.splits["val"].__getitems__(rows)
     assert (masked.present_at, masked.reads) == (slice(1, frame + 1), reads)
 
 

@@ -23,8 +23,9 @@ class FieldOracle:
         self.batch, self.vocab_size = batch, vocab_size
         self.config = SimpleNamespace(code_dim=0)
 
-    def hidden(self, ids, types, positions=None, context=None):
+    def hidden(self, ids, types, positions=None, context=None, condition=None):
         assert torch.equal(ids, self.batch["inputs"][:, : ids.shape[1]])  # the inputs, never the targets
+        assert torch.equal(condition, self.batch["variable"])  # and each pair's variable
         assert ids.shape == types.shape == positions.shape == context.shape[:2]
         return 10.0 * F.one_hot(self.batch["ids"][:, 1 : ids.shape[1] + 1], self.vocab_size).float()
 
@@ -34,7 +35,8 @@ class FieldOracle:
     def pick(self, logits, how):
         return logits.argmax(-1)
 
-    def generate(self, prompt, layout, n_new, bounds=None, positions=None, context=None, pick="argmax"):
+    def generate(self, prompt, layout, n_new, bounds=None, positions=None, context=None, pick="argmax", condition=None):
+        assert torch.equal(condition, self.batch["variable"])
         assert torch.equal(prompt, self.batch["ids"][:, : prompt.shape[1]])  # only the present frame is given
         assert prompt.shape[1] + n_new == self.batch["ids"].shape[1] - 1  # the whole future frame, less EOS
         return self.batch["ids"][:, :-1]

@@ -75,6 +75,25 @@ def test_an_encoder_attends_both_ways_but_not_to_padding():
         model.generate(ids[:, :4], types[0], 2)
 
 
+def test_a_condition_reaches_every_position_and_is_checked():
+    """conditions=3: two sequences that differ only in their condition differ at every position, also in cached
+    generation; a missing, misshapen or out-of-range condition is refused, as is one given to a model without."""
+    model = tiny(conditions=3)
+    ids, types = torch.randint(50, (2, 12)), torch.zeros(2, 12, dtype=torch.long)
+    ids[1] = ids[0]
+    with torch.no_grad():
+        logits = model(ids, types, condition=torch.tensor([0, 2]))
+    assert ((logits[0] - logits[1]).abs().amax(-1) > 0).all()
+    cached = model.generate(ids[:, :4], types[0], 6, condition=torch.tensor([0, 2]))
+    uncached = model.generate(ids[:, :4], types[0], 6, condition=torch.tensor([0, 2]), use_cache=False)
+    assert torch.equal(cached, uncached)
+    for bad, match in [(None, "got None"), (torch.tensor([0]), r"got \(1,\)"), (torch.tensor([0, 3]), r"\[0, 3\)")]:
+        with pytest.raises(ValueError, match=match):
+            model(ids, types, condition=bad)
+    with pytest.raises(ValueError, match="config.conditions=0"):
+        tiny()(ids, types, condition=torch.tensor([0, 1]))
+
+
 def test_padding_keys_are_not_attended():
     model = tiny()
     ids, types = torch.randint(50, (1, 10)), torch.zeros(1, 10, dtype=torch.long)
@@ -108,9 +127,9 @@ def test_generation_takes_each_position_type_from_the_layout():
     seen = []
     original = model.forward
 
-    def spy(ids, types, key_valid=None, cache=None, positions=None, context=None):
+    def spy(ids, types, key_valid=None, cache=None, positions=None, context=None, condition=None):
         seen.append((types.clone(), positions))
-        return original(ids, types, key_valid, cache, positions, context)
+        return original(ids, types, key_valid, cache, positions, context, condition)
 
     model.forward = spy
     layout = torch.tensor([0, 1, 1, 2, 2, 3])
