@@ -173,7 +173,9 @@ class FieldTokenDataModule(StoreSequences):
 
     Positions: every token has the position of its grid cell (1 … S; BOS 0, SEP and EOS S + 1), in both frames,
     so the model finds the present value of the cell it predicts by position rather than by a learned offset of
-    S·streams + 1 tokens; order within the sequence is what the causal mask gives.
+    S·streams + 1 tokens; order within the sequence is what the causal mask gives. `position_coords` [S + 2, d]: where
+    each position id lies on the grid (the specials one step before cell 0 on every axis), the coordinates of the
+    transformer's rotary positions (model.transformer.rope: attention by offset on the grid).
 
     Context (`context_radius` r): the input that predicts a token of the future frame carries the present tokens
     around it ("context", models/transformer.py): slot 0 the same cell and stream, then the same stream at the other
@@ -259,6 +261,11 @@ class FieldTokenDataModule(StoreSequences):
             )
             self.present_at, self.reads = slice(1, F + 1), slice(F + 1, 2 * F + 1)
         self.max_len = S + 2
+        # where each position id lies on the grid (rotary positions, model.transformer.rope): cell 1 + i at its
+        # row and column, BOS / SEP / EOS one step before the grid's first cell on every axis
+        cells = torch.stack(torch.meshgrid(*[torch.arange(n) for n in self.grid], indexing="ij"), -1)
+        special = torch.full((1, len(self.grid)), -1)
+        self.position_coords = torch.cat([special, cells.view(S, -1), special]).float()
         if self.condition_on_variable:  # condition ids: the store's variable ids
             self.conditions = len(self.normalization.variables)
         self.context_index = context_index = neighbourhood(self.grid, K, self.context_radius)

@@ -86,6 +86,9 @@ class TransformerModule(SciTokModule):
             )
         self.vocab = datamodule.vocab
         codes = code_matrix(self.vocab.ranges, datamodule.code_vectors, self.vocab.size)
+        # rotary positions (model.transformer.rope): at the datamodule's coordinates of each position id (the field
+        # pairs: grid cells), else at the ids themselves
+        coords = getattr(datamodule, "position_coords", None) if self.hparams.transformer.get("rope") else None
         config = TransformerConfig(
             vocab_size=self.vocab.size,
             n_types=self.vocab.n_types,
@@ -94,11 +97,14 @@ class TransformerModule(SciTokModule):
             context=int(getattr(datamodule, "context_slots", 0)),
             causal=bool(getattr(datamodule, "causal", True)),
             conditions=int(getattr(datamodule, "conditions", 0)),
+            **({} if coords is None else {"rope_axes": coords.shape[1]}),
             **self.hparams.transformer,
         )
         self.net = Transformer(config)
         if config.code_dim:
             self.net.set_codes(codes)
+        if coords is not None:
+            self.net.set_coords(coords)
         if self.hparams.compile:
             self.net.compile()
         self.recon = ExpectedCodeLoss(self.vocab.ranges, datamodule.code_vectors, self.hparams.recon_positions)

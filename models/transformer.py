@@ -8,7 +8,8 @@ With `causal=False` the same blocks attend both ways: an encoder whose every pos
     out = model.generate(prompt, layout, n_new, bounds=vocab.type_bounds())   # greedy, with a KV cache
 
 Pre-norm blocks (LayerNorm or RMSNorm) of causal self-attention (F.scaled_dot_product_attention) and a GELU MLP;
-token + type + learned position embeddings; final norm; LM head tied to the token embedding (optional).
+token + type + learned position embeddings, optionally rotary ones too (`rope`: 1-D, or axial over a grid's
+coordinates, set_coords); final norm; LM head tied to the token embedding (optional).
 Generation reads each new position's type id from the sequence layout (never copies the previous one) and, given
 `bounds` ([n_types, 2] id ranges, Vocabulary.type_bounds), only picks ids of that type. The KV cache makes the cost
 of a generated token independent of how many came before (apart from attention over the cache).
@@ -40,12 +41,20 @@ class TransformerConfig:
     context: int = 0  # aligned context ids per position that inputs may carry (hidden(context=...)); 0: none
     causal: bool = True  # False: every position attends to every other (an encoder; no generate, no KV cache)
     conditions: int = 0  # > 0: each sequence has a condition id < conditions (hidden(condition=...)); 0: none
+    rope: bool = False  # rotary position embedding of queries and keys by each position's coordinates (set_coords)
+    rope_axes: int = 1  # coordinates per position (the field pairs: 2, a cell's row and column)
+    rope_base: float = 100.0  # the slowest pair turns ~1/base rad per position: offsets up to ~base stay apart
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.norm not in ("layer", "rms"):
             raise ValueError(f"norm must be 'layer' or 'rms', got {self.norm!r}")
+        if self.rope and (self.d_model // self.n_heads) % (2 * self.rope_axes):
+            raise ValueError(
+                f"rope over {self.rope_axes} axes needs a head width divisible by {2 * self.rope_axes}, "
+                f"got d_model {self.d_model} / n_heads {self.n_heads} = {self.d_model // self.n_heads}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,6 +62,23 @@ class TransformerConfig:
 
 def make_norm(config: TransformerConfig) -> nn.Module:
     return nn.LayerNorm(config.d_model) if config.norm == "layer" else nn.RMSNorm(config.d_model)
+
+
+def rope_angles(coords: torch.Tensor, head_dim: int, base: float) -> torch.Tensor:
+    """Rotation angles [..., head_dim / 2] of positions at `coords` [..., axes]: each axis turns its own
+    head_dim / (2·axes) pairs of channels, at frequencies base^(−2i/(head_dim/axes)) (RoFormer; axial 2-D RoPE for
+    grids): the product of a rotated query and key depends on the two positions' offset only."""
+    axes = coords.shape[-1]
+    half = head_dim // (2 * axes)
+    freqs = base ** (-torch.arange(half, device=coords.device, dtype=torch.float32) / half)
+    return (coords.float()[..., None] * freqs).flatten(-2)
+
+
+def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """x [B, H, T, D] with channel i and i + D/2 turned by angles [B, 1, T, D/2] (the GPT-NeoX pairing)."""
+    x1, x2 = x.float().chunk(2, -1)
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).to(x.dtype)
 
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor] | None]  # per layer: keys, values [B, H, T_past, D_head]
@@ -70,11 +96,15 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,
         key_valid: torch.Tensor | None = None,
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        angles: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x: [B, T, C]; key_valid: [B, T_past + T] bool (False = padding) or None; past: cached keys/values.
+        """x: [B, T, C]; key_valid: [B, T_past + T] bool (False = padding) or None; past: cached keys/values;
+        angles: [B or 1, 1, T, D/2] rotary angles of the new positions (cached keys are stored rotated).
         Returns the output [B, T, C] and the keys/values [B, H, T_past + T, D] for the cache."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)  # [B, H, T, D]
+        if angles is not None:
+            q, k = rotate(q, angles), rotate(k, angles)
         if past is not None:
             k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
         T_all = k.shape[2]
@@ -107,8 +137,8 @@ class Block(nn.Module):
             nn.Dropout(config.dropout),
         )
 
-    def forward(self, x, key_valid=None, past=None):
-        a, kv = self.attn(self.norm1(x), key_valid, past)
+    def forward(self, x, key_valid=None, past=None, angles=None):
+        a, kv = self.attn(self.norm1(x), key_valid, past, angles)
         x = x + a
         return x + self.mlp(self.norm2(x)), kv
 
@@ -134,6 +164,9 @@ class Transformer(nn.Module):
             self.context_proj = nn.Linear(int(config.context) * config.d_model, config.d_model, bias=False)
         if config.conditions:  # what the whole sequence is about (the field pairs: the variable), at every position
             self.cond_emb = nn.Embedding(config.conditions, config.d_model)
+        if config.rope:  # each position id's coordinates [max_len, rope_axes]: default the id itself (set_coords)
+            coords = torch.arange(config.max_len, dtype=torch.float32)[:, None].expand(-1, config.rope_axes)
+            self.register_buffer("coords", coords.clone())
         self.apply(self._init)
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
             if name.endswith(("attn.proj.weight", "mlp.2.weight")):
@@ -154,6 +187,16 @@ class Transformer(nn.Module):
                 f"codes must be [{self.config.vocab_size}, {self.config.code_dim}], got {tuple(codes.shape)}"
             )
         self.codes.copy_(codes)
+
+    def set_coords(self, coords: torch.Tensor) -> None:
+        """coords: [max_len, rope_axes], where each position id lies (the field pairs: a grid cell's row and column,
+        FieldTokenDataModule.position_coords): attention then depends on the offset between two cells on the grid,
+        the same everywhere on it, rather than on two learned position vectors (RoPE; the Phaedra paper's operator
+        uses 2-D RoPE)."""
+        if not self.config.rope or tuple(coords.shape) != tuple(self.coords.shape):
+            want = (self.config.max_len, self.config.rope_axes) if self.config.rope else "none (config.rope=False)"
+            raise ValueError(f"coords must be {want}, got {tuple(coords.shape)}")
+        self.coords.copy_(coords)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings [B, T, d_model]."""
@@ -247,9 +290,14 @@ class Transformer(nn.Module):
                 lo, hi = int(condition.min()), int(condition.max())
                 raise ValueError(f"condition ids must lie in [0, {n}), got [{lo}, {hi}]")
             x = x + self.cond_emb(condition)[:, None]
+        angles = None
+        if self.config.rope:
+            head_dim = self.config.d_model // self.config.n_heads
+            angles = rope_angles(self.coords[positions], head_dim, self.config.rope_base)  # [(B,) T, D/2]
+            angles = angles[:, None] if angles.ndim == 3 else angles[None, None]
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, key_valid, None if cache is None else cache[i])
+            x, kv = block(x, key_valid, None if cache is None else cache[i], angles)
             if cache is not None:
                 cache[i] = kv
         return self.norm(x)

@@ -217,3 +217,41 @@ def test_expected_code_pick_over_an_id_range_equals_the_pick_over_the_masked_voc
     masked = torch.full_like(logits, float("-inf"))
     masked[:, lo:hi] = logits[:, lo:hi]
     assert torch.equal(model.pick(logits[:, lo:hi], "expected_code", lo=lo) + lo, model.pick(masked, "expected_code"))
+
+
+def test_grid_rope_depends_on_offsets_on_the_grid_and_keeps_the_cache_exact():
+    """Axial 2-D rotary positions: moving every cell by the same offset leaves an encoder's outputs as they were
+    (the learned position table zeroed, so only RoPE says where a token is); moving one cell changes them; cached
+    generation equals uncached; coordinates and head width are checked."""
+    model = tiny(vocab_size=40, n_types=3, causal=False, rope=True, rope_axes=2)
+    with torch.no_grad():
+        model.pos_emb.weight.zero_()
+        for block in model.blocks:  # sharp attention (at init it is nearly uniform, wherever the tokens are)
+            block.attn.qkv.weight.mul_(20)
+    grid = torch.stack(torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij"), -1).view(64, 2).float()
+    g = torch.Generator().manual_seed(2)
+    ids, types = torch.randint(40, (2, 64), generator=g), torch.ones(2, 64, dtype=torch.long)
+    with torch.no_grad():
+        model.set_coords(grid)
+        before = model(ids, types)
+        model.set_coords(grid + torch.tensor([3.0, -5.0]))  # the whole grid moved
+        moved = model(ids, types)
+        model.set_coords(torch.cat([grid[:1] + 1, grid[1:]]))  # one cell moved
+        one = model(ids, types)
+    tol = f32_tolerance(before, 2 * 8)
+    assert (moved - before).abs().max() <= tol
+    assert (one - before).abs().max() > 100 * tol
+    causal = tiny(vocab_size=40, n_types=3, rope=True, rope_axes=2)
+    causal.set_coords(grid)
+    bounds = torch.tensor([[0, 4], [4, 20], [20, 40]])
+    positions = torch.randperm(64, generator=g)[:20]
+    layout = torch.ones(20, dtype=torch.long)
+    cached = causal.generate(ids[:, :8], layout, 12, bounds=bounds, positions=positions)
+    uncached = causal.generate(ids[:, :8], layout, 12, bounds=bounds, positions=positions, use_cache=False)
+    assert torch.equal(cached, uncached)
+    with pytest.raises(ValueError, match=r"coords must be \(64, 2\), got \(64, 3\)"):
+        causal.set_coords(torch.zeros(64, 3))
+    with pytest.raises(ValueError, match="coords must be none"):
+        tiny().set_coords(grid)
+    with pytest.raises(ValueError, match="head width divisible by 6"):
+        tiny(rope=True, rope_axes=3)
