@@ -225,10 +225,11 @@ def is_forecaster(ckpt: Path) -> bool:
     return "tokenizer" not in hparams and "evaluator" in hparams
 
 
-def load_forecaster(ckpt: Path, split: str, rollout: int = 1):
+def load_forecaster(ckpt: Path, split: str, rollout: int = 1, samples: int | None = None):
     """(module, datamodule) of a forecaster checkpoint, built as its run was from the run's config_resolved.yaml
     (module and data classes on the allowlists, read as data), the datamodule set up for `split`; with rollout k its
-    pairs are k times the run's data.delta apart."""
+    pairs are k times the run's data.delta apart; samples: a token forecaster's forecast the mean of that many draws
+    (lit_modules.forecast.FieldForecast; a pixel forecaster is left as it is), None: as the run judged."""
     resolved = run_config(ckpt)
     if not resolved.is_file():
         raise FileNotFoundError(f"ckpt={ckpt}: no {resolved} to rebuild its model and token data from")
@@ -243,7 +244,12 @@ def load_forecaster(ckpt: Path, split: str, rollout: int = 1):
     datamodule = instantiate(data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("test" if split == "test" else "validate")
-    module = cls(**checkpoint["hyper_parameters"])
+    hparams = dict(checkpoint["hyper_parameters"])
+    if samples is not None:
+        evaluator = hparams.get("evaluator") or {}
+        if evaluator.get("_target_") == "lit_modules.forecast.FieldForecast":  # a pixel forecaster has no draws
+            hparams["evaluator"] = {**evaluator, "samples": int(samples)}
+    module = cls(**hparams)
     module.build(datamodule)
     module.load_state_dict(checkpoint["state_dict"])
     if module.evaluator is None:
@@ -260,7 +266,8 @@ def evaluate_forecaster(cfg: DictConfig, ckpt: Path, bootstrap: Bootstrap, devic
     steps = int(cfg.rollout)
     if steps < 1:
         raise ValueError(f"rollout={cfg.rollout}: give the number of Δ steps, ≥ 1")
-    module, datamodule = load_forecaster(ckpt, str(cfg.split), steps)
+    samples = cfg.get("samples")
+    module, datamodule = load_forecaster(ckpt, str(cfg.split), steps, samples)
     module.to(device)
     evaluator, store = module.evaluator, datamodule.stores[str(cfg.split)]
     unit, n_units = unit_ids(store.index, UNITS["fields"])
@@ -282,6 +289,8 @@ def evaluate_forecaster(cfg: DictConfig, ckpt: Path, bootstrap: Bootstrap, devic
     model = label_of(ckpt) + (f" on {tokenizer} tokens" if hasattr(evaluator, "tokenizer") else "")
     # a rollout says in how many steps of the run's own Δ it reached the horizon
     rolled = f" ({steps} steps)" if steps > 1 else ""
+    if getattr(evaluator, "samples", 0):  # the forecast is the mean of draws, not one pick
+        rolled += f", mean of {evaluator.samples} draws"
     common = {
         "checkpoint": str(ckpt.resolve()),
         "kind": "forecast",

@@ -39,6 +39,11 @@ class FieldForecast:
     truth: {stage: the true fields of the stage's store rows in physical units, truth[rows] -> [n, 1, H, W]}
     (datamodules.tokens.Truth reads them from the data files); the batch's "src", "dst" are rows of that store and
     "variable" each pair's variable id; mean, std: [n_vars] (the tokenizer's); groups: the variable names.
+    samples: 0 (default) a single forecast of picked ids; K > 0: the mean of K decoded forecasts, each of ids drawn
+    from the model's distributions (a rollout: K trajectories, each fed its own draws): a token model's estimate of
+    the conditional mean, which the tokens of one greedy pick are not where the future is uncertain (the pick
+    takes each token's centre, the decoder makes a sharp but wrong field). Drawn from a generator seeded with `seed`
+    at every batch: the same checkpoint and pairs give the same figures.
     present_at: where a batch's inputs (ids without "inputs") hold the present frame; reads: the inputs whose outputs
     predict the future frame (its true ids one position later); generate: no one-pass prediction (tokens)."""
 
@@ -58,9 +63,14 @@ class FieldForecast:
         present_at: slice | None = None,
         reads: slice | None = None,
         generate: bool = False,
+        samples: int = 0,
+        seed: int = 0,
     ):
         if pick not in ("argmax", "expected_code"):
             raise ValueError(f"model.evaluator.pick must be 'argmax' or 'expected_code', got {pick!r}")
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 0:
+            raise ValueError(f"model.evaluator.samples must be an integer ≥ 0 (0: one pick), got {samples!r}")
+        self.samples, self.seed = samples, seed
         self.tokenizer, self.layout, self.streams, self.grid, self.pick = tokenizer, layout, streams, grid, pick
         self.context_index = context_index  # a frame's context slots (datamodules.field_tokens.neighbourhood)
         self.truth, self.mean, self.std, self.groups = truth, mean, std, groups
@@ -99,36 +109,53 @@ class FieldForecast:
         ahead, judged on pairs steps·Δ apart); the masked-future formulation only."""
         if steps > 1 and (self.generate or self.context_index is None):
             raise ValueError("a rollout needs a one-pass forecast (data.future_inputs=present or masked)")
-        predicted = None
-        for _ in range(steps):
-            predicted = self.predict(net, batch, predicted)
-        self.judge(batch, predicted, metrics, stage, group)
+        device = batch["ids"].device
+        tokenizer = self.tokenizer.to(device)
+        pair = PairTruth(self.truth[stage], self.mean, self.std, batch, group)
 
-    def predict(self, net: nn.Module, batch: dict[str, torch.Tensor], present: torch.Tensor | None = None):
+        def physical(frame: torch.Tensor) -> torch.Tensor:
+            return pair.physical(tokenizer.decode(self.to_tokens(frame)))
+
+        memo: dict = {}  # the first step's logits, computed once however many forecasts are drawn from them
+
+        def trajectory(generator: torch.Generator | None = None) -> torch.Tensor:
+            predicted = None
+            for _ in range(steps):
+                predicted = self.predict(net, batch, predicted, generator, memo)
+            return physical(predicted)
+
+        if not self.samples:
+            forecast = trajectory()
+        else:  # the mean of K forecasts drawn from the model
+            generator = torch.Generator(device).manual_seed(self.seed)
+            forecast = sum(trajectory(generator) for _ in range(self.samples)) / self.samples
+        self.judge(batch, pair, physical, forecast, metrics)
+
+    def predict(
+        self,
+        net: nn.Module,
+        batch: dict[str, torch.Tensor],
+        present: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        memo: dict | None = None,
+    ):
         """The future frame's global ids [B, frame] predicted from the batch's present frame, or from `present`
-        [B, frame] (a rollout's previous prediction: the inputs and context slots are rebuilt from it)."""
+        [B, frame] (a rollout's previous prediction: the inputs and context slots are rebuilt from it): picked
+        (`pick`), or drawn from the model's distributions with `generator`. memo: keeps the logits of the batch's
+        own present frame for the next call (one pass for several draws)."""
         device, prompt_len = batch["ids"].device, self.frame_len + 2  # BOS, present frame, SEP
         pick = self.pick if net.config.code_dim else "argmax"
         if not self.generate:  # every future token from one pass over the present
-            span, end = self.reads, self.reads.stop  # the inputs that predict them; none after them is needed
-            inputs, context = batch["inputs"][:, :end], batch["context"][:, :end]
-            if present is not None:  # a rollout step: the prediction is the present
-                inputs, context = inputs.clone(), context.clone()
-                inputs[:, self.present_at] = present
-                pad = torch.full((len(present), 1), SPECIALS.index("PAD"), device=device)
-                context[:, span] = torch.cat([present, pad], 1)[:, self.context_index.to(device)]
-            hidden = net.hidden(
-                inputs,
-                batch["types"][:, :end],
-                positions=batch["positions"][:, :end],
-                context=context,
-                condition=batch.get("condition"),
-            )
-            logits = hidden[:, span] @ net.output_weight().T  # the LM head on those positions only
-            bounds = self.frame_bounds.to(device)
-            vocab = torch.arange(logits.shape[-1], device=device)
-            allowed = (vocab >= bounds[:, :1]) & (vocab < bounds[:, 1:])  # [frame_len, V]: each token's stream
-            return net.pick(logits.masked_fill(~allowed, float("-inf")), pick)
+            if present is None and memo is not None and "logits" in memo:
+                logits = memo["logits"]
+            else:
+                logits = self.frame_logits(net, batch, present)
+                if present is None and memo is not None:
+                    memo["logits"] = logits
+            if generator is None:
+                return net.pick(logits, pick)
+            probs = logits.float().softmax(-1).flatten(0, -2)
+            return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])
         # the future frame token by token, each conditioned on those picked before (KV cache)
         out = net.generate(
             batch["ids"][:, :prompt_len],
@@ -139,26 +166,37 @@ class FieldForecast:
             context=batch["context"],
             pick=pick,
             condition=batch.get("condition"),
+            **({} if generator is None else {"temperature": 1.0, "generator": generator}),
         )
         return out[:, prompt_len:]
 
-    def judge(
-        self,
-        batch: dict[str, torch.Tensor],
-        predicted: torch.Tensor,
-        metrics: nn.ModuleDict,
-        stage: str,
-        group: torch.Tensor | None,
-    ) -> None:
-        """The predicted future frame [B, frame] (global ids) decoded and judged against the true future, beside
-        persistence, the tokenizer's floor and the present plus the predicted change."""
-        tokenizer = self.tokenizer.to(predicted.device)
-        pair = PairTruth(self.truth[stage], self.mean, self.std, batch, group)
+    def frame_logits(self, net: nn.Module, batch: dict[str, torch.Tensor], present: torch.Tensor | None):
+        """Logits [B, frame, V] of every future token from one pass over the present frame (the batch's, or
+        `present`), −inf outside each token's stream."""
+        device = batch["ids"].device
+        span, end = self.reads, self.reads.stop  # the inputs that predict them; none after them is needed
+        inputs, context = batch["inputs"][:, :end], batch["context"][:, :end]
+        if present is not None:  # a rollout step: the prediction is the present
+            inputs, context = inputs.clone(), context.clone()
+            inputs[:, self.present_at] = present
+            pad = torch.full((len(present), 1), SPECIALS.index("PAD"), device=device)
+            context[:, span] = torch.cat([present, pad], 1)[:, self.context_index.to(device)]
+        hidden = net.hidden(
+            inputs,
+            batch["types"][:, :end],
+            positions=batch["positions"][:, :end],
+            context=context,
+            condition=batch.get("condition"),
+        )
+        logits = hidden[:, span] @ net.output_weight().T  # the LM head on those positions only
+        bounds = self.frame_bounds.to(device)
+        vocab = torch.arange(logits.shape[-1], device=device)
+        allowed = (vocab >= bounds[:, :1]) & (vocab < bounds[:, 1:])  # [frame_len, V]: each token's stream
+        return logits.masked_fill(~allowed, float("-inf"))
 
-        def physical(frame: torch.Tensor) -> torch.Tensor:
-            return pair.physical(tokenizer.decode(self.to_tokens(frame)))
-
-        forecast = physical(predicted)
+    def judge(self, batch: dict[str, torch.Tensor], pair: PairTruth, physical, forecast: torch.Tensor, metrics) -> None:
+        """The forecast [B, 1, H, W] (physical units) judged against the true future, beside persistence, the
+        tokenizer's floor and the present plus the predicted change; physical: global ids of a frame -> its field."""
         pair.judge(metrics["forecast"], forecast)
         # the present plus the decoded predicted change: the tokenizer's error, mostly shared by two close frames,
         # cancels, and a model that predicts no change gives persistence exactly

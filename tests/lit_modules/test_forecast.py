@@ -19,15 +19,16 @@ class FieldOracle:
     head) peak at the true next token, having checked that it was given the batch's inputs (data.future_inputs=masked,
     present: no future token among them, tests/datamodules/test_tokens.py)."""
 
-    def __init__(self, batch, vocab_size):
-        self.batch, self.vocab_size = batch, vocab_size
+    def __init__(self, batch, vocab_size, sharpness=10.0):
+        self.batch, self.vocab_size, self.sharpness, self.passes = batch, vocab_size, sharpness, 0
         self.config = SimpleNamespace(code_dim=0)
 
     def hidden(self, ids, types, positions=None, context=None, condition=None):
         assert torch.equal(ids, self.batch["inputs"][:, : ids.shape[1]])  # the inputs, never the targets
         assert torch.equal(condition, self.batch["variable"])  # and each pair's variable
         assert ids.shape == types.shape == positions.shape == context.shape[:2]
-        return 10.0 * F.one_hot(self.batch["ids"][:, 1 : ids.shape[1] + 1], self.vocab_size).float()
+        self.passes += 1
+        return self.sharpness * F.one_hot(self.batch["ids"][:, 1 : ids.shape[1] + 1], self.vocab_size).float()
 
     def output_weight(self):
         return torch.eye(self.vocab_size)
@@ -83,6 +84,32 @@ def test_field_forecast_of_the_true_tokens_is_the_tokenizer_reconstruction(
         recon_present = tokenizer((present - mean) / std).recon * std + mean
     increment = metrics["increment"].compute()
     assert increment["rel_l1"].item() == pytest.approx(rel_l1(present + recon - recon_present, future).item(), rel=1e-4)
+
+
+def test_field_forecast_as_the_mean_of_draws(token_store, data_dir, tmp_path):
+    """model.evaluator.samples=K: the forecast is the mean of K decoded draws, from one pass over the present. Drawn
+    from a certain model, every draw is the true tokens and the mean is the tokenizer's floor exactly (K a power of
+    2); from an uncertain one, the draws differ, the same seed gives the same figures and another seed others."""
+    store = token_store("phaedra")
+    dm = token_datamodule("field_transformer", store, data_dir, tmp_path)
+    batch = dm.splits["val"].__getitems__(list(range(min(8, len(dm.splits["val"])))))
+
+    def judged(samples, sharpness, seed=0):
+        ev = FieldForecast(**dm.evaluation_inputs(), samples=samples, seed=seed)
+        metrics, oracle = nn.ModuleDict(ev.metrics()), FieldOracle(batch, dm.vocab.size, sharpness)
+        ev.update(oracle, batch, metrics, "val")
+        assert oracle.passes == 1  # K draws from the logits of one pass
+        return {name: metrics[name].compute()["rel_l1"] for name in ("forecast", "tokenizer")}
+
+    certain = judged(4, sharpness=1e4)
+    assert torch.equal(certain["forecast"], certain["tokenizer"])
+    # sharpness 10 leaves ~8000 · e^-10 ≈ 0.35 of the mass of a morphology token off the true id
+    a, b, other = judged(2, 10.0), judged(2, 10.0), judged(2, 10.0, seed=1)
+    assert torch.equal(a["forecast"], b["forecast"])
+    assert not torch.equal(a["forecast"], other["forecast"])
+    assert not torch.equal(a["forecast"], a["tokenizer"])
+    with pytest.raises(ValueError, match="model.evaluator.samples must be an integer ≥ 0"):
+        FieldForecast(**dm.evaluation_inputs(), samples=-1)
 
 
 class NearestCodeOracle(nn.Module):
