@@ -225,11 +225,12 @@ def is_forecaster(ckpt: Path) -> bool:
     return "tokenizer" not in hparams and "evaluator" in hparams
 
 
-def load_forecaster(ckpt: Path, split: str, rollout: int = 1, samples: int | None = None):
+def load_forecaster(ckpt: Path, split: str, rollout: int = 1, samples: int | None = None, pick: str | None = None):
     """(module, datamodule) of a forecaster checkpoint, built as its run was from the run's config_resolved.yaml
     (module and data classes on the allowlists, read as data), the datamodule set up for `split`; with rollout k its
     pairs are k times the run's data.delta apart; samples: a token forecaster's forecast the mean of that many draws
-    (lit_modules.forecast.FieldForecast; a pixel forecaster is left as it is), None: as the run judged."""
+    (lit_modules.forecast.FieldForecast; a pixel forecaster is left as it is), None: as the run judged; pick: a token
+    forecaster's pick (FieldForecast: expected_code, argmax, soft), None: as the run judged."""
     resolved = run_config(ckpt)
     if not resolved.is_file():
         raise FileNotFoundError(f"ckpt={ckpt}: no {resolved} to rebuild its model and token data from")
@@ -245,10 +246,10 @@ def load_forecaster(ckpt: Path, split: str, rollout: int = 1, samples: int | Non
     datamodule.prepare_data()
     datamodule.setup("test" if split == "test" else "validate")
     hparams = dict(checkpoint["hyper_parameters"])
-    if samples is not None:
-        evaluator = hparams.get("evaluator") or {}
-        if evaluator.get("_target_") == "lit_modules.forecast.FieldForecast":  # a pixel forecaster has no draws
-            hparams["evaluator"] = {**evaluator, "samples": int(samples)}
+    evaluator = hparams.get("evaluator") or {}
+    if evaluator.get("_target_") == "lit_modules.forecast.FieldForecast":  # a pixel forecaster has no draws or picks
+        chosen = {"samples": None if samples is None else int(samples), "pick": None if pick is None else str(pick)}
+        hparams["evaluator"] = {**evaluator, **{k: v for k, v in chosen.items() if v is not None}}
     module = cls(**hparams)
     module.build(datamodule)
     module.load_state_dict(checkpoint["state_dict"])
@@ -266,8 +267,7 @@ def evaluate_forecaster(cfg: DictConfig, ckpt: Path, bootstrap: Bootstrap, devic
     steps = int(cfg.rollout)
     if steps < 1:
         raise ValueError(f"rollout={cfg.rollout}: give the number of Δ steps, ≥ 1")
-    samples = cfg.get("samples")
-    module, datamodule = load_forecaster(ckpt, str(cfg.split), steps, samples)
+    module, datamodule = load_forecaster(ckpt, str(cfg.split), steps, cfg.get("samples"), cfg.get("pick"))
     module.to(device)
     evaluator, store = module.evaluator, datamodule.stores[str(cfg.split)]
     unit, n_units = unit_ids(store.index, UNITS["fields"])
@@ -291,6 +291,8 @@ def evaluate_forecaster(cfg: DictConfig, ckpt: Path, bootstrap: Bootstrap, devic
     rolled = f" ({steps} steps)" if steps > 1 else ""
     if getattr(evaluator, "samples", 0):  # the forecast is the mean of draws, not one pick
         rolled += f", mean of {evaluator.samples} draws"
+    elif getattr(evaluator, "pick", None) == "soft":  # decoded expected codes, no ids
+        rolled += ", decoded expected codes"
     common = {
         "checkpoint": str(ckpt.resolve()),
         "kind": "forecast",

@@ -24,6 +24,7 @@ from lit_modules.metrics import FieldErrors, SignalErrors
 from models.vocab import SPECIALS
 
 NAMES = ("forecast", "persistence", "tokenizer")
+PICKS = ("expected_code", "argmax", "soft")
 
 
 class FieldForecast:
@@ -35,7 +36,10 @@ class FieldForecast:
 
     pick: how a greedy step picks an id (Transformer.generate): "expected_code" (default; the id nearest the expected
     code vector — a field value is a quantity, and the mode of a broad distribution over 1024 amplitude levels is a
-    noisy estimate of it) or "argmax"; a model without code vectors always takes the argmax.
+    noisy estimate of it) or "argmax"; a model without code vectors always takes the argmax; "soft": no id at
+    all, the tokenizer decodes each cell's expected code vector itself (tokenizer.decode_codes; a rollout's earlier
+    steps feed the ids nearest them): the distribution's mean in code space, what model.decode_weight trains to decode
+    to the future field (lit_modules/losses.py DecodedFieldLoss).
     truth: {stage: the true fields of the stage's store rows in physical units, truth[rows] -> [n, 1, H, W]}
     (datamodules.tokens.Truth reads them from the data files); the batch's "src", "dst" are rows of that store and
     "variable" each pair's variable id; mean, std: [n_vars] (the tokenizer's); groups: the variable names.
@@ -66,8 +70,13 @@ class FieldForecast:
         samples: int = 0,
         seed: int = 0,
     ):
-        if pick not in ("argmax", "expected_code"):
-            raise ValueError(f"model.evaluator.pick must be 'argmax' or 'expected_code', got {pick!r}")
+        if pick not in PICKS:
+            raise ValueError(f"model.evaluator.pick must be one of {PICKS}, got {pick!r}")
+        if pick == "soft" and generate:
+            raise ValueError(
+                "model.evaluator.pick='soft' decodes the distributions of a one-pass forecast; data.future_inputs="
+                "tokens generates token by token: use pick=expected_code or argmax"
+            )
         if not isinstance(samples, int) or isinstance(samples, bool) or samples < 0:
             raise ValueError(f"model.evaluator.samples must be an integer ≥ 0 (0: one pick), got {samples!r}")
         self.samples, self.seed = samples, seed
@@ -120,7 +129,9 @@ class FieldForecast:
 
         def trajectory(generator: torch.Generator | None = None) -> torch.Tensor:
             predicted = None
-            for _ in range(steps):
+            for step in range(steps):
+                if self.pick == "soft" and generator is None and step == steps - 1:
+                    return pair.physical(self.soft_field(net, batch, predicted, memo))
                 predicted = self.predict(net, batch, predicted, generator, memo)
             return physical(predicted)
 
@@ -144,14 +155,9 @@ class FieldForecast:
         (`pick`), or drawn from the model's distributions with `generator`. memo: keeps the logits of the batch's
         own present frame for the next call (one pass for several draws)."""
         device, prompt_len = batch["ids"].device, self.frame_len + 2  # BOS, present frame, SEP
-        pick = self.pick if net.config.code_dim else "argmax"
+        pick = {"soft": "expected_code"}.get(self.pick, self.pick) if net.config.code_dim else "argmax"
         if not self.generate:  # every future token from one pass over the present
-            if present is None and memo is not None and "logits" in memo:
-                logits = memo["logits"]
-            else:
-                logits = self.frame_logits(net, batch, present)
-                if present is None and memo is not None:
-                    memo["logits"] = logits
+            logits = self.remembered_logits(net, batch, present, memo)
             if generator is None:
                 return net.pick(logits, pick)
             probs = logits.float().softmax(-1).flatten(0, -2)
@@ -169,6 +175,26 @@ class FieldForecast:
             **({} if generator is None else {"temperature": 1.0, "generator": generator}),
         )
         return out[:, prompt_len:]
+
+    def remembered_logits(self, net: nn.Module, batch: dict, present: torch.Tensor | None, memo: dict | None):
+        """frame_logits, those of the batch's own present frame computed once per memo."""
+        if present is None and memo is not None and "logits" in memo:
+            return memo["logits"]
+        logits = self.frame_logits(net, batch, present)
+        if present is None and memo is not None:
+            memo["logits"] = logits
+        return logits
+
+    def soft_field(self, net: nn.Module, batch: dict, present: torch.Tensor | None, memo: dict | None) -> torch.Tensor:
+        """The decoded expected code vectors of the future frame (pick="soft"), normalized units [B, C, H, W]."""
+        logits = self.remembered_logits(net, batch, present, memo)
+        probs, codes, K = logits.float().softmax(-1), {}, len(self.streams)
+        for k, stream in enumerate(self.streams):
+            lo = int(self.starts[k])
+            vectors = self.tokenizer.code_vectors(stream).float().to(probs.device)
+            p = probs[:, k::K, lo : lo + len(vectors)]  # [B, cells, V_stream]: zero outside the stream
+            codes[stream] = (p @ vectors).view(len(p), *self.grid, -1)
+        return self.tokenizer.decode_codes(codes)
 
     def frame_logits(self, net: nn.Module, batch: dict[str, torch.Tensor], present: torch.Tensor | None):
         """Logits [B, frame, V] of every future token from one pass over the present frame (the batch's, or

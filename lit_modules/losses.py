@@ -233,3 +233,52 @@ class ExpectedCodeLoss(nn.Module):
         codes = getattr(self, self._key(name))
         expected = logits.float().softmax(-1) @ codes
         return (expected - codes[targets]).pow(2).mean()
+
+
+class DecodedFieldLoss:
+    """The data-space loss of a field forecast on tokens (model.decode_weight): the store's tokenizer decodes each
+    predicted frame's expected code vectors (p = softmax(logits of a cell's stream), ê = p @ C, the tokenizer's own
+    codes: FSQ grid points, amplitude levels) and the true future tokens' codes; the loss is the mean absolute
+    difference of the two fields (normalized units):
+
+        loss = mean |decode(ê) − decode(C[true ids])|
+
+    Cross-entropy alone scores a wrong token the same however close its field lies to the truth, and where the
+    future is uncertain the most probable token is a sharp but wrong field; this term asks the distribution's mean
+    to decode to the future, so that a forecast from it (FieldForecast pick="soft") estimates the conditional mean
+    in data space, as a pixel-space operator trained on an L1/L2 loss does. The tokenizer is frozen (eval mode, no
+    gradient into it) and kept out of the module's state: checkpoints hold the transformer alone.
+
+    tokenizer: a fields tokenizer with decode_codes (tokenizers/phaedra.py); streams: its streams in the order of
+    each cell's tokens; grid: the token grid."""
+
+    def __init__(self, tokenizer: nn.Module, streams: list[str], grid: tuple[int, ...]):
+        if not callable(getattr(tokenizer, "decode_codes", None)):
+            raise TypeError(
+                f"model.decode_weight needs a tokenizer that decodes code vectors (decode_codes); "
+                f"{type(tokenizer).__name__} has none: set model.decode_weight=0"
+            )
+        self.tokenizer = tokenizer.eval().requires_grad_(False)
+        self.streams, self.grid = list(streams), tuple(grid)
+        self.codes = {s: tokenizer.code_vectors(s).detach().float() for s in self.streams}
+
+    def __call__(self, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """logits {stream: [B·cells, V_stream]} and local target ids {stream: [B·cells]}, cells in raster order
+        -> the scalar loss."""
+        cells = 1
+        for n in self.grid:
+            cells *= n
+        device = next(iter(logits.values())).device
+        self.tokenizer.to(device)
+        expected, true = {}, {}
+        for s in self.streams:
+            if s not in logits or logits[s].shape[0] % cells:
+                got = None if s not in logits else tuple(logits[s].shape)
+                raise ValueError(f"DecodedFieldLoss: stream {s!r} needs whole frames of {cells} cells, got {got}")
+            codes = self.codes[s] = self.codes[s].to(device)
+            shape = (-1, *self.grid, codes.shape[1])
+            expected[s] = (logits[s].float().softmax(-1) @ codes).view(shape)
+            true[s] = codes[targets[s]].view(shape)
+        with torch.no_grad():
+            target = self.tokenizer.decode_codes(true).float()
+        return (self.tokenizer.decode_codes(expected).float() - target).abs().mean()

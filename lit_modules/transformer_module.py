@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from lit_modules.common import STAGES, SciTokModule, describe, evaluator_values, grouped_values, plain
-from lit_modules.losses import ExpectedCodeLoss, code_matrix
+from lit_modules.losses import DecodedFieldLoss, ExpectedCodeLoss, code_matrix
 from lit_modules.metrics import TokenErrors
 from models import Transformer, TransformerConfig, Vocabulary
 from tokenizers.load import allowed_target
@@ -57,6 +57,7 @@ class TransformerModule(SciTokModule):
         code_embedding: bool = True,
         compile: bool = False,
         evaluator: dict | DictConfig | None = None,
+        decode_weight: float = 0.0,
     ):
         super().__init__()
         transformer, optimizer, scheduler = plain(transformer), plain(optimizer), plain(scheduler)
@@ -64,6 +65,7 @@ class TransformerModule(SciTokModule):
         self.save_hyperparameters()  # every argument as reassigned above: plain containers only
         self.net: Transformer | None = None
         self.recon: ExpectedCodeLoss | None = None
+        self.decoded: DecodedFieldLoss | None = None  # model.decode_weight > 0: the data-space loss (field pairs)
         self.vocab: Vocabulary | None = None
         self.modalities: list[str] = []
         self.metrics = nn.ModuleDict()
@@ -108,6 +110,7 @@ class TransformerModule(SciTokModule):
         if self.hparams.compile:
             self.net.compile()
         self.recon = ExpectedCodeLoss(self.vocab.ranges, datamodule.code_vectors, self.hparams.recon_positions)
+        self.decoded = self.build_decoded_loss(datamodule)
         self.modalities = list(dict.fromkeys(r.modality for r in self.vocab.ranges))
         groups = len(self.modalities) + 1  # + the special tokens (SEP, EOS, MISS)
         self.metrics = nn.ModuleDict({s: TokenErrors(groups=groups) for s in STAGES})
@@ -130,6 +133,22 @@ class TransformerModule(SciTokModule):
         options = {k: v for k, v in spec.items() if not k.startswith("_")}
         return evaluator(**options, **datamodule.evaluation_inputs())
 
+    def build_decoded_loss(self, datamodule) -> DecodedFieldLoss | None:
+        """model.decode_weight > 0: the data-space loss of the predicted frame through the store's tokenizer
+        (lit_modules/losses.py DecodedFieldLoss); field pairs only (a datamodule with a token grid and a tokenizer)."""
+        weight = self.hparams.get("decode_weight", 0.0)
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
+            raise ValueError(f"model.decode_weight must be a number ≥ 0 (0: cross-entropy alone), got {weight!r}")
+        if weight == 0:
+            return None
+        grid, tokenizer = getattr(datamodule, "grid", None), getattr(datamodule, "tokenizer", None)
+        if not grid or tokenizer is None:
+            raise ValueError(
+                f"model.decode_weight={weight} decodes predicted field frames; {describe(datamodule)} has no token "
+                "grid and tokenizer (data=field_tokens has): set model.decode_weight=0"
+            )
+        return DecodedFieldLoss(tokenizer, list(tokenizer.streams), grid)
+
     def ranges(self) -> list[tuple[str | None, int, int, int]]:
         """(stream name or None for the specials, lo, hi, metric group) of every id range of the vocabulary."""
         out = [(None, 0, self.vocab.ranges[0].start, 0)]
@@ -139,11 +158,12 @@ class TransformerModule(SciTokModule):
 
     def step(
         self, batch: dict[str, torch.Tensor], stage: str | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(mean CE over non-PAD targets, expected-code loss per stream). Each target's logits are restricted to its
-        own id range (README, "Downstream transformers"): the LM head is applied to one range at a time, so a
-        position costs d·V_range instead of d·V — the full 15k-id head made the galaxy sequences head-bound. With a
-        stage, the epoch's token metrics are updated too."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+        """(mean CE over non-PAD targets, expected-code loss per stream, the data-space loss of the predicted frame
+        or None without model.decode_weight). Each target's logits are restricted to its own id range (README,
+        "Downstream transformers"): the LM head is applied to one range at a time, so a position costs d·V_range
+        instead of d·V — the full 15k-id head made the galaxy sequences head-bound. With a stage, the epoch's token
+        metrics are updated too."""
         ids, types, valid = batch["ids"], batch["types"], batch["valid"]
         given = {k: batch[k][:, :-1] for k in ("positions", "context") if k in batch}
         if "condition" in batch:  # one id per sequence
@@ -157,6 +177,7 @@ class TransformerModule(SciTokModule):
         ce_sum, recon = hidden.new_zeros((), dtype=torch.float32), {}
         # the expected-code loss samples its positions from (step): a resumed run draws what an uninterrupted one did
         generator = torch.Generator().manual_seed(self.global_step)
+        frame_logits, frame_targets = {}, {}  # per field stream, for the data-space loss
         for name, lo, hi, group in self.ranges():
             rows = (keep & (targets >= lo) & (targets < hi)).nonzero().flatten()
             if len(rows) == 0:
@@ -166,15 +187,22 @@ class TransformerModule(SciTokModule):
             ce_sum = ce_sum + F.cross_entropy(logits, local, reduction="sum")
             if name is not None and name in self.recon.bounds:
                 recon[name] = self.recon.term(name, logits, local, generator)
+            if self.decoded is not None and name is not None and name.startswith("field/"):
+                frame_logits[name[len("field/") :]], frame_targets[name[len("field/") :]] = logits, local
             if stage is not None:
                 self.metrics[stage].update(logits.detach(), local, torch.full_like(local, group))
-        return ce_sum / keep.sum().clamp_min(1), recon
+        decoded = self.decoded(frame_logits, frame_targets) if self.decoded is not None else None
+        return ce_sum / keep.sum().clamp_min(1), recon, decoded
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        ce, recon = self.step(batch)
+        ce, recon, decoded = self.step(batch)
         per_modality = self.recon_by_modality(recon)
         loss = ce + sum((self.weight_of(m) * v for m, v in per_modality.items()), torch.zeros((), device=ce.device))
         self.loss_terms = {"ce": ce.detach(), **{f"recon/{m}": v.detach() for m, v in per_modality.items()}}
+        if decoded is not None:
+            loss = loss + self.hparams.decode_weight * decoded
+            self.loss_terms["decoded"] = decoded.detach()
+            self.log("train/decoded", decoded)
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict({"train/ce": ce, **{f"train/recon/{k}": v for k, v in {**recon, **per_modality}.items()}})
         return loss
@@ -192,12 +220,14 @@ class TransformerModule(SciTokModule):
         return {m: torch.stack(v).mean() for m, v in groups.items()}
 
     def _eval_step(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
-        ce, recon = self.step(batch, stage)
+        ce, recon, decoded = self.step(batch, stage)
         limit = self.hparams.data_space_batches
         if self.evaluator is not None and (stage == "test" or limit is None or batch_idx < limit):
             self.evaluator.update(self.net, batch, self.data_metrics[stage], stage)
         size = len(batch["ids"])
         self.log(f"{stage}/loss", ce, prog_bar=stage == "val", batch_size=size, sync_dist=True)
+        if decoded is not None:
+            self.log(f"{stage}/decoded", decoded, batch_size=size, sync_dist=True)
         recon = {**recon, **self.recon_by_modality(recon)}
         self.log_dict({f"{stage}/recon/{k}": v for k, v in recon.items()}, batch_size=size, sync_dist=True)
 

@@ -107,3 +107,22 @@ def test_evaluate_judges_a_field_transformer_per_trajectory_beside_persistence_a
     }
     assert labels[f"{model} (2 steps)"]["data"]["delta"] == 2
     assert labels["persistence Δ=2"]["metrics"] != persistence
+
+
+def test_decode_weight_is_refused_where_no_field_frame_can_be_decoded():
+    """model.decode_weight decodes predicted field frames: a datamodule without a token grid and tokenizer, or a
+    negative or non-numeric weight, is refused by name."""
+    from types import SimpleNamespace
+
+    from lit_modules.transformer_module import TransformerModule
+
+    def module(weight):
+        return TransformerModule(transformer={}, optimizer={}, scheduler={}, decode_weight=weight)
+
+    assert module(0.0).build_decoded_loss(SimpleNamespace()) is None
+    no_grid = r"model.decode_weight=1.0 decodes predicted field frames; .*\(data=field_tokens has\)"
+    with pytest.raises(ValueError, match=no_grid):
+        module(1.0).build_decoded_loss(SimpleNamespace(vocab=None))
+    for bad in (-1.0, "big", True):
+        with pytest.raises(ValueError, match="model.decode_weight must be a number ≥ 0"):
+            module(bad).build_decoded_loss(SimpleNamespace())

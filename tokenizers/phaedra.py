@@ -144,5 +144,17 @@ class PhaedraTokenizer(nn.Module):
         missing = set(self.streams) - set(tokens)
         if missing:
             raise ValueError(f"decode needs token streams {sorted(self.streams)}, missing {sorted(missing)}")
-        codes = [q.ids_to_codes(tokens[name]) for name, q in self.groups.items()]
-        return self._decode_codes(torch.cat(codes, dim=-1))
+        return self.decode_codes({name: q.ids_to_codes(tokens[name]) for name, q in self.groups.items()})
+
+    def decode_codes(self, codes: dict[str, torch.Tensor]) -> torch.Tensor:
+        """{stream: code vectors [B, h, w, D_stream]} (code_vectors(stream)[ids], or any point between them, e.g. a
+        transformer's expected code) -> the decoded field [B, C, H, W]; differentiable in the codes."""
+        missing = set(self.streams) - set(codes)
+        if missing:
+            raise ValueError(f"decode_codes needs streams {sorted(self.streams)}, missing {sorted(missing)}")
+        for name, q in self.groups.items():
+            if codes[name].shape[-1] != q.dim:
+                raise ValueError(
+                    f"decode_codes: stream {name!r} has {q.dim}-d codes, got shape {tuple(codes[name].shape)}"
+                )
+        return self._decode_codes(torch.cat([codes[name] for name in self.groups], dim=-1))

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_modules.forecast import FieldForecast, NextPatch
+from lit_modules.forecast import FieldForecast, NextPatch, PairTruth
+from lit_modules.metrics import FieldErrors
 from models.vocab import SPECIALS
 from tests.datamodules.test_tokens import token_datamodule
 from tests.helpers import f32_tolerance, layer_depth
@@ -110,6 +111,44 @@ def test_field_forecast_as_the_mean_of_draws(token_store, data_dir, tmp_path):
     assert not torch.equal(a["forecast"], a["tokenizer"])
     with pytest.raises(ValueError, match="model.evaluator.samples must be an integer ≥ 0"):
         FieldForecast(**dm.evaluation_inputs(), samples=-1)
+
+
+def test_field_forecast_soft_decodes_the_expected_code_vectors(token_store, data_dir, tmp_path):
+    """pick="soft": no id is picked; the tokenizer decodes each cell's expected code vector under the model's
+    distributions (a hand computation from the logits), from one pass; certain of the true ids, it is the floor."""
+    store = token_store("phaedra")
+    dm = token_datamodule("field_transformer", store, data_dir, tmp_path)
+    batch = dm.splits["val"].__getitems__(list(range(min(8, len(dm.splits["val"])))))
+    ev = FieldForecast(**dm.evaluation_inputs(), pick="soft")
+
+    def judged(sharpness):
+        metrics, oracle = nn.ModuleDict(ev.metrics()), FieldOracle(batch, dm.vocab.size, sharpness)
+        ev.update(oracle, batch, metrics, "val")
+        assert oracle.passes == 1
+        return {name: metrics[name].compute()["rel_l1"] for name in ("forecast", "tokenizer")}
+
+    certain = judged(1e4)
+    assert certain["forecast"].item() == pytest.approx(certain["tokenizer"].item(), rel=1e-5)
+    # uncertain: the expected code of each cell and stream from the logits, by hand
+    oracle = FieldOracle(batch, dm.vocab.size, 10.0)
+    logits = ev.frame_logits(oracle, batch, None)
+    tokenizer, K = ev.tokenizer, len(ev.streams)
+    codes = {}
+    for k, s in enumerate(ev.streams):
+        r = dm.vocab.range("field", s)
+        p = logits[:, k::K, r.start : r.stop].softmax(-1)
+        codes[s] = torch.einsum("bcv,vd->bcd", p, tokenizer.code_vectors(s).float()).view(len(p), *ev.grid, -1)
+    with torch.no_grad():
+        field = PairTruth(ev.truth["val"], ev.mean, ev.std, batch).physical(tokenizer.decode_codes(codes))
+    future = ev.truth["val"][batch["dst"]]
+    expected = FieldErrors(groups=len(ev.groups))
+    var = batch["variable"]
+    expected.update(field, future, ev.std[var][:, None], var, mean=ev.mean[var][:, None])
+    uncertain = judged(10.0)["forecast"]
+    assert uncertain.item() == pytest.approx(expected.compute()["rel_l1"].item(), rel=1e-4)
+    assert uncertain.item() != pytest.approx(certain["forecast"].item(), rel=1e-3)
+    with pytest.raises(ValueError, match="pick='soft' decodes the distributions of a one-pass forecast"):
+        FieldForecast(**{**dm.evaluation_inputs(), "generate": True}, pick="soft")
 
 
 class NearestCodeOracle(nn.Module):

@@ -99,3 +99,41 @@ def test_adaptive_weight_balances_the_gradients_at_the_last_layer():
     # in the loss: the codebook/commitment terms do not count as reconstruction
     full = loss(out.recon, x, out.aux_losses, step=0, last_layer=tokenizer.last_layer)
     assert float(full.extras["gan_adaptive_weight"]) == pytest.approx(float(lam), rel=1e-4)
+
+
+def test_decoded_field_loss_is_the_l1_between_decoded_fields_and_trains_the_logits_alone():
+    """model.decode_weight: a distribution certain of some ids costs exactly the L1 between the decoded fields of
+    those ids and of the true ones (decode of the token grid, cells in raster order, streams as the tokenizer has
+    them); the true ids cost 0; the gradient reaches the logits and never the frozen tokenizer."""
+    from lit_modules.losses import DecodedFieldLoss
+    from tests.helpers import f32_tolerance, layer_depth
+    from tests.tokenizers.test_phaedra import SMALL
+    from tokenizers import PhaedraTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = PhaedraTokenizer(**SMALL)
+    B, grid = 2, (4, 4)  # SMALL downsamples 4x: a 16 x 16 field
+    streams = list(tokenizer.streams)
+    loss = DecodedFieldLoss(tokenizer, streams, grid)
+    assert not tokenizer.training
+    true = {s: torch.randint(0, n, (B, *grid)) for s, n in tokenizer.streams.items()}
+    other = {s: torch.randint(0, n, (B, *grid)) for s, n in tokenizer.streams.items()}
+
+    def certain(ids):  # logits [B·cells, V] whose softmax is exactly one-hot in float32
+        return {s: (1e4 * F.one_hot(ids[s].flatten(), tokenizer.streams[s]).float()).requires_grad_() for s in streams}
+
+    targets = {s: true[s].flatten() for s in streams}
+    assert float(loss(certain(true), targets).detach()) == 0.0
+    logits = certain(other)
+    value = loss(logits, targets)
+    with torch.no_grad():
+        hand = (tokenizer.decode(other) - tokenizer.decode(true)).abs().mean()
+    assert abs(float(value.detach()) - float(hand)) <= f32_tolerance(tokenizer.decode(true), layer_depth(tokenizer))
+    soft = {s: torch.randn(B * 16, tokenizer.streams[s], requires_grad=True) for s in streams}
+    loss(soft, targets).backward()
+    assert all(soft[s].grad is not None and soft[s].grad.abs().sum() > 0 for s in streams)
+    assert all(p.grad is None for p in tokenizer.parameters())
+    with pytest.raises(ValueError, match="stream 'amp' needs whole frames of 16 cells"):
+        loss({**soft, "amp": soft["amp"][:5]}, targets)
+    with pytest.raises(TypeError, match="decodes code vectors"):
+        DecodedFieldLoss(torch.nn.Linear(2, 2), streams, grid)
