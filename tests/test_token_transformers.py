@@ -71,8 +71,8 @@ def test_evaluate_judges_a_field_transformer_per_trajectory_beside_persistence_a
     ckpt = run / "checkpoints" / "last.ckpt"
     out = evaluate(eval_cfg(tmp_path / "eval", data_dir, f"ckpts=[{ckpt},{ckpt}]", "bootstrap.resamples=200"))
     entries = {e["label"]: e for e in out["checkpoints"]}
-    model = "field_transformer on phaedra tokens Δ=1"
-    expected = {f"{model}{r}{copy}" for r in ("", ", present + predicted change") for copy in ("", "-2")}
+    model, soft = "field_transformer on phaedra tokens Δ=1", ", decoded expected codes"  # the experiment's pick=soft
+    expected = {f"{model}{r}{soft}{copy}" for r in ("", ", present + predicted change") for copy in ("", "-2")}
     assert set(entries) == expected | {"phaedra tokens, floor Δ=1", "persistence Δ=1"}
     assert (tmp_path / "eval" / "forecast.png").is_file() and "persistence Δ=1" in (
         tmp_path / "eval" / "metrics.md"
@@ -82,7 +82,7 @@ def test_evaluate_judges_a_field_transformer_per_trajectory_beside_persistence_a
         assert judged["interval"][0] <= judged["value"] <= judged["interval"][1]
         assert entry["bootstrap"]["method"] == "percentile bootstrap over units, stratified by dataset"
     # the forecast against persistence on the same pairs: the difference of the two, with its paired interval
-    forecast, alone = entries[model]["metrics"]["overall"], entries["persistence Δ=1"]["metrics"]["overall"]
+    forecast, alone = entries[model + soft]["metrics"]["overall"], entries["persistence Δ=1"]["metrics"]["overall"]
     versus = forecast["rel_l1 − persistence"]
     assert versus["value"] == pytest.approx(forecast["rel_l1"]["value"] - alone["rel_l1"]["value"], abs=1e-9)
     assert versus["interval"][0] <= versus["value"] <= versus["interval"][1]
@@ -99,8 +99,10 @@ def test_evaluate_judges_a_field_transformer_per_trajectory_beside_persistence_a
     assert persistence["overall"]["rel_l1"]["value"] == pytest.approx(100 * float(err.sum() / ref.sum()), rel=1e-5)
     for g, name in enumerate(groups):
         assert persistence["groups"][name]["rel_l1"]["value"] == pytest.approx(100 * float(err[g] / ref[g]), rel=1e-5)
-    # a rollout: the Δ=1 model fed its own prediction twice, judged on the pairs 2 snapshots apart
-    rolled = evaluate(eval_cfg(tmp_path / "rolled", data_dir, f"ckpt={ckpt}", "rollout=2", "bootstrap.resamples=200"))
+    # a rollout: the Δ=1 model fed its own prediction twice, judged on the pairs 2 snapshots apart (the ids nearest
+    # the expected codes: pick= judges the checkpoint another way than its run did, and the label says which)
+    options = ["rollout=2", "pick=expected_code", "bootstrap.resamples=200"]
+    rolled = evaluate(eval_cfg(tmp_path / "rolled", data_dir, f"ckpt={ckpt}", *options))
     labels = {e["label"]: e for e in rolled["checkpoints"]}
     model = "field_transformer on phaedra tokens Δ=2"
     assert set(labels) == {f"{model} (2 steps)", f"{model}, present + predicted change (2 steps)"} | {
