@@ -248,8 +248,11 @@ def load_forecaster(ckpt: Path, split: str, rollout: int = 1, samples: int | Non
     hparams = dict(checkpoint["hyper_parameters"])
     evaluator = hparams.get("evaluator") or {}
     if evaluator.get("_target_") == "lit_modules.forecast.FieldForecast":  # a pixel forecaster has no draws or picks
-        chosen = {"samples": None if samples is None else int(samples), "pick": None if pick is None else str(pick)}
-        hparams["evaluator"] = {**evaluator, **{k: v for k, v in chosen.items() if v is not None}}
+        evaluator = hparams["evaluator"] = dict(evaluator)
+        if samples is not None:
+            evaluator["samples"] = int(samples)
+        if pick is not None:
+            evaluator["pick"] = str(pick)
     module = cls(**hparams)
     module.build(datamodule)
     module.load_state_dict(checkpoint["state_dict"])

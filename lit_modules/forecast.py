@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lit_modules.losses import expected_codes
 from lit_modules.metrics import FieldErrors, SignalErrors
 from models.vocab import SPECIALS
 
@@ -90,6 +91,8 @@ class FieldForecast:
         self.present_at = present_at or slice(1, F + 1)
         self.reads = reads or slice(F + 1, 2 * F + 1)
         self.generate = generate
+        # each stream's code vectors, which pick="soft" decodes the expectation of
+        self.code_vectors = {s: tokenizer.code_vectors(s).detach().float() for s in streams}
         stops = torch.tensor([vocab.range("field", s).stop for s in streams])
         # [frame_len, 2]: the id range of each token of a frame (cells in raster order, streams side by side)
         self.frame_bounds = torch.stack([self.starts, stops], 1).repeat(F // len(streams), 1)
@@ -188,12 +191,11 @@ class FieldForecast:
     def soft_field(self, net: nn.Module, batch: dict, present: torch.Tensor | None, memo: dict | None) -> torch.Tensor:
         """The decoded expected code vectors of the future frame (pick="soft"), normalized units [B, C, H, W]."""
         logits = self.remembered_logits(net, batch, present, memo)
-        probs, codes, K = logits.float().softmax(-1), {}, len(self.streams)
+        codes, K = {}, len(self.streams)
         for k, stream in enumerate(self.streams):
-            lo = int(self.starts[k])
-            vectors = self.tokenizer.code_vectors(stream).float().to(probs.device)
-            p = probs[:, k::K, lo : lo + len(vectors)]  # [B, cells, V_stream]: zero outside the stream
-            codes[stream] = (p @ vectors).view(len(p), *self.grid, -1)
+            lo, vectors = int(self.starts[k]), self.code_vectors[stream].to(logits.device)
+            # [B, cells, V_stream]: the stream's own ids (−inf elsewhere, so its softmax is the whole one's)
+            codes[stream] = expected_codes(logits[:, k::K, lo : lo + len(vectors)], vectors, self.grid)
         return self.tokenizer.decode_codes(codes)
 
     def frame_logits(self, net: nn.Module, batch: dict[str, torch.Tensor], present: torch.Tensor | None):

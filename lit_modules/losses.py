@@ -16,6 +16,7 @@ gradient (see TokenizerModule for why one optimizer with two parameter groups, n
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,6 +236,12 @@ class ExpectedCodeLoss(nn.Module):
         return (expected - codes[targets]).pow(2).mean()
 
 
+def expected_codes(logits: torch.Tensor, codes: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """Each cell's expected code vector under softmax(logits): logits [B·cells or B, cells, V] over one stream's ids,
+    codes [V, D] its code vectors -> [B, *grid, D], cells in raster order (what tokenizer.decode_codes reads)."""
+    return (logits.float().softmax(-1) @ codes).reshape(-1, *grid, codes.shape[1])
+
+
 class DecodedFieldLoss:
     """The data-space loss of a field forecast on tokens (model.decode_weight): the store's tokenizer decodes each
     predicted frame's expected code vectors (p = softmax(logits of a cell's stream), ê = p @ C, the tokenizer's own
@@ -265,9 +272,7 @@ class DecodedFieldLoss:
     def __call__(self, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """logits {stream: [B·cells, V_stream]} and local target ids {stream: [B·cells]}, cells in raster order
         -> the scalar loss."""
-        cells = 1
-        for n in self.grid:
-            cells *= n
+        cells = math.prod(self.grid)
         device = next(iter(logits.values())).device
         self.tokenizer.to(device)
         expected, true = {}, {}
@@ -276,9 +281,8 @@ class DecodedFieldLoss:
                 got = None if s not in logits else tuple(logits[s].shape)
                 raise ValueError(f"DecodedFieldLoss: stream {s!r} needs whole frames of {cells} cells, got {got}")
             codes = self.codes[s] = self.codes[s].to(device)
-            shape = (-1, *self.grid, codes.shape[1])
-            expected[s] = (logits[s].float().softmax(-1) @ codes).view(shape)
-            true[s] = codes[targets[s]].view(shape)
+            expected[s] = expected_codes(logits[s], codes, self.grid)
+            true[s] = codes[targets[s]].view(-1, *self.grid, codes.shape[1])
         with torch.no_grad():
             target = self.tokenizer.decode_codes(true).float()
         return (self.tokenizer.decode_codes(expected).float() - target).abs().mean()

@@ -188,7 +188,8 @@ class TransformerModule(SciTokModule):
             if name is not None and name in self.recon.bounds:
                 recon[name] = self.recon.term(name, logits, local, generator)
             if self.decoded is not None and name is not None and name.startswith("field/"):
-                frame_logits[name[len("field/") :]], frame_targets[name[len("field/") :]] = logits, local
+                stream = name.split("/", 1)[1]
+                frame_logits[stream], frame_targets[stream] = logits, local
             if stage is not None:
                 self.metrics[stage].update(logits.detach(), local, torch.full_like(local, group))
         decoded = self.decoded(frame_logits, frame_targets) if self.decoded is not None else None
