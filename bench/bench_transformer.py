@@ -109,7 +109,9 @@ def main() -> None:
     model = Transformer(cfg).to(device)
     n_params = sum(p.numel() for p in model.parameters())  # the tied head is counted once
     # matmul parameters: everything but the type/position lookups (the token table is also the LM head's weight)
-    matmul_params = n_params - model.type_emb.weight.numel() - model.pos_emb.weight.numel()
+    matmul_params = (
+        n_params - model.type_emb.weight.numel() - (model.pos_emb.weight.numel() if model.pos_emb is not None else 0)
+    )
     flops_per_token = 6 * matmul_params + 12 * cfg.n_layers * args.context * cfg.d_model
     peak = matmul_peak(device, autocast or torch.float32)
     trained = torch.compile(model) if args.compile else model

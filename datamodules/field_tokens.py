@@ -24,11 +24,12 @@ from datamodules.tokens import Layout, StoreSequences
 from models.vocab import SPECIAL_TYPE, SPECIALS
 
 
-def neighbourhood(grid: Sequence[int], streams: int, radius: int) -> torch.Tensor:
+def neighbourhood(grid: Sequence[int], streams: int, radius: int, periodic: bool = False) -> torch.Tensor:
     """For every token of a frame (cells in raster order over `grid`, `streams` tokens per cell side by side): the
     frame indices of its context slots [n_cells · streams, slots] — itself, the same stream at every cell within
     `radius` on each axis (offset order of itertools.product), the cell's other streams — with n_cells · streams
-    (one past the frame) where the cell lies outside the grid."""
+    (one past the frame) where the cell lies outside the grid, or, `periodic`, the cell where the grid wraps around
+    (a field on a torus: the embedded data's pseudo-spectral solvers)."""
     cells = torch.arange(math.prod(grid)).view(*grid)
     coords = torch.stack(torch.meshgrid(*[torch.arange(n) for n in grid], indexing="ij"), -1).view(-1, len(grid))
     size, outside = torch.tensor(grid), math.prod(grid) * streams
@@ -38,6 +39,8 @@ def neighbourhood(grid: Sequence[int], streams: int, radius: int) -> torch.Tenso
         slots = [cells.flatten() * streams + k]
         for o in offsets:
             at = coords + torch.tensor(o)
+            if periodic:
+                at = at % size
             inside = ((at >= 0) & (at < size)).all(-1)
             at = at.clamp(torch.zeros_like(size), size - 1)
             slots.append(torch.where(inside, cells[tuple(at.T)] * streams + k, outside))
@@ -193,6 +196,12 @@ class FieldTokenDataModule(StoreSequences):
         tokens   the same sequence with the true future tokens read (teacher forcing); the forecast is generated
                  token by token
 
+    Periodic (`periodic`): the fields live on a torus (the embedded data: periodic pseudo-spectral solvers), so the
+    context stencil wraps around the grid's edges instead of reading PAD there, and `position_period` (the grid's
+    size per axis) makes the transformer's rotary positions (model.transformer.rope) periodic: attention then
+    depends on two cells' offset around the torus alone. With `model.transformer.pos_emb=false` (no learned
+    absolute positions) the model is equivariant to cyclic shifts of the grid, as a Fourier neural operator is.
+
     Condition (`condition_on_variable`): each pair's variable id as the sequence's condition ("condition",
     `conditions` = the store's variables; models/transformer.py adds its embedding at every position), as the pixel
     baseline gets it as one-hot channels: one model forecasts four different PDE variables.
@@ -216,6 +225,7 @@ class FieldTokenDataModule(StoreSequences):
         context_radius: int = 1,
         future_inputs: str = "present",
         condition_on_variable: bool = False,
+        periodic: bool = False,
     ):
         if delta < 1:
             raise ValueError(f"data.delta must be ≥ 1 snapshot, got {delta}")
@@ -227,6 +237,8 @@ class FieldTokenDataModule(StoreSequences):
         self.delta, self.context_radius, self.future_inputs = delta, context_radius, future_inputs
         self.causal = future_inputs != "present"
         self.condition_on_variable = condition_on_variable
+        self.periodic = bool(periodic)
+        self.position_period: list[float] | None = None  # periodic: the grid's size per axis (rotary positions wrap)
         # where a batch's inputs hold the present frame, and which inputs' outputs predict the future frame (whose
         # true tokens are the ids one position later): FieldForecast reads and rebuilds them
         self.present_at = self.reads = slice(0, 0)
@@ -266,9 +278,11 @@ class FieldTokenDataModule(StoreSequences):
         cells = torch.stack(torch.meshgrid(*[torch.arange(n) for n in self.grid], indexing="ij"), -1)
         special = torch.full((1, len(self.grid)), -1)
         self.position_coords = torch.cat([special, cells.view(S, -1), special]).float()
+        if self.periodic:  # a cell's offset to another counts around the torus: the rotary angles repeat per grid size
+            self.position_period = [float(n) for n in self.grid]
         if self.condition_on_variable:  # condition ids: the store's variable ids
             self.conditions = len(self.normalization.variables)
-        self.context_index = context_index = neighbourhood(self.grid, K, self.context_radius)
+        self.context_index = context_index = neighbourhood(self.grid, K, self.context_radius, self.periodic)
         self.context_slots = context_index.shape[1]
         starts = [self.vocab.range("field", s).start for s in streams]
         for split, pairs in store_pairs(self.stores, self.delta, self.seed).items():

@@ -91,6 +91,8 @@ class TransformerModule(SciTokModule):
         # rotary positions (model.transformer.rope): at the datamodule's coordinates of each position id (the field
         # pairs: grid cells), else at the ids themselves
         coords = getattr(datamodule, "position_coords", None) if self.hparams.transformer.get("rope") else None
+        # a grid that wraps around (data.periodic): the rotary angles repeat over its size on each axis
+        period = getattr(datamodule, "position_period", None) if coords is not None else None
         config = TransformerConfig(
             vocab_size=self.vocab.size,
             n_types=self.vocab.n_types,
@@ -100,6 +102,7 @@ class TransformerModule(SciTokModule):
             causal=bool(getattr(datamodule, "causal", True)),
             conditions=int(getattr(datamodule, "conditions", 0)),
             **({} if coords is None else {"rope_axes": coords.shape[1]}),
+            **({} if period is None else {"rope_period": list(period)}),
             **self.hparams.transformer,
         )
         self.net = Transformer(config)

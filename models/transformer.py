@@ -44,6 +44,8 @@ class TransformerConfig:
     rope: bool = False  # rotary position embedding of queries and keys by each position's coordinates (set_coords)
     rope_axes: int = 1  # coordinates per position (the field pairs: 2, a cell's row and column)
     rope_base: float = 100.0  # the slowest pair turns ~1/base rad per position: offsets up to ~base stay apart
+    rope_period: list[float] | None = None  # per axis: rotary angles of whole turns per period (a torus), not base
+    pos_emb: bool = True  # learned absolute position embeddings; False: positions only through rope (shift-equivariant)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -55,6 +57,12 @@ class TransformerConfig:
                 f"rope over {self.rope_axes} axes needs a head width divisible by {2 * self.rope_axes}, "
                 f"got d_model {self.d_model} / n_heads {self.n_heads} = {self.d_model // self.n_heads}"
             )
+        if self.rope_period is not None and (
+            len(self.rope_period) != self.rope_axes or min(self.rope_period, default=0) <= 0
+        ):
+            raise ValueError(
+                f"rope_period must give a period > 0 for each of the {self.rope_axes} rope axes, got {self.rope_period}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,13 +72,23 @@ def make_norm(config: TransformerConfig) -> nn.Module:
     return nn.LayerNorm(config.d_model) if config.norm == "layer" else nn.RMSNorm(config.d_model)
 
 
-def rope_angles(coords: torch.Tensor, head_dim: int, base: float) -> torch.Tensor:
+def rope_angles(coords: torch.Tensor, head_dim: int, base: float, period: list[float] | None = None) -> torch.Tensor:
     """Rotation angles [..., head_dim / 2] of positions at `coords` [..., axes]: each axis turns its own
     head_dim / (2·axes) pairs of channels, at frequencies base^(−2i/(head_dim/axes)) (RoFormer; axial 2-D RoPE for
-    grids): the product of a rotated query and key depends on the two positions' offset only."""
+    grids): the product of a rotated query and key depends on the two positions' offset only.
+
+    With a `period` per axis (a grid that wraps around, a torus) the frequencies are its harmonics 2π·k/P,
+    k = 1, 2, … (k cycling through 1 … ⌊P/2⌋, the distinct ones, when there are more pairs): every angle repeats
+    after P, so the product depends on the offset around the torus, and a cell P away is the cell itself."""
     axes = coords.shape[-1]
     half = head_dim // (2 * axes)
-    freqs = base ** (-torch.arange(half, device=coords.device, dtype=torch.float32) / half)
+    i = torch.arange(half, device=coords.device, dtype=torch.float32)
+    if period is None:
+        freqs = (base ** (-i / half)).expand(axes, half)
+    else:
+        P = torch.tensor(period, device=coords.device, dtype=torch.float32)[:, None]  # [axes, 1]
+        harmonic = 1 + i[None] % (P // 2).clamp_min(1)
+        freqs = 2 * math.pi * harmonic / P
     return (coords.float()[..., None] * freqs).flatten(-2)
 
 
@@ -149,7 +167,7 @@ class Transformer(nn.Module):
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.type_emb = nn.Embedding(config.n_types, config.d_model)
-        self.pos_emb = nn.Embedding(config.max_len, config.d_model)
+        self.pos_emb = nn.Embedding(config.max_len, config.d_model) if config.pos_emb else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = make_norm(config)
@@ -270,8 +288,10 @@ class Transformer(nn.Module):
                 f"positions must lie in [0, max_len={self.config.max_len}), got "
                 f"[{int(positions.min())}, {int(positions.max())}]"
             )
-        pos = self.pos_emb(positions)
-        x = self.embed(ids) + self.type_emb(types) + (pos if pos.ndim == 3 else pos[None])
+        x = self.embed(ids) + self.type_emb(types)
+        if self.pos_emb is not None:
+            pos = self.pos_emb(positions)
+            x = x + (pos if pos.ndim == 3 else pos[None])
         if context is not None:
             slots = int(self.config.context)
             context = context[..., None] if context.ndim == 2 else context
@@ -293,7 +313,9 @@ class Transformer(nn.Module):
         angles = None
         if self.config.rope:
             head_dim = self.config.d_model // self.config.n_heads
-            angles = rope_angles(self.coords[positions], head_dim, self.config.rope_base)  # [(B,) T, D/2]
+            angles = rope_angles(
+                self.coords[positions], head_dim, self.config.rope_base, self.config.rope_period
+            )  # [(B,) T, D/2]
             angles = angles[:, None] if angles.ndim == 3 else angles[None, None]
         x = self.drop(x)
         for i, block in enumerate(self.blocks):

@@ -113,6 +113,23 @@ def test_present_inputs_read_the_present_token_where_the_future_one_is_predicted
     assert (masked.present_at, masked.reads) == (slice(1, frame + 1), reads)
 
 
+def test_a_periodic_grid_wraps_the_context_stencil_around_its_edges(fields, data_dir, tmp_path):
+    """data.periodic=true: the upper-left context slot of cell (0, 0) is the present token of the last cell (the grid
+    wraps around) where the default reads PAD; the grid's size per axis is the period of the rotary positions."""
+    _, store = fields
+    dm = token_datamodule("field_transformer", store, data_dir, tmp_path, ["data.periodic=true"])
+    flat = token_datamodule("field_transformer", store, data_dir, tmp_path)
+    a, b = dm.splits["val"].__getitems__([0, 1]), flat.splits["val"].__getitems__([0, 1])
+    present, (h, w) = a["inputs"][:, :-1], dm.grid
+    assert dm.position_period == [float(h), float(w)] and flat.position_period is None
+    for k in range(2):  # morph, amp: slot 1 is the neighbour at offset (-1, -1)
+        assert torch.equal(a["context"][:, k, 1], present[:, 2 * (h * w - 1) + k])
+        assert (b["context"][:, k, 1] == SPECIALS.index("PAD")).all()
+    inside = 2 * (w + 1)  # cell (1, 1): its stencil lies inside the grid, the same either way
+    assert torch.equal(a["context"][:, inside], b["context"][:, inside])
+    assert (a["context"][:, :-1] != SPECIALS.index("PAD")).all()  # the last input (EOS) has no context
+
+
 def test_field_pairs_never_share_a_trajectory_across_splits(fields):
     dm, _ = fields
     trajectories = {}

@@ -255,3 +255,42 @@ def test_grid_rope_depends_on_offsets_on_the_grid_and_keeps_the_cache_exact():
         tiny().set_coords(grid)
     with pytest.raises(ValueError, match="head width divisible by 6"):
         tiny(rope=True, rope_axes=3)
+
+
+def test_on_a_torus_a_cyclic_shift_of_the_grid_shifts_the_outputs():
+    """data.periodic with model.transformer.pos_emb=false: periodic rotary angles (the grid's harmonics) and a
+    context stencil that wraps around make the encoder equivariant to cyclic shifts of the grid, as an FNO is; with
+    the stencil cut at the edges (PAD outside), or with the rotary angles of rope_base, it is not. Periods are
+    checked."""
+    from datamodules.field_tokens import neighbourhood
+
+    n = 8
+    grid = torch.stack(torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"), -1).view(n * n, 2).float()
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(4, 40, (2, n, n), generator=g)
+    types = torch.ones(2, n * n, dtype=torch.long)
+
+    def outputs(periodic_rope: bool, periodic_context: bool, shift: tuple[int, int]) -> torch.Tensor:
+        period = [float(n), float(n)] if periodic_rope else None
+        model = tiny(
+            vocab_size=40, n_types=3, causal=False, rope=True, rope_axes=2, rope_period=period, pos_emb=False, context=9
+        )
+        with torch.no_grad():
+            model.set_coords(grid)
+            model.context_proj.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(5))  # all slots count
+            for block in model.blocks:  # sharp attention (at init it is nearly uniform, wherever the tokens are)
+                block.attn.qkv.weight.mul_(20)
+            frame = ids.roll(shift, (1, 2)).flatten(1)
+            index = neighbourhood((n, n), 1, 1, periodic=periodic_context)  # [64, 9], 64 = PAD
+            context = torch.cat([frame, torch.zeros(2, 1, dtype=torch.long)], 1)[:, index]
+            out = model(frame, types, context=context).view(2, n, n, -1)
+        return out.roll((-shift[0], -shift[1]), (1, 2))  # back where the unshifted grid has it
+
+    tol = f32_tolerance(outputs(True, True, (0, 0)), 4 * 9)
+    for shift in [(3, -5), (1, 0)]:
+        assert (outputs(True, True, shift) - outputs(True, True, (0, 0))).abs().max() <= tol
+        assert (outputs(True, False, shift) - outputs(True, False, (0, 0))).abs().max() > 100 * tol
+        assert (outputs(False, True, shift) - outputs(False, True, (0, 0))).abs().max() > 100 * tol
+    assert tiny(pos_emb=False).pos_emb is None
+    with pytest.raises(ValueError, match=r"rope_period must give a period > 0 for each of the 2 rope axes"):
+        tiny(rope=True, rope_axes=2, rope_period=[8.0])
