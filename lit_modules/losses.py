@@ -236,10 +236,16 @@ class ExpectedCodeLoss(nn.Module):
         return (expected - codes[targets]).pow(2).mean()
 
 
-def expected_codes(logits: torch.Tensor, codes: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+def expected_codes(
+    logits: torch.Tensor, codes: torch.Tensor, grid: tuple[int, ...], log_probs: bool = False
+) -> torch.Tensor:
     """Each cell's expected code vector under softmax(logits): logits [B·cells or B, cells, V] over one stream's ids,
-    codes [V, D] its code vectors -> [B, *grid, D], cells in raster order (what tokenizer.decode_codes reads)."""
-    return (logits.float().softmax(-1) @ codes).reshape(-1, *grid, codes.shape[1])
+    codes [V, D] its code vectors -> [B, *grid, D], cells in raster order (what tokenizer.decode_codes reads).
+    log_probs: `logits` are already log-probabilities (log_softmax), whose exp is the distribution: training shares
+    one log_softmax between the cross-entropy and this (over 8640 ids, a softmax pass and its backward cost as much
+    as the LM head's matmul)."""
+    probs = logits.float().exp() if log_probs else logits.float().softmax(-1)
+    return (probs @ codes).reshape(-1, *grid, codes.shape[1])
 
 
 class DecodedFieldLoss:
@@ -269,9 +275,11 @@ class DecodedFieldLoss:
         self.streams, self.grid = list(streams), tuple(grid)
         self.codes = {s: tokenizer.code_vectors(s).detach().float() for s in self.streams}
 
-    def __call__(self, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        """logits {stream: [B·cells, V_stream]} and local target ids {stream: [B·cells]}, cells in raster order
-        -> the scalar loss."""
+    def __call__(
+        self, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], log_probs: bool = False
+    ) -> torch.Tensor:
+        """logits {stream: [B·cells, V_stream]} (log-probabilities with `log_probs`) and local target ids
+        {stream: [B·cells]}, cells in raster order -> the scalar loss."""
         cells = math.prod(self.grid)
         device = next(iter(logits.values())).device
         self.tokenizer.to(device)
@@ -281,7 +289,7 @@ class DecodedFieldLoss:
                 got = None if s not in logits else tuple(logits[s].shape)
                 raise ValueError(f"DecodedFieldLoss: stream {s!r} needs whole frames of {cells} cells, got {got}")
             codes = self.codes[s] = self.codes[s].to(device)
-            expected[s] = expected_codes(logits[s], codes, self.grid)
+            expected[s] = expected_codes(logits[s], codes, self.grid, log_probs)
             true[s] = codes[targets[s]].view(-1, *self.grid, codes.shape[1])
         with torch.no_grad():
             target = self.tokenizer.decode_codes(true).float()

@@ -187,15 +187,16 @@ class TransformerModule(SciTokModule):
                 continue
             logits = (hidden[rows] @ weight[lo:hi].T).float()  # [n, V_range]
             local = targets[rows] - lo
-            ce_sum = ce_sum + F.cross_entropy(logits, local, reduction="sum")
+            log_probs = logits.log_softmax(-1)  # one pass for the CE and the data-space loss's expected codes
+            ce_sum = ce_sum + F.nll_loss(log_probs, local, reduction="sum")
             if name is not None and name in self.recon.bounds:
                 recon[name] = self.recon.term(name, logits, local, generator)
             if self.decoded is not None and name is not None and name.startswith("field/"):
                 stream = name.split("/", 1)[1]
-                frame_logits[stream], frame_targets[stream] = logits, local
+                frame_logits[stream], frame_targets[stream] = log_probs, local
             if stage is not None:
                 self.metrics[stage].update(logits.detach(), local, torch.full_like(local, group))
-        decoded = self.decoded(frame_logits, frame_targets) if self.decoded is not None else None
+        decoded = self.decoded(frame_logits, frame_targets, log_probs=True) if self.decoded is not None else None
         return ce_sum / keep.sum().clamp_min(1), recon, decoded
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
