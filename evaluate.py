@@ -250,6 +250,8 @@ def load_forecaster(ckpt: Path, split: str, rollout: int = 1, samples: int | Non
     if evaluator.get("_target_") == "lit_modules.forecast.FieldForecast":  # a pixel forecaster has no draws or picks
         evaluator = hparams["evaluator"] = dict(evaluator)
         if samples is not None:
+            if isinstance(samples, bool) or not str(samples).strip().isdigit():
+                raise ValueError(f"samples={samples!r}: give the number of draws to average (an integer ≥ 0)")
             evaluator["samples"] = int(samples)
         if pick is not None:
             evaluator["pick"] = str(pick)

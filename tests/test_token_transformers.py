@@ -111,6 +111,8 @@ def test_evaluate_judges_a_field_transformer_per_trajectory_beside_persistence_a
     }
     assert labels[f"{model} (2 steps)"]["data"]["delta"] == 2
     assert labels["persistence Δ=2"]["metrics"] != persistence
+    with pytest.raises(ValueError, match=r"samples='abc': give the number of draws to average"):
+        evaluate(eval_cfg(tmp_path / "bad", data_dir, f"ckpt={ckpt}", "samples=abc"))
 
 
 def test_decode_weight_is_refused_where_no_field_frame_can_be_decoded():
