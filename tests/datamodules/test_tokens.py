@@ -31,7 +31,7 @@ def token_datamodule(experiment: str, store, data_dir, output_dir, extra=()):
 @pytest.fixture(scope="module")
 def fields(token_store, data_dir, tmp_path_factory):
     store = token_store("phaedra")
-    extra = ["data.future_inputs=masked"]
+    extra = ["data.future_inputs=masked", "data.periodic=false"]  # the stencil cut at the edges (PAD outside)
     return token_datamodule("field_transformer", store, data_dir, tmp_path_factory.mktemp("ft"), extra), store
 
 
@@ -91,7 +91,7 @@ def test_present_inputs_read_the_present_token_where_the_future_one_is_predicted
     predicts the future token j from the present token j, with the context, types and positions the masked sequence
     gives the input that predicts it; bidirectional attention (causal False)."""
     masked, store = fields
-    dm = token_datamodule("field_transformer", store, data_dir, tmp_path)
+    dm = token_datamodule("field_transformer", store, data_dir, tmp_path, ["data.periodic=false"])  # as `masked`
     assert dm.future_inputs == "present" and not dm.causal and masked.causal
     rows = [0, 1, 2]
     a, b = dm.splits["val"].__getitems__(rows), masked.splits["val"].__getitems__(rows)
@@ -114,11 +114,12 @@ def test_present_inputs_read_the_present_token_where_the_future_one_is_predicted
 
 
 def test_a_periodic_grid_wraps_the_context_stencil_around_its_edges(fields, data_dir, tmp_path):
-    """data.periodic=true: the upper-left context slot of cell (0, 0) is the present token of the last cell (the grid
-    wraps around) where the default reads PAD; the grid's size per axis is the period of the rotary positions."""
+    """data.periodic=true (field_transformer's default): the upper-left context slot of cell (0, 0) is the present
+    token of the last cell (the grid wraps around) where periodic=false reads PAD; the grid's size per axis is the
+    period of the rotary positions."""
     _, store = fields
-    dm = token_datamodule("field_transformer", store, data_dir, tmp_path, ["data.periodic=true"])
-    flat = token_datamodule("field_transformer", store, data_dir, tmp_path)
+    dm = token_datamodule("field_transformer", store, data_dir, tmp_path)
+    flat = token_datamodule("field_transformer", store, data_dir, tmp_path, ["data.periodic=false"])
     a, b = dm.splits["val"].__getitems__([0, 1]), flat.splits["val"].__getitems__([0, 1])
     present, (h, w) = a["inputs"][:, :-1], dm.grid
     assert dm.position_period == [float(h), float(w)] and flat.position_period is None
