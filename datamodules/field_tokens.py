@@ -233,11 +233,13 @@ class FieldTokenDataModule(StoreSequences):
             raise ValueError(f"data.future_inputs must be one of {FUTURE_INPUTS}, got {future_inputs!r}")
         if context_radius < 0:
             raise ValueError(f"data.context_radius must be ≥ 0 cells, got {context_radius}")
+        if not isinstance(periodic, bool):
+            raise ValueError(f"data.periodic must be true or false, got {periodic!r}")
         super().__init__(store, batch_size, eval_batch_size, seed, num_workers)
         self.delta, self.context_radius, self.future_inputs = delta, context_radius, future_inputs
         self.causal = future_inputs != "present"
         self.condition_on_variable = condition_on_variable
-        self.periodic = bool(periodic)
+        self.periodic = periodic
         self.position_period: list[float] | None = None  # periodic: the grid's size per axis (rotary positions wrap)
         # where a batch's inputs hold the present frame, and which inputs' outputs predict the future frame (whose
         # true tokens are the ids one position later): FieldForecast reads and rebuilds them

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from hydra.errors import ConfigCompositionException
+from hydra.errors import ConfigCompositionException, InstantiationException
 
 from datamodules.eeg_tokens import channel_runs
 from datamodules.field_tokens import pairs_of
@@ -129,6 +129,8 @@ def test_a_periodic_grid_wraps_the_context_stencil_around_its_edges(fields, data
     inside = 2 * (w + 1)  # cell (1, 1): its stencil lies inside the grid, the same either way
     assert torch.equal(a["context"][:, inside], b["context"][:, inside])
     assert (a["context"][:, :-1] != SPECIALS.index("PAD")).all()  # the last input (EOS) has no context
+    with pytest.raises(InstantiationException, match=r"data.periodic must be true or false, got 'maybe'"):
+        token_datamodule("field_transformer", store, data_dir, tmp_path, ["data.periodic=maybe"])
 
 
 def test_field_pairs_never_share_a_trajectory_across_splits(fields):
